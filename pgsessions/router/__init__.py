@@ -1,0 +1,19 @@
+"""WHERE a statement runs: topology, pools, health monitor, replica choice, tokens, failover."""
+
+from .config import RouterConfig
+from .core import SessionRouter
+from .errors import NoPrimaryError, RouterClosedError, RouterError, SplitBrainError
+from .events import RouterObserver
+from .topology import HostState, Topology
+
+__all__ = [
+    "HostState",
+    "NoPrimaryError",
+    "RouterClosedError",
+    "RouterConfig",
+    "RouterError",
+    "RouterObserver",
+    "SessionRouter",
+    "SplitBrainError",
+    "Topology",
+]

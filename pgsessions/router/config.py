@@ -1,0 +1,129 @@
+"""RouterConfig: where the cluster is and how the router treats it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .dsn import split_hosts
+
+NoReplicaPolicy = Literal["primary", "wait", "error"]
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not an integer") from None
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """Settings of a :class:`SessionRouter`.
+
+    ``hosts`` is a list of psycopg conninfo strings (one per server) or one string: a
+    comma-separated list or a libpq multi-host URL. Roles are discovered from the servers.
+    """
+
+    hosts: list[str] | tuple[str, ...] | str = field(default_factory=list)
+    max_lag_bytes: int = 16 * 2**20
+    max_lag_seconds: float = 5.0
+    check_interval: float = 0.5
+    #: a replica must stay healthy this long before it returns to rotation
+    healthy_for: float = 2.0
+    failover_timeout: float = 30.0
+    #: how long a read waits for a replica to reach the session's token before using the primary
+    catch_up_wait: float = 0.05
+    primary_pool_min: int = 2
+    primary_pool_max: int = 10
+    replica_pool_min: int = 1
+    replica_pool_max: int = 10
+    connect_timeout: float = 3.0
+    statement_timeout: float = 10.0
+    #: what a read does when no replica is eligible: read the primary, wait, or raise
+    no_replica_policy: NoReplicaPolicy = "primary"
+    #: read from replicas at all (False: every statement goes to the primary)
+    read_from_replicas: bool = True
+    #: sessions remembered per router for read-your-writes across PostgresSession objects
+    token_cache_size: int = 100_000
+    #: schema holding pgsessions' tables (used by sessions/, carried here for one config)
+    schema: str = "pgsessions"
+    name: str = "default"
+
+    def __post_init__(self) -> None:
+        hosts = split_hosts(self.hosts)
+        if not hosts:
+            raise ValueError("RouterConfig.hosts is empty: give at least one PostgreSQL DSN")
+        object.__setattr__(self, "hosts", tuple(hosts))
+        for knob in ("max_lag_seconds", "check_interval", "failover_timeout", "connect_timeout",
+                     "statement_timeout"):
+            if getattr(self, knob) <= 0:
+                raise ValueError(f"RouterConfig.{knob} must be > 0, got {getattr(self, knob)!r}")
+        if self.max_lag_bytes < 0:
+            raise ValueError("RouterConfig.max_lag_bytes must be >= 0")
+        if self.primary_pool_max < max(1, self.primary_pool_min):
+            raise ValueError("RouterConfig.primary_pool_max must be >= primary_pool_min and >= 1")
+        if self.replica_pool_max < max(1, self.replica_pool_min):
+            raise ValueError("RouterConfig.replica_pool_max must be >= replica_pool_min and >= 1")
+        if self.no_replica_policy not in ("primary", "wait", "error"):
+            raise ValueError(
+                f"RouterConfig.no_replica_policy must be primary, wait or error, "
+                f"got {self.no_replica_policy!r}"
+            )
+        if not self.schema.replace("_", "").isalnum():
+            raise ValueError(f"RouterConfig.schema {self.schema!r} is not a plain identifier")
+
+    @property
+    def host_list(self) -> tuple[str, ...]:
+        """One DSN per host."""
+        assert isinstance(self.hosts, tuple)
+        return self.hosts
+
+    def __repr__(self) -> str:
+        from .dsn import redact
+
+        return (
+            f"RouterConfig(hosts={[redact(h) for h in self.host_list]!r}, "
+            f"max_lag_bytes={self.max_lag_bytes}, max_lag_seconds={self.max_lag_seconds}, "
+            f"check_interval={self.check_interval}, failover_timeout={self.failover_timeout}, "
+            f"schema={self.schema!r}, name={self.name!r})"
+        )
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> RouterConfig:
+        """Build a config from ``PGSESSIONS_*`` environment variables.
+
+        ``PGSESSIONS_HOSTS`` (required), ``PGSESSIONS_MAX_LAG_BYTES``,
+        ``PGSESSIONS_MAX_LAG_SECONDS``, ``PGSESSIONS_CHECK_INTERVAL``,
+        ``PGSESSIONS_FAILOVER_TIMEOUT``, ``PGSESSIONS_SCHEMA``,
+        ``PGSESSIONS_NO_REPLICA_POLICY``. Keyword arguments override the environment.
+        """
+        hosts = os.environ.get("PGSESSIONS_HOSTS", "")
+        kw: dict[str, object] = {
+            "hosts": hosts,
+            "max_lag_bytes": _env_int("PGSESSIONS_MAX_LAG_BYTES", cls.max_lag_bytes),
+            "max_lag_seconds": _env_float("PGSESSIONS_MAX_LAG_SECONDS", cls.max_lag_seconds),
+            "check_interval": _env_float("PGSESSIONS_CHECK_INTERVAL", cls.check_interval),
+            "failover_timeout": _env_float("PGSESSIONS_FAILOVER_TIMEOUT", cls.failover_timeout),
+            "schema": os.environ.get("PGSESSIONS_SCHEMA") or cls.schema,
+            "no_replica_policy": os.environ.get("PGSESSIONS_NO_REPLICA_POLICY")
+            or cls.no_replica_policy,
+        }
+        kw.update(overrides)
+        if not kw["hosts"]:
+            raise ValueError("PGSESSIONS_HOSTS is not set: give comma-separated PostgreSQL DSNs")
+        return cls(**kw)  # type: ignore[arg-type]

@@ -1,0 +1,36 @@
+"""Errors the router raises to its callers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+class RouterError(Exception):
+    """Base class of the router's own errors."""
+
+
+class NoPrimaryError(RouterError):
+    """No writable host was found within ``failover_timeout``.
+
+    ``hosts`` maps each host (``host:port``, never credentials) to what it answered.
+    """
+
+    def __init__(self, message: str, hosts: Mapping[str, str] | None = None) -> None:
+        self.hosts = dict(hosts or {})
+        detail = "; ".join(f"{h}: {s}" for h, s in self.hosts.items())
+        super().__init__(f"{message} ({detail})" if detail else message)
+
+
+class SplitBrainError(RouterError):
+    """More than one host accepts writes: writes are refused until one is gone or demoted."""
+
+    def __init__(self, primaries: list[str]) -> None:
+        self.primaries = list(primaries)
+        super().__init__(
+            "split brain: more than one writable host "
+            f"({', '.join(self.primaries)}); refusing writes until only one remains"
+        )
+
+
+class RouterClosedError(RouterError):
+    """The router is not open."""
