@@ -1,0 +1,41 @@
+# pgsessions: make setup | test | lint   (see README.md)
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+PYTHON ?= python3
+EXTRAS ?= dev
+PYTEST_ARGS ?=
+
+.PHONY: setup postgres lint test clean
+
+setup: postgres $(VENV)/.installed-$(EXTRAS)
+
+# Installs the PostgreSQL server with apt-get only when no server binaries are found.
+postgres:
+	@if $(PYTHON) -c 'import sys; sys.path.insert(0, "."); from pgsessions.devcluster.binaries import find_bindir; print("PostgreSQL server binaries:", find_bindir())' 2>/dev/null; then :; \
+	elif ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then echo "PostgreSQL server binaries: $$(ls -d /usr/lib/postgresql/*/bin | tail -1)"; \
+	elif command -v apt-get >/dev/null; then \
+		echo "No PostgreSQL server binaries found: installing the postgresql package"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; \
+	else echo "No PostgreSQL server binaries and no apt-get: install PostgreSQL 13+ and set PGSESSIONS_PG_BINDIR"; exit 1; fi
+
+$(VENV)/.installed-$(EXTRAS): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[$(EXTRAS)]'
+	@touch $@
+
+lint: setup
+	$(VENV)/bin/ruff check pgsessions tests bench
+	$(VENV)/bin/ruff format --check pgsessions tests bench
+	$(VENV)/bin/mypy
+
+test: lint
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+clean:
+	-$(VENV)/bin/pgsessions cluster down 2>/dev/null
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

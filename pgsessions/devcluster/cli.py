@@ -1,0 +1,118 @@
+"""`pgsessions cluster up|down|status`: the local cluster from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .cluster import STATE_FILE, LocalCluster
+from .errors import ClusterError
+
+DEFAULT_DIR = Path(".pgsessions") / "cluster"
+
+
+def default_dir() -> Path:
+    return Path(os.environ.get("PGSESSIONS_CLUSTER_DIR") or DEFAULT_DIR)
+
+
+def ensure_local_cluster(
+    base_dir: Path | None = None, *, replicas: int = 2, sync: bool = False
+) -> tuple[LocalCluster, bool]:
+    """The local cluster in ``base_dir``, started if it is not running.
+
+    Returns the cluster and whether this call started it (the caller stops what it started).
+    """
+    base = (base_dir or default_dir()).resolve()
+    if (base / STATE_FILE).exists():
+        existing = LocalCluster.load(base)
+        if existing.is_running():
+            return existing, False
+    cluster = LocalCluster(replicas=replicas, sync=sync, base_dir=base, keep=True)
+    cluster.start()
+    return cluster, True
+
+
+def add_cluster_command(sub: Any) -> None:
+    p = sub.add_parser("cluster", help="start, inspect or stop the local replicated cluster")
+    csub = p.add_subparsers(dest="cluster_cmd", required=True)
+    up = csub.add_parser("up", help="start a primary + N streaming replicas and leave them running")
+    up.add_argument("--replicas", type=int, default=2, help="number of replicas (default 2)")
+    up.add_argument("--sync", action="store_true", help="synchronous replication (ANY 1)")
+    up.add_argument(
+        "--dir", type=Path, default=None, help=f"state directory (default {DEFAULT_DIR})"
+    )
+    up.add_argument("--json", action="store_true", help="print the DSNs as JSON")
+    st = csub.add_parser("status", help="one line per node: port, role, replay lag")
+    st.add_argument("--dir", type=Path, default=None)
+    st.add_argument("--json", action="store_true")
+    down = csub.add_parser("down", help="stop the servers and delete the state directory")
+    down.add_argument("--dir", type=Path, default=None)
+    down.add_argument("--keep-data", action="store_true", help="stop, but keep the data")
+    p.set_defaults(func=run_cluster_command)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    return str(v)
+
+
+def print_status_table(rows: list[dict[str, Any]]) -> None:
+    cols = ["node", "port", "role", "streaming", "lag_bytes", "lag_seconds"]
+    table = [cols] + [[_fmt(r[c]) for c in cols] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+
+
+def run_cluster_command(args: argparse.Namespace) -> int:
+    base = (args.dir or default_dir()).resolve()
+    try:
+        if args.cluster_cmd == "up":
+            t0 = time.monotonic()
+            cluster, started = ensure_local_cluster(base, replicas=args.replicas, sync=args.sync)
+            took = time.monotonic() - t0
+            info = {
+                "dir": str(base),
+                "started": started,
+                "seconds": round(took, 2),
+                "primary": cluster.primary.dsn,
+                "replicas": [r.dsn for r in cluster.replicas],
+                "hosts": ",".join(cluster.dsns()),
+                "sync": cluster.sync,
+            }
+            if args.json:
+                print(json.dumps(info, indent=2))
+            else:
+                verb = f"started in {took:.1f}s" if started else "already running"
+                print(f"cluster {verb} in {base}")
+                print(f"primary  {cluster.primary.dsn}")
+                for r in cluster.replicas:
+                    print(f"replica  {r.dsn}")
+                print(f"\nexport PGSESSIONS_HOSTS={info['hosts']}")
+            return 0
+        cluster = LocalCluster.load(base)
+        if args.cluster_cmd == "status":
+            rows = cluster.status()
+            if args.json:
+                print(json.dumps(rows, indent=2))
+            else:
+                print_status_table(rows)
+            return 0
+        if args.cluster_cmd == "down":
+            cluster.stop(delete=not args.keep_data)
+            print(f"cluster in {base} stopped" + ("" if args.keep_data else " and deleted"))
+            return 0
+    except ClusterError as exc:
+        print(f"pgsessions cluster: {exc}", file=sys.stderr)
+        return 1
+    return 2

@@ -1,0 +1,96 @@
+"""One PostgreSQL server of the local cluster."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import psycopg
+
+DBNAME = "pgsessions"
+
+
+@dataclass
+class Node:
+    """A server of a LocalCluster: its name (also its cluster_name and slot name), port, paths."""
+
+    name: str
+    port: int
+    base_dir: Path
+
+    @property
+    def dir(self) -> Path:
+        return self.base_dir / self.name
+
+    @property
+    def data_dir(self) -> Path:
+        return self.dir / "data"
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "server.log"
+
+    @property
+    def dsn(self) -> str:
+        """libpq URL of this node (trust auth on loopback: no password)."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{DBNAME}"
+
+    @property
+    def conninfo(self) -> str:
+        """key=value conninfo, as used for primary_conninfo and pg_rewind."""
+        return f"host=127.0.0.1 port={self.port} user=postgres dbname={DBNAME}"
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def is_running(self) -> bool:
+        pid_file = self.data_dir / "postmaster.pid"
+        try:
+            pid = int(pid_file.read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            return False
+        return Path(f"/proc/{pid}").exists()
+
+    def pid(self) -> int | None:
+        try:
+            return int((self.data_dir / "postmaster.pid").read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def execute(
+        self, sql: Any, params: Any = None, *, dbname: str = DBNAME, timeout: float = 5.0
+    ) -> list[tuple[Any, ...]]:
+        """Run one statement in autocommit and return its rows (empty when none)."""
+        with psycopg.connect(
+            f"host=127.0.0.1 port={self.port} user=postgres dbname={dbname}",
+            autocommit=True,
+            connect_timeout=max(1, int(timeout)),
+        ) as conn:
+            cur = conn.execute(sql, params)
+            return cur.fetchall() if cur.description is not None else []
+
+    def role(self) -> Literal["primary", "replica", "down"]:
+        """Asked of the server itself: `pg_is_in_recovery()`."""
+        try:
+            rows = self.execute("SELECT pg_is_in_recovery()", timeout=2)
+        except psycopg.Error:
+            return "down"
+        return "replica" if rows[0][0] else "primary"
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no server log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "port": self.port,
+            "dsn": self.dsn,
+            "data_dir": str(self.data_dir),
+            "log_path": str(self.log_path),
+        }

@@ -1,0 +1,64 @@
+"""Small helpers shared by tests: polling with a deadline, and process checks."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+
+def poll(condition: Callable[[], bool], timeout: float = 10.0, interval: float = 0.05) -> bool:
+    """True once ``condition()`` holds, False if it still does not at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if condition():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+async def apoll(
+    condition: Callable[[], Awaitable[bool]], within: float = 10.0, interval: float = 0.05
+) -> bool:
+    """Async :func:`poll`: True once ``await condition()`` holds within ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        if await condition():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(interval)
+
+
+def processes_under(path: Path) -> list[int]:
+    """PIDs of processes whose command line mentions ``path`` (e.g. a postmaster's -D)."""
+    needle = str(path).encode()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if needle in cmd:
+            pids.append(int(entry))
+    return pids
+
+
+def children_of(pids: list[int]) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid in pids:
+            out.append(int(entry))
+    return out
