@@ -69,8 +69,13 @@ class RouterConfig:
         if not hosts:
             raise ValueError("RouterConfig.hosts is empty: give at least one PostgreSQL DSN")
         object.__setattr__(self, "hosts", tuple(hosts))
-        for knob in ("max_lag_seconds", "check_interval", "failover_timeout", "connect_timeout",
-                     "statement_timeout"):
+        for knob in (
+            "max_lag_seconds",
+            "check_interval",
+            "failover_timeout",
+            "connect_timeout",
+            "statement_timeout",
+        ):
             if getattr(self, knob) <= 0:
                 raise ValueError(f"RouterConfig.{knob} must be > 0, got {getattr(self, knob)!r}")
         if self.max_lag_bytes < 0:

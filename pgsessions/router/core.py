@@ -83,8 +83,9 @@ class SessionRouter:
         self._pools[self._primary] = pool
         self._topology = Topology(
             hosts=tuple(
-                HostState(host=host_label(d), role="primary" if d == self._primary else "replica",
-                          up=True)
+                HostState(
+                    host=host_label(d), role="primary" if d == self._primary else "replica", up=True
+                )
                 for d in self.config.host_list
             ),
             primary=host_label(self._primary),
