@@ -213,3 +213,54 @@ def test_cli_up_status_down() -> None:
     assert down.returncode == 0, down.stderr
     assert processes_under(d) == []
     assert not d.exists()
+
+
+def _public_tmp(prefix: str) -> Path:
+    d = Path(tempfile.mkdtemp(prefix=prefix))
+    d.chmod(0o755)
+    return d
+
+
+def test_stale_directory_of_a_killed_run_is_cleaned() -> None:
+    base = _public_tmp("pgs-stale-") / "c"
+    # a run killed with SIGKILL leaves its servers running and its directory behind
+    script = (
+        "import os, signal; from pgsessions.devcluster import LocalCluster; "
+        f"c = LocalCluster(replicas=1, base_dir={str(base)!r}, keep=True, fsync=False); "
+        "c.start(); os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert proc.returncode == -9
+    leftovers = processes_under(base)
+    assert leftovers, "the killed run should have left its servers running"
+    c = LocalCluster(replicas=1, base_dir=base, fsync=False)
+    try:
+        c.start()
+        assert all(not Path(f"/proc/{pid}").exists() for pid in leftovers)
+        assert c.primary.role() == "primary" and c.replicas[0].role() == "replica"
+    finally:
+        c.stop()
+    assert processes_under(base) == []
+
+
+def test_cluster_up_resumes_a_stopped_cluster_with_its_data() -> None:
+    d = _public_tmp("pgs-resume-") / "state"
+    cmd = [sys.executable, "-m", "pgsessions", "cluster"]
+    subprocess.run([*cmd, "up", "--dir", str(d)], check=True, capture_output=True, timeout=120)
+    try:
+        c = LocalCluster.load(d)
+        c.primary.execute("CREATE TABLE keepme (x int)")
+        c.primary.execute("INSERT INTO keepme VALUES (7)")
+        c.stop(delete=False)
+        assert processes_under(d) == []
+        up = subprocess.run(
+            [*cmd, "up", "--dir", str(d), "--json"], capture_output=True, text=True, timeout=120
+        )
+        assert up.returncode == 0, up.stderr
+        c = LocalCluster.load(d)
+        assert c.primary.execute("SELECT x FROM keepme") == [(7,)]
+        c.wait_caught_up()
+        assert c.replicas[0].execute("SELECT x FROM keepme") == [(7,)]
+    finally:
+        subprocess.run([*cmd, "down", "--dir", str(d)], capture_output=True, timeout=60)
+    assert processes_under(d) == []

@@ -32,6 +32,11 @@ def ensure_local_cluster(
         existing = LocalCluster.load(base)
         if existing.is_running():
             return existing, False
+        try:
+            existing.resume()
+            return existing, True
+        except ClusterError:
+            pass  # unusable leftovers: LocalCluster.start() below cleans the directory
     cluster = LocalCluster(replicas=replicas, sync=sync, base_dir=base, keep=True)
     cluster.start()
     return cluster, True

@@ -218,6 +218,21 @@ class LocalCluster:
         cluster._started = any(n.is_running() for n in cluster.nodes)
         return cluster
 
+    def resume(self) -> None:
+        """Start the stopped servers of a loaded cluster again, keeping their data."""
+        order = [self.primary, *self.replicas]
+        for node in order:
+            if not node.is_running():
+                if not node.data_dir.exists():
+                    raise ClusterError(f"{node.name} has no data directory in {self.base_dir}")
+                self._pg_ctl_start(node)
+        for replica in self.replicas:
+            self._wait_streaming(replica, self.primary)
+        self._started = True
+        with _live_lock:
+            if not self.keep:
+                _live.add(self)
+
     def is_running(self) -> bool:
         return bool(self.nodes) and all(n.is_running() for n in self.nodes)
 
