@@ -1,0 +1,95 @@
+"""Items <-> the JSON text stored in ``messages.item`` (a ``json`` column)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+# json keeps the text as written: "\u0000" escapes (which jsonb refuses), large integers,
+# float repr and key order all come back as they went in.
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+# for strings holding lone surrogates, which UTF-8 cannot carry: escape everything
+_encode_ascii = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False).encode
+_decode = json.JSONDecoder().decode
+# an escaped U+0000: "\u0000" preceded by an even number of backslashes
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+class EncodedBatch:
+    """A batch ready for ``add_items``: item texts and the extracted role/type columns."""
+
+    __slots__ = ("items", "roles", "types")
+
+    def __init__(self, items: list[str], roles: list[str | None], types: list[str | None]):
+        self.items = items
+        self.roles = roles
+        self.types = types
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def encode_item(item: Any, index: int = 0) -> str:
+    """One item as JSON text.
+
+    Raises TypeError (not serialisable: set, bytes, objects) or ValueError (NaN, infinity,
+    circular reference) naming ``index``.
+    """
+    try:
+        text = _encode(item)
+    except TypeError as exc:
+        raise TypeError(f"item {index} is not JSON-serialisable: {exc}") from None
+    except ValueError as exc:  # NaN/inf (PostgreSQL json refuses them), circular references
+        raise ValueError(f"item {index} cannot be stored as JSON: {exc}") from None
+    except RecursionError:
+        raise ValueError(f"item {index} is nested too deeply to encode") from None
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = _encode_ascii(item)  # lone surrogates travel as \udXXX escapes
+    return text
+
+
+def _column(item: Any, key: str) -> str | None:
+    if isinstance(item, Mapping):
+        value = item.get(key)
+        if isinstance(value, str) and "\x00" not in value:
+            return value
+    return None
+
+
+def encode_items(items: Sequence[Any]) -> EncodedBatch:
+    """Encode a whole batch before any I/O, so a bad item leaves the session untouched."""
+    texts = [encode_item(item, i) for i, item in enumerate(items)]
+    return EncodedBatch(
+        texts, [_column(i, "role") for i in items], [_column(i, "type") for i in items]
+    )
+
+
+def decode(text: str) -> Any:
+    """Parse JSON text read from the database."""
+    return _decode(text)
+
+
+def encode_metadata(metadata: Mapping[str, Any] | None) -> str | None:
+    """Conversation metadata as JSON text for a ``jsonb`` column (None stays None).
+
+    jsonb cannot hold U+0000 and does not keep number precision beyond numeric; metadata is
+    meant for small filterable labels, so U+0000 is refused with ValueError.
+    """
+    if metadata is None:
+        return None
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata must be a mapping, got {type(metadata).__name__}")
+    try:
+        text = _encode_ascii(dict(metadata))
+    except TypeError as exc:
+        raise TypeError(f"metadata is not JSON-serialisable: {exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"metadata cannot be stored as JSON: {exc}") from None
+    if _NUL_ESCAPE.search(text):
+        raise ValueError("metadata cannot contain U+0000 (PostgreSQL jsonb refuses it)")
+    return text

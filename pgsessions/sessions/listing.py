@@ -1,0 +1,110 @@
+"""list_sessions: keyset pages of conversations, most recently updated first."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from .items import decode, encode_metadata
+from .schema import quote_ident
+
+if TYPE_CHECKING:
+    from ..router import SessionRouter
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """One conversation as listed: its id, times, number of items and metadata."""
+
+    session_id: str
+    created_at: datetime
+    updated_at: datetime
+    item_count: int
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SessionPage:
+    """A page of :func:`list_sessions`. Iterating it yields the :class:`SessionInfo` rows.
+
+    ``next_cursor`` is None on the last page; otherwise pass it as ``after=`` for the next.
+    """
+
+    sessions: list[SessionInfo] = field(default_factory=list)
+    next_cursor: str | None = None
+
+    def __iter__(self) -> Iterator[SessionInfo]:
+        return iter(self.sessions)
+
+    def __len__(self) -> int:
+        return len(self.sessions)
+
+
+def _encode_cursor(info: SessionInfo) -> str:
+    raw = json.dumps([info.updated_at.isoformat(), info.session_id], ensure_ascii=True)
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        stamp, session_id = json.loads(raw)
+        when = datetime.fromisoformat(stamp)
+        if not isinstance(session_id, str) or when.tzinfo is None:
+            raise ValueError
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise ValueError(f"not a list_sessions cursor: {cursor!r}") from None
+    return when, session_id
+
+
+async def list_sessions(
+    router: SessionRouter,
+    *,
+    limit: int = 50,
+    after: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> SessionPage:
+    """One page of conversations, most recently updated first (ties by session id).
+
+    ``after`` is the ``next_cursor`` of the previous page. ``metadata`` keeps only the
+    conversations whose metadata contains it (jsonb ``@>``). Keyset pagination: each page
+    costs the same however deep; a conversation updated while you page moves to the front,
+    so it may be skipped or seen twice.
+    """
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be a positive int, got {limit!r}")
+    s = quote_ident(router.config.schema)
+    where: list[str] = []
+    params: list[Any] = []
+    if after is not None:
+        when, last_id = _decode_cursor(after)
+        where.append("(updated_at, session_id) < (%s, %s)")
+        params += [when, last_id]
+    if metadata is not None:
+        where.append("metadata @> %s::jsonb")
+        params.append(encode_metadata(metadata))
+    query = (
+        f"SELECT session_id, created_at, updated_at, item_count, metadata::text"
+        f" FROM {s}.conversations"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + " ORDER BY updated_at DESC, session_id DESC LIMIT %s"
+    )
+    params.append(limit + 1)
+    rows = await router.execute_read("list_sessions", None, query, params)
+    infos = [
+        SessionInfo(
+            session_id=sid,
+            created_at=created,
+            updated_at=updated,
+            item_count=int(count),
+            metadata=decode(meta),
+        )
+        for sid, created, updated, count, meta in rows[:limit]
+    ]
+    next_cursor = _encode_cursor(infos[-1]) if len(rows) > limit else None
+    return SessionPage(infos, next_cursor)

@@ -1,0 +1,123 @@
+"""Schema migrations: ordered SQL files applied once each, under an advisory lock."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from psycopg import sql
+
+if TYPE_CHECKING:
+    from ..router import SessionRouter
+
+_FILE_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema change: ``version`` orders migrations (``"0001"``), ``sql`` may contain
+    several statements and uses ``{schema}`` for the quoted schema name."""
+
+    version: str
+    name: str
+    sql: str
+
+    def render(self, schema: str) -> str:
+        """The SQL with ``{schema}`` replaced by the quoted identifier."""
+        return self.sql.replace("{schema}", quote_ident(schema))
+
+
+def quote_ident(name: str) -> str:
+    """``name`` as a quoted SQL identifier."""
+    return sql.Identifier(name).as_string(None)
+
+
+def load_migrations(directory: str | Path | Traversable | None = None) -> list[Migration]:
+    """The migrations in ``directory`` (default: the ones shipped in the package), in order.
+
+    Files are named ``NNNN_name.sql``; other files are ignored.
+    """
+    root: Traversable | Path
+    if directory is None:
+        root = resources.files("pgsessions.sessions").joinpath("migrations")
+    else:
+        root = directory if isinstance(directory, Traversable) else Path(directory)
+    found: list[Migration] = []
+    for entry in root.iterdir():
+        m = _FILE_RE.match(entry.name)
+        if m and entry.is_file():
+            found.append(Migration(m.group(1), m.group(2), entry.read_text(encoding="utf-8")))
+    found.sort(key=lambda mig: mig.version)
+    versions = [mig.version for mig in found]
+    if len(set(versions)) != len(versions):
+        raise ValueError(f"duplicate migration versions in {root}: {versions}")
+    return found
+
+
+def _lock_key(schema: str) -> str:
+    return f"pgsessions.migrate:{schema}"
+
+
+async def migrate(
+    router: SessionRouter,
+    *,
+    migrations: Sequence[Migration] | str | Path | None = None,
+) -> list[str]:
+    """Bring the router's schema up to date; returns the versions this call applied.
+
+    Safe to call from many servers at once: each migration runs in its own transaction on
+    the primary under ``pg_advisory_xact_lock`` and is recorded in ``schema_migrations``,
+    so it is applied exactly once. ``migrations`` (a list, or a directory of ``NNNN_*.sql``
+    files) replaces the packaged set, e.g. to test an upgrade.
+    """
+    if migrations is None or isinstance(migrations, str | Path):
+        todo = load_migrations(migrations)
+    else:
+        todo = sorted(migrations, key=lambda mig: mig.version)
+    schema = router.config.schema
+    qs = quote_ident(schema)
+    lock = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
+    bootstrap = (
+        f"CREATE SCHEMA IF NOT EXISTS {qs};"
+        f" CREATE TABLE IF NOT EXISTS {qs}.schema_migrations ("
+        " version text PRIMARY KEY,"
+        " name text NOT NULL,"
+        " applied_at timestamptz NOT NULL DEFAULT now())"
+    )
+    applied_q = f"SELECT version FROM {qs}.schema_migrations"
+    record_q = f"INSERT INTO {qs}.schema_migrations (version, name) VALUES (%s, %s)"
+    applied: list[str] = []
+    async with router.primary_connection() as conn:
+        async with conn.transaction():
+            await conn.execute(lock, (_lock_key(schema),))
+            await conn.execute(bootstrap)
+            done = {row[0] for row in await (await conn.execute(applied_q)).fetchall()}
+        for mig in todo:
+            if mig.version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(lock, (_lock_key(schema),))
+                cur = await conn.execute(f"{applied_q} WHERE version = %s", (mig.version,))
+                if await cur.fetchone() is not None:
+                    continue  # another server applied it while we waited for the lock
+                await conn.execute(mig.render(schema))
+                await conn.execute(record_q, (mig.version, mig.name))
+            applied.append(mig.version)
+    return applied
+
+
+async def applied_migrations(router: SessionRouter) -> list[str]:
+    """Versions recorded in ``schema_migrations`` (empty when the schema does not exist)."""
+    qs = quote_ident(router.config.schema)
+    async with router.primary_connection() as conn:
+        cur = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{qs}.schema_migrations",))
+        row = await cur.fetchone()
+        if not row or not row[0]:
+            return []
+        cur = await conn.execute(f"SELECT version FROM {qs}.schema_migrations ORDER BY version")
+        return [r[0] for r in await cur.fetchall()]

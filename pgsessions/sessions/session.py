@@ -1,0 +1,254 @@
+"""PostgresSession: the Agents SDK ``Session`` protocol on PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from agents.memory.session_settings import (
+    SessionSettings,
+    coerce_session_settings,
+    resolve_session_limit,
+)
+
+from ..router.lsn import parse_lsn
+from . import usage as _usage
+from .items import decode, encode_items, encode_metadata
+from .sql import statements
+
+if TYPE_CHECKING:
+    from agents.items import TResponseInputItem
+    from agents.result import RunResultBase
+
+    from ..router import SessionRouter
+
+_T = TypeVar("_T")
+# PostgreSQL's LIMIT is a bigint; anything at or above this means "all"
+_MAX_LIMIT = 2**63 - 1
+
+
+async def _settle(awaitable: Awaitable[_T]) -> _T:
+    """Await a write to its outcome even if the caller is cancelled meanwhile.
+
+    A cancelled caller still gets CancelledError, but only once the write has committed or
+    failed, so the session is never left in an unknown state by a cancellation.
+    """
+    task = asyncio.ensure_future(awaitable)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.wait({task})
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return task.result()
+
+
+class PostgresSession:
+    """Conversation history of one session id, stored in PostgreSQL through a router.
+
+    Implements the SDK's ``agents.memory.Session`` protocol. Writes go to the primary;
+    history reads go wherever the router finds the session's writes replayed (see
+    :attr:`consistency_token`). The tables must exist: run ``await pgsessions.migrate(router)``
+    once at startup; no statement here creates or checks tables.
+
+    Args:
+        session_id: the conversation's id (a non-empty string without U+0000).
+        router: an open :class:`pgsessions.SessionRouter`.
+        session_settings: ``SessionSettings`` or a dict; ``limit`` is the default for
+            :meth:`get_items`.
+        consistency_token: a token from :attr:`consistency_token` of another server; reads
+            here then see at least that server's writes.
+        metadata: a JSON object stored on the conversation when this session's first write
+            creates it (use :meth:`update_metadata` to change an existing one).
+    """
+
+    session_settings: SessionSettings | None = None
+
+    def __init__(
+        self,
+        session_id: str,
+        router: SessionRouter,
+        *,
+        session_settings: SessionSettings | dict[str, Any] | None = None,
+        consistency_token: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(session_id, str) or not session_id:
+            raise ValueError(f"session_id must be a non-empty string, got {session_id!r}")
+        if "\x00" in session_id:
+            raise ValueError("session_id cannot contain U+0000")
+        self.session_id = session_id
+        self.session_settings = (
+            coerce_session_settings(session_settings)
+            if session_settings is not None
+            else SessionSettings()
+        )
+        self.router = router
+        self._sql = statements(router.config.schema)
+        self._metadata = encode_metadata(metadata)
+        self._token: int | None = None
+        if consistency_token is not None:
+            self._token = parse_lsn(consistency_token)
+            router.remember_token(session_id, consistency_token)
+
+    def __repr__(self) -> str:
+        return (
+            f"PostgresSession(session_id={self.session_id!r}, "
+            f"schema={self.router.config.schema!r}, token={self.consistency_token!r})"
+        )
+
+    # consistency ------------------------------------------------------------------------
+    @property
+    def consistency_token(self) -> str | None:
+        """The newest write position this session must read at (pg_lsn text) or None.
+
+        Hand it to another server (``PostgresSession(..., consistency_token=...)``) so that
+        its reads see this session's writes.
+        """
+        mine = self._token
+        theirs = self.router.token_for(self.session_id)
+        if theirs is not None and (mine is None or parse_lsn(theirs) > mine):
+            return theirs
+        if mine is None:
+            return None
+        return f"{mine >> 32:X}/{mine & 0xFFFFFFFF:X}"
+
+    def _note(self, token: str) -> None:
+        lsn = parse_lsn(token)
+        if self._token is None or lsn > self._token:
+            self._token = lsn
+
+    async def _write(self, operation: str, query: Any, params: Any) -> list[tuple[Any, ...]]:
+        rows, token = await _settle(
+            self.router.execute_write(operation, self.session_id, query, params)
+        )
+        self._note(token)
+        return rows
+
+    async def _read(self, operation: str, query: Any, params: Any) -> list[tuple[Any, ...]]:
+        return await self.router.execute_read(
+            operation, self.session_id, query, params, token=self.consistency_token
+        )
+
+    # the Session protocol -----------------------------------------------------------------
+    async def get_items(self, limit: int | None = None) -> list[TResponseInputItem]:
+        """The latest ``limit`` items in chronological order.
+
+        ``limit=None`` uses ``session_settings.limit`` (None: all items); 0 returns [] without
+        a round trip; a limit above the history returns all of it. One statement whose cost
+        grows with ``limit``, not with the history. Raises ValueError for a negative limit.
+        """
+        effective = resolve_session_limit(limit, self.session_settings)
+        if effective is not None:
+            if isinstance(effective, bool) or not isinstance(effective, int):
+                raise TypeError(f"limit must be an int or None, got {effective!r}")
+            if effective < 0:
+                raise ValueError(f"limit must be >= 0 or None, got {effective}")
+            if effective == 0:
+                return []
+            if effective >= _MAX_LIMIT:
+                effective = None
+        rows = await self._read("get_items", self._sql.get_items, (self.session_id, effective))
+        text = rows[0][0] if rows else None
+        if text is None:
+            return []
+        items: list[TResponseInputItem] = decode(text)
+        return items
+
+    async def add_items(self, items: list[TResponseInputItem]) -> None:
+        """Append ``items`` in order, all or nothing, in one round trip to the primary.
+
+        ``[]`` does nothing. Every item is encoded before any I/O: one that is not JSON
+        serialisable raises TypeError (NaN/infinity: ValueError) naming its index, and
+        nothing is written. The batch carries an operation id, so a retry by the router
+        after an ambiguous failure applies it once.
+        """
+        if not items:
+            return
+        batch = encode_items(items)
+        await self._write(
+            "add_items",
+            self._sql.add_items,
+            (
+                self.session_id,
+                uuid.uuid4(),
+                batch.items,
+                batch.roles,
+                batch.types,
+                self._metadata,
+            ),
+        )
+
+    async def pop_item(self) -> TResponseInputItem | None:
+        """Remove and return the newest item; None when the session is empty or unknown.
+
+        Concurrent callers each get a different item; a retried call returns the item the
+        first attempt removed.
+        """
+        rows = await self._write("pop_item", self._sql.pop_item, (self.session_id, uuid.uuid4()))
+        text = rows[0][0] if rows else None
+        if text is None:
+            return None
+        item: TResponseInputItem = decode(text)
+        return item
+
+    async def clear_session(self) -> None:
+        """Delete the conversation: its items, metadata and usage rows. No-op when unknown."""
+        await self._write("clear_session", self._sql.clear_session, (self.session_id,))
+
+    # metadata ---------------------------------------------------------------------------
+    async def update_metadata(
+        self, metadata: Mapping[str, Any], *, replace: bool = False
+    ) -> dict[str, Any]:
+        """Merge ``metadata`` into the conversation's (top-level keys; ``replace=True``
+        replaces it whole); creates the conversation if needed. Returns the new metadata."""
+        text = encode_metadata(metadata)
+        rows = await self._write(
+            "update_metadata", self._sql.update_metadata, (self.session_id, text, replace)
+        )
+        result: dict[str, Any] = decode(rows[0][0])
+        return result
+
+    async def get_metadata(self) -> dict[str, Any] | None:
+        """The conversation's metadata, or None when the conversation does not exist."""
+        rows = await self._read("get_metadata", self._sql.get_metadata, (self.session_id,))
+        if not rows:
+            return None
+        result: dict[str, Any] = decode(rows[0][0])
+        return result
+
+    # usage (same names and shapes as the SDK's AdvancedSQLiteSession) ------------------------
+    async def store_run_usage(self, result: RunResultBase) -> None:
+        """Store ``result.context_wrapper.usage`` for the current user turn.
+
+        The current turn is the number of items with role ``"user"`` in the session; storing
+        again for the same turn replaces the row. Nothing is stored while the session has no
+        user item. Database errors propagate (the SDK's SQLite version only logs them).
+        """
+        params = _usage.usage_params(result)
+        if params is None:
+            return
+        await self._write("store_run_usage", self._sql.store_usage, (*params, self.session_id))
+
+    async def get_session_usage(self) -> dict[str, int] | None:
+        """Sums over all stored turns: requests, input_tokens, output_tokens, total_tokens,
+        total_turns; None when nothing is stored."""
+        rows = await self._read("get_session_usage", self._sql.session_usage, (self.session_id,))
+        return _usage.session_usage(rows)
+
+    async def get_turn_usage(
+        self, user_turn_number: int | None = None
+    ) -> list[dict[str, Any]] | dict[str, Any]:
+        """One turn's usage as a dict ({} when not stored), or with no argument the list of
+        all turns, each with ``user_turn_number``, in turn order."""
+        if user_turn_number is None:
+            rows = await self._read("get_turn_usage", self._sql.turn_usage_all, (self.session_id,))
+            return _usage.all_turns(rows)
+        rows = await self._read(
+            "get_turn_usage", self._sql.turn_usage_one, (self.session_id, user_turn_number)
+        )
+        return _usage.one_turn(rows)

@@ -1,0 +1,370 @@
+"""PostgresSession semantics against a real primary: the SDK's Session contract, exactly."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import uuid
+from typing import Any
+
+import psycopg
+import pytest
+from agents.memory import Session, SessionSettings
+
+from pgsessions import PostgresSession, SessionRouter, migrate
+from pgsessions.router.errors import RouterClosedError
+from pgsessions.router.lsn import parse_lsn
+from pgsessions.sessions.schema import quote_ident
+from pgsessions.sessions.sql import statements
+
+
+@pytest.fixture
+async def db(router: SessionRouter) -> SessionRouter:
+    await migrate(router)
+    return router
+
+
+def msg(i: int, role: str = "user") -> dict[str, Any]:
+    return {"role": role, "content": f"message {i}"}
+
+
+async def fetch(router: SessionRouter, query: str, *params: Any) -> list[tuple[Any, ...]]:
+    async with router.primary_connection() as conn:
+        cur = await conn.execute(query.replace("{s}", quote_ident(router.config.schema)), params)
+        return await cur.fetchall() if cur.description is not None else []
+
+
+async def test_is_an_sdk_session_with_a_safe_repr(db: SessionRouter) -> None:
+    s = PostgresSession("repr-1", db)
+    assert isinstance(s, Session)
+    assert s.session_settings == SessionSettings()
+    text = repr(s)
+    assert "repr-1" in text and db.config.schema in text
+    assert "password" not in text and "host" not in text
+
+
+async def test_settings_accept_a_dict(db: SessionRouter) -> None:
+    s = PostgresSession("settings-dict", db, session_settings={"limit": 2})
+    assert isinstance(s.session_settings, SessionSettings)
+    assert s.session_settings.limit == 2
+    await s.add_items([msg(i) for i in range(4)])
+    assert [i["content"] for i in await s.get_items()] == ["message 2", "message 3"]
+    # an explicit argument wins over the settings
+    assert len(await s.get_items(3)) == 3
+
+
+async def test_add_and_get_keep_order_across_batches(db: SessionRouter) -> None:
+    s = PostgresSession("order", db)
+    await s.add_items([msg(0), msg(1, "assistant")])
+    await s.add_items([msg(2)])
+    await s.add_items([msg(3, "assistant"), msg(4), msg(5, "assistant")])
+    assert [i["content"] for i in await s.get_items()] == [f"message {i}" for i in range(6)]
+
+
+@pytest.mark.parametrize(
+    ("limit", "expected"),
+    [
+        (None, [0, 1, 2, 3, 4]),
+        (1, [4]),
+        (3, [2, 3, 4]),
+        (5, [0, 1, 2, 3, 4]),
+        (6, [0, 1, 2, 3, 4]),
+        (2**31 - 1, [0, 1, 2, 3, 4]),
+        (2**63 - 1, [0, 1, 2, 3, 4]),
+        (2**70, [0, 1, 2, 3, 4]),
+    ],
+)
+async def test_limit_returns_latest_n_in_order(
+    db: SessionRouter, limit: int | None, expected: list[int]
+) -> None:
+    s = PostgresSession(f"limit-{limit}", db)
+    await s.add_items([msg(i) for i in range(5)])
+    assert [i["content"] for i in await s.get_items(limit)] == [f"message {i}" for i in expected]
+
+
+async def test_limit_zero_and_negative(db: SessionRouter) -> None:
+    s = PostgresSession("limit-edges", db)
+    await s.add_items([msg(0)])
+    assert await s.get_items(0) == []
+    with pytest.raises(ValueError, match="-1"):
+        await s.get_items(-1)
+    with pytest.raises(ValueError):
+        await PostgresSession("x", db, session_settings={"limit": -3}).get_items()
+    with pytest.raises(TypeError):
+        await s.get_items("2")  # type: ignore[arg-type]
+
+
+async def test_unknown_session_reads_empty(db: SessionRouter) -> None:
+    s = PostgresSession("never-written", db)
+    assert await s.get_items() == []
+    assert await s.get_items(10) == []
+    assert await s.get_metadata() is None
+
+
+async def test_empty_batch_and_limit_zero_cost_no_round_trip(router_config: Any) -> None:
+    router = SessionRouter(router_config)  # never opened: any statement would raise
+    s = PostgresSession("no-io", router)
+    await s.add_items([])
+    assert await s.get_items(0) == []
+    with pytest.raises(RouterClosedError):
+        await s.get_items(1)
+
+
+async def test_pop_returns_newest_then_none(db: SessionRouter) -> None:
+    s = PostgresSession("pop", db)
+    assert await s.pop_item() is None  # unknown session
+    await s.add_items([msg(0), msg(1, "assistant"), msg(2)])
+    assert await s.pop_item() == msg(2)
+    assert await s.pop_item() == msg(1, "assistant")
+    await s.add_items([msg(3)])
+    assert await s.get_items() == [msg(0), msg(3)]
+    assert await s.pop_item() == msg(3)
+    assert await s.pop_item() == msg(0)
+    assert await s.pop_item() is None
+    assert await s.get_items() == []
+    rows = await fetch(
+        db, "SELECT item_count, user_turns FROM {s}.conversations WHERE session_id = %s", "pop"
+    )
+    assert rows == [(0, 0)]
+
+
+async def test_clear_unknown_is_a_no_op_and_clear_removes_everything(db: SessionRouter) -> None:
+    await PostgresSession("nobody", db).clear_session()
+    s = PostgresSession("clear-me", db, metadata={"k": "v"})
+    other = PostgresSession("keep-me", db)
+    await s.add_items([msg(0), msg(1)])
+    await other.add_items([msg(9)])
+    await s.pop_item()
+    await s.clear_session()
+    assert await s.get_items() == []
+    assert await s.get_metadata() is None
+    for table in ("conversations", "messages", "usage_logs", "ops"):
+        rows = await fetch(
+            db, f"SELECT count(*) FROM {{s}}.{table} WHERE session_id = %s", "clear-me"
+        )
+        assert rows == [(0,)], table
+    assert await other.get_items() == [msg(9)]
+    # the session is usable again and starts a new conversation
+    await s.add_items([msg(5)])
+    assert await s.get_items() == [msg(5)]
+    assert await s.get_metadata() == {"k": "v"}
+
+
+async def test_sessions_are_isolated(db: SessionRouter) -> None:
+    a, b = PostgresSession("iso-a", db), PostgresSession("iso-b", db)
+    await a.add_items([msg(1)])
+    await b.add_items([msg(2)])
+    assert await a.get_items() == [msg(1)]
+    assert await b.pop_item() == msg(2)
+    assert await a.get_items() == [msg(1)]
+
+
+ODD_VALUES: list[Any] = [
+    "nul \x00 inside",
+    "\x00",
+    "lone surrogate \ud800 and \udfff",
+    "planes: é ß 中文 𝄞 😀 \U0010ffff \u200b \ufeff",
+    "'; DROP TABLE messages; --",
+    "$$ $body$ \\ \\\\ \\u0000 %s %(x)s {schema}",
+    "\n\t\r\x7f\x01",
+    2**200,
+    -(2**70),
+    1.7976931348623157e308,
+    5e-324,
+    0.1,
+    -0.0,
+    True,
+    None,
+    [],
+    {},
+    "",
+]
+
+
+async def test_odd_values_round_trip_exactly(db: SessionRouter) -> None:
+    s = PostgresSession("odd", db)
+    items: list[Any] = [{"role": "user", "content": v} for v in ODD_VALUES]
+    items.append({"z": 1, "a": 2, "m": {"\x00key": "v"}})  # key order and a NUL key
+    await s.add_items(items)
+    got = await s.get_items()
+    assert got == items
+    assert list(got[-1]) == ["z", "a", "m"]
+    assert math.copysign(1.0, got[ODD_VALUES.index(-0.0)]["content"]) == -1.0
+    assert await s.pop_item() == items[-1]
+    assert await s.get_items(1) == [items[-2]]
+
+
+async def test_deep_nesting_and_large_items(db: SessionRouter) -> None:
+    s = PostgresSession("big", db)
+    deep: Any = "bottom"
+    for i in range(300):  # 600 levels of JSON nesting
+        deep = {"level": i, "next": [deep]}
+    big = {"role": "assistant", "content": "x" * (6 * 2**20), "tail": "é\x00"}
+    await s.add_items([{"type": "deep", "value": deep}, big])
+    got = await s.get_items()
+    assert got[0]["value"] == deep
+    assert got[1] == big
+
+
+async def test_role_and_type_columns_are_extracted(db: SessionRouter) -> None:
+    s = PostgresSession("columns", db)
+    await s.add_items(
+        [
+            {"role": "user", "content": "hi"},
+            {"type": "function_call", "name": "f", "call_id": "c1", "arguments": "{}"},
+            {"type": "message", "role": "assistant", "content": []},
+            {"role": 5, "type": "bad\x00type"},
+            ["not", "a", "dict"],
+        ]
+    )
+    rows = await fetch(
+        db, "SELECT role, type FROM {s}.messages WHERE session_id = %s ORDER BY seq", "columns"
+    )
+    assert rows == [
+        ("user", None),
+        (None, "function_call"),
+        ("assistant", "message"),
+        (None, None),
+        (None, None),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("bad", "error"),
+    [
+        ({"role": "user", "content": {1, 2}}, TypeError),
+        ({"role": "user", "content": b"bytes"}, TypeError),
+        ({"role": "user", "content": object()}, TypeError),
+        ({"role": "user", "content": float("nan")}, ValueError),
+        ({"role": "user", "content": float("inf")}, ValueError),
+    ],
+)
+async def test_unserialisable_item_names_its_index_and_writes_nothing(
+    db: SessionRouter, bad: Any, error: type[Exception]
+) -> None:
+    s = PostgresSession(f"bad-{uuid.uuid4().hex[:6]}", db)
+    await s.add_items([msg(0)])
+    with pytest.raises(error, match="item 2"):
+        await s.add_items([msg(1), msg(2), bad, msg(3)])
+    assert await s.get_items() == [msg(0)]
+    fresh = PostgresSession(f"bad-new-{uuid.uuid4().hex[:6]}", db)
+    with pytest.raises(error, match="item 0"):
+        await fresh.add_items([bad])
+    assert await fresh.get_metadata() is None  # the conversation was not created
+
+
+async def test_a_batch_failing_in_the_database_leaves_nothing(db: SessionRouter) -> None:
+    schema = quote_ident(db.config.schema)
+    async with db.primary_connection() as conn:
+        await conn.execute(
+            f"CREATE FUNCTION {schema}.boom() RETURNS trigger LANGUAGE plpgsql AS $$"
+            " BEGIN IF NEW.item->>'content' = 'boom' THEN RAISE EXCEPTION 'boom refused';"
+            " END IF; RETURN NEW; END $$"
+        )
+        await conn.execute(
+            f"CREATE TRIGGER boom BEFORE INSERT ON {schema}.messages"
+            f" FOR EACH ROW EXECUTE FUNCTION {schema}.boom()"
+        )
+    s = PostgresSession("fails", db)
+    await s.add_items([msg(0)])
+    with pytest.raises(psycopg.errors.RaiseException, match="boom refused"):
+        await s.add_items([msg(1), msg(2), {"role": "user", "content": "boom"}])
+    assert await s.get_items() == [msg(0)]
+    await s.add_items([msg(3)])
+    rows = await fetch(
+        db, "SELECT seq FROM {s}.messages WHERE session_id = %s ORDER BY seq", "fails"
+    )
+    assert rows == [(1,), (2,)]  # the failed batch consumed no sequence numbers
+    new = PostgresSession("fails-new", db)
+    with pytest.raises(psycopg.errors.RaiseException):
+        await new.add_items([{"role": "user", "content": "boom"}])
+    assert await new.get_metadata() is None
+
+
+async def test_a_replayed_batch_is_applied_once(db: SessionRouter) -> None:
+    """The router may resend a write whose reply was lost: the op id makes it a no-op."""
+    sql = statements(db.config.schema)
+    op = uuid.uuid4()
+    params = ("replay", op, ['{"n":1}', '{"n":2}'], ["user", None], [None, None], None)
+    rows1, _ = await db.execute_write("add_items", "replay", sql.add_items, params)
+    rows2, _ = await db.execute_write("add_items", "replay", sql.add_items, params)
+    assert (rows1, rows2) == ([(True,)], [(False,)])
+    s = PostgresSession("replay", db)
+    assert await s.get_items() == [{"n": 1}, {"n": 2}]
+    pop_op = uuid.uuid4()
+    first, _ = await db.execute_write("pop_item", "replay", sql.pop_item, ("replay", pop_op))
+    again, _ = await db.execute_write("pop_item", "replay", sql.pop_item, ("replay", pop_op))
+    assert first == again == [('{"n":2}',)]
+    assert await s.get_items() == [{"n": 1}]  # popped once
+
+
+async def test_concurrent_replays_wait_for_the_original(db: SessionRouter) -> None:
+    sql = statements(db.config.schema)
+    op = uuid.uuid4()
+    params = ("replay-conc", op, ['{"n":1}'], [None], [None], None)
+    results = await asyncio.gather(
+        *(db.execute_write("add_items", "replay-conc", sql.add_items, params) for _ in range(8))
+    )
+    assert sorted(rows[0][0] for rows, _ in results) == [False] * 7 + [True]
+    assert await PostgresSession("replay-conc", db).get_items() == [{"n": 1}]
+
+
+async def test_latest_n_is_an_index_scan(db: SessionRouter) -> None:
+    await fetch(
+        db,
+        "INSERT INTO {s}.conversations (session_id, next_seq, item_count)"
+        " SELECT 's' || g, 2001, 2000 FROM generate_series(1, 50) g",
+    )
+    await fetch(
+        db,
+        "INSERT INTO {s}.messages (session_id, seq, item)"
+        " SELECT 's' || g, n, json_build_object('n', n)"
+        " FROM generate_series(1, 50) g, generate_series(1, 2000) n",
+    )
+    await fetch(db, "ANALYZE {s}.messages")
+    plan = await fetch(db, "EXPLAIN " + statements(db.config.schema).get_items, "s7", 50)
+    text = "\n".join(r[0] for r in plan)
+    assert "Index Scan Backward using messages_pkey" in text, text
+    assert "Sort" not in text.split("Index Scan")[1], text
+    got = await PostgresSession("s7", db).get_items(3)
+    assert got == [{"n": 1998}, {"n": 1999}, {"n": 2000}]
+
+
+async def test_consistency_token_follows_writes(db: SessionRouter) -> None:
+    s = PostgresSession("tokens", db)
+    assert s.consistency_token is None
+    await s.add_items([msg(0)])
+    t1 = s.consistency_token
+    assert t1 is not None and parse_lsn(t1) > 0
+    await s.add_items([msg(1)])
+    t2 = s.consistency_token
+    assert t2 is not None and parse_lsn(t2) > parse_lsn(t1)
+    # another object for the same id on this router keeps read-your-writes
+    assert PostgresSession("tokens", db).consistency_token == t2
+
+
+async def test_consistency_token_argument(db: SessionRouter) -> None:
+    with pytest.raises(ValueError, match="not-a-token"):
+        PostgresSession("tok-bad", db, consistency_token="not-a-token")
+    s = PostgresSession("tok-seed", db, consistency_token="0/10")
+    assert s.consistency_token == "0/10"
+    far = PostgresSession("tok-far", db, consistency_token="FF/0")
+    await far.add_items([msg(0)])  # a real write lower than the seed does not move it back
+    assert far.consistency_token == "FF/0"
+
+
+async def test_session_id_is_validated(db: SessionRouter) -> None:
+    for bad in ("", "a\x00b", None, 5):
+        with pytest.raises(ValueError):
+            PostgresSession(bad, db)  # type: ignore[arg-type]
+
+
+async def test_cancelled_add_still_settles_all_or_nothing(db: SessionRouter) -> None:
+    s = PostgresSession("cancel", db)
+    task = asyncio.create_task(s.add_items([msg(0), msg(1), msg(2)]))
+    await asyncio.sleep(0)  # let the write start
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # the caller saw the cancellation only after the write reached its outcome
+    assert await s.get_items() == [msg(0), msg(1), msg(2)]
