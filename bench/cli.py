@@ -1,0 +1,193 @@
+"""`pgsessions bench`: options, a cluster, the run, the table, JSON/Markdown.
+
+Only the standard library is imported at module level: `pgsessions --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import WORKLOADS
+
+if TYPE_CHECKING:
+    from .harness import BenchConfig
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x.replace("_", "")) for x in text.split(",") if x.strip()]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `pgsessions bench` (also used by `python -m bench`)."""
+    p.add_argument(
+        "--workload",
+        action="append",
+        choices=[*WORKLOADS, "all"],
+        help="workload to run (repeatable; default all: turn, history, read-heavy, runner)",
+    )
+    p.add_argument("--duration", type=float, default=3.0, help="seconds per cell and round (3)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; median reported (3)")
+    p.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per cell (1)")
+    p.add_argument(
+        "--sessions",
+        type=_ints,
+        default=[32, 1, 128],
+        help="concurrent sessions of the turn workload, first = headline (32,1,128)",
+    )
+    p.add_argument(
+        "--history-sizes",
+        type=_ints,
+        default=[100, 10_000, 100_000],
+        help="items in the history sessions (100,10000,100000)",
+    )
+    p.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated contenders (pgsessions-routed, pgsessions-primary, sqlalchemy, "
+        "raw-floor, sqlite-file)",
+    )
+    p.add_argument("--pool-size", type=int, default=16, help="connections per host (16)")
+    p.add_argument(
+        "--hosts",
+        default=None,
+        help="comma-separated DSNs of an existing cluster (default: a fresh temporary local "
+        "cluster, primary + 2 replicas, fsync on, stopped afterwards)",
+    )
+    p.add_argument("--replicas", type=int, default=2, help="replicas of the temporary cluster (2)")
+    p.add_argument(
+        "--sync", action="store_true", help="temporary cluster with synchronous replication"
+    )
+    p.add_argument("--quick", action="store_true", help="about one minute: 1 round of 1.5 s")
+    p.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
+    p.add_argument("--markdown", type=Path, default=None, help="write a Markdown report here")
+    p.add_argument(
+        "--save",
+        action="store_true",
+        help=f"write {RESULTS_DIR.name}/latest.json and latest.md in the bench directory",
+    )
+    p.add_argument("--keep", action="store_true", help="keep the benchmark tables afterwards")
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    from .harness import BenchConfig
+
+    workloads = args.workload or ["all"]
+    if "all" in workloads:
+        workloads = list(WORKLOADS)
+    cfg = BenchConfig(
+        workloads=tuple(dict.fromkeys(workloads)),
+        duration=args.duration,
+        rounds=args.rounds,
+        warmup=args.warmup,
+        turn_sessions=tuple(args.sessions),
+        history_sizes=tuple(sorted(args.history_sizes)),
+    )
+    if args.quick:
+        cfg.duration, cfg.rounds, cfg.warmup = 1.5, 1, 0.5
+        cfg.turn_sessions = cfg.turn_sessions[:1]
+        cfg.history_sizes = tuple(s for s in cfg.history_sizes if s <= 10_000) or (100,)
+    return cfg
+
+
+def estimate_seconds(cfg: BenchConfig, contenders: int) -> float:
+    cells = 0
+    for w in cfg.workloads:
+        n = {"turn": len(cfg.turn_sessions), "history": len(cfg.history_sizes)}.get(w, 1)
+        cells += n * (contenders + (1 if w == "runner" else 0))
+    return cells * (cfg.rounds * cfg.duration + cfg.warmup)
+
+
+def _split_roles(dsns: list[str]) -> tuple[str, list[str]]:
+    import psycopg
+
+    primary, replicas = None, []
+    for d in dsns:
+        with psycopg.connect(d, autocommit=True, connect_timeout=5) as conn:
+            row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+        if row and row[0]:
+            replicas.append(d)
+        elif primary is None:
+            primary = d
+        else:
+            raise SystemExit(f"two writable hosts among --hosts: {primary} and {d}")
+    if primary is None:
+        raise SystemExit("no writable host among --hosts")
+    return primary, replicas
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the benchmark described by ``args``; 0 when every contender passed its checks."""
+    from .contenders import BenchEnv, default_contenders
+    from .report import render_markdown, render_text
+    from .run import run_bench
+
+    cfg = config_from_args(args)
+    contenders = default_contenders()
+    if args.only:
+        wanted = {x.strip() for x in args.only.split(",")}
+        unknown = wanted - {c.name for c in contenders}
+        if unknown:
+            print(f"unknown contender(s): {', '.join(sorted(unknown))}", file=sys.stderr)
+            return 2
+        contenders = [c for c in contenders if c.name in wanted]
+    cluster: Any = None
+    workdir = Path(tempfile.mkdtemp(prefix="pgsessions-bench-"))
+    try:
+        if args.hosts:
+            primary, replicas = _split_roles([h for h in args.hosts.split(",") if h.strip()])
+        else:
+            from pgsessions.devcluster import LocalCluster
+
+            print(f"starting a local cluster: primary + {args.replicas} replicas, fsync on ...")
+            cluster = LocalCluster(replicas=args.replicas, sync=args.sync, fsync=True)
+            cluster.start()
+            primary, replicas = cluster.primary.dsn, [r.dsn for r in cluster.replicas]
+        env = BenchEnv(
+            primary_dsn=primary,
+            replica_dsns=replicas,
+            workdir=workdir,
+            prefix=f"bench_{uuid.uuid4().hex[:6]}",
+            pool_size=args.pool_size,
+        )
+        est = estimate_seconds(cfg, len(contenders))
+        print(f"running {', '.join(cfg.workloads)}; about {est / 60:.1f} min of measurement")
+        results = asyncio.run(run_bench(env, cfg, contenders, keep=args.keep))
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    print(render_text(results))
+    outputs: list[tuple[Path, str]] = []
+    if args.save:
+        outputs += [(RESULTS_DIR / "latest.json", "json"), (RESULTS_DIR / "latest.md", "md")]
+    if args.json:
+        outputs.append((args.json, "json"))
+    if args.markdown:
+        outputs.append((args.markdown, "md"))
+    for path, kind in outputs:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(results, indent=2) + "\n" if kind == "json" else render_markdown(results)
+        path.write_text(text)
+        print(f"wrote {path}")
+    failed = [c["name"] for c in results["contenders"] if c["status"] == "failed"]
+    if failed:
+        print(f"FAILED the correctness guard: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    add_arguments(p)
+    return p

@@ -1,0 +1,428 @@
+"""The harness: workloads run on every contender, interleaved in rounds, median of rounds.
+
+Each cell (workload, parameter, contender) runs for ``duration`` seconds per round; a round
+visits every contender once (the order rotates each round so none is always first after a
+pause). Per-operation checks (read-your-writes, exact round trip, seeded tails) and a final
+history check per session make up the correctness guard: a contender that loses, duplicates,
+reorders or mangles an item, or raises, is marked failed whatever its speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from . import WORKLOADS
+from .contenders import BenchEnv, Contender
+from .payloads import Payloads, assistant_marker, check_seeded_tail, item_text, user_marker
+
+__all__ = ["WORKLOADS", "Bench", "BenchConfig"]
+
+NO_SESSION = "sdk-no-session"
+
+
+@dataclass
+class BenchConfig:
+    """What to run. Defaults are the `make bench` run (under 10 minutes on 2 cores)."""
+
+    workloads: Sequence[str] = WORKLOADS
+    duration: float = 3.0
+    rounds: int = 3
+    warmup: float = 1.0
+    #: concurrent sessions of the turn workload; the first one is the headline
+    turn_sessions: Sequence[int] = (32, 1, 128)
+    history_sizes: Sequence[int] = (100, 10_000, 100_000)
+    history_readers: int = 4
+    read_heavy_sessions: int = 32
+    reads_per_write: int = 9
+    runner_sessions: int = 32
+    limit: int = 50
+
+
+# ------------------------------------------------------------------------------ results
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted sequence (0 when empty)."""
+    if not sorted_values:
+        return 0.0
+    k = max(0, min(len(sorted_values) - 1, int(-(-q * len(sorted_values) // 1)) - 1))
+    return sorted_values[k]
+
+
+@dataclass
+class RoundResult:
+    ops: int
+    elapsed: float
+    p50: float
+    p99: float
+    errors: int
+
+    @property
+    def tput(self) -> float:
+        return self.ops / self.elapsed if self.elapsed > 0 else 0.0
+
+
+@dataclass
+class Cell:
+    """One contender on one workload parameter: its rounds and their medians."""
+
+    contender: str
+    rounds: list[RoundResult] = field(default_factory=list)
+    errors: int = 0
+    violations: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def median(self, attr: str) -> float:
+        vals = [getattr(r, attr) for r in self.rounds]
+        return float(statistics.median(vals)) if vals else 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.errors == 0 and self.violations == 0 and not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "contender": self.contender,
+            "ops_per_s": round(self.median("tput"), 1),
+            "p50_ms": round(self.median("p50") * 1000, 3),
+            "p99_ms": round(self.median("p99") * 1000, 3),
+            "ok": self.ok,
+            "errors": self.errors,
+            "violations": self.violations,
+            "problems": self.problems[:5],
+            "rounds": [
+                {
+                    "ops": r.ops,
+                    "elapsed_s": round(r.elapsed, 3),
+                    "ops_per_s": round(r.tput, 1),
+                    "p50_ms": round(r.p50 * 1000, 3),
+                    "p99_ms": round(r.p99 * 1000, 3),
+                    "errors": r.errors,
+                }
+                for r in self.rounds
+            ],
+        }
+
+
+@dataclass
+class SessionState:
+    """One benchmark conversation: its SDK session object and how many turns it has."""
+
+    sid: str
+    session: Any
+    turns: int = 0
+    step: int = 0
+    #: an operation raised: the stored count is unknown, skip the final count check
+    uncertain: bool = False
+
+
+class Recorder:
+    """Problems found while running; the first few are kept for the report."""
+
+    def __init__(self, cell: Cell) -> None:
+        self.cell = cell
+
+    def error(self, exc: BaseException) -> None:
+        self.cell.errors += 1
+        if len(self.cell.problems) < 5:
+            self.cell.problems.append(f"error: {type(exc).__name__}: {exc}"[:300])
+
+    def violation(self, what: str) -> None:
+        self.cell.violations += 1
+        if len(self.cell.problems) < 5:
+            self.cell.problems.append(f"wrong result: {what}"[:300])
+
+
+Op = Callable[[Any], Awaitable[str | None]]
+
+
+async def drive(
+    states: Sequence[Any], op: Op, duration: float, rec: Recorder | None
+) -> RoundResult:
+    """Run ``op(state)`` in a loop, one task per state, for ``duration`` seconds."""
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + duration
+
+    async def worker(state: Any) -> None:
+        nonlocal errors
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            try:
+                problem = await op(state)
+            except Exception as exc:
+                errors += 1
+                if isinstance(state, SessionState):
+                    state.uncertain = True
+                if rec is not None:
+                    rec.error(exc)
+                await asyncio.sleep(0.05)
+                continue
+            latencies.append(time.perf_counter() - t0)
+            if problem is not None and rec is not None:
+                rec.violation(problem)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(s) for s in states))
+    elapsed = time.perf_counter() - start
+    latencies.sort()
+    return RoundResult(
+        ops=len(latencies),
+        elapsed=elapsed,
+        p50=percentile(latencies, 0.50),
+        p99=percentile(latencies, 0.99),
+        errors=errors,
+    )
+
+
+# ------------------------------------------------------------------------------ the bench
+Log = Callable[[str], None]
+
+
+class Bench:
+    """Runs the configured workloads over the given (opened) contenders."""
+
+    def __init__(
+        self,
+        env: BenchEnv,
+        contenders: Sequence[Contender],
+        config: BenchConfig,
+        log: Log = print,
+    ) -> None:
+        self.env = env
+        self.contenders = list(contenders)
+        self.config = config
+        self.log = log
+        self.payloads = Payloads()
+        self.states: dict[tuple[str, str], list[SessionState]] = {}
+        #: problems outside any cell (seeding, final history check), per contender
+        self.guard: dict[str, list[str]] = {c.name: [] for c in self.contenders}
+
+    # sessions -----------------------------------------------------------------------
+    def sessions_for(self, c: Contender, workload: str, count: int) -> list[SessionState]:
+        """The first ``count`` conversations of ``c`` for ``workload`` (created on demand)."""
+        states = self.states.setdefault((c.name, workload), [])
+        while len(states) < count:
+            sid = f"{self.env.prefix}-{c.name}-{workload}-{len(states)}"
+            states.append(SessionState(sid=sid, session=c.session(sid)))
+        return states[:count]
+
+    # rounds -------------------------------------------------------------------------
+    async def interleave(
+        self,
+        label: str,
+        names: Sequence[str],
+        run_cell: Callable[[str, float, Recorder | None], Awaitable[RoundResult]],
+    ) -> dict[str, Cell]:
+        """Warm each contender up, then ``rounds`` rounds over all of them, rotating order."""
+        cfg = self.config
+        cells = {n: Cell(contender=n) for n in names}
+        if cfg.warmup > 0:
+            for n in names:
+                await run_cell(n, cfg.warmup, Recorder(cells[n]))
+        for r in range(cfg.rounds):
+            order = list(names[r % len(names) :]) + list(names[: r % len(names)])
+            for n in order:
+                res = await run_cell(n, cfg.duration, Recorder(cells[n]))
+                cells[n].rounds.append(res)
+        line = ", ".join(f"{n} {cells[n].median('tput'):.0f}/s" for n in names)
+        self.log(f"  {label}: {line}")
+        return cells
+
+    def _by_name(self) -> dict[str, Contender]:
+        return {c.name: c for c in self.contenders}
+
+    # workloads ------------------------------------------------------------------------
+    async def turn(self, sessions: int, workload: str = "turn") -> dict[str, Cell]:
+        """add_items(user + assistant) then get_items(limit) per turn, ``sessions`` at once."""
+        limit = self.config.limit
+        by_name = self._by_name()
+        pl = self.payloads
+
+        async def op(st: SessionState) -> str | None:
+            items = pl.turn(st.sid, st.turns)
+            await st.session.add_items(items)
+            got = await st.session.get_items(limit=limit)
+            st.turns += 1
+            want = min(limit, 2 * st.turns)
+            if len(got) != want:
+                return f"{st.sid}: read {len(got)} items after turn {st.turns}, expected {want}"
+            if got[-2:] != items:
+                return f"{st.sid}: turn {st.turns - 1} not read back exactly (read-your-writes)"
+            return None
+
+        async def run_cell(name: str, duration: float, rec: Recorder | None) -> RoundResult:
+            states = self.sessions_for(by_name[name], workload, sessions)
+            return await drive(states, op, duration, rec)
+
+        return await self.interleave(f"turn x{sessions}", list(by_name), run_cell)
+
+    async def read_heavy(self, sessions: int) -> dict[str, Cell]:
+        """Per session: one turn written, then ``reads_per_write`` reads of get_items(limit)."""
+        limit = self.config.limit
+        every = self.config.reads_per_write + 1
+        by_name = self._by_name()
+        pl = self.payloads
+
+        async def op(st: SessionState) -> str | None:
+            st.step += 1
+            if st.step % every == 1:
+                await st.session.add_items(pl.turn(st.sid, st.turns))
+                st.turns += 1
+                return None
+            got = await st.session.get_items(limit=limit)
+            want = min(limit, 2 * st.turns)
+            if len(got) != want:
+                return f"{st.sid}: read {len(got)} items, expected {want}"
+            if want and not item_text(got[-1]).startswith(assistant_marker(st.sid, st.turns - 1)):
+                return f"{st.sid}: last item is not the last turn written (read-your-writes)"
+            return None
+
+        async def run_cell(name: str, duration: float, rec: Recorder | None) -> RoundResult:
+            states = self.sessions_for(by_name[name], "read-heavy", sessions)
+            return await drive(states, op, duration, rec)
+
+        return await self.interleave(
+            f"read-heavy x{sessions} ({self.config.reads_per_write}:1)", list(by_name), run_cell
+        )
+
+    async def seed_history(self) -> None:
+        """Seed one conversation per size and contender, server-side, then check it via the API."""
+        limit = self.config.limit
+        for c in self.contenders:
+            t0 = time.perf_counter()
+            try:
+                for size in self.config.history_sizes:
+                    await c.seed(self._hist_sid(c, size), size)
+                await c.analyze()
+            except Exception as exc:
+                self.guard[c.name].append(f"seeding failed: {type(exc).__name__}: {exc}")
+                continue
+            self.log(f"  seeded {c.name} in {time.perf_counter() - t0:.1f}s")
+        await wait_replicas_caught_up(self.env)
+        for c in self.contenders:
+            for size in self.config.history_sizes:
+                sid = self._hist_sid(c, size)
+                try:
+                    items = await c.session(sid).get_items(limit=limit)
+                    problem = check_seeded_tail(items, size, limit)
+                except Exception as exc:
+                    problem = f"{type(exc).__name__}: {exc}"
+                if problem:
+                    self.guard[c.name].append(f"seeded history {size}: {problem}")
+
+    def _hist_sid(self, c: Contender, size: int) -> str:
+        return f"{self.env.prefix}-{c.name}-hist-{size}"
+
+    async def history(self, size: int) -> dict[str, Cell]:
+        """get_items(limit) on a conversation holding ``size`` items, several readers at once."""
+        limit = self.config.limit
+        by_name = self._by_name()
+        readers: dict[str, list[Any]] = {}
+        for name, c in by_name.items():
+            s = c.session(self._hist_sid(c, size))
+            readers[name] = [s] * self.config.history_readers
+
+        async def op(s: Any) -> str | None:
+            items = await s.get_items(limit=limit)
+            return check_seeded_tail(items, size, limit)
+
+        async def run_cell(name: str, duration: float, rec: Recorder | None) -> RoundResult:
+            return await drive(readers[name], op, duration, rec)
+
+        return await self.interleave(f"history {size:,} items", list(by_name), run_cell)
+
+    async def runner(self, sessions: int) -> dict[str, Cell]:
+        """Full ``Runner.run`` turns with a scripted model; plus the SDK without a session."""
+        from agents import Agent, RunConfig, Runner, SessionSettings, set_tracing_disabled
+        from agents.testing import ModelStep, ScriptedModel, assistant_message
+
+        set_tracing_disabled(True)
+        settings = SessionSettings(limit=self.config.limit)
+        agent = Agent(name="bench", instructions="You answer benchmark questions.")
+        by_name = self._by_name()
+        pl = self.payloads
+        null_states = [SessionState(sid=f"nosession-{i}", session=None) for i in range(sessions)]
+
+        async def op(st: SessionState) -> str | None:
+            n = st.turns
+            reply = pl.assistant_text(st.sid, n)
+            model = ScriptedModel(
+                [ModelStep(output=[assistant_message(reply, item_id=f"msg_{n:08d}")])]
+            )
+            cfg = RunConfig(model=model, tracing_disabled=True, session_settings=settings)
+            result = await Runner.run(
+                agent, pl.user_text(st.sid, n), session=st.session, run_config=cfg
+            )
+            st.turns += 1
+            if result.final_output != reply:
+                return f"{st.sid}: unexpected final output"
+            return None
+
+        async def run_cell(name: str, duration: float, rec: Recorder | None) -> RoundResult:
+            if name == NO_SESSION:
+                return await drive(null_states, op, duration, rec)
+            states = self.sessions_for(by_name[name], "runner", sessions)
+            return await drive(states, op, duration, rec)
+
+        return await self.interleave(f"runner x{sessions}", [*by_name, NO_SESSION], run_cell)
+
+    # guard ----------------------------------------------------------------------------
+    async def verify_histories(self) -> None:
+        """Read every benchmark conversation back in full: count, order and markers."""
+        for c in self.contenders:
+            for (cname, _workload), states in self.states.items():
+                if cname != c.name:
+                    continue
+                for st in states:
+                    if st.uncertain:
+                        continue
+                    try:
+                        items = await st.session.get_items()
+                    except Exception as exc:
+                        self.guard[c.name].append(f"final read of {st.sid}: {exc!r}")
+                        break
+                    problem = check_history(items, st.sid, st.turns)
+                    if problem:
+                        self.guard[c.name].append(f"final history of {st.sid}: {problem}")
+                        break
+
+
+def check_history(items: list[Any], sid: str, turns: int) -> str | None:
+    """None when ``items`` are exactly turns 0..turns-1 of ``sid`` (user, assistant) in order."""
+    if len(items) != 2 * turns:
+        return f"{len(items)} items stored, {2 * turns} written"
+    for n in range(turns):
+        u, a = item_text(items[2 * n]), item_text(items[2 * n + 1])
+        if not u.startswith(user_marker(sid, n)) or not a.startswith(assistant_marker(sid, n)):
+            return f"turn {n} missing or out of order"
+    return None
+
+
+async def wait_replicas_caught_up(env: BenchEnv, within: float = 120.0) -> None:
+    """Wait until every replica has replayed the primary's current flush position."""
+    if not env.replica_dsns:
+        return
+    async with await psycopg.AsyncConnection.connect(env.primary_dsn, autocommit=True) as p:
+        cur = await p.execute("SELECT pg_current_wal_flush_lsn()")
+        row = await cur.fetchone()
+        assert row is not None
+        target = row[0]
+    deadline = time.monotonic() + within
+    for dsn in env.replica_dsns:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as r:
+            while True:
+                cur = await r.execute(
+                    "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (str(target),)
+                )
+                row = await cur.fetchone()
+                if row and row[0]:
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"replica did not replay {target} in {within}s")
+                await asyncio.sleep(0.1)

@@ -1,0 +1,345 @@
+"""Machine description, ratios, targets, and the terminal / Markdown renderings of a run."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+HEADLINE = "pgsessions-routed"
+FLOOR = "raw-floor"
+SQLALCHEMY = "sqlalchemy"
+
+UNITS = {"turn": "turns/s", "history": "reads/s", "read-heavy": "ops/s", "runner": "runs/s"}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _memory() -> str | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                return f"{int(line.split()[1]) // 1024 // 1024} GiB"
+    except OSError:
+        pass
+    return None
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _git_commit() -> str | None:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+async def machine_info(primary_dsn: str, replica_dsns: list[str]) -> dict[str, Any]:
+    """Cores, load, versions, and the PostgreSQL settings that decide commit cost."""
+    pg: dict[str, Any] = {}
+    async with await psycopg.AsyncConnection.connect(primary_dsn, autocommit=True) as conn:
+        for name in (
+            "server_version",
+            "fsync",
+            "synchronous_commit",
+            "synchronous_standby_names",
+            "wal_level",
+            "shared_buffers",
+            "max_connections",
+        ):
+            cur = await conn.execute(f"SHOW {name}")
+            row = await cur.fetchone()
+            pg[name] = row[0] if row else None
+        cur = await conn.execute(
+            "SELECT application_name, sync_state FROM pg_stat_replication ORDER BY 1"
+        )
+        pg["replication"] = [f"{a}: {s}" for a, s in await cur.fetchall()]
+    pg["replicas_configured"] = len(replica_dsns)
+    mem = _memory()
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "memory": mem,
+        "load_avg_start": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "postgresql": pg,
+        "packages": {
+            d: _version(d)
+            for d in ("psycopg", "psycopg-pool", "openai-agents", "sqlalchemy", "asyncpg")
+        },
+        "pgsessions_commit": _git_commit(),
+    }
+
+
+# ------------------------------------------------------------------------------ ratios/targets
+def cell(results: dict[str, Any], workload: str, param: Any, name: str) -> dict[str, Any] | None:
+    for block in results.get("workloads", {}).get(workload, []):
+        if block["param"] == param:
+            for c in block["cells"]:
+                if c["contender"] == name:
+                    return c  # type: ignore[no-any-return]
+    return None
+
+
+def add_ratios(block: dict[str, Any]) -> None:
+    """Each cell's throughput and p99 relative to pgsessions-routed (contender / routed)."""
+    base = next((c for c in block["cells"] if c["contender"] == HEADLINE), None)
+    for c in block["cells"]:
+        if base and base["ops_per_s"] > 0 and base["p99_ms"] > 0:
+            c["tput_vs_routed"] = round(c["ops_per_s"] / base["ops_per_s"], 3)
+            c["p99_vs_routed"] = round(c["p99_ms"] / base["p99_ms"], 3)
+        else:
+            c["tput_vs_routed"] = None
+            c["p99_vs_routed"] = None
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, evaluated on this run (reported, never asserted)."""
+    out: list[dict[str, Any]] = []
+    blocks = results.get("workloads", {}).get("turn", [])
+    headline = blocks[0]["param"] if blocks else None
+
+    def add(name: str, value: float | None, op: str, bound: float) -> None:
+        met = None if value is None else (value >= bound if op == ">=" else value <= bound)
+        out.append(
+            {
+                "target": name,
+                "value": None if value is None else round(value, 3),
+                "bound": f"{op} {bound}",
+                "met": met,
+            }
+        )
+
+    if headline is not None:
+        r = cell(results, "turn", headline, HEADLINE)
+        f = cell(results, "turn", headline, FLOOR)
+        s = cell(results, "turn", headline, SQLALCHEMY)
+        ok = r is not None and r["ops_per_s"] > 0
+        add(
+            f"turn x{headline}: routed turns/s / raw floor",
+            r["ops_per_s"] / f["ops_per_s"] if ok and f and f["ops_per_s"] else None,
+            ">=",
+            0.95,
+        )
+        add(
+            f"turn x{headline}: routed turns/s / SQLAlchemySession",
+            r["ops_per_s"] / s["ops_per_s"] if ok and s and s["ops_per_s"] else None,
+            ">=",
+            2.5,
+        )
+        add(
+            f"turn x{headline}: routed p99 / raw floor p99",
+            r["p99_ms"] / f["p99_ms"] if ok and f and f["p99_ms"] else None,
+            "<=",
+            1.5,
+        )
+    hist = results.get("workloads", {}).get("history", [])
+    if len(hist) >= 2:
+        small, big = hist[0]["param"], hist[-1]["param"]
+        a = cell(results, "history", small, HEADLINE)
+        b = cell(results, "history", big, HEADLINE)
+        add(
+            f"history: routed p50 at {big:,} / at {small:,} items",
+            b["p50_ms"] / a["p50_ms"] if a and b and a["p50_ms"] else None,
+            "<=",
+            1.2,
+        )
+    return out
+
+
+def history_ratios(results: dict[str, Any]) -> dict[str, float | None]:
+    """Per contender: p50 at the biggest history / p50 at the smallest."""
+    hist = results.get("workloads", {}).get("history", [])
+    if len(hist) < 2:
+        return {}
+    out: dict[str, float | None] = {}
+    for c in hist[0]["cells"]:
+        big = cell(results, "history", hist[-1]["param"], c["contender"])
+        out[c["contender"]] = round(big["p50_ms"] / c["p50_ms"], 2) if big and c["p50_ms"] else None
+    return out
+
+
+# ------------------------------------------------------------------------------ rendering
+def _fmt_ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def _rows(block: dict[str, Any], statuses: dict[str, str]) -> list[list[str]]:
+    rows = []
+    for c in block["cells"]:
+        status = "ok" if c["ok"] else "FAILED"
+        if statuses.get(c["contender"], "ok") != "ok" and c["ok"]:
+            status = "FAILED (guard)"
+        rows.append(
+            [
+                c["contender"],
+                f"{c['ops_per_s']:,.0f}",
+                _fmt_ratio(c.get("tput_vs_routed")),
+                f"{c['p50_ms']:.2f}",
+                f"{c['p99_ms']:.2f}",
+                _fmt_ratio(c.get("p99_vs_routed")),
+                status,
+            ]
+        )
+    return rows
+
+
+def _statuses(results: dict[str, Any]) -> dict[str, str]:
+    return {c["name"]: c["status"] for c in results.get("contenders", [])}
+
+
+def _header(unit: str) -> list[str]:
+    return ["contender", unit, "vs routed", "p50 ms", "p99 ms", "p99 vs routed", "check"]
+
+
+def _machine_lines(results: dict[str, Any]) -> list[str]:
+    m = results.get("machine", {})
+    pg = m.get("postgresql", {})
+    cfg = results.get("config", {})
+    return [
+        f"date: {results.get('date')}  commit: {m.get('pgsessions_commit')}",
+        f"machine: {m.get('cpu_count')} cores ({m.get('cpu_model')}), {m.get('memory')}, "
+        f"load avg at start {m.get('load_avg_start')}, at end {m.get('load_avg_end')}",
+        f"python {m.get('python')}; "
+        + ", ".join(f"{k} {v}" for k, v in m.get("packages", {}).items() if v),
+        f"PostgreSQL {pg.get('server_version')}: fsync={pg.get('fsync')}, "
+        f"synchronous_commit={pg.get('synchronous_commit')}, "
+        f"synchronous_standby_names='{pg.get('synchronous_standby_names')}', "
+        f"shared_buffers={pg.get('shared_buffers')}, replicas: "
+        f"{', '.join(pg.get('replication', [])) or 'none'}",
+        f"run: {cfg.get('rounds')} interleaved rounds x {cfg.get('duration')} s per cell "
+        f"(median of rounds), warm-up {cfg.get('warmup')} s, pool {cfg.get('pool_size')} "
+        f"connections per host, get_items(limit={cfg.get('limit')})",
+    ]
+
+
+def _table_text(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for k, r in enumerate([header, *rows]):
+        cells = [r[0].ljust(widths[0])] + [r[i].rjust(widths[i]) for i in range(1, len(r))]
+        lines.append("  ".join(cells))
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _table_md(header: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * 6) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _blocks(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for workload, blocks in results.get("workloads", {}).items():
+        for b in blocks:
+            out.append((workload, b))
+    return out
+
+
+def _target_lines(results: dict[str, Any]) -> list[str]:
+    lines = []
+    for t in results.get("targets", []):
+        met = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
+        value = "-" if t["value"] is None else f"{t['value']:.2f}"
+        lines.append(f"{t['target']}: {value} (target {t['bound']}): {met}")
+    return lines
+
+
+def _contender_lines(results: dict[str, Any]) -> list[str]:
+    lines = []
+    for c in results.get("contenders", []):
+        why = "; ".join(c.get("reasons", []))
+        lines.append(f"{c['name']}: {c['status']}" + (f" ({why})" if why else ""))
+        lines.append(f"    {c['description']}")
+    return lines
+
+
+def render_text(results: dict[str, Any]) -> str:
+    statuses = _statuses(results)
+    parts = ["", *_machine_lines(results), ""]
+    for workload, b in _blocks(results):
+        parts.append(f"{workload}: {b['label']}")
+        parts.append(_table_text(_header(UNITS[workload]), _rows(b, statuses)))
+        parts.append("")
+    share = results.get("runner_session_share")
+    if share:
+        parts.append(
+            "session share of a Runner.run turn (1 - runs/s with session / runs/s without): "
+            + ", ".join(f"{k} {v:.0%}" for k, v in share.items())
+        )
+    hr = history_ratios(results)
+    if hr:
+        parts.append(
+            "history p50 ratio biggest/smallest: "
+            + ", ".join(f"{k} {_fmt_ratio(v)}" for k, v in hr.items())
+        )
+    parts += ["", "targets (turn headline row, pgsessions-routed):"]
+    parts += ["  " + x for x in _target_lines(results)]
+    parts += ["", "contenders:"] + ["  " + x for x in _contender_lines(results)]
+    return "\n".join(parts) + "\n"
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    statuses = _statuses(results)
+    parts = [
+        f"# Benchmark results ({results.get('date', '')[:10]})",
+        "",
+        "Produced by `pgsessions bench` (see bench/README_SECTION.md for how to reproduce). "
+        "Ratios are contender / pgsessions-routed within this one interleaved run; the "
+        "machine is shared, so compare ratios, not absolute numbers across runs.",
+        "",
+    ]
+    parts += ["- " + x for x in _machine_lines(results)]
+    parts.append("")
+    for workload, b in _blocks(results):
+        parts += [
+            f"## {workload}: {b['label']}",
+            "",
+            _table_md(_header(UNITS[workload]), _rows(b, statuses)),
+            "",
+        ]
+    share = results.get("runner_session_share")
+    if share:
+        parts += [
+            "Session share of a full `Runner.run` turn (1 - runs/s with the session / runs/s "
+            "with no session): " + ", ".join(f"{k} {v:.0%}" for k, v in share.items()),
+            "",
+        ]
+    hr = history_ratios(results)
+    if hr:
+        parts += [
+            "History p50 ratio, biggest / smallest history: "
+            + ", ".join(f"{k} {_fmt_ratio(v)}" for k, v in hr.items()),
+            "",
+        ]
+    parts += ["## Targets", ""] + ["- " + x for x in _target_lines(results)] + [""]
+    parts += ["## Contenders", ""] + ["- " + x.strip() for x in _contender_lines(results)]
+    return "\n".join(parts) + "\n"

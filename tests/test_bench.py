@@ -1,0 +1,144 @@
+"""Smoke test of the benchmark harness: every contender runs about a second on the test
+cluster; the output shape and the correctness guard are checked, never the speed."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import pgsessions
+from bench.cli import build_parser, config_from_args
+from bench.contenders import BenchEnv, FloorContender, FloorSession, default_contenders
+from bench.harness import NO_SESSION, BenchConfig, check_history, percentile
+from bench.payloads import Payloads, check_seeded_tail
+from bench.report import render_markdown, render_text
+from bench.run import run_bench
+from pgsessions.devcluster import LocalCluster
+
+
+def _env(cluster: LocalCluster, tmp_path: Path) -> BenchEnv:
+    return BenchEnv(
+        primary_dsn=cluster.primary.dsn,
+        replica_dsns=[r.dsn for r in cluster.replicas],
+        workdir=tmp_path,
+        prefix=f"bt_{uuid.uuid4().hex[:8]}",
+        pool_size=4,
+    )
+
+
+def _expected_to_run() -> set[str]:
+    names = {"raw-floor", "sqlite-file"}
+    if importlib.util.find_spec("sqlalchemy") and importlib.util.find_spec("asyncpg"):
+        names.add("sqlalchemy")
+    if hasattr(pgsessions, "PostgresSession") and hasattr(pgsessions, "migrate"):
+        names |= {"pgsessions-routed", "pgsessions-primary"}
+    return names
+
+
+async def test_every_contender_runs_and_passes_the_guard(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    cfg = BenchConfig(
+        duration=0.2,
+        rounds=1,
+        warmup=0.05,
+        turn_sessions=(4,),
+        history_sizes=(100, 1000),
+        history_readers=2,
+        read_heavy_sessions=4,
+        runner_sessions=2,
+    )
+    results = await run_bench(_env(cluster, tmp_path), cfg, log=lambda _: None)
+
+    status = {c["name"]: c for c in results["contenders"]}
+    assert set(status) == {c.name for c in default_contenders()}
+    ran = {n for n, c in status.items() if c["status"] != "skipped"}
+    assert ran == _expected_to_run()
+    for name in ran:
+        assert status[name]["status"] == "ok", status[name]
+
+    assert set(results["workloads"]) == {"turn", "history", "read-heavy", "runner"}
+    assert [b["param"] for b in results["workloads"]["history"]] == [100, 1000]
+    for workload, blocks in results["workloads"].items():
+        for block in blocks:
+            names = {c["contender"] for c in block["cells"]}
+            assert names == (ran | {NO_SESSION} if workload == "runner" else ran)
+            for c in block["cells"]:
+                assert c["ok"], c
+                assert c["ops_per_s"] > 0 and c["p99_ms"] >= c["p50_ms"] > 0
+                assert len(c["rounds"]) == 1
+                assert "tput_vs_routed" in c
+    assert len(results["targets"]) == 4
+    for key in ("cpu_count", "postgresql", "load_avg_start", "load_avg_end"):
+        assert key in results["machine"]
+    assert results["machine"]["postgresql"]["fsync"] in ("on", "off")
+
+    json.dumps(results)
+    text, md = render_text(results), render_markdown(results)
+    for name in ran:
+        assert name in text and name in md
+    assert "| contender |" in md
+
+
+class _LossyFloorSession(FloorSession):
+    """Silently drops every third batch: fast and wrong."""
+
+    calls = 0
+
+    async def add_items(self, items: list[Any]) -> None:
+        type(self).calls += 1
+        if type(self).calls % 3:
+            await super().add_items(items)
+
+
+class _LossyFloor(FloorContender):
+    name = "lossy-floor"
+
+    def session(self, session_id: str) -> FloorSession:
+        assert self._pool is not None
+        return _LossyFloorSession(session_id, self._pool, self._schema)
+
+
+async def test_a_fast_but_wrong_contender_is_marked_failed(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    cfg = BenchConfig(workloads=("turn",), duration=0.2, rounds=1, warmup=0, turn_sessions=(2,))
+    results = await run_bench(
+        _env(cluster, tmp_path), cfg, [FloorContender(), _LossyFloor()], log=lambda _: None
+    )
+    status = {c["name"]: c for c in results["contenders"]}
+    assert status["raw-floor"]["status"] == "ok"
+    assert status["lossy-floor"]["status"] == "failed"
+    assert status["lossy-floor"]["reasons"]
+    assert "FAILED" in render_text(results)
+
+
+def test_guard_helpers() -> None:
+    p = Payloads()
+    items = p.turn("s", 0) + p.turn("s", 1)
+    assert check_history(items, "s", 2) is None
+    assert check_history(items[:3], "s", 2) is not None
+    assert check_history(items[2:] + items[:2], "s", 2) is not None
+    seeded = [
+        {"role": "user" if i % 2 else "assistant", "content": f"seed-{i} x"} for i in range(1, 11)
+    ]
+    assert check_seeded_tail(seeded[-5:], 10, 5) is None
+    assert check_seeded_tail(seeded[-6:-1], 10, 5) is not None
+    assert check_seeded_tail(seeded, 10, 50) is None
+    assert percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.0
+    assert percentile([float(i) for i in range(1, 101)], 0.99) == 99.0
+    assert percentile([], 0.5) == 0.0
+
+
+@pytest.mark.parametrize("argv", [[], ["--quick"], ["--workload", "turn", "--sessions", "8,2"]])
+def test_cli_options(argv: list[str]) -> None:
+    cfg = config_from_args(build_parser().parse_args(argv))
+    assert cfg.rounds >= 1 and cfg.duration > 0
+    assert set(cfg.workloads) <= {"turn", "history", "read-heavy", "runner"}
+    if "--sessions" in argv:
+        assert cfg.workloads == ("turn",) and tuple(cfg.turn_sessions) == (8, 2)
