@@ -1,0 +1,22 @@
+"""Prometheus metrics for pgsessions, and the /metrics + /healthz endpoint.
+
+``instrument(router)`` attaches the observer; ``serve(router)`` serves ``/metrics`` and
+``/healthz`` from a thread; ``metrics_app(router)`` is the same as an ASGI app.
+"""
+
+from .asgi import metrics_app
+from .collector import REGISTRY, instrument, uninstrument
+from .metrics import METRICS, MetricSpec, RouterMetrics
+from .server import MetricsServer, serve
+
+__all__ = [
+    "METRICS",
+    "REGISTRY",
+    "MetricSpec",
+    "MetricsServer",
+    "RouterMetrics",
+    "instrument",
+    "metrics_app",
+    "serve",
+    "uninstrument",
+]

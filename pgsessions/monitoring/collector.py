@@ -1,0 +1,203 @@
+"""The scrape-time collector: one per registry, exposing every instrumented router.
+
+Gauges come from the router's topology snapshot and its pools' ``get_stats()`` at scrape
+time (no query, no polling loop); counters and histograms come from each router's
+:class:`~.metrics.RouterMetrics`. Every series carries ``router`` (RouterConfig.name).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+
+from .metrics import METRICS, SPECS, RouterMetrics, safe_host
+
+if TYPE_CHECKING:
+    from ..router import SessionRouter, Topology
+
+#: pgsessions' own registry: what :func:`serve` and :func:`metrics_app` expose by default
+REGISTRY = CollectorRegistry(auto_describe=False)
+
+_collectors: weakref.WeakKeyDictionary[CollectorRegistry, PgSessionsCollector] = (
+    weakref.WeakKeyDictionary()
+)
+_collectors_lock = threading.Lock()
+
+
+def router_is_open(router: SessionRouter) -> bool:
+    """Whether ``router`` is open (a closed router stops reporting)."""
+    closed = getattr(router, "closed", None)
+    if isinstance(closed, bool):
+        return not closed
+    return bool(getattr(router, "_open", True))
+
+
+def pool_stats(router: SessionRouter, topology: Topology) -> dict[str, Mapping[str, int]]:
+    """``host:port`` -> psycopg_pool ``get_stats()``-style dict, for the hosts with a pool.
+
+    Uses the router's ``pool_stats()`` when it has one, else the pool fields of the snapshot.
+    """
+    accessor = getattr(router, "pool_stats", None)
+    if callable(accessor):
+        raw: Any = accessor()
+        if isinstance(raw, Mapping):
+            return {safe_host(str(k)): v for k, v in raw.items() if isinstance(v, Mapping)}
+    pools: Any = getattr(router, "_pools", None)  # interim, until every router has pool_stats()
+    if isinstance(pools, Mapping) and pools:
+        out: dict[str, Mapping[str, int]] = {}
+        for key, pool in list(pools.items()):
+            get = getattr(pool, "stats", None) or getattr(pool, "get_stats", None)
+            if callable(get):
+                out[safe_host(str(getattr(pool, "label", None) or key))] = get()
+        return out
+    return {
+        h.host: {
+            "pool_size": h.pool_size,
+            "pool_available": h.pool_available,
+            "requests_waiting": h.pool_waiting,
+        }
+        for h in topology.hosts
+        if h.pool_size or h.pool_available or h.pool_waiting
+    }
+
+
+class PgSessionsCollector:
+    """Exposes the routers instrumented into one registry, without clashing names."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[str, RouterMetrics] = {}
+
+    def add(self, metrics: RouterMetrics) -> None:
+        """Add a router's metrics; a live router of the same name is an error."""
+        with self._lock:
+            old = self._entries.get(metrics.name)
+            if old is not None and old is not metrics:
+                router = old.router
+                if not old.detached and router is not None and router_is_open(router):
+                    raise ValueError(
+                        f"a router named {metrics.name!r} is already instrumented in this "
+                        "registry: give each router its own RouterConfig(name=...)"
+                    )
+                old.detach()
+            self._entries[metrics.name] = metrics
+
+    def remove(self, metrics: RouterMetrics) -> None:
+        with self._lock:
+            if self._entries.get(metrics.name) is metrics:
+                del self._entries[metrics.name]
+
+    def get(self, router: SessionRouter) -> RouterMetrics | None:
+        with self._lock:
+            m = self._entries.get(router.config.name)
+        return m if m is not None and m.router is router and not m.detached else None
+
+    def active(self) -> list[tuple[RouterMetrics, SessionRouter]]:
+        """Instrumented routers that are alive, attached and open."""
+        out = []
+        with self._lock:
+            for name, m in list(self._entries.items()):
+                router = m.router
+                if router is None or m.detached:
+                    del self._entries[name]
+                elif router_is_open(router):
+                    out.append((m, router))
+        return out
+
+    def describe(self) -> Iterable[Metric]:
+        return [Metric(s.name.removesuffix("_total"), s.help, s.type) for s in METRICS]
+
+    def collect(self) -> Iterable[Metric]:
+        families: dict[str, Metric] = {
+            s.name: Metric(s.name.removesuffix("_total"), s.help, s.type) for s in METRICS
+        }
+        for metrics, router in self.active():
+            for fam in metrics.families():
+                target = families[fam.name + "_total" if fam.type == "counter" else fam.name]
+                target.samples.extend(s for s in fam.samples if not s.name.endswith("_created"))
+            for fam in _snapshot_families(metrics.name, router):
+                families[fam.name].samples.extend(fam.samples)
+        return list(families.values())
+
+
+def _snapshot_families(name: str, router: SessionRouter) -> list[GaugeMetricFamily]:
+    topo = router.topology()
+
+    def gauge(metric: str) -> GaugeMetricFamily:
+        spec = SPECS[metric]
+        return GaugeMetricFamily(metric, spec.help, labels=("router", *spec.labels))
+
+    up, eligible = gauge("pgsessions_host_up"), gauge("pgsessions_replica_eligible")
+    lag_b, lag_s = (
+        gauge("pgsessions_replication_lag_bytes"),
+        gauge("pgsessions_replication_lag_seconds"),
+    )
+    size, avail = gauge("pgsessions_pool_size"), gauge("pgsessions_pool_available")
+    waiting = gauge("pgsessions_pool_requests_waiting")
+    known, writable = gauge("pgsessions_primary_known"), gauge("pgsessions_writable_hosts")
+    roles = {}
+    for h in topo.hosts:
+        host = safe_host(h.host)
+        roles[host] = h.role
+        up.add_metric((name, host, h.role), 1.0 if h.up else 0.0)
+        if h.role == "replica":
+            eligible.add_metric((name, host), 1.0 if h.eligible and not h.banned else 0.0)
+            if h.lag_bytes is not None:
+                lag_b.add_metric((name, host), float(max(h.lag_bytes, 0)))
+            if h.lag_seconds is not None:
+                lag_s.add_metric((name, host), float(max(h.lag_seconds, 0.0)))
+    for host, stats in pool_stats(router, topo).items():
+        labels = (name, host, roles.get(host, "unknown"))
+        size.add_metric(labels, float(stats.get("pool_size", 0)))
+        avail.add_metric(labels, float(stats.get("pool_available", 0)))
+        waiting.add_metric(labels, float(stats.get("requests_waiting", 0)))
+    known.add_metric((name,), 1.0 if topo.primary else 0.0)
+    n_writable = len(topo.split_brain) or (1 if topo.primary else 0)
+    writable.add_metric((name,), float(n_writable))
+    return [up, eligible, lag_b, lag_s, size, avail, waiting, known, writable]
+
+
+def collector_for(registry: CollectorRegistry) -> PgSessionsCollector:
+    """The registry's pgsessions collector, registered on first use."""
+    with _collectors_lock:
+        c = _collectors.get(registry)
+        if c is None:
+            c = PgSessionsCollector()
+            registry.register(c)
+            _collectors[registry] = c
+        return c
+
+
+def instrument(router: SessionRouter, registry: CollectorRegistry | None = None) -> RouterMetrics:
+    """Observe ``router`` and expose it in ``registry`` (default: :data:`REGISTRY`).
+
+    Idempotent per router and registry. Several routers share a registry when their
+    ``RouterConfig.name`` differ; a closed router stops reporting.
+    """
+    collector = collector_for(registry if registry is not None else REGISTRY)
+    existing = collector.get(router)
+    if existing is not None:
+        return existing
+    metrics = RouterMetrics(router)
+    collector.add(metrics)
+    router.add_observer(metrics)
+    return metrics
+
+
+def uninstrument(router: SessionRouter, registry: CollectorRegistry | None = None) -> None:
+    """Stop observing ``router``; its series disappear from ``registry``."""
+    collector = collector_for(registry if registry is not None else REGISTRY)
+    metrics = collector.get(router)
+    if metrics is not None:
+        metrics.detach()
+        collector.remove(metrics)
+
+
+def routers_in(registry: CollectorRegistry | None = None) -> list[SessionRouter]:
+    """The open routers exposed by ``registry``."""
+    return [r for _, r in collector_for(registry or REGISTRY).active()]

@@ -1,0 +1,297 @@
+"""Metric names (a contract, see DESIGN.md "Metrics") and the per-router observer that counts.
+
+:class:`RouterMetrics` implements the router's ``RouterObserver``: each hook updates one
+prometheus-client child in well under a microsecond's worth of work and never raises. The
+metric objects are not registered anywhere; :mod:`.collector` exposes them with a ``router``
+label so several routers share one registry without clashing.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import weakref
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from prometheus_client import Counter, Histogram
+from prometheus_client.metrics_core import Metric
+
+from ..router.dsn import host_label
+
+if TYPE_CHECKING:
+    from ..router import SessionRouter
+
+log = logging.getLogger(__name__)
+
+PREFIX = "pgsessions_"
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One exposed metric: its full name, Prometheus type, labels and meaning."""
+
+    name: str
+    type: str
+    labels: tuple[str, ...]
+    help: str
+
+
+#: Every metric pgsessions exposes. Each also carries a ``router`` label (RouterConfig.name).
+METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec(
+        "pgsessions_pool_size",
+        "gauge",
+        ("host", "role"),
+        "Connections currently open in the host's pool (psycopg_pool get_stats).",
+    ),
+    MetricSpec(
+        "pgsessions_pool_available",
+        "gauge",
+        ("host", "role"),
+        "Idle connections ready in the host's pool.",
+    ),
+    MetricSpec(
+        "pgsessions_pool_requests_waiting",
+        "gauge",
+        ("host", "role"),
+        "Requests queued for a connection of the host's pool.",
+    ),
+    MetricSpec(
+        "pgsessions_pool_connections_lost_total",
+        "counter",
+        ("host", "role"),
+        "Pooled connections found broken.",
+    ),
+    MetricSpec(
+        "pgsessions_pool_wait_seconds",
+        "histogram",
+        ("host", "role"),
+        "Time to check a connection out of the host's pool.",
+    ),
+    MetricSpec(
+        "pgsessions_host_up",
+        "gauge",
+        ("host", "role"),
+        "1 if the monitor's last check reached the host, else 0.",
+    ),
+    MetricSpec(
+        "pgsessions_replica_eligible",
+        "gauge",
+        ("host",),
+        "1 if the replica is in read rotation (caught up, streaming, healthy), else 0.",
+    ),
+    MetricSpec(
+        "pgsessions_replication_lag_bytes",
+        "gauge",
+        ("host",),
+        "WAL bytes between the primary's flush position and the replica's replay position.",
+    ),
+    MetricSpec(
+        "pgsessions_replication_lag_seconds",
+        "gauge",
+        ("host",),
+        "Seconds the replica's replay is behind (0 when it has replayed everything).",
+    ),
+    MetricSpec(
+        "pgsessions_routed_total",
+        "counter",
+        ("operation", "role", "reason"),
+        "Statements routed, by operation, the role that ran them and why.",
+    ),
+    MetricSpec(
+        "pgsessions_operation_duration_seconds",
+        "histogram",
+        ("operation", "role"),
+        "Duration of router operations, retries included.",
+    ),
+    MetricSpec(
+        "pgsessions_operation_errors_total",
+        "counter",
+        ("operation", "error"),
+        "Operations that failed, by error class.",
+    ),
+    MetricSpec(
+        "pgsessions_retries_total",
+        "counter",
+        ("operation", "reason"),
+        "Attempts that failed with a retryable error and were retried.",
+    ),
+    MetricSpec(
+        "pgsessions_failovers_total",
+        "counter",
+        (),
+        "Times a new primary was found after the old one was suspected.",
+    ),
+    MetricSpec(
+        "pgsessions_failover_duration_seconds",
+        "histogram",
+        (),
+        "Seconds from suspecting the primary to routing writes to the new one.",
+    ),
+    MetricSpec(
+        "pgsessions_split_brain_total",
+        "counter",
+        (),
+        "Writes refused because more than one host was writable.",
+    ),
+    MetricSpec(
+        "pgsessions_primary_known",
+        "gauge",
+        (),
+        "1 while the router knows a writable primary, else 0.",
+    ),
+    MetricSpec(
+        "pgsessions_writable_hosts",
+        "gauge",
+        (),
+        "Hosts the monitor found writable (more than 1 is split brain).",
+    ),
+)
+
+SPECS = {m.name: m for m in METRICS}
+
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+POOL_WAIT_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
+FAILOVER_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
+
+_SAFE_HOST = re.compile(r"^[\w.\-\[\]:/]+$")
+
+
+def safe_host(host: str) -> str:
+    """``host:port`` for a label: anything DSN-like is reduced so no credential leaks."""
+    if _SAFE_HOST.match(host) and "://" not in host:
+        return host
+    return host_label(host)
+
+
+def _counter(spec_name: str, labels: tuple[str, ...]) -> Counter:
+    spec = SPECS[spec_name]
+    name = spec_name.removesuffix("_total")
+    return Counter(name, spec.help, ("router", *labels), registry=None)
+
+
+def _histogram(spec_name: str, labels: tuple[str, ...], buckets: tuple[float, ...]) -> Histogram:
+    spec = SPECS[spec_name]
+    return Histogram(spec_name, spec.help, ("router", *labels), buckets=buckets, registry=None)
+
+
+class RouterMetrics:
+    """Counters and histograms of one router, fed by the router's observer hooks.
+
+    Create it with :func:`pgsessions.monitoring.instrument`. It holds the router weakly;
+    :meth:`detach` removes the observer and stops the router's reporting.
+    """
+
+    def __init__(self, router: SessionRouter) -> None:
+        self.name = router.config.name
+        self._router = weakref.ref(router)
+        self.detached = False
+        self.routed = _counter("pgsessions_routed_total", ("operation", "role", "reason"))
+        self.duration = _histogram(
+            "pgsessions_operation_duration_seconds", ("operation", "role"), LATENCY_BUCKETS
+        )
+        self.errors = _counter("pgsessions_operation_errors_total", ("operation", "error"))
+        self.retries = _counter("pgsessions_retries_total", ("operation", "reason"))
+        self.pool_wait = _histogram(
+            "pgsessions_pool_wait_seconds", ("host", "role"), POOL_WAIT_BUCKETS
+        )
+        self.connections_lost = _counter("pgsessions_pool_connections_lost_total", ("host", "role"))
+        self.failovers = _counter("pgsessions_failovers_total", ())
+        self.failover_duration = _histogram(
+            "pgsessions_failover_duration_seconds", (), FAILOVER_BUCKETS
+        )
+        self.split_brain = _counter("pgsessions_split_brain_total", ())
+        # unlabelled series exist (at 0) from the start, so rate() and alerts see them
+        self._failovers = self.failovers.labels(self.name)
+        self._failover_duration = self.failover_duration.labels(self.name)
+        self._split_brain = self.split_brain.labels(self.name)
+
+    @property
+    def router(self) -> SessionRouter | None:
+        """The router, or None once it has been garbage-collected."""
+        return self._router()
+
+    def detach(self) -> None:
+        """Stop observing the router; its series disappear from the next scrape."""
+        self.detached = True
+        router = self._router()
+        if router is not None:
+            router.remove_observer(self)
+
+    def families(self) -> Iterable[Metric]:
+        """The observer-fed metric families (``_created`` series left out)."""
+        for metric in (
+            self.routed,
+            self.duration,
+            self.errors,
+            self.retries,
+            self.pool_wait,
+            self.connections_lost,
+            self.failovers,
+            self.failover_duration,
+            self.split_brain,
+        ):
+            yield from metric.collect()
+
+    # RouterObserver hooks: cheap, never raise -----------------------------------------------
+    def on_route(self, operation: str, role: str, reason: str) -> None:
+        try:
+            self.routed.labels(self.name, operation, role, reason).inc()
+        except Exception:  # pragma: no cover - a metric must never break a request
+            log.debug("on_route failed", exc_info=True)
+
+    def on_operation(self, operation: str, role: str, seconds: float, error: str | None) -> None:
+        try:
+            self.duration.labels(self.name, operation, role).observe(seconds)
+            if error is not None:
+                self.errors.labels(self.name, operation, error).inc()
+        except Exception:  # pragma: no cover
+            log.debug("on_operation failed", exc_info=True)
+
+    def on_retry(self, operation: str, reason: str) -> None:
+        try:
+            self.retries.labels(self.name, operation, reason).inc()
+        except Exception:  # pragma: no cover
+            log.debug("on_retry failed", exc_info=True)
+
+    def on_pool_wait(self, host: str, role: str, seconds: float) -> None:
+        try:
+            self.pool_wait.labels(self.name, safe_host(host), role).observe(seconds)
+        except Exception:  # pragma: no cover
+            log.debug("on_pool_wait failed", exc_info=True)
+
+    def on_connection_lost(self, host: str, role: str) -> None:
+        try:
+            self.connections_lost.labels(self.name, safe_host(host), role).inc()
+        except Exception:  # pragma: no cover
+            log.debug("on_connection_lost failed", exc_info=True)
+
+    def on_failover(self, seconds: float) -> None:
+        try:
+            self._failovers.inc()
+            self._failover_duration.observe(seconds)
+        except Exception:  # pragma: no cover
+            log.debug("on_failover failed", exc_info=True)
+
+    def on_split_brain(self) -> None:
+        try:
+            self._split_brain.inc()
+        except Exception:  # pragma: no cover
+            log.debug("on_split_brain failed", exc_info=True)
