@@ -2,12 +2,19 @@
 
 from .config import RouterConfig
 from .core import SessionRouter
-from .errors import NoPrimaryError, RouterClosedError, RouterError, SplitBrainError
+from .errors import (
+    NoEligibleReplicaError,
+    NoPrimaryError,
+    RouterClosedError,
+    RouterError,
+    SplitBrainError,
+)
 from .events import RouterObserver
 from .topology import HostState, Topology
 
 __all__ = [
     "HostState",
+    "NoEligibleReplicaError",
     "NoPrimaryError",
     "RouterClosedError",
     "RouterConfig",

@@ -21,6 +21,15 @@ class NoPrimaryError(RouterError):
         super().__init__(f"{message} ({detail})" if detail else message)
 
 
+class NoEligibleReplicaError(RouterError):
+    """No replica may serve the read and ``no_replica_policy="error"`` forbids the primary."""
+
+    def __init__(self, message: str, hosts: Mapping[str, str] | None = None) -> None:
+        self.hosts = dict(hosts or {})
+        detail = "; ".join(f"{h}: {s}" for h, s in self.hosts.items())
+        super().__init__(f"{message} ({detail})" if detail else message)
+
+
 class SplitBrainError(RouterError):
     """More than one host accepts writes: writes are refused until one is gone or demoted."""
 

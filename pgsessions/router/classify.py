@@ -1,0 +1,75 @@
+"""Which failures the router may retry, and why (the ``reason`` label of retries).
+
+Retryable: a lost connection and SQLSTATE class ``08``, ``57P01``-``57P03`` (shutdown,
+crash, not yet accepting connections), class ``53`` (insufficient resources), a pool that
+gave no connection in time, ``25006`` on a write (the "primary" is a standby) and ``40001``
+on a replica (a recovery conflict cancelled the read). Data errors (``22``), constraint
+errors (``23``) and programming errors are never retried: the caller gets the original
+psycopg error.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg_pool import PoolClosed, PoolTimeout
+
+#: the host answered, but as a standby: rediscover before retrying a write
+READ_ONLY = "read_only"
+CONNECTION = "connection"
+SHUTDOWN = "shutdown"
+RESOURCES = "resources"
+POOL_TIMEOUT = "pool_timeout"
+RECOVERY_CONFLICT = "recovery_conflict"
+#: a statement that got no answer within the router's deadline (cut by the watchdog)
+TIMEOUT = "timeout"
+
+
+class StandbyConnectionError(psycopg.OperationalError):
+    """A connection meant for the primary turned out to be to a standby."""
+
+
+class StatementDeadlineError(psycopg.OperationalError):
+    """The server did not answer within the router's deadline; the connection was cut."""
+
+
+def sqlstate_of(exc: BaseException) -> str | None:
+    return getattr(exc, "sqlstate", None) if isinstance(exc, psycopg.Error) else None
+
+
+def classify(exc: BaseException, *, write: bool) -> str | None:
+    """The retry reason for ``exc``, or None when it must reach the caller unchanged."""
+    if isinstance(exc, PoolClosed):
+        return None
+    if isinstance(exc, StandbyConnectionError):
+        return READ_ONLY
+    if isinstance(exc, StatementDeadlineError):
+        return TIMEOUT
+    if isinstance(exc, PoolTimeout):
+        return POOL_TIMEOUT
+    if not isinstance(exc, psycopg.Error):
+        return CONNECTION if isinstance(exc, ConnectionError) else None
+    state = sqlstate_of(exc)
+    if state is None:
+        # no SQLSTATE: the client lost the server (EOF, reset, refused)
+        return CONNECTION if isinstance(exc, psycopg.OperationalError) else None
+    if state.startswith("08"):
+        return CONNECTION
+    if state in ("57P01", "57P02", "57P03"):
+        return SHUTDOWN
+    if state.startswith("53"):
+        return RESOURCES
+    if state == "25006":
+        return READ_ONLY if write else None
+    if state == "40001" and not write:
+        return RECOVERY_CONFLICT
+    return None
+
+
+def is_connection_loss(exc: BaseException) -> bool:
+    """True when ``exc`` means the connection is gone (not merely the statement failed)."""
+    return classify(exc, write=True) in (CONNECTION, SHUTDOWN, TIMEOUT)
+
+
+def short_error(exc: BaseException) -> str:
+    """A short label for metrics: the psycopg class name (never the message)."""
+    return type(exc).__name__

@@ -1,0 +1,203 @@
+"""Health checks: one probe per host per check, lag arithmetic and hysteresis.
+
+Each check asks every host one query over a connection kept for the monitor: whether it is in
+recovery, the primary's WAL flush position and clock, and for a standby its replay and receive
+positions, last replay timestamp and walreceiver status. The checks of all hosts run
+concurrently, each bounded by ``check_timeout`` (a host that does not answer is down).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from .classify import short_error
+from .config import RouterConfig
+from .lsn import parse_lsn
+from .pools import abort_connection, watchdog
+
+PROBE_SQL = """
+SELECT pg_is_in_recovery(),
+       CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_flush_lsn()::text END,
+       pg_last_wal_replay_lsn()::text,
+       pg_last_wal_receive_lsn()::text,
+       extract(epoch FROM pg_last_xact_replay_timestamp())::float8,
+       extract(epoch FROM clock_timestamp())::float8,
+       (SELECT status FROM pg_stat_wal_receiver LIMIT 1)
+"""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What one host answered to one check."""
+
+    up: bool
+    in_recovery: bool | None = None
+    flush_lsn: int | None = None
+    replay_lsn: int | None = None
+    receive_lsn: int | None = None
+    replay_ts: float | None = None
+    server_now: float | None = None
+    wal_status: str | None = None
+    error: str | None = None
+    started: float = 0.0  # monotonic time the probe began
+
+
+def _lsn(text: str | None) -> int | None:
+    return None if text is None else parse_lsn(text)
+
+
+class Prober:
+    """Keeps one autocommit connection per host for health checks."""
+
+    def __init__(self, dsn: str, config: RouterConfig) -> None:
+        self.dsn = dsn
+        self.config = config
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+
+    async def probe(self) -> Probe:
+        started = time.monotonic()
+        budget = self.config.check_timeout
+        try:
+            conn = self._conn
+            if conn is None or conn.closed:
+                self._conn = None
+                connect_timeout = min(self.config.connect_timeout, max(budget, 1.0))
+                async with asyncio.timeout(connect_timeout + 0.5):
+                    conn = await psycopg.AsyncConnection.connect(
+                        self.dsn, autocommit=True, connect_timeout=max(1, round(connect_timeout))
+                    )
+                self._conn = conn
+            with watchdog(conn, budget):
+                cur = await conn.execute(PROBE_SQL)
+                row = await cur.fetchone()
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            await self.reset()
+            return Probe(up=False, error=_describe(exc), started=started)
+        assert row is not None
+        return Probe(
+            up=True,
+            in_recovery=bool(row[0]),
+            flush_lsn=_lsn(row[1]),
+            replay_lsn=_lsn(row[2]),
+            receive_lsn=_lsn(row[3]),
+            replay_ts=row[4],
+            server_now=row[5],
+            wal_status=row[6],
+            started=started,
+        )
+
+    async def reset(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.closed:
+            abort_connection(conn)
+            with contextlib.suppress(psycopg.Error, OSError):
+                await conn.close()
+
+    def abort(self) -> None:
+        """Cut the connection at once (close() of the router)."""
+        if self._conn is not None:
+            abort_connection(self._conn)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "no answer (timeout)"
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    # libpq messages name host and port, never the password; keep them short
+    return f"{short_error(exc)}: {text[:160]}" if text else short_error(exc)
+
+
+@dataclass
+class Health:
+    """What the monitor remembers of one replica between checks (hysteresis, lag history)."""
+
+    eligible: bool = False
+    healthy_since: float | None = None
+    ever_unhealthy: bool = False
+    failures: int = 0
+    lag_bytes: int | None = None
+    lag_seconds: float | None = None
+    reason: str | None = None
+
+
+def lag_of(
+    probe: Probe, primary: Probe | None, primary_lsn: int | None, history: deque[tuple[float, int]]
+) -> tuple[int | None, float | None]:
+    """Lag bytes and seconds of a standby.
+
+    Bytes: the primary's flush position minus the replay position (None without a primary
+    position). Seconds: 0 when bytes <= 0 (an idle primary is not lag); otherwise the primary's
+    clock minus the last replayed commit's timestamp, capped by how long ago the monitor last
+    saw a primary position that the standby has now replayed (the first number alone jumps to
+    the whole idle time when a commit follows a quiet spell).
+    """
+    if primary_lsn is None or probe.replay_lsn is None:
+        return None, None
+    lag_bytes = primary_lsn - probe.replay_lsn
+    if lag_bytes <= 0:
+        return lag_bytes, 0.0
+    now = time.monotonic()
+    estimates: list[float] = []
+    if primary is not None and primary.server_now is not None and probe.replay_ts is not None:
+        estimates.append(max(0.0, primary.server_now - probe.replay_ts))
+    seen_at = None
+    for t, lsn in reversed(history):
+        if lsn <= probe.replay_lsn:
+            seen_at = t
+            break
+    if seen_at is not None:
+        estimates.append(max(0.0, now - seen_at))
+    elif history:
+        estimates.append(max(0.0, now - history[0][0]))
+    return lag_bytes, (min(estimates) if estimates else None)
+
+
+def assess(
+    health: Health,
+    probe: Probe,
+    primary: Probe | None,
+    primary_lsn: int | None,
+    history: deque[tuple[float, int]],
+    config: RouterConfig,
+) -> None:
+    """Update ``health`` from one probe of a standby: lag, then rotation with hysteresis.
+
+    A replica leaves rotation at the first check that finds it down, not streaming, or past
+    either lag threshold; it returns only once it has been healthy for ``healthy_for``
+    seconds (at once on its very first check, so a fresh router reads from replicas).
+    """
+    now = time.monotonic()
+    health.lag_bytes, health.lag_seconds = lag_of(probe, primary, primary_lsn, history)
+    if not probe.up:
+        reason: str | None = probe.error or "down"
+    elif not probe.in_recovery:
+        reason = "not a standby"
+    elif probe.wal_status != "streaming":
+        reason = f"walreceiver {probe.wal_status or 'stopped'}"
+    elif primary is None:
+        reason = "no primary to measure lag against"
+    elif health.lag_bytes is None or health.lag_bytes > config.max_lag_bytes:
+        reason = f"lag {health.lag_bytes} bytes"
+    elif health.lag_seconds is None or health.lag_seconds > config.max_lag_seconds:
+        reason = f"lag {health.lag_seconds}s"
+    else:
+        reason = None
+    health.failures = 0 if probe.up else health.failures + 1
+    health.reason = reason
+    if reason is not None:
+        health.eligible = False
+        health.healthy_since = None
+        health.ever_unhealthy = True
+        return
+    if health.healthy_since is None:
+        health.healthy_since = now
+    if not health.eligible:
+        if not health.ever_unhealthy or now - health.healthy_since >= config.healthy_for:
+            health.eligible = True

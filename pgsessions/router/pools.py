@@ -1,0 +1,171 @@
+"""One psycopg_pool per host, sized by role, plus the per-connection role record.
+
+A connection opened while its server was a primary stays a connection to a primary until it
+dies (a primary becomes a standby only through a restart, which kills its connections). So
+the role each connection saw when it was opened is recorded; a connection opened while the
+server was a standby is checked again before it is used as the primary's (it may have been
+promoted since), and refused if it is still a standby.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from .classify import StandbyConnectionError, StatementDeadlineError
+from .config import RouterConfig
+
+log = logging.getLogger(__name__)
+
+Conn = psycopg.AsyncConnection[Any]
+
+# connection -> True when it was opened on a standby (see the module docstring)
+_opened_on_standby: weakref.WeakKeyDictionary[Conn, bool] = weakref.WeakKeyDictionary()
+
+
+def abort_connection(conn: Conn) -> None:
+    """Cut a connection's socket so that whoever waits on it gets an error at once.
+
+    Used when a server stops answering (a blackholed host): cancelling the waiting coroutine
+    instead would make psycopg try a cancel request and wait for it.
+    """
+    try:
+        fd = conn.pgconn.socket
+    except psycopg.Error:
+        return
+    try:
+        sock = socket.fromfd(fd, socket.AF_INET, socket.SOCK_STREAM)
+    except OSError:
+        return
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()  # closes the duplicate only
+
+
+@contextlib.contextmanager
+def watchdog(conn: Conn, seconds: float) -> Iterator[Callable[[], bool]]:
+    """Cut ``conn`` if the block has not finished within ``seconds``.
+
+    Yields a function telling whether the watchdog fired; the block's error is then replaced
+    by :class:`StatementDeadlineError`.
+    """
+    fired = False
+
+    def fire() -> None:
+        nonlocal fired
+        fired = True
+        abort_connection(conn)
+
+    handle = asyncio.get_running_loop().call_later(seconds, fire)
+    try:
+        yield lambda: fired
+    except psycopg.Error as exc:
+        if fired:
+            raise StatementDeadlineError(
+                f"no answer within {seconds:.1f}s: connection closed"
+            ) from exc
+        raise
+    finally:
+        handle.cancel()
+
+
+async def is_standby(conn: Conn, seconds: float) -> bool:
+    with watchdog(conn, seconds):
+        cur = await conn.execute("SELECT pg_is_in_recovery()")
+        row = await cur.fetchone()
+    return bool(row and row[0])
+
+
+class HostPool:
+    """The pool of one host; ``role`` decides its size."""
+
+    def __init__(self, dsn: str, label: str, role: str, config: RouterConfig) -> None:
+        self.dsn = dsn
+        self.label = label
+        self.role = role
+        self.config = config
+        self.in_flight = 0
+        min_size, max_size = self._sizes(role)
+        self.pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            kwargs={
+                "autocommit": True,
+                "connect_timeout": max(1, round(config.connect_timeout)),
+            },
+            configure=self._configure,
+            open=False,
+            timeout=config.pool_timeout,
+            reconnect_timeout=max(config.failover_timeout, 10.0),
+            name=f"pgsessions-{config.name}-{label}",
+            num_workers=2,
+        )
+
+    def _sizes(self, role: str) -> tuple[int, int]:
+        c = self.config
+        if role == "primary":
+            return c.primary_pool_min, c.primary_pool_max
+        return c.replica_pool_min, c.replica_pool_max
+
+    async def _configure(self, conn: Conn) -> None:
+        ms = int(self.config.statement_timeout * 1000)
+        with watchdog(conn, self.config.connect_timeout + self.config.statement_timeout):
+            cur = await conn.execute(
+                "SELECT set_config('statement_timeout', %s, false), pg_is_in_recovery()",
+                (f"{ms}ms",),
+            )
+            row = await cur.fetchone()
+        _opened_on_standby[conn] = bool(row and row[1])
+
+    async def open(self, wait: bool) -> None:
+        await self.pool.open(wait=wait, timeout=self.config.connect_timeout + 1.0)
+
+    async def set_role(self, role: str) -> None:
+        if role == self.role:
+            return
+        self.role = role
+        min_size, max_size = self._sizes(role)
+        await self.pool.resize(min_size, max_size)
+
+    async def close(self) -> None:
+        await self.pool.close(timeout=1.0)
+
+    def stats(self) -> dict[str, int]:
+        return dict(self.pool.get_stats())
+
+    @asynccontextmanager
+    async def connection(
+        self,
+        *,
+        wait: float,
+        as_primary: bool,
+        on_wait: Callable[[float], None] | None = None,
+    ) -> AsyncIterator[Conn]:
+        """Check out a connection (waiting at most ``wait`` seconds); with ``as_primary``
+        refuse one to a standby."""
+        t0 = time.monotonic()
+        self.in_flight += 1
+        try:
+            async with self.pool.connection(timeout=max(0.05, wait)) as conn:
+                if on_wait is not None:
+                    on_wait(time.monotonic() - t0)
+                if as_primary and _opened_on_standby.get(conn, True):
+                    if await is_standby(conn, self.config.connect_timeout):
+                        raise StandbyConnectionError(
+                            f"{self.label} is a standby: not used as the primary"
+                        )
+                    _opened_on_standby[conn] = False
+                yield conn
+        finally:
+            self.in_flight -= 1

@@ -1,0 +1,306 @@
+"""SessionRouter on the shared healthy cluster: routing, read-your-writes, tokens, lifecycle.
+
+The statements are the tests' own tiny idempotent SQL (an op-id unique key with
+``ON CONFLICT DO NOTHING``), so these tests show the router alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from pgsessions.devcluster import LocalCluster, Node
+from pgsessions.router import RouterConfig, SessionRouter
+from pgsessions.router.lsn import parse_lsn
+
+
+# --------------------------------------------------------------------------- helpers
+class Store:
+    """A tiny idempotent store: items(session_id, op_id unique, seq) and one-shot pops."""
+
+    def __init__(self, schema: str) -> None:
+        self.s = schema
+
+    def ddl(self) -> str:
+        s = self.s
+        return (
+            f'CREATE SCHEMA IF NOT EXISTS "{s}"; '
+            f'CREATE TABLE IF NOT EXISTS "{s}".items (seq bigserial PRIMARY KEY, '
+            "session_id text NOT NULL, op_id text NOT NULL UNIQUE, payload text); "
+            f'CREATE TABLE IF NOT EXISTS "{s}".pops (op_id text PRIMARY KEY, item text)'
+        )
+
+    async def create(self, router: SessionRouter) -> None:
+        async with router.primary_connection() as conn:
+            await conn.execute(self.ddl())
+
+    async def add(
+        self, router: SessionRouter, session_id: str, op_id: str | None = None, payload: str = ""
+    ) -> tuple[str, str]:
+        """Add one item; returns (op_id, token)."""
+        op_id = op_id or uuid.uuid4().hex
+        _, token = await router.execute_write(
+            "add_items",
+            session_id,
+            f'INSERT INTO "{self.s}".items (session_id, op_id, payload) VALUES (%s, %s, %s) '
+            "ON CONFLICT (op_id) DO NOTHING",
+            (session_id, op_id, payload),
+        )
+        return op_id, token
+
+    async def get(
+        self, router: SessionRouter, session_id: str | None, token: str | None = None, sid: str = ""
+    ) -> list[str]:
+        rows = await router.execute_read(
+            "get_items",
+            session_id,
+            f'SELECT op_id FROM "{self.s}".items WHERE session_id = %s ORDER BY seq',
+            (session_id if session_id is not None else sid,),
+            token=token,
+        )
+        return [r[0] for r in rows]
+
+    async def pop(self, router: SessionRouter, session_id: str, op_id: str) -> str | None:
+        """Remove the newest item of the session once per op_id; a replay returns the same."""
+        s = self.s
+        rows, _ = await router.execute_write(
+            "pop_item",
+            session_id,
+            f"""
+            WITH done AS (SELECT item FROM "{s}".pops WHERE op_id = %(op)s),
+            victim AS (
+                DELETE FROM "{s}".items WHERE seq = (
+                    SELECT max(seq) FROM "{s}".items WHERE session_id = %(sid)s
+                ) AND NOT EXISTS (SELECT 1 FROM done)
+                RETURNING op_id
+            ),
+            logged AS (
+                INSERT INTO "{s}".pops (op_id, item) SELECT %(op)s, op_id FROM victim
+                RETURNING item
+            )
+            SELECT item FROM done UNION ALL SELECT item FROM logged
+            """,
+            {"op": op_id, "sid": session_id},
+        )
+        return rows[0][0] if rows else None
+
+
+async def wait_until(condition: Any, within: float, what: str, interval: float = 0.02) -> None:
+    """Poll ``condition()`` (sync or async) until true; fail the test naming ``what``."""
+    deadline = time.monotonic() + within
+    while True:
+        result = condition()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+def eligible(router: SessionRouter) -> set[str]:
+    return {h.host for h in router.topology().eligible()}
+
+
+def fast_config(hosts: list[str], schema: str, **kw: Any) -> RouterConfig:
+    base: dict[str, Any] = {
+        "hosts": hosts,
+        "schema": schema,
+        "check_interval": 0.1,
+        "healthy_for": 0.5,
+        "failover_timeout": 20.0,
+        "connect_timeout": 1.0,
+        "statement_timeout": 3.0,
+        "catch_up_wait": 0.05,
+    }
+    base.update(kw)
+    return RouterConfig(**base)
+
+
+@pytest.fixture
+def store(schema: str) -> Store:
+    return Store(schema)
+
+
+@pytest.fixture
+async def rtr(cluster: LocalCluster, schema: str, store: Store) -> AsyncIterator[SessionRouter]:
+    async with SessionRouter(fast_config(cluster.dsns(), schema)) as r:
+        await store.create(r)
+        await asyncio.to_thread(cluster.wait_caught_up)
+        yield r
+
+
+@pytest.fixture
+def paused_replicas(cluster: LocalCluster) -> Iterator[list[Node]]:
+    """Pause replay on every replica of the shared cluster; resumed afterwards whatever happens."""
+    paused: list[Node] = []
+    try:
+        for r in cluster.replicas:
+            cluster.pause_replay(r)
+            paused.append(r)
+        yield paused
+    finally:
+        for r in paused:
+            cluster.resume_replay(r)
+
+
+# --------------------------------------------------------------------------- tests
+async def test_steady_state_reads_run_on_replicas(rtr: SessionRouter, store: Store) -> None:
+    """(1) Replicas caught up, think time between turns: >= 95% of get_items on replicas."""
+    await wait_until(lambda: len(eligible(rtr)) == 2, 10, "both replicas eligible")
+
+    async def conversation(n: int) -> None:
+        sid = f"steady-{n}-{uuid.uuid4().hex[:6]}"
+        mine: list[str] = []
+        for _turn in range(6):
+            assert await store.get(rtr, sid) == mine  # read history, then write the turn
+            op, _ = await store.add(rtr, sid)
+            mine.append(op)
+            await asyncio.sleep(random.uniform(0.02, 0.08))  # think time
+        assert await store.get(rtr, sid) == mine
+
+    before = rtr.stats()
+    await asyncio.gather(*(conversation(n) for n in range(10)))
+    after = rtr.stats()
+    total = after["reads_total"] - before["reads_total"]
+    on_replicas = after["reads_on_replicas"] - before["reads_on_replicas"]
+    share = on_replicas / total
+    print(f"\nreads on replicas: {on_replicas}/{total} = {share:.1%}; by route {after['reads']}")
+    assert total == 70
+    assert share >= 0.95, after["reads"]
+    hosts = after["reads_by_host"]
+    replica_hosts = [h.host for h in rtr.topology().replicas()]
+    assert all(hosts[h] > 0 for h in replica_hosts), hosts  # both replicas share the load
+
+
+async def test_paused_replay_reads_own_write_from_primary_then_back(
+    rtr: SessionRouter, store: Store, cluster: LocalCluster, paused_replicas: list[Node]
+) -> None:
+    """(2) Every replica paused: the read right after a write returns it (from the primary);
+    after resume and catch-up, reads go back to the replicas."""
+    sid = f"paused-{uuid.uuid4().hex[:6]}"
+    op, _ = await store.add(rtr, sid)
+    before = rtr.stats()["reads"]
+    assert await store.get(rtr, sid) == [op]
+    after = rtr.stats()["reads"]
+    assert after.get("primary", {}).get("token_ahead", 0) == (
+        before.get("primary", {}).get("token_ahead", 0) + 1
+    ), after
+    for r in paused_replicas:  # the replicas really do not have it
+        rows = r.execute(f'SELECT count(*) FROM "{store.s}".items WHERE session_id = %s', (sid,))
+        assert rows[0][0] == 0
+
+    for r in paused_replicas:
+        await asyncio.to_thread(cluster.resume_replay, r)
+    await asyncio.to_thread(cluster.wait_caught_up)
+    await wait_until(lambda: len(eligible(rtr)) == 2, 10, "replicas back in rotation")
+    token = parse_lsn(rtr.token_for(sid) or "0/0")
+    await wait_until(
+        lambda: all((h.replay_lsn or 0) >= token for h in rtr.topology().replicas()),
+        10,
+        "the monitor to see the replicas past the token",
+    )
+    n0 = rtr.stats()["reads_on_replicas"]
+    for _ in range(5):
+        assert await store.get(rtr, sid) == [op]
+    assert rtr.stats()["reads_on_replicas"] == n0 + 5
+
+
+async def test_session_without_token_reads_no_older_than_previous_check(
+    cluster: LocalCluster, schema: str, store: Store, rtr: SessionRouter
+) -> None:
+    """(3) Router B has no token: after one check interval its read sees A's write."""
+    sid = f"notoken-{uuid.uuid4().hex[:6]}"
+    async with SessionRouter(fast_config(cluster.dsns(), schema, name="b")) as b:
+        for i in range(10):
+            op, _ = await store.add(rtr, sid, payload=str(i))
+            # wait until router B has completed a check that started after the write
+            done = b.topology().checked_at
+            await wait_until(lambda done=done: b.topology().checked_at > done, 5, "a check")
+            done = b.topology().checked_at
+            await wait_until(lambda done=done: b.topology().checked_at > done, 5, "a check")
+            assert b.token_for(sid) is None
+            got = await store.get(b, sid)
+            assert got and got[-1] == op, (i, got)
+        reads = b.stats()["reads"]
+        assert sum(reads.get("replica", {}).values()) >= 5, reads
+
+
+async def test_token_handover_between_routers_with_replicas_paused(
+    cluster: LocalCluster,
+    schema: str,
+    store: Store,
+    rtr: SessionRouter,
+    paused_replicas: list[Node],
+) -> None:
+    """(4) Write through A, read through B (its own pools) with A's token: never stale."""
+    async with SessionRouter(fast_config(cluster.dsns(), schema, name="b")) as b:
+        for i in range(5):
+            sid = f"handover-{i}-{uuid.uuid4().hex[:6]}"
+            op, token = await store.add(rtr, sid)
+            assert rtr.token_for(sid) == token
+            assert await store.get(b, sid, token=token) == [op]
+            # without the token B may serve a replica's older state: that is the point
+        reads = b.stats()["reads"]
+        assert reads.get("primary", {}).get("token_ahead", 0) == 5, reads
+
+
+async def test_close_returns_promptly_with_requests_in_flight(
+    cluster: LocalCluster, schema: str, store: Store, rtr: SessionRouter
+) -> None:
+    """close() while reads and writes run: it returns at once, every call ends."""
+    for attempt in range(20):
+        r = SessionRouter(fast_config(cluster.dsns(), schema, name=f"c{attempt}"))
+        await r.open()
+        sid = f"close-{attempt}"
+        stop = False
+
+        async def worker(r: SessionRouter = r, sid: str = sid) -> None:
+            while not stop:
+                await store.add(r, sid)
+                await store.get(r, sid)
+
+        tasks = [asyncio.create_task(worker()) for _ in range(4)]
+        await asyncio.sleep(random.uniform(0.01, 0.05))
+        t0 = time.monotonic()
+        await r.close()
+        took = time.monotonic() - t0
+        stop = True
+        assert took < 2.5, f"close took {took:.2f}s"
+        done, pending = await asyncio.wait(tasks, timeout=5)
+        assert not pending, "a call hung after close()"
+        assert r.closed and r._monitor_task is None
+
+
+async def test_data_and_constraint_errors_are_not_retried(rtr: SessionRouter) -> None:
+    import psycopg
+
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        await rtr.execute_write("x", "s", "SELECT 1/0")
+    with pytest.raises(psycopg.errors.UndefinedTable):
+        await rtr.execute_read("x", "s", "SELECT * FROM no_such_table")
+    assert rtr.stats()["retries"] == {}
+    # the connection went back clean: the next write works
+    rows, _ = await rtr.execute_write("x", "s", "SELECT 42")
+    assert rows == [(42,)]
+
+
+async def test_token_is_taken_after_commit(rtr: SessionRouter, store: Store) -> None:
+    """The token covers the commit record: flush position read after COMMIT, same trip."""
+    sid = f"tok-{uuid.uuid4().hex[:6]}"
+    rows, token = await rtr.execute_write(
+        "probe", sid, "SELECT pg_current_wal_insert_lsn()::text, txid_current()"
+    )
+    inside_lsn, xid = rows[0]
+    assert parse_lsn(token) >= parse_lsn(inside_lsn)
+    async with rtr.primary_connection() as conn:
+        cur = await conn.execute("SELECT txid_status(%s)", (xid,))
+        assert (await cur.fetchone()) == ("committed",)
+    assert rtr.token_for(sid) == token
