@@ -1,0 +1,139 @@
+"""``pgsessions drill``: failover drills with a pass/fail report."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import os
+import sys
+from typing import Any
+
+from ..router.dsn import split_hosts
+from .broken import BREAKS
+from .report import format_scenario, format_summary
+from .runner import DrillOptions, run_drill
+from .scenarios import SCENARIOS
+
+
+def add_drill_command(sub: Any) -> None:
+    names = ", ".join(SCENARIOS)
+    p = sub.add_parser(
+        "drill",
+        help="failover drills: a live workload through a fault, checked against the database",
+        description=(
+            f"Scenarios: {names}, or all. Each runs on a fresh local cluster (started and "
+            "stopped here) while sessions write and read through the router; afterwards every "
+            "acknowledged write and every read is checked against the database. Exit status 0 "
+            "only when every invariant held. On a real deployment give --hosts (or "
+            "PGSESSIONS_HOSTS) and --trigger: the drill runs the workload, calls the trigger "
+            "and checks the same invariants; it never stops or promotes a server itself."
+        ),
+    )
+    p.add_argument(
+        "scenario",
+        nargs="?",
+        default="all",
+        choices=[*SCENARIOS, "all"],
+        help="which scenario (default: all)",
+    )
+    p.add_argument(
+        "--sync",
+        action="store_true",
+        help="synchronous replication: no acknowledged write may be lost",
+    )
+    p.add_argument("--sessions", type=int, default=24, help="concurrent sessions (default 24)")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds of workload before the fault")
+    p.add_argument("--hold", type=float, default=2.5, help="how long a fault lasts (seconds)")
+    p.add_argument("--after", type=float, default=1.5, help="seconds of workload after recovery")
+    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    p.add_argument("--plot", metavar="FILE.png", help="draw a timeline (needs matplotlib)")
+    p.add_argument(
+        "--keep-cluster",
+        action="store_true",
+        help="leave each scenario's cluster running (its directory is reported)",
+    )
+    p.add_argument(
+        "--hosts",
+        nargs="+",
+        metavar="DSN",
+        help="a real deployment (with --trigger); default: PGSESSIONS_HOSTS",
+    )
+    p.add_argument(
+        "--trigger",
+        metavar="COMMAND",
+        help="shell command that causes the failover, e.g. 'patronictl switchover'",
+    )
+    p.add_argument(
+        "--schema",
+        default="pgsessions_drill",
+        help="schema for the drill's sessions (default pgsessions_drill)",
+    )
+    p.add_argument("--no-fsync", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--break-router",
+        choices=BREAKS,
+        help="test the drill itself: break the router on purpose (must FAIL)",
+    )
+    p.set_defaults(func=run_drill_command)
+
+
+def options_from_args(args: argparse.Namespace) -> DrillOptions:
+    hosts: list[str] = []
+    if args.trigger:
+        raw = args.hosts or os.environ.get("PGSESSIONS_HOSTS", "")
+        hosts = split_hosts(raw if isinstance(raw, str) else list(raw))
+        if not hosts:
+            raise ValueError("--trigger needs --hosts (or PGSESSIONS_HOSTS)")
+        if args.scenario != "all":
+            raise ValueError("with --trigger the scenario is the trigger: leave SCENARIO out")
+    elif args.hosts:
+        raise ValueError(
+            "--hosts needs --trigger: the drill never breaks servers it did not start "
+            "(without --hosts it starts its own local clusters)"
+        )
+    scenarios = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    return DrillOptions(
+        scenarios=scenarios,
+        sync=args.sync,
+        sessions=args.sessions,
+        warmup=args.warmup,
+        hold=args.hold,
+        after=args.after,
+        hosts=hosts,
+        trigger=args.trigger,
+        schema=args.schema,
+        keep_cluster=args.keep_cluster,
+        fsync=not args.no_fsync,
+        break_router=args.break_router,
+    )
+
+
+def run_drill_command(args: argparse.Namespace) -> int:
+    try:
+        opts = options_from_args(args)
+    except ValueError as exc:
+        print(f"pgsessions drill: {exc}", file=sys.stderr)
+        return 2
+    if args.plot:
+        if importlib.util.find_spec("matplotlib") is None:
+            from .plot import MISSING
+
+            print(f"pgsessions drill: {MISSING}", file=sys.stderr)
+            return 2
+    reports = asyncio.run(run_drill(opts))
+    if args.plot:
+        from .plot import plot_reports
+
+        plot_reports(reports, args.plot)
+        print(f"timeline written to {args.plot}", file=sys.stderr)
+    ok = all(r["passed"] for r in reports)
+    if args.json:
+        print(json.dumps({"passed": ok, "scenarios": reports}, indent=2))
+    else:
+        for r in reports:
+            print(format_scenario(r))
+            print()
+        print(format_summary(reports))
+    return 0 if ok else 1

@@ -1,0 +1,94 @@
+"""The drill report as text."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _s(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}s"
+
+
+def _counts(d: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(d.items(), key=lambda kv: -kv[1])) or "none"
+
+
+def format_scenario(r: dict[str, Any]) -> str:
+    t = r["timings"]
+    w, rd = r["writes"], r["reads"]
+    verdict = "PASS" if r["passed"] else "FAIL"
+    lines = [
+        f"== {r['scenario']} ({r['mode']}) {verdict}  "
+        f"[{r['sessions']} sessions, {r['duration_s']:.1f}s, verified on {r['verified_on']}]"
+    ]
+    fault = next((e for e in r["events"] if e["kind"] == "fault"), None)
+    if fault:
+        lines.append(f"  fault      +{fault['t']:.2f}s {fault['detail']}")
+    lines.append(f"  detect     {_s(t['detect_s'])}  ({t['detected_by'] or 'no router signal'})")
+    if t["promoted_at_s"] is not None:
+        lines.append(
+            f"  promotion  +{t['promoted_at_s']:.2f}s; first write "
+            f"{_s(t['promotion_to_first_write_s'])} later"
+        )
+    if t["healed_at_s"] is not None:
+        lines.append(
+            f"  healed     +{t['healed_at_s']:.2f}s; first write "
+            f"{_s(t['heal_to_first_write_s'])} later"
+        )
+    lines.append(
+        f"  writes     longest gap without an acknowledged write {_s(t['longest_write_gap_s'])}"
+    )
+    lines.append(
+        f"             {w['acknowledged']} acknowledged, {w['failed']} failed, "
+        f"{w['waited']} waited > 0.5s (max {w['max_wait_s']:.2f}s), "
+        f"{w['applied_but_unacknowledged']} applied but not acknowledged"
+    )
+    if w["failed_errors"]:
+        lines.append(f"             failures: {_counts(w['failed_errors'])}")
+    lines.append(
+        f"  reads      {rd['ok']} ok, {rd['failed']} failed; by host: {_counts(rd['by_host'])}"
+    )
+    lo, hi = r["outage_window_s"]
+    lines.append(
+        f"             during the outage (+{lo:.2f}s..+{hi:.2f}s): {_counts(rd['during_outage'])}"
+        f"; failed {rd['failed_during_outage']}"
+    )
+    lines.append(
+        f"  data       lost {r['lost']}, duplicated {r['duplicated']}, "
+        f"reordered {r['reordered']}, torn {r['torn']}, stale reads {r['stale_reads']}"
+    )
+    if r["loss_explanation"]:
+        lines.append(f"  loss       {r['loss_explanation']}")
+    for ex in r["stale_examples"][:3]:
+        lines.append(
+            f"  stale      {ex['session']} at +{ex['at_s']:.2f}s expected batch "
+            f"{ex['expected_batch']}, read up to {ex['newest_read']} from {ex['served_by']}"
+        )
+    for f in r["failures"]:
+        lines.append(f"  FAILED     {f}")
+    return "\n".join(lines)
+
+
+def format_summary(reports: list[dict[str, Any]]) -> str:
+    passed = sum(1 for r in reports if r["passed"])
+    rows = [
+        ("scenario", "result", "detect", "promo->write", "lost", "dup", "stale", "reads in outage")
+    ]
+    for r in reports:
+        t = r["timings"]
+        rows.append(
+            (
+                r["scenario"],
+                "PASS" if r["passed"] else "FAIL",
+                _s(t["detect_s"]),
+                _s(t["promotion_to_first_write_s"]),
+                str(r["lost"]),
+                str(r["duplicated"]),
+                str(r["stale_reads"]),
+                str(sum(r["reads"]["during_outage"].values())),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    table = ["  ".join(c.ljust(wd) for c, wd in zip(row, widths, strict=True)) for row in rows]
+    verdict = "all invariants held" if passed == len(reports) else "INVARIANTS VIOLATED"
+    return "\n".join([*table, f"{passed}/{len(reports)} scenarios passed: {verdict}"])

@@ -1,0 +1,272 @@
+"""Running drill scenarios: cluster, router, workload, fault, recovery, verification."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..devcluster import LocalCluster
+from ..devcluster.proxy import TcpProxy
+from ..router import RouterConfig, SessionRouter
+from ..router.dsn import host_label
+from ..sessions import migrate
+from .broken import (
+    UNSAFE_FIELD,
+    DroppingSession,
+    TokenIgnoringRouter,
+    router_has_unsafe_switch,
+)
+from .ledger import Ledger, LedgerObserver
+from .sampler import NodeSampler, TopologyWatcher
+from .scenarios import SCENARIOS, TRIGGER, DrillContext, Scenario
+from .verify import analyse, find_writable, load_stored
+from .workload import DrillWorkload, SessionFactory
+
+
+@dataclass
+class DrillOptions:
+    """What ``pgsessions drill`` was asked to do."""
+
+    scenarios: list[str] = field(default_factory=lambda: list(SCENARIOS))
+    sync: bool = False
+    sessions: int = 24
+    warmup: float = 2.0
+    hold: float = 2.5
+    after: float = 1.5
+    hosts: list[str] = field(default_factory=list)
+    trigger: str | None = None
+    schema: str = "pgsessions_drill"
+    keep_cluster: bool = False
+    fsync: bool = True
+    break_router: str | None = None
+    check_interval: float = 0.2
+    failover_timeout: float = 20.0
+    recover_timeout: float = 45.0
+    log: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr))
+
+
+def router_config(hosts: list[str], opts: DrillOptions, name: str) -> RouterConfig:
+    kwargs: dict[str, Any] = {
+        "hosts": hosts,
+        "schema": opts.schema,
+        "check_interval": opts.check_interval,
+        "failover_timeout": opts.failover_timeout,
+        "name": name,
+        "connect_timeout": 2.0,
+        # tight enough that a paused replica leaves rotation while the fault lasts
+        "max_lag_seconds": 1.0,
+    }
+    known = {f.name for f in dataclasses.fields(RouterConfig)}
+    if "healthy_for" in known:
+        kwargs["healthy_for"] = 1.0
+    if opts.break_router == "skip-token-check" and router_has_unsafe_switch():
+        kwargs[UNSAFE_FIELD] = True
+    return RouterConfig(**{k: v for k, v in kwargs.items() if k in known})
+
+
+def make_router(config: RouterConfig, opts: DrillOptions) -> SessionRouter:
+    if opts.break_router == "skip-token-check" and not router_has_unsafe_switch():
+        return TokenIgnoringRouter(config)
+    return SessionRouter(config)
+
+
+def session_factory(opts: DrillOptions) -> SessionFactory | None:
+    if opts.break_router == "drop-batch":
+        return lambda sid, router: DroppingSession(sid, router)
+    return None
+
+
+async def run_drill(opts: DrillOptions) -> list[dict[str, Any]]:
+    """Run each scenario in turn (each on a fresh local cluster) and return their reports."""
+    reports = []
+    names = ["trigger"] if opts.trigger else opts.scenarios
+    for name in names:
+        scenario = TRIGGER if name == "trigger" else SCENARIOS[name]
+        reports.append(await run_scenario(scenario, opts))
+    return reports
+
+
+async def _progress(name: str, ledger: Ledger, log: Callable[[str], None]) -> None:
+    """One line a second: what the workload did in that second."""
+    w_seen = r_seen = 0
+    while True:
+        await asyncio.sleep(1.0)
+        writes, reads = ledger.writes[w_seen:], ledger.reads[r_seen:]
+        w_seen, r_seen = w_seen + len(writes), r_seen + len(reads)
+        ok = sum(1 for w in writes if w.ok)
+        failed = sum(1 for w in writes if w.ok is False)
+        roles = Counter(r.role or "?" for r in reads if r.ok)
+        rfail = sum(1 for r in reads if r.ok is False)
+        by_role = " ".join(f"{k} {v}" for k, v in sorted(roles.items())) or "none"
+        log(
+            f"[{name} +{ledger.now():5.1f}s] writes ok {ok} failed {failed}; "
+            f"reads {by_role} failed {rfail}"
+        )
+
+
+async def _wait_until(cond: Callable[[], bool], within: float) -> bool:
+    deadline = time.monotonic() + within
+    while not cond():
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+async def run_scenario(scenario: Scenario, opts: DrillOptions) -> dict[str, Any]:
+    log = opts.log
+    mode = "sync" if opts.sync else "async"
+    cluster: LocalCluster | None = None
+    proxies: dict[str, TcpProxy] = {}
+    t_start = time.monotonic()
+    try:
+        if opts.hosts:
+            node_dsns = {host_label(d): d for d in opts.hosts}
+            router_hosts = list(opts.hosts)
+            log(f"[{scenario.name}] on {', '.join(node_dsns)} (nothing is started or stopped)")
+        else:
+            log(f"[{scenario.name}] starting a local cluster: primary + 2 replicas ({mode})")
+            cluster = LocalCluster(
+                replicas=2, sync=opts.sync, fsync=opts.fsync, keep=opts.keep_cluster
+            )
+            await asyncio.to_thread(cluster.start)
+            node_dsns = {n.name: n.dsn for n in cluster.nodes}
+            router_hosts = [n.dsn for n in cluster.nodes]
+            if scenario.proxied:
+                router_hosts = []
+                for n in cluster.nodes:
+                    proxy = await TcpProxy("127.0.0.1", n.port).start()
+                    proxies[n.name] = proxy
+                    router_hosts.append(n.dsn.replace(f":{n.port}/", f":{proxy.port}/"))
+        host_names = {host_label(d): name for name, d in node_dsns.items()}
+        for name, p in proxies.items():
+            host_names[f"127.0.0.1:{p.port}"] = f"{name} via proxy"
+
+        ledger = Ledger()
+        sampler = NodeSampler(node_dsns, ledger)
+        await asyncio.to_thread(sampler.start)
+        run_id = uuid.uuid4().hex[:8]
+        prefix = f"drill-{scenario.name}-{run_id}"
+        config = router_config(router_hosts, opts, f"drill-{scenario.name}-{run_id}")
+        ctx = DrillContext(
+            ledger=ledger,
+            log=lambda line: log(f"[{scenario.name}] {line}"),
+            cluster=cluster,
+            proxies=proxies,
+            trigger=opts.trigger,
+            hold=opts.hold,
+            sync=opts.sync,
+        )
+        recovered = False
+        try:
+            async with make_router(config, opts) as router:
+                await migrate(router)
+                router.add_observer(LedgerObserver(ledger))
+                watcher = TopologyWatcher(router, ledger)
+                watcher.start()
+                workload = DrillWorkload(
+                    router,
+                    ledger,
+                    prefix=prefix,
+                    sessions=opts.sessions,
+                    session_factory=session_factory(opts),
+                )
+                workload.start()
+                progress = asyncio.create_task(_progress(scenario.name, ledger, log))
+                try:
+                    total = len(workload.session_ids)
+                    await _wait_until(lambda: ledger.sessions_acked_since(0) >= total, 30)
+                    # let the monitor find the replicas caught up, so reads use them
+                    await _wait_until(lambda: bool(router.topology().eligible()), opts.warmup)
+                    await asyncio.sleep(max(0.0, opts.warmup - ledger.now()))
+                    await scenario.run(ctx)
+                    t_done = ledger.now()
+                    recovered = await _wait_until(
+                        lambda: ledger.sessions_acked_since(t_done) >= total, opts.recover_timeout
+                    )
+                    ctx.mark(
+                        "recovered" if recovered else "not_recovered",
+                        f"{ledger.sessions_acked_since(t_done)}/{total} sessions wrote again",
+                    )
+                    await asyncio.sleep(opts.after)
+                finally:
+                    progress.cancel()
+                    await workload.finish()
+                    await watcher.stop()
+        finally:
+            await asyncio.to_thread(sampler.stop)
+            for p in proxies.values():
+                await p.stop()
+            proxies.clear()
+
+        verify_name, verify_dsn = await asyncio.to_thread(find_writable, node_dsns)
+        stored = await asyncio.to_thread(load_stored, verify_dsn, opts.schema, prefix)
+        report = analyse(
+            ledger,
+            stored,
+            ctx,
+            scenario=scenario.name,
+            recovered=recovered,
+            host_names=host_names,
+        )
+        report["verified_on"] = verify_name
+        report["duration_s"] = round(time.monotonic() - t_start, 1)
+        report["mode"] = mode
+        report["broken"] = opts.break_router
+        report["timeline"] = _timeline(ledger, sampler)
+        if cluster is not None and opts.keep_cluster:
+            report["cluster_dir"] = str(cluster.base_dir)
+        return report
+    finally:
+        for p in proxies.values():
+            await p.stop()
+        if cluster is not None and not opts.keep_cluster:
+            await asyncio.to_thread(cluster.stop)
+
+
+def _timeline(ledger: Ledger, sampler: NodeSampler) -> dict[str, Any]:
+    """Raw series for the plot: writes and reads per 100 ms, lag per replica."""
+    end = ledger.now()
+    bins = int(end / 0.1) + 1
+    w_ok, w_fail = [0] * bins, [0] * bins
+    for w in ledger.writes:
+        if w.end is None:
+            continue
+        b = min(int(w.end / 0.1), bins - 1)
+        if w.ok:
+            w_ok[b] += 1
+        else:
+            w_fail[b] += 1
+    reads: dict[str, list[int]] = {}
+    for r in ledger.reads:
+        if r.end is None:
+            continue
+        key = (r.role or "unknown") if r.ok else "failed"
+        series = reads.setdefault(key, [0] * bins)
+        series[min(int(r.end / 0.1), bins - 1)] += 1
+    lag: dict[str, list[tuple[float, int | None]]] = {}
+    primary_lsn: int | None = None
+    for s in sampler.samples:
+        if s.role == "primary":
+            primary_lsn = s.lsn
+        elif s.role == "replica" and s.lsn is not None and primary_lsn is not None:
+            lag.setdefault(s.node, []).append((round(s.t, 2), max(0, primary_lsn - s.lsn)))
+    return {
+        "bin_s": 0.1,
+        "writes_ok": w_ok,
+        "writes_failed": w_fail,
+        "reads": reads,
+        "lag_bytes": lag,
+        "events": [
+            {"t": round(e.t, 3), "kind": e.kind, "detail": e.detail}
+            for e in ledger.events
+            if e.kind in ("fault", "promoted", "healed", "cut", "role", "recovered")
+        ],
+    }
