@@ -47,14 +47,6 @@ def pool_stats(router: SessionRouter, topology: Topology) -> dict[str, Mapping[s
         raw: Any = accessor()
         if isinstance(raw, Mapping):
             return {safe_host(str(k)): v for k, v in raw.items() if isinstance(v, Mapping)}
-    pools: Any = getattr(router, "_pools", None)  # interim, until every router has pool_stats()
-    if isinstance(pools, Mapping) and pools:
-        out: dict[str, Mapping[str, int]] = {}
-        for key, pool in list(pools.items()):
-            get = getattr(pool, "stats", None) or getattr(pool, "get_stats", None)
-            if callable(get):
-                out[safe_host(str(getattr(pool, "label", None) or key))] = get()
-        return out
     return {
         h.host: {
             "pool_size": h.pool_size,
@@ -64,6 +56,16 @@ def pool_stats(router: SessionRouter, topology: Topology) -> dict[str, Mapping[s
         for h in topology.hosts
         if h.pool_size or h.pool_available or h.pool_waiting
     }
+
+
+def known_primary(topology: Topology) -> str | None:
+    """The primary (``host:port``) if one is known and its last check reached it."""
+    if topology.primary is None or topology.split_brain:
+        return None
+    for h in topology.hosts:
+        if h.host == topology.primary and not h.up:
+            return None
+    return topology.primary
 
 
 class PgSessionsCollector:
@@ -156,8 +158,9 @@ def _snapshot_families(name: str, router: SessionRouter) -> list[GaugeMetricFami
         size.add_metric(labels, float(stats.get("pool_size", 0)))
         avail.add_metric(labels, float(stats.get("pool_available", 0)))
         waiting.add_metric(labels, float(stats.get("requests_waiting", 0)))
-    known.add_metric((name,), 1.0 if topo.primary else 0.0)
-    n_writable = len(topo.split_brain) or (1 if topo.primary else 0)
+    primary = known_primary(topo)
+    known.add_metric((name,), 1.0 if primary else 0.0)
+    n_writable = len(topo.split_brain) or (1 if primary else 0)
     writable.add_metric((name,), float(n_writable))
     return [up, eligible, lag_b, lag_s, size, avail, waiting, known, writable]
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
-from .collector import REGISTRY, instrument, router_is_open, routers_in
+from .collector import REGISTRY, instrument, known_primary, router_is_open, routers_in
 
 if TYPE_CHECKING:
     from ..router import SessionRouter
@@ -52,14 +52,17 @@ class Endpoint:
         return body, headers
 
     def health(self) -> tuple[int, bytes]:
-        """200 and a small JSON body when every router knows its primary, else 503."""
+        """200 and a small JSON body when every router knows a reachable primary, else 503.
+
+        A router in split brain knows no primary (it refuses writes).
+        """
         report: dict[str, object] = {}
         ok = True
         routers = self.routers
         for r in routers:
             topo = r.topology()
             is_open = router_is_open(r)
-            primary = topo.primary if is_open else None
+            primary = known_primary(topo) if is_open else None
             ok = ok and primary is not None
             report[r.config.name] = {
                 "open": is_open,
@@ -67,6 +70,7 @@ class Endpoint:
                 "eligible_replicas": len(topo.eligible()),
                 "hosts_up": sum(1 for h in topo.hosts if h.up),
                 "hosts": len(topo.hosts),
+                **({"split_brain": list(topo.split_brain)} if topo.split_brain else {}),
             }
         ok = ok and bool(routers)
         body = {"status": "ok" if ok else "unavailable", "routers": report}
