@@ -35,8 +35,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=[*WORKLOADS, "all"],
         help="workload to run (repeatable; default all: turn, history, read-heavy, runner)",
     )
-    p.add_argument("--duration", type=float, default=3.0, help="seconds per cell and round (3)")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; median reported (3)")
+    p.add_argument(
+        "--duration", type=float, default=2.0, help="seconds per cell and round (2; history: half)"
+    )
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; median reported (5)")
     p.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per cell (1)")
     p.add_argument(
         "--sessions",
@@ -76,6 +78,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"write {RESULTS_DIR.name}/latest.json and latest.md in the bench directory",
     )
     p.add_argument("--keep", action="store_true", help="keep the benchmark tables afterwards")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="profile the run with pyinstrument (pip install pyinstrument) and write a text "
+        "report here (.html: an HTML report); use with --only one contender",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
@@ -100,11 +109,12 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 
 
 def estimate_seconds(cfg: BenchConfig, contenders: int) -> float:
-    cells = 0
+    total = 0.0
     for w in cfg.workloads:
         n = {"turn": len(cfg.turn_sessions), "history": len(cfg.history_sizes)}.get(w, 1)
-        cells += n * (contenders + (1 if w == "runner" else 0))
-    return cells * (cfg.rounds * cfg.duration + cfg.warmup)
+        d = cfg.duration / 2 if w == "history" else cfg.duration
+        total += n * (contenders + (1 if w == "runner" else 0)) * (cfg.rounds * d + cfg.warmup)
+    return total
 
 
 def _split_roles(dsns: list[str]) -> tuple[str, list[str]]:
@@ -123,6 +133,21 @@ def _split_roles(dsns: list[str]) -> tuple[str, list[str]]:
     if primary is None:
         raise SystemExit("no writable host among --hosts")
     return primary, replicas
+
+
+def _profiled(coro: Any, out: Path) -> Any:
+    from pyinstrument import Profiler
+
+    profiler = Profiler(async_mode="enabled", interval=0.0005)
+    with profiler:
+        results = asyncio.run(coro)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".html":
+        out.write_text(profiler.output_html())
+    else:
+        out.write_text(profiler.output_text(unicode=True, show_all=False))
+    print(f"wrote profile {out}")
+    return results
 
 
 def main(args: argparse.Namespace) -> int:
@@ -161,7 +186,11 @@ def main(args: argparse.Namespace) -> int:
         )
         est = estimate_seconds(cfg, len(contenders))
         print(f"running {', '.join(cfg.workloads)}; about {est / 60:.1f} min of measurement")
-        results = asyncio.run(run_bench(env, cfg, contenders, keep=args.keep))
+        coro = run_bench(env, cfg, contenders, keep=args.keep)
+        if args.profile is not None:
+            results = _profiled(coro, args.profile)
+        else:
+            results = asyncio.run(coro)
     finally:
         if cluster is not None:
             cluster.stop()

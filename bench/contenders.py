@@ -82,6 +82,10 @@ class Contender(abc.ABC):
             await s.add_items(batch)
             done += len(batch)
 
+    def read_counts(self) -> dict[str, int] | None:
+        """Cumulative reads by ``role/reason`` where the contender routes reads, else None."""
+        return None
+
     async def analyze(self) -> None:  # noqa: B027 - optional hook
         """Refresh planner statistics after seeding (what autovacuum would do soon anyway)."""
 
@@ -218,9 +222,10 @@ class PgSessionsContender(Contender):
     different places.
     """
 
-    def __init__(self, routed: bool) -> None:
+    def __init__(self, routed: bool, name: str | None = None, **router_options: Any) -> None:
         self.routed = routed
-        self.name = "pgsessions-routed" if routed else "pgsessions-primary"
+        self.router_options = router_options
+        self.name = name or ("pgsessions-routed" if routed else "pgsessions-primary")
         self.description = (
             "PostgresSession, reads on caught-up replicas"
             if routed
@@ -256,6 +261,7 @@ class PgSessionsContender(Contender):
             replica_pool_max=env.pool_size,
             read_from_replicas=self.routed,
             name=self.name,
+            **self.router_options,
         )
         router = SessionRouter(cfg)
         await router.open()
@@ -265,6 +271,13 @@ class PgSessionsContender(Contender):
 
     def session(self, session_id: str) -> Any:
         return self._session_cls(session_id, self._router)
+
+    def read_counts(self) -> dict[str, int] | None:
+        stats = getattr(self._router, "stats", None)
+        if stats is None:
+            return None
+        reads = stats().get("reads", {})
+        return {f"{role}/{why}": n for role, by in reads.items() for why, n in by.items()}
 
     async def seed(self, session_id: str, count: int) -> None:
         await _admin(self._dsn, _pgsessions_seed_sql(self._schema), {"sid": session_id, "n": count})

@@ -32,8 +32,8 @@ class BenchConfig:
     """What to run. Defaults are the `make bench` run (under 10 minutes on 2 cores)."""
 
     workloads: Sequence[str] = WORKLOADS
-    duration: float = 3.0
-    rounds: int = 3
+    duration: float = 2.0
+    rounds: int = 5
     warmup: float = 1.0
     #: concurrent sessions of the turn workload; the first one is the headline
     turn_sessions: Sequence[int] = (32, 1, 128)
@@ -58,6 +58,8 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
 class RoundResult:
     ops: int
     elapsed: float
+    #: CPU seconds this Python process spent (all threads), over the round
+    cpu: float
     p50: float
     p99: float
     errors: int
@@ -65,6 +67,10 @@ class RoundResult:
     @property
     def tput(self) -> float:
         return self.ops / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def cpu_per_op(self) -> float:
+        return self.cpu / self.ops if self.ops else 0.0
 
 
 @dataclass
@@ -76,6 +82,8 @@ class Cell:
     errors: int = 0
     violations: int = 0
     problems: list[str] = field(default_factory=list)
+    #: reads by role/reason during this cell's measured rounds (routing contenders only)
+    routing: dict[str, int] = field(default_factory=dict)
 
     def median(self, attr: str) -> float:
         vals = [getattr(r, attr) for r in self.rounds]
@@ -91,10 +99,12 @@ class Cell:
             "ops_per_s": round(self.median("tput"), 1),
             "p50_ms": round(self.median("p50") * 1000, 3),
             "p99_ms": round(self.median("p99") * 1000, 3),
+            "client_cpu_us_per_op": round(self.median("cpu_per_op") * 1e6, 1),
             "ok": self.ok,
             "errors": self.errors,
             "violations": self.violations,
             "problems": self.problems[:5],
+            "reads_routed": dict(sorted(self.routing.items())),
             "rounds": [
                 {
                     "ops": r.ops,
@@ -102,6 +112,7 @@ class Cell:
                     "ops_per_s": round(r.tput, 1),
                     "p50_ms": round(r.p50 * 1000, 3),
                     "p99_ms": round(r.p99 * 1000, 3),
+                    "client_cpu_us_per_op": round(r.cpu_per_op * 1e6, 1),
                     "errors": r.errors,
                 }
                 for r in self.rounds
@@ -167,13 +178,14 @@ async def drive(
             if problem is not None and rec is not None:
                 rec.violation(problem)
 
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker(s) for s in states))
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu0
     latencies.sort()
     return RoundResult(
         ops=len(latencies),
         elapsed=elapsed,
+        cpu=cpu,
         p50=percentile(latencies, 0.50),
         p99=percentile(latencies, 0.99),
         errors=errors,
@@ -218,18 +230,28 @@ class Bench:
         label: str,
         names: Sequence[str],
         run_cell: Callable[[str, float, Recorder | None], Awaitable[RoundResult]],
+        duration: float | None = None,
     ) -> dict[str, Cell]:
         """Warm each contender up, then ``rounds`` rounds over all of them, rotating order."""
         cfg = self.config
+        duration = cfg.duration if duration is None else duration
         cells = {n: Cell(contender=n) for n in names}
         if cfg.warmup > 0:
             for n in names:
                 await run_cell(n, cfg.warmup, Recorder(cells[n]))
+        by_name = self._by_name()
         for r in range(cfg.rounds):
             order = list(names[r % len(names) :]) + list(names[: r % len(names)])
             for n in order:
-                res = await run_cell(n, cfg.duration, Recorder(cells[n]))
+                c = by_name.get(n)
+                before = c.read_counts() if c is not None else None
+                res = await run_cell(n, duration, Recorder(cells[n]))
                 cells[n].rounds.append(res)
+                after = c.read_counts() if c is not None else None
+                if before is not None and after is not None:
+                    for k, v in after.items():
+                        if v - before.get(k, 0):
+                            cells[n].routing[k] = cells[n].routing.get(k, 0) + v - before.get(k, 0)
         line = ", ".join(f"{n} {cells[n].median('tput'):.0f}/s" for n in names)
         self.log(f"  {label}: {line}")
         return cells
@@ -335,7 +357,10 @@ class Bench:
         async def run_cell(name: str, duration: float, rec: Recorder | None) -> RoundResult:
             return await drive(readers[name], op, duration, rec)
 
-        return await self.interleave(f"history {size:,} items", list(by_name), run_cell)
+        # reads are short: half the duration gives thousands of samples per cell
+        return await self.interleave(
+            f"history {size:,} items", list(by_name), run_cell, self.config.duration / 2
+        )
 
     async def runner(self, sessions: int) -> dict[str, Cell]:
         """Full ``Runner.run`` turns with a scripted model; plus the SDK without a session."""
