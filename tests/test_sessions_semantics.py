@@ -24,6 +24,15 @@ async def db(router: SessionRouter) -> SessionRouter:
     return router
 
 
+async def primary_token(router: SessionRouter) -> str:
+    """The primary's flush position now: reads at this token see every commit so far."""
+    async with router.primary_connection() as conn:
+        cur = await conn.execute("SELECT pg_current_wal_flush_lsn()::text")
+        row = await cur.fetchone()
+        assert row is not None
+        return str(row[0])
+
+
 def msg(i: int, role: str = "user") -> dict[str, Any]:
     return {"role": role, "content": f"message {i}"}
 
@@ -326,7 +335,7 @@ async def test_latest_n_is_an_index_scan(db: SessionRouter) -> None:
     text = "\n".join(r[0] for r in plan)
     assert "Index Scan Backward using messages_pkey" in text, text
     assert "Sort" not in text.split("Index Scan")[1], text
-    got = await PostgresSession("s7", db).get_items(3)
+    got = await PostgresSession("s7", db, consistency_token=await primary_token(db)).get_items(3)
     assert got == [{"n": 1998}, {"n": 1999}, {"n": 2000}]
 
 

@@ -68,13 +68,15 @@ async def list_sessions(
     limit: int = 50,
     after: str | None = None,
     metadata: Mapping[str, Any] | None = None,
+    consistency_token: str | None = None,
 ) -> SessionPage:
     """One page of conversations, most recently updated first (ties by session id).
 
     ``after`` is the ``next_cursor`` of the previous page. ``metadata`` keeps only the
     conversations whose metadata contains it (jsonb ``@>``). Keyset pagination: each page
     costs the same however deep; a conversation updated while you page moves to the front,
-    so it may be skipped or seen twice.
+    so it may be skipped or seen twice. The page may be read on a replica, as fresh as the
+    router's last check; pass a session's ``consistency_token`` to see at least its writes.
     """
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise ValueError(f"limit must be a positive int, got {limit!r}")
@@ -95,7 +97,7 @@ async def list_sessions(
         + " ORDER BY updated_at DESC, session_id DESC LIMIT %s"
     )
     params.append(limit + 1)
-    rows = await router.execute_read("list_sessions", None, query, params)
+    rows = await router.execute_read("list_sessions", None, query, params, token=consistency_token)
     infos = [
         SessionInfo(
             session_id=sid,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from psycopg import sql
+
+from ..router.lsn import parse_lsn
 
 if TYPE_CHECKING:
     from ..router import SessionRouter
@@ -72,8 +75,10 @@ async def migrate(
 
     Safe to call from many servers at once: each migration runs in its own transaction on
     the primary under ``pg_advisory_xact_lock`` and is recorded in ``schema_migrations``,
-    so it is applied exactly once. ``migrations`` (a list, or a directory of ``NNNN_*.sql``
-    files) replaces the packaged set, e.g. to test an upgrade.
+    so it is applied exactly once. It returns once the router's reads without a consistency
+    token can see the schema (at most about ten monitor check intervals). ``migrations`` (a
+    list, or a directory of ``NNNN_*.sql`` files) replaces the packaged set, e.g. to test an
+    upgrade.
     """
     if migrations is None or isinstance(migrations, str | Path):
         todo = load_migrations(migrations)
@@ -108,7 +113,34 @@ async def migrate(
                 await conn.execute(mig.render(schema))
                 await conn.execute(record_q, (mig.version, mig.name))
             applied.append(mig.version)
+        cur = await conn.execute("SELECT pg_current_wal_flush_lsn()::text")
+        row = await cur.fetchone()
+    if row is not None:
+        await _wait_until_reads_see(router, parse_lsn(row[0]))
     return applied
+
+
+async def _wait_until_reads_see(router: SessionRouter, lsn: int) -> None:
+    """Return once reads without a token can no longer land on a replica older than ``lsn``.
+
+    Such reads need a replica that has replayed the primary position of the router monitor's
+    last check; once that position is past the migrations, a fresh session never meets a
+    replica without its tables. Bounded: after about ten check intervals, return anyway.
+    """
+    config = router.config
+    if not getattr(config, "read_from_replicas", True):
+        return
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + max(1.0, 10 * config.check_interval)
+    while True:
+        topology = router.topology()
+        if not topology.replicas():
+            return
+        if topology.primary_lsn is not None and topology.primary_lsn >= lsn:
+            return
+        if loop.time() >= give_up:
+            return
+        await asyncio.sleep(min(0.02, config.check_interval / 4))
 
 
 async def applied_migrations(router: SessionRouter) -> list[str]:
