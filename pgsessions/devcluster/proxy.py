@@ -22,7 +22,7 @@ ProxyMode = Literal["forward", "blackhole", "reject"]
 _CHUNK = 65536
 
 
-@dataclass
+@dataclass(eq=False)
 class _Pipe:
     client: asyncio.StreamWriter
     upstream: asyncio.StreamWriter | None = None

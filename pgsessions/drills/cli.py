@@ -13,7 +13,7 @@ from typing import Any
 from ..router.dsn import split_hosts
 from .broken import BREAKS
 from .report import format_scenario, format_summary
-from .runner import DrillOptions, run_drill
+from .runner import DrillOptions, quiet_pool_logs, run_drill
 from .scenarios import SCENARIOS
 
 
@@ -122,6 +122,7 @@ def run_drill_command(args: argparse.Namespace) -> int:
 
             print(f"pgsessions drill: {MISSING}", file=sys.stderr)
             return 2
+    quiet_pool_logs()
     reports = asyncio.run(run_drill(opts))
     if args.plot:
         from .plot import plot_reports

@@ -6,7 +6,9 @@ from typing import Any
 
 
 def _s(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2f}s"
+    if v is None:
+        return "-"
+    return f"{v * 1000:.0f}ms" if v < 1 else f"{v:.2f}s"
 
 
 def _counts(d: dict[str, int]) -> str:
@@ -14,6 +16,8 @@ def _counts(d: dict[str, int]) -> str:
 
 
 def format_scenario(r: dict[str, Any]) -> str:
+    if "error" in r:
+        return f"== {r['scenario']} ({r['mode']}) FAIL\n  FAILED     {r['failures'][0]}"
     t = r["timings"]
     w, rd = r["writes"], r["reads"]
     verdict = "PASS" if r["passed"] else "FAIL"
@@ -64,6 +68,8 @@ def format_scenario(r: dict[str, Any]) -> str:
             f"  stale      {ex['session']} at +{ex['at_s']:.2f}s expected batch "
             f"{ex['expected_batch']}, read up to {ex['newest_read']} from {ex['served_by']}"
         )
+    for warning in r.get("warnings", []):
+        lines.append(f"  warning    {warning}")
     for f in r["failures"]:
         lines.append(f"  FAILED     {f}")
     return "\n".join(lines)
@@ -75,6 +81,9 @@ def format_summary(reports: list[dict[str, Any]]) -> str:
         ("scenario", "result", "detect", "promo->write", "lost", "dup", "stale", "reads in outage")
     ]
     for r in reports:
+        if "error" in r:
+            rows.append((r["scenario"], "FAIL", "-", "-", "-", "-", "-", "-"))
+            continue
         t = r["timings"]
         rows.append(
             (

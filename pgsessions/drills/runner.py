@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import sys
 import time
 import uuid
@@ -23,7 +24,7 @@ from .broken import (
     TokenIgnoringRouter,
     router_has_unsafe_switch,
 )
-from .ledger import Ledger, LedgerObserver
+from .ledger import Ledger, LedgerObserver, short_error
 from .sampler import NodeSampler, TopologyWatcher
 from .scenarios import SCENARIOS, TRIGGER, DrillContext, Scenario
 from .verify import analyse, find_writable, load_stored
@@ -89,8 +90,28 @@ async def run_drill(opts: DrillOptions) -> list[dict[str, Any]]:
     names = ["trigger"] if opts.trigger else opts.scenarios
     for name in names:
         scenario = TRIGGER if name == "trigger" else SCENARIOS[name]
-        reports.append(await run_scenario(scenario, opts))
+        try:
+            reports.append(await run_scenario(scenario, opts))
+        except Exception as exc:  # a drill that cannot run has failed, the others still run
+            opts.log(f"[{name}] the drill itself failed: {short_error(exc)}")
+            reports.append(error_report(name, opts, exc))
     return reports
+
+
+def error_report(name: str, opts: DrillOptions, exc: BaseException) -> dict[str, Any]:
+    """The report of a scenario that could not run to the end."""
+    return {
+        "scenario": name,
+        "mode": "sync" if opts.sync else "async",
+        "passed": False,
+        "error": short_error(exc),
+        "failures": [f"the drill could not run: {short_error(exc)}"],
+    }
+
+
+def quiet_pool_logs() -> None:
+    """psycopg_pool logs every failed reconnect at WARNING: a drill makes many on purpose."""
+    logging.getLogger("psycopg").setLevel(logging.ERROR)
 
 
 async def _progress(name: str, ledger: Ledger, log: Callable[[str], None]) -> None:
@@ -215,6 +236,7 @@ async def run_scenario(scenario: Scenario, opts: DrillOptions) -> dict[str, Any]
             scenario=scenario.name,
             recovered=recovered,
             host_names=host_names,
+            failover_timeout=config.failover_timeout,
         )
         report["verified_on"] = verify_name
         report["duration_s"] = round(time.monotonic() - t_start, 1)

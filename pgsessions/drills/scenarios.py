@@ -40,6 +40,8 @@ class DrillContext:
     received: dict[str, int] = field(default_factory=dict)
     #: a clean switchover must lose nothing even with asynchronous replication
     expect_no_loss: bool = False
+    #: a role change means a failover (False when the scenario makes a rogue primary)
+    role_change_is_promotion: bool = True
     notes: list[str] = field(default_factory=list)
 
     def need_cluster(self) -> LocalCluster:
@@ -160,6 +162,7 @@ async def split_brain(ctx: DrillContext) -> None:
     c = ctx.need_cluster()
     rogue = c.replicas[-1]
     ctx.old_primary = c.primary.name
+    ctx.role_change_is_promotion = False
     ctx.mark("fault", f"promote {rogue.name} while {c.primary.name} still accepts writes")
     await asyncio.to_thread(rogue.execute, "SELECT pg_promote(true, 60)", timeout=70)
     await asyncio.sleep(ctx.hold)

@@ -75,6 +75,7 @@ def analyse(
     scenario: str,
     recovered: bool,
     host_names: dict[str, str],
+    failover_timeout: float = 30.0,
     items_per_batch: int = 2,
 ) -> dict[str, Any]:
     """The scenario's report (JSON-ready) with ``passed`` and the list of ``failures``."""
@@ -176,6 +177,7 @@ def analyse(
     failures.extend(n for n in ctx.notes if n.startswith("the trigger"))
 
     timings = _timings(ledger, ctx)
+    warnings = _warnings(ledger, ctx, failover_timeout)
     writes_ok = [w for w in ledger.writes if w.ok]
     writes_failed = [w for w in ledger.writes if w.ok is False]
     waited = [w for w in ledger.writes if w.end is not None and w.end - w.start > WAIT_THRESHOLD]
@@ -194,6 +196,7 @@ def analyse(
         "sync": ctx.sync,
         "passed": not failures,
         "failures": failures,
+        "warnings": warnings,
         "sessions": len(sessions),
         "writes": {
             "acknowledged": len(writes_ok),
@@ -291,6 +294,25 @@ def _timings(ledger: Ledger, ctx: DrillContext) -> dict[str, Any]:
         "longest_write_gap_s": round(gap, 3),
         "outage": (t_fault, max(out_end, t_fault)),
     }
+
+
+def _warnings(ledger: Ledger, ctx: DrillContext, failover_timeout: float) -> list[str]:
+    """Not invariants, but worth a look: writes that failed before ``failover_timeout``."""
+    out = []
+    early = Counter(
+        (w.error or "?").split(":", 1)[0]
+        for w in ledger.writes
+        if w.ok is False
+        and w.end is not None
+        and w.end - w.start < failover_timeout
+        and not (w.error or "").startswith("SplitBrainError")
+    )
+    for err, n in early.items():
+        out.append(
+            f"{n} writes failed with {err} after less than failover_timeout "
+            f"({failover_timeout:g}s): the router gave up early"
+        )
+    return out
 
 
 def _key_events(ledger: Ledger, limit_per_kind: int = 3) -> list[Any]:

@@ -1,0 +1,1 @@
+"""`pgsessions demo`: a live agent workload over a replicated cluster, everything measured."""

@@ -1,0 +1,208 @@
+"""``pgsessions demo``: agents talking through a replicated cluster, everything measured."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+import uuid
+from typing import Any
+
+import agents
+
+from ..drills.runner import quiet_pool_logs
+from ..router import RouterConfig, SessionRouter
+from ..sessions import migrate
+from .stats import DemoStats
+from .summary import format_summary, summarize
+from .view import LiveView
+from .workload import Conversations
+
+
+def add_demo_command(sub: Any) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="run a live agent workload over the cluster, with metrics and a live view",
+        description=(
+            "Many concurrent conversations through the Agents SDK Runner (an offline scripted "
+            "model, or a real one with OPENAI_API_KEY and --model), stored with "
+            "PostgresSession: writes on the primary, history reads on caught-up replicas. "
+            "With no --hosts and no PGSESSIONS_HOSTS, the local cluster is started (and "
+            "stopped afterwards unless --keep-cluster). Ctrl-C stops and prints the summary."
+        ),
+    )
+    p.add_argument(
+        "--duration", type=float, default=30.0, help="seconds to run (0: until Ctrl-C; default 30)"
+    )
+    p.add_argument(
+        "--sessions", type=int, default=200, help="concurrent conversations (default 200)"
+    )
+    p.add_argument(
+        "--think",
+        type=float,
+        default=1.5,
+        help="mean think time between a user's turns, seconds (default 1.5)",
+    )
+    p.add_argument("--model", help="a real model name (needs OPENAI_API_KEY)")
+    p.add_argument("--hosts", nargs="+", metavar="DSN", help="default: PGSESSIONS_HOSTS")
+    p.add_argument(
+        "--keep-cluster", action="store_true", help="leave the local cluster running afterwards"
+    )
+    p.add_argument("--metrics-host", default="127.0.0.1")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=9464,
+        help="port for /metrics (default 9464; a free one if taken)",
+    )
+    p.add_argument("--no-metrics", action="store_true", help="do not serve /metrics")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the summary as JSON on stdout (the live view goes to stderr)",
+    )
+    p.set_defaults(func=run_demo_command)
+
+
+def _config(args: argparse.Namespace) -> tuple[RouterConfig | None, str]:
+    if args.hosts:
+        return RouterConfig(hosts=args.hosts), "given hosts"
+    if os.environ.get("PGSESSIONS_HOSTS"):
+        return RouterConfig.from_env(), "PGSESSIONS_HOSTS"
+    return None, "local cluster"
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    if args.model and not os.environ.get("OPENAI_API_KEY"):
+        print("pgsessions demo: --model needs OPENAI_API_KEY in the environment", file=sys.stderr)
+        return 2
+    if args.sessions < 1:
+        print("pgsessions demo: --sessions must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        config, source = _config(args)
+    except ValueError as exc:
+        print(f"pgsessions demo: {exc}", file=sys.stderr)
+        return 2
+    log_out = sys.stderr if args.json else sys.stdout
+    cluster = None
+    started = False
+    if config is None:
+        from ..devcluster.cli import default_dir, ensure_local_cluster
+
+        print(f"starting the local cluster in {default_dir()} ...", file=log_out, flush=True)
+        t0 = time.monotonic()
+        cluster, started = ensure_local_cluster()
+        verb = f"started in {time.monotonic() - t0:.1f}s" if started else "already running"
+        mode = "synchronous" if cluster.sync else "asynchronous"
+        print(
+            f"local cluster {verb}: primary + {len(cluster.replicas)} replicas ({mode})",
+            file=log_out,
+            flush=True,
+        )
+        config = RouterConfig(hosts=cluster.dsns())
+        source = f"local cluster, {mode} replication"
+    try:
+        summary = asyncio.run(_demo(args, config, source, log_out))
+    finally:
+        if cluster is not None and started and not args.keep_cluster:
+            cluster.stop()
+            print("local cluster stopped", file=log_out, flush=True)
+        elif cluster is not None:
+            print(f"local cluster left running in {cluster.base_dir}", file=log_out, flush=True)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(format_summary(summary), file=log_out)
+    return 0 if not summary["errors"] else 1
+
+
+async def _demo(
+    args: argparse.Namespace, config: RouterConfig, source: str, out: Any
+) -> dict[str, Any]:
+    agents.set_tracing_disabled(True)
+    quiet_pool_logs()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    interrupts = 0
+    main_task = asyncio.current_task()
+
+    def on_signal() -> None:
+        nonlocal interrupts
+        interrupts += 1
+        stop.set()
+        if interrupts > 1 and main_task is not None:
+            main_task.cancel()  # a second Ctrl-C: do not wait for running turns
+
+    for s in previous:
+        loop.add_signal_handler(s, on_signal)
+    try:
+        async with SessionRouter(config) as router:
+            await migrate(router)
+            metrics = _serve_metrics(router, args)
+            metrics_url = metrics.url if metrics is not None else None
+            if metrics_url:
+                print(f"metrics: {metrics_url}/metrics", file=out, flush=True)
+            stats = DemoStats()
+            run_id = uuid.uuid4().hex[:8]
+            think = args.think
+            convs = Conversations(
+                router,
+                stats,
+                count=args.sessions,
+                prefix=f"demo-{run_id}",
+                model=args.model,
+                think=(think / 3, think * 5 / 3),
+            )
+            view = LiveView(out, tty=out.isatty(), duration=args.duration or None)
+            convs.start()
+            try:
+                deadline = stats.started + args.duration if args.duration > 0 else None
+                while not stop.is_set():
+                    try:
+                        async with asyncio.timeout(1.0):
+                            await stop.wait()
+                    except TimeoutError:
+                        pass
+                    view.frame(stats, router, metrics_url)
+                    if deadline is not None and time.monotonic() >= deadline:
+                        break
+            finally:
+                interrupted = stop.is_set()
+                await convs.finish()
+                elapsed = time.monotonic() - stats.started
+                if metrics is not None:
+                    metrics.stop()
+            return await summarize(
+                router,
+                stats,
+                prefix=convs.session_ids[0].rsplit("-", 1)[0],
+                elapsed=elapsed,
+                sessions=args.sessions,
+                model=args.model or "scripted (offline)",
+                source=source,
+                metrics_url=metrics_url,
+                interrupted=interrupted,
+            )
+    finally:
+        for s, handler in previous.items():
+            loop.remove_signal_handler(s)
+            signal.signal(s, handler)
+
+
+def _serve_metrics(router: SessionRouter, args: argparse.Namespace) -> Any:
+    if args.no_metrics:
+        return None
+    try:
+        from ..monitoring import serve
+    except ImportError:
+        return None
+    try:
+        return serve(router, args.metrics_host, args.metrics_port)
+    except OSError:
+        return serve(router, args.metrics_host, 0)  # the port is taken: any free one
