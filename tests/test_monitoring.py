@@ -634,28 +634,31 @@ def test_cli_parser_has_serve_metrics() -> None:
 
 
 def test_cli_serve_metrics_serves(cluster: LocalCluster) -> None:
+    """`serve-metrics` serves until SIGTERM, then exits cleanly.
+
+    The command is built alone (as pgsessions/cli.py builds it, SIGTERM unwinding like
+    Ctrl-C) so that this test does not depend on the other areas' commands.
+    """
     import os
+    import signal
     import sys
 
     from pgsessions.devcluster.ports import pick_free_port
 
     port = pick_free_port()
     code = (
-        "import argparse, sys; from pgsessions.monitoring.cli import add_serve_metrics_command;"
-        "p = argparse.ArgumentParser(); add_serve_metrics_command(p.add_subparsers());"
-        "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))"
+        "import argparse, signal, sys\n"
+        "from pgsessions.monitoring.cli import add_serve_metrics_command\n"
+        "def stop(*_): raise KeyboardInterrupt\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        "p = argparse.ArgumentParser(prog='pgsessions')\n"
+        "add_serve_metrics_command(p.add_subparsers())\n"
+        "a = p.parse_args(sys.argv[1:])\n"
+        "try:\n    sys.exit(a.func(a))\nexcept KeyboardInterrupt:\n    sys.exit(130)\n"
     )
+    cmd = [sys.executable, "-c", code, "serve-metrics", "--hosts", *cluster.dsns()]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            code,
-            "serve-metrics",
-            "--hosts",
-            *cluster.dsns(),
-            "--port",
-            str(port),
-        ],
+        [*cmd, "--port", str(port), "--name", "cli"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -672,8 +675,13 @@ def test_cli_serve_metrics_serves(cluster: LocalCluster) -> None:
                 assert proc.poll() is None, proc.communicate()
                 assert time.monotonic() < deadline, "serve-metrics never answered"
                 time.sleep(0.1)
-        assert len(result.samples("pgsessions_host_up")) == 3
+        assert len(result.samples("pgsessions_host_up", router="cli")) == 3
         assert get_sync(f"{url}/healthz")[0] == 200
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+        assert proc.returncode in (0, 130), err
+        assert f"{url}/metrics" in out
     finally:
-        proc.terminate()
-        proc.wait(10)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
