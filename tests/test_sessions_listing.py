@@ -66,6 +66,8 @@ async def test_update_metadata_merges_or_replaces(db: SessionRouter) -> None:
 async def test_metadata_is_validated_before_io(db: SessionRouter) -> None:
     with pytest.raises(ValueError, match="U\\+0000"):
         PostgresSession("m", db, metadata={"k": "a\x00b"})
+    with pytest.raises(ValueError, match="surrogate"):
+        PostgresSession("m", db, metadata={"k": "\ud800"})
     with pytest.raises(TypeError):
         PostgresSession("m", db, metadata=["not", "a", "mapping"])  # type: ignore[arg-type]
     with pytest.raises(TypeError):

@@ -223,6 +223,7 @@ async def test_role_and_type_columns_are_extracted(db: SessionRouter) -> None:
             {"type": "function_call", "name": "f", "call_id": "c1", "arguments": "{}"},
             {"type": "message", "role": "assistant", "content": []},
             {"role": 5, "type": "bad\x00type"},
+            {"role": "\udc80", "type": "surrogate"},
             ["not", "a", "dict"],
         ]
     )
@@ -234,6 +235,7 @@ async def test_role_and_type_columns_are_extracted(db: SessionRouter) -> None:
         (None, "function_call"),
         ("assistant", "message"),
         (None, None),
+        (None, "surrogate"),
         (None, None),
     ]
 
@@ -363,7 +365,7 @@ async def test_consistency_token_argument(db: SessionRouter) -> None:
 
 
 async def test_session_id_is_validated(db: SessionRouter) -> None:
-    for bad in ("", "a\x00b", None, 5):
+    for bad in ("", "a\x00b", "lone \ud800", None, 5):
         with pytest.raises(ValueError):
             PostgresSession(bad, db)  # type: ignore[arg-type]
 
@@ -377,3 +379,21 @@ async def test_cancelled_add_still_settles_all_or_nothing(db: SessionRouter) -> 
         await task
     # the caller saw the cancellation only after the write reached its outcome
     assert await s.get_items() == [msg(0), msg(1), msg(2)]
+
+
+async def test_old_operation_ids_are_pruned(db: SessionRouter) -> None:
+    s = PostgresSession("prune", db)
+    await s.add_items([msg(0)])
+    await s.add_items([msg(1)])
+    await s.pop_item()
+    assert await fetch(db, "SELECT count(*) FROM {s}.ops WHERE session_id = 'prune'") == [(3,)]
+    await fetch(
+        db,
+        "UPDATE {s}.ops SET created_at = now() - interval '2 hours'"
+        " WHERE op_id = (SELECT op_id FROM {s}.ops WHERE session_id = 'prune'"
+        " ORDER BY created_at LIMIT 1)",
+    )
+    assert await fetch(db, "SELECT {s}.prune_ops()") == [(1,)]
+    assert await fetch(db, "SELECT count(*) FROM {s}.ops WHERE session_id = 'prune'") == [(2,)]
+    assert await fetch(db, "SELECT {s}.prune_ops()") == [(0,)]
+    assert await s.get_items() == [msg(0)]

@@ -45,18 +45,26 @@ def encode_item(item: Any, index: int = 0) -> str:
         raise ValueError(f"item {index} cannot be stored as JSON: {exc}") from None
     except RecursionError:
         raise ValueError(f"item {index} is nested too deeply to encode") from None
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            text = _encode_ascii(item)  # lone surrogates travel as \udXXX escapes
+    if not utf8_safe(text):
+        text = _encode_ascii(item)  # lone surrogates travel as \udXXX escapes
     return text
+
+
+def utf8_safe(text: str) -> bool:
+    """Whether ``text`` can travel as UTF-8 (no lone surrogates)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _column(item: Any, key: str) -> str | None:
     if isinstance(item, Mapping):
         value = item.get(key)
-        if isinstance(value, str) and "\x00" not in value:
+        if isinstance(value, str) and "\x00" not in value and utf8_safe(value):
             return value
     return None
 
@@ -85,11 +93,13 @@ def encode_metadata(metadata: Mapping[str, Any] | None) -> str | None:
     if not isinstance(metadata, Mapping):
         raise TypeError(f"metadata must be a mapping, got {type(metadata).__name__}")
     try:
-        text = _encode_ascii(dict(metadata))
+        text = _encode(dict(metadata))
     except TypeError as exc:
         raise TypeError(f"metadata is not JSON-serialisable: {exc}") from None
     except ValueError as exc:
         raise ValueError(f"metadata cannot be stored as JSON: {exc}") from None
+    if not utf8_safe(text):
+        raise ValueError("metadata cannot contain lone surrogates (PostgreSQL jsonb refuses them)")
     if _NUL_ESCAPE.search(text):
         raise ValueError("metadata cannot contain U+0000 (PostgreSQL jsonb refuses it)")
     return text

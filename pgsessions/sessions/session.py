@@ -15,7 +15,7 @@ from agents.memory.session_settings import (
 
 from ..router.lsn import parse_lsn
 from . import usage as _usage
-from .items import decode, encode_items, encode_metadata
+from .items import decode, encode_items, encode_metadata, utf8_safe
 from .sql import statements
 
 if TYPE_CHECKING:
@@ -79,8 +79,8 @@ class PostgresSession:
     ) -> None:
         if not isinstance(session_id, str) or not session_id:
             raise ValueError(f"session_id must be a non-empty string, got {session_id!r}")
-        if "\x00" in session_id:
-            raise ValueError("session_id cannot contain U+0000")
+        if "\x00" in session_id or not utf8_safe(session_id):
+            raise ValueError(f"session_id cannot contain U+0000 or lone surrogates: {session_id!r}")
         self.session_id = session_id
         self.session_settings = (
             coerce_session_settings(session_settings)
