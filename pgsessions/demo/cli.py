@@ -92,11 +92,16 @@ def run_demo_command(args: argparse.Namespace) -> int:
     cluster = None
     started = False
     if config is None:
+        from ..devcluster import ClusterError
         from ..devcluster.cli import default_dir, ensure_local_cluster
 
         print(f"starting the local cluster in {default_dir()} ...", file=log_out, flush=True)
         t0 = time.monotonic()
-        cluster, started = ensure_local_cluster()
+        try:
+            cluster, started = ensure_local_cluster()
+        except ClusterError as exc:
+            print(f"pgsessions demo: {exc}", file=sys.stderr)
+            return 1
         verb = f"started in {time.monotonic() - t0:.1f}s" if started else "already running"
         mode = "synchronous" if cluster.sync else "asynchronous"
         print(
