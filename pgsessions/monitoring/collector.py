@@ -7,10 +7,11 @@ time (no query, no polling loop); counters and histograms come from each router'
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
@@ -19,6 +20,8 @@ from .metrics import METRICS, SPECS, RouterMetrics, safe_host
 
 if TYPE_CHECKING:
     from ..router import SessionRouter, Topology
+
+log = logging.getLogger(__name__)
 
 #: pgsessions' own registry: what :func:`serve` and :func:`metrics_app` expose by default
 REGISTRY = CollectorRegistry(auto_describe=False)
@@ -40,13 +43,13 @@ def router_is_open(router: SessionRouter) -> bool:
 def pool_stats(router: SessionRouter, topology: Topology) -> dict[str, Mapping[str, int]]:
     """``host:port`` -> psycopg_pool ``get_stats()``-style dict, for the hosts with a pool.
 
-    Uses the router's ``pool_stats()`` when it has one, else the pool fields of the snapshot.
+    Read live from ``router.pool_stats()``; should that fail (a pool replaced while we read
+    it from the scrape thread), the pool fields of the last snapshot stand in.
     """
-    accessor = getattr(router, "pool_stats", None)
-    if callable(accessor):
-        raw: Any = accessor()
-        if isinstance(raw, Mapping):
-            return {safe_host(str(k)): v for k, v in raw.items() if isinstance(v, Mapping)}
+    try:
+        return {safe_host(str(k)): v for k, v in router.pool_stats().items()}
+    except Exception:
+        log.debug("pool_stats() failed; using the snapshot", exc_info=True)
     return {
         h.host: {
             "pool_size": h.pool_size,
@@ -122,7 +125,14 @@ class PgSessionsCollector:
             for fam in metrics.families():
                 target = families[fam.name + "_total" if fam.type == "counter" else fam.name]
                 target.samples.extend(s for s in fam.samples if not s.name.endswith("_created"))
-            for fam in _snapshot_families(metrics.name, router):
+            try:
+                snapshot = _snapshot_families(metrics.name, router)
+            except Exception:  # one broken router must not break the scrape of the others
+                log.warning(
+                    "pgsessions: cannot read router %r's state", metrics.name, exc_info=True
+                )
+                continue
+            for fam in snapshot:
                 families[fam.name].samples.extend(fam.samples)
         return list(families.values())
 
