@@ -251,7 +251,6 @@ async def test_pool_waiting_rises_when_requests_outnumber_connections(
     )
     async with SessionRouter(config) as router:
         with serve(router, port=0, registry=registry) as server:
-            release = asyncio.Event()
 
             async def hold() -> None:
                 await router.execute_read("get_items", None, "SELECT pg_sleep(1.5)")
@@ -271,7 +270,6 @@ async def test_pool_waiting_rises_when_requests_outnumber_connections(
                 host = max(seen, key=lambda h: seen[h])
                 assert (busy.value("pgsessions_pool_size", host=host) or 0) <= 2
             finally:
-                release.set()
                 await asyncio.gather(*tasks, return_exceptions=True)
 
             async def drained() -> bool:
@@ -619,6 +617,9 @@ def test_compose_file_names_the_services_and_replicates_like_devcluster(
     scrape_cfg = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
     targets = scrape_cfg["scrape_configs"][0]["static_configs"][0]["targets"]
     assert targets == ["demo:9464"] and "9464:9464" in demo["ports"]
+    command = " ".join(demo["command"])
+    assert "pgsessions demo" in command and "--metrics-host 0.0.0.0" in command
+    assert "--metrics-port 9464" in command and "--duration 0" in command
 
 
 # ---------------------------------------------------------------------------- CLI
