@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from pgsessions.devcluster import LocalCluster, Node
-from pgsessions.router import RouterConfig, SessionRouter
+from pgsessions.router import RouterConfig, RouterError, SessionRouter
 from pgsessions.router.lsn import parse_lsn
 
 
@@ -260,9 +260,9 @@ async def test_close_returns_promptly_with_requests_in_flight(
         r = SessionRouter(fast_config(cluster.dsns(), schema, name=f"c{attempt}"))
         await r.open()
         sid = f"close-{attempt}"
-        stop = False
+        stop: list[bool] = []
 
-        async def worker(r: SessionRouter = r, sid: str = sid) -> None:
+        async def worker(r: SessionRouter = r, sid: str = sid, stop: list[bool] = stop) -> None:
             while not stop:
                 await store.add(r, sid)
                 await store.get(r, sid)
@@ -272,10 +272,13 @@ async def test_close_returns_promptly_with_requests_in_flight(
         t0 = time.monotonic()
         await r.close()
         took = time.monotonic() - t0
-        stop = True
+        stop.append(True)
         assert took < 2.5, f"close took {took:.2f}s"
-        done, pending = await asyncio.wait(tasks, timeout=5)
+        _done, pending = await asyncio.wait(tasks, timeout=5)
         assert not pending, "a call hung after close()"
+        for t in tasks:  # calls caught by close() end with a router error, never hang
+            exc = t.exception()
+            assert exc is None or isinstance(exc, RouterError), repr(exc)
         assert r.closed and r._monitor_task is None
 
 

@@ -2,10 +2,10 @@
 
 Retryable: a lost connection and SQLSTATE class ``08``, ``57P01``-``57P03`` (shutdown,
 crash, not yet accepting connections), class ``53`` (insufficient resources), a pool that
-gave no connection in time, ``25006`` on a write (the "primary" is a standby) and ``40001``
-on a replica (a recovery conflict cancelled the read). Data errors (``22``), constraint
-errors (``23``) and programming errors are never retried: the caller gets the original
-psycopg error.
+gave no connection in time or was retired with its host, ``25006`` on a write (the
+"primary" is a standby) and ``40001`` on a replica (a recovery conflict cancelled the read).
+Data errors (``22``), constraint errors (``23``) and programming errors are never retried:
+the caller gets the original psycopg error.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ CONNECTION = "connection"
 SHUTDOWN = "shutdown"
 RESOURCES = "resources"
 POOL_TIMEOUT = "pool_timeout"
+POOL_CLOSED = "pool_closed"
 RECOVERY_CONFLICT = "recovery_conflict"
 #: a statement that got no answer within the router's deadline (cut by the watchdog)
 TIMEOUT = "timeout"
@@ -39,7 +40,7 @@ def sqlstate_of(exc: BaseException) -> str | None:
 def classify(exc: BaseException, *, write: bool) -> str | None:
     """The retry reason for ``exc``, or None when it must reach the caller unchanged."""
     if isinstance(exc, PoolClosed):
-        return None
+        return POOL_CLOSED  # the monitor retired that host's pool (the router checks it is open)
     if isinstance(exc, StandbyConnectionError):
         return READ_ONLY
     if isinstance(exc, StatementDeadlineError):

@@ -22,7 +22,6 @@ from typing import Any, cast
 import psycopg
 from psycopg.abc import Params, Query, QueryNoTemplate
 from psycopg.pq import TransactionStatus
-from psycopg_pool import PoolClosed
 from tenacity import RetryCallState
 
 from .choice import least_in_flight
@@ -133,6 +132,8 @@ class SessionRouter:
         self._had_primary: str | None = None
         self._topology = Topology(hosts=tuple(HostState(host=lbl) for lbl in self._hosts))
         self._tokens: OrderedDict[str, int] = OrderedDict()
+        #: every read needs at least this position (raised by admin work, e.g. migrations)
+        self._floor_lsn = 0
         self._observers: list[RouterObserver] = []
         self._open = False
         self._stopping = False
@@ -456,7 +457,9 @@ class SessionRouter:
         return lambda seconds: self._emit("on_pool_wait", h.label, h.role, seconds)
 
     def _deadline_for_statement(self) -> float:
-        return self.config.statement_timeout + max(1.0, 0.1 * self.config.statement_timeout)
+        # a little past the server's statement_timeout, whose own error should come first
+        st = self.config.statement_timeout
+        return st + min(1.0, max(0.2, 0.1 * st))
 
     # writes ----------------------------------------------------------------------------
     async def execute_write(
@@ -519,9 +522,9 @@ class SessionRouter:
                         if classify(exc, write=True) is not None:
                             self._mark_failed(host, exc)
                         raise
-        except PoolClosed as exc:
-            raise RouterClosedError("the router was closed during the write") from exc
         except (_NoPrimaryYet, psycopg.Error) as exc:
+            if not self._open:
+                raise RouterClosedError("the router was closed during the write") from exc
             if not self._write_retryable(exc):
                 raise
             raise NoPrimaryError(
@@ -630,9 +633,9 @@ class SessionRouter:
                     continue
                 except Exception as exc:
                     why = classify(exc, write=False)
-                    if why is None or not self._open:
-                        if isinstance(exc, PoolClosed):
-                            raise RouterClosedError("the router was closed") from exc
+                    if not self._open:
+                        raise RouterClosedError("the router was closed during the read") from exc
+                    if why is None:
                         raise
                     self._mark_failed(h, exc)
                     excluded.add(h.label)
@@ -681,7 +684,8 @@ class SessionRouter:
         if self.config.unsafe_skip_token_check:
             required = None
         else:
-            required = token if token is not None else self._primary_lsn
+            base = token if token is not None else self._primary_lsn
+            required = max(base or 0, self._floor_lsn) or None
         fresh = [h for h in candidates if required is None or h.replay_lsn >= required]
         if fresh:
             return _Plan(least_in_flight(fresh, lambda h: h.in_flight), served)
@@ -724,7 +728,10 @@ class SessionRouter:
     async def primary_connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         """An autocommit connection to the primary for admin work (migrations).
 
-        Waits up to ``failover_timeout`` for a primary; no retry once the block runs.
+        Waits up to ``failover_timeout`` for a primary; no retry once the block runs. When
+        the block ends, the primary's WAL flush position becomes a floor for every later read
+        through this router, so a table created here is never missing on the replica a read
+        goes to.
         """
         self._require_open()
         deadline = time.monotonic() + self.config.failover_timeout
@@ -744,7 +751,22 @@ class SessionRouter:
         async with h.pool.connection(
             wait=self.config.pool_timeout, as_primary=True, on_wait=self._on_pool_wait(h)
         ) as conn:
-            yield conn
+            try:
+                yield conn
+            finally:
+                await self._raise_floor(conn)
+
+    async def _raise_floor(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        if conn.closed or conn.pgconn.transaction_status != TransactionStatus.IDLE:
+            return
+        try:
+            with watchdog(conn, self._deadline_for_statement()):
+                cur = await conn.execute(_TOKEN_SQL)
+                row = await cur.fetchone()
+        except psycopg.Error:
+            return
+        if row is not None:
+            self._floor_lsn = max(self._floor_lsn, parse_lsn(str(row[0])))
 
 
 async def _rollback_quietly(conn: psycopg.AsyncConnection[Any]) -> None:
