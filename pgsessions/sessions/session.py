@@ -13,7 +13,7 @@ from agents.memory.session_settings import (
     resolve_session_limit,
 )
 
-from ..router.lsn import parse_lsn
+from ..router.lsn import format_lsn, parse_lsn
 from . import usage as _usage
 from .items import decode, encode_items, encode_metadata, utf8_safe
 from .sql import statements
@@ -113,9 +113,7 @@ class PostgresSession:
         theirs = self.router.token_for(self.session_id)
         if theirs is not None and (mine is None or parse_lsn(theirs) > mine):
             return theirs
-        if mine is None:
-            return None
-        return f"{mine >> 32:X}/{mine & 0xFFFFFFFF:X}"
+        return None if mine is None else format_lsn(mine)
 
     def _note(self, token: str) -> None:
         lsn = parse_lsn(token)
