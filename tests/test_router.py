@@ -307,3 +307,79 @@ async def test_token_is_taken_after_commit(rtr: SessionRouter, store: Store) -> 
         cur = await conn.execute("SELECT txid_status(%s)", (xid,))
         assert (await cur.fetchone()) == ("committed",)
     assert rtr.token_for(sid) == token
+
+
+def test_status_command_prints_the_topology(
+    cluster: LocalCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from pgsessions.cli import main
+
+    hosts = ",".join(cluster.dsns())
+    assert main(["status", "--hosts", hosts, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["primary"] == cluster.primary.host
+    roles = {h["host"]: h["role"] for h in data["hosts"]}
+    assert roles == {
+        cluster.primary.host: "primary",
+        **{r.host: "replica" for r in cluster.replicas},
+    }
+    assert main(["status", "--hosts", hosts]) == 0
+    out = capsys.readouterr().out
+    assert "lag bytes" in out and cluster.replicas[0].host in out
+    assert "postgres@" not in out  # hosts as host:port, never a DSN
+
+
+async def test_observer_errors_never_break_a_request(rtr: SessionRouter, store: Store) -> None:
+    class Broken:
+        def __getattr__(self, name: str) -> Any:
+            def boom(*args: Any) -> None:
+                raise RuntimeError(name)
+
+            return boom
+
+    rtr.add_observer(Broken())  # type: ignore[arg-type]
+    op, _ = await store.add(rtr, "obs")
+    assert await store.get(rtr, "obs") == [op]
+
+
+async def test_unsafe_skip_token_check_reads_stale(
+    cluster: LocalCluster,
+    schema: str,
+    store: Store,
+    rtr: SessionRouter,
+    paused_replicas: list[Node],
+) -> None:
+    """The drills' deliberately broken router: with the switch on, a paused replica serves a
+    session's read without its own write (the safe router above never does)."""
+    cfg = fast_config(cluster.dsns(), schema, name="unsafe", unsafe_skip_token_check=True)
+    async with SessionRouter(cfg) as bad:
+        sid = f"unsafe-{uuid.uuid4().hex[:6]}"
+        op, _ = await store.add(bad, sid)
+        assert await store.get(bad, sid) == []  # stale: the write is not on the replicas
+        assert await store.get(rtr, sid, token=bad.token_for(sid)) == [op]
+
+
+@pytest.mark.parametrize("policy", ["primary", "wait", "error"])
+async def test_no_replica_policy(
+    cluster: LocalCluster, schema: str, store: Store, policy: str
+) -> None:
+    """No replica at all: read the primary, or wait (then raise), or raise at once."""
+    from pgsessions.router import NoEligibleReplicaError
+
+    cfg = fast_config(
+        [cluster.primary.dsn], schema, name="solo", no_replica_policy=policy, failover_timeout=0.5
+    )
+    async with SessionRouter(cfg) as solo:
+        await store.create(solo)
+        op, _ = await store.add(solo, "solo")
+        if policy == "primary":
+            assert await store.get(solo, "solo") == [op]
+            assert solo.stats()["reads"] == {"primary": {"no_eligible_replica": 1}}
+            return
+        t0 = time.monotonic()
+        with pytest.raises(NoEligibleReplicaError):
+            await store.get(solo, "solo")
+        took = time.monotonic() - t0
+        assert (took >= 0.5) if policy == "wait" else (took < 0.5)

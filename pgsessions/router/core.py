@@ -420,7 +420,11 @@ class SessionRouter:
                     lag_seconds=h.health.lag_seconds,
                     replay_lsn=p.replay_lsn if p is not None else None,
                     receive_lsn=p.receive_lsn if p is not None else None,
-                    streaming=(p.wal_status == "streaming") if p is not None and p.up else None,
+                    streaming=(
+                        (p.wal_status == "streaming")
+                        if p is not None and p.up and h.role == "replica"
+                        else None
+                    ),
                     in_flight=h.in_flight,
                     pool_size=pool_stats.get("pool_size", 0),
                     pool_available=pool_stats.get("pool_available", 0),
@@ -612,6 +616,12 @@ class SessionRouter:
                             "no replica is eligible and no_replica_policy='error'",
                             self._host_states(),
                         )
+                    if time.monotonic() >= deadline and plan.reason == "no_eligible_replica":
+                        raise NoEligibleReplicaError(
+                            "no replica became eligible within "
+                            f"failover_timeout={self.config.failover_timeout}s",
+                            self._host_states(),
+                        )
                     if time.monotonic() >= deadline:
                         raise NoPrimaryError(
                             "no host could serve the read within "
@@ -665,7 +675,7 @@ class SessionRouter:
         if primary is not None and (not primary.usable or primary.label in excluded):
             primary = None
         if not self.config.read_from_replicas:
-            return _Plan(primary, "no_eligible_replica")
+            return _Plan(primary, "primary_only")
         if self._primary is not None:
             candidates = [
                 h
@@ -692,7 +702,11 @@ class SessionRouter:
         if candidates and allow_wait and self.config.catch_up_wait > 0:
             best = max(candidates, key=lambda h: h.replay_lsn)
             return _Plan(best, "caught_up_wait", wait_lsn=required)
-        return _Plan(primary, "token_ahead" if candidates else "no_eligible_replica")
+        if candidates:
+            return _Plan(primary, "token_ahead")
+        if self.config.no_replica_policy != "primary":
+            return _Plan(None, "no_eligible_replica")  # "wait" or "error": not the primary
+        return _Plan(primary, "no_eligible_replica")
 
     async def _read_once(
         self, plan: _Plan, query: Query, params: Params | None, deadline: float
