@@ -43,6 +43,8 @@ def test_scenario_holds_every_invariant(scenario: str) -> None:
     if scenario in ("primary-crash", "switchover"):
         assert r["timings"]["promotion_to_first_write_s"] is not None
         assert r["verified_on"] != "node1"  # the promoted replica holds the data now
+    if scenario == "split-brain":
+        assert r["timings"]["promotion_to_first_write_s"] is None  # a rogue, not a failover
 
 
 def test_async_primary_crash_loss_is_explained() -> None:

@@ -256,6 +256,8 @@ def _timings(ledger: Ledger, ctx: DrillContext) -> dict[str, Any]:
         ),
         None,
     )
+    if not ctx.role_change_is_promotion:
+        role_change = None  # the scenario made a rogue primary: that is no failover
     t_promoted = min((e.t for e in (promoted, role_change) if e is not None), default=None)
     healed = ledger.first_event("healed", t_fault) or ledger.first_event("trigger_done", t_fault)
     first_after_promo = ledger.first_ack_after(t_promoted) if t_promoted is not None else None
