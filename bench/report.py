@@ -343,6 +343,49 @@ def render_text(results: dict[str, Any]) -> str:
     return "\n".join(parts) + "\n"
 
 
+def summary_table_md(results: dict[str, Any]) -> str:
+    """One row per workload cell, one column per contender: value (ratio vs routed)."""
+    names: list[str] = []
+    for _, b in _blocks(results):
+        for c in b["cells"]:
+            if c["contender"] not in names:
+                names.append(c["contender"])
+    rows: list[list[str]] = []
+    for workload, b in _blocks(results):
+        cells = {c["contender"]: c for c in b["cells"]}
+        if workload == "history":
+            label, key, fmt = f"history {b['param']:,} items: p50 ms", "p50_ms", "{:.2f}"
+        else:
+            label, key, fmt = f"{workload} x{b['param']}: {UNITS[workload]}", "ops_per_s", "{:,.0f}"
+        row = [label]
+        for n in names:
+            c = cells.get(n)
+            if c is None:
+                row.append("-")
+                continue
+            base = cells.get(HEADLINE)
+            ratio = paired_ratio(c, base, key) if base else None
+            flag = "" if c["ok"] else " FAILED"
+            row.append(fmt.format(c[key]) + (f" ({ratio:.2f}x)" if ratio else "") + flag)
+        rows.append(row)
+        if workload == "turn" and b is results["workloads"]["turn"][0]:
+            p99 = [f"turn x{b['param']}: p99 ms"]
+            for n in names:
+                c = cells.get(n)
+                base = cells.get(HEADLINE)
+                ratio = paired_ratio(c, base, "p99_ms") if c and base else None
+                p99.append(
+                    "-"
+                    if c is None
+                    else f"{c['p99_ms']:.1f}" + (f" ({ratio:.2f}x)" if ratio else "")
+                )
+            rows.append(p99)
+    header = ["workload", *names]
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(names)) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     statuses = _statuses(results)
     parts = [
@@ -354,7 +397,19 @@ def render_markdown(results: dict[str, Any]) -> str:
         "",
     ]
     parts += ["- " + x for x in _machine_lines(results)]
-    parts.append("")
+    parts += [
+        "",
+        "## Summary",
+        "",
+        "Value (paired ratio vs pgsessions-routed); history rows are p50 latency, lower is "
+        "better; all other rows are throughput, higher is better.",
+        "",
+        summary_table_md(results),
+        "",
+        "## Targets",
+        "",
+    ]
+    parts += ["- " + x for x in _target_lines(results)] + [""]
     for workload, b in _blocks(results):
         parts += [
             f"## {workload}: {b['label']}",
@@ -379,6 +434,5 @@ def render_markdown(results: dict[str, Any]) -> str:
             + ", ".join(f"{k} {_fmt_ratio(v)}" for k, v in hr.items()),
             "",
         ]
-    parts += ["## Targets", ""] + ["- " + x for x in _target_lines(results)] + [""]
     parts += ["## Contenders", ""] + ["- " + x.strip() for x in _contender_lines(results)]
     return "\n".join(parts) + "\n"
