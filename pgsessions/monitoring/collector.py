@@ -34,10 +34,7 @@ _collectors_lock = threading.Lock()
 
 def router_is_open(router: SessionRouter) -> bool:
     """Whether ``router`` is open (a closed router stops reporting)."""
-    closed = getattr(router, "closed", None)
-    if isinstance(closed, bool):
-        return not closed
-    return bool(getattr(router, "_open", True))
+    return not router.closed
 
 
 def pool_stats(router: SessionRouter, topology: Topology) -> dict[str, Mapping[str, int]]:
