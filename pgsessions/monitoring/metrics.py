@@ -8,6 +8,7 @@ label so several routers share one registry without clashing.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import weakref
@@ -174,6 +175,7 @@ FAILOVER_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 _SAFE_HOST = re.compile(r"^[\w.\-\[\]:/]+$")
 
 
+@functools.lru_cache(maxsize=1024)
 def safe_host(host: str) -> str:
     """``host:port`` for a label: anything DSN-like is reduced so no credential leaks."""
     if _SAFE_HOST.match(host) and "://" not in host:
