@@ -58,6 +58,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="comma-separated contenders (pgsessions-routed, pgsessions-primary, sqlalchemy, "
         "raw-floor, sqlite-file)",
     )
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE[,KEY=VALUE]",
+        help="add a routed pgsessions contender with these RouterConfig options, e.g. "
+        "catch_up_wait=0 (repeatable; for A/B runs of router settings)",
+    )
     p.add_argument("--pool-size", type=int, default=16, help="connections per host (16)")
     p.add_argument(
         "--hosts",
@@ -135,6 +143,26 @@ def _split_roles(dsns: list[str]) -> tuple[str, list[str]]:
     return primary, replicas
 
 
+def _variant(spec: str) -> Any:
+    """A routed pgsessions contender with RouterConfig options from ``k=v,k=v``."""
+    from .contenders import PgSessionsContender
+
+    options: dict[str, Any] = {}
+    for part in spec.split(","):
+        key, _, raw = part.partition("=")
+        value: Any = raw.strip()
+        for conv in (int, float):
+            try:
+                value = conv(value)
+                break
+            except ValueError:
+                pass
+        if value in ("true", "false"):
+            value = value == "true"
+        options[key.strip()] = value
+    return PgSessionsContender(True, name=f"pgsessions-routed[{spec}]", **options)
+
+
 def _profiled(coro: Any, out: Path) -> Any:
     from pyinstrument import Profiler
 
@@ -165,6 +193,8 @@ def main(args: argparse.Namespace) -> int:
             print(f"unknown contender(s): {', '.join(sorted(unknown))}", file=sys.stderr)
             return 2
         contenders = [c for c in contenders if c.name in wanted]
+    for spec in args.variant:
+        contenders.append(_variant(spec))
     cluster: Any = None
     workdir = Path(tempfile.mkdtemp(prefix="pgsessions-bench-"))
     try:

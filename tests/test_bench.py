@@ -13,7 +13,13 @@ import pytest
 
 import pgsessions
 from bench.cli import build_parser, config_from_args
-from bench.contenders import BenchEnv, FloorContender, FloorSession, default_contenders
+from bench.contenders import (
+    BenchEnv,
+    Contender,
+    FloorContender,
+    FloorSession,
+    default_contenders,
+)
 from bench.harness import NO_SESSION, BenchConfig, check_history, percentile
 from bench.payloads import Payloads, check_seeded_tail
 from bench.report import render_markdown, render_text
@@ -116,6 +122,22 @@ async def test_a_fast_but_wrong_contender_is_marked_failed(
     assert status["lossy-floor"]["status"] == "failed"
     assert status["lossy-floor"]["reasons"]
     assert "FAILED" in render_text(results)
+
+
+async def test_seeding_through_the_api_matches_server_side_seeding(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    floor = FloorContender()
+    await floor.open(_env(cluster, tmp_path))
+    try:
+        await floor.seed("server", 1500)
+        await Contender.seed(floor, "api", 1500)  # the fallback every contender inherits
+        for sid in ("server", "api"):
+            items = await floor.session(sid).get_items(limit=50)
+            assert check_seeded_tail(items, 1500, 50) is None
+    finally:
+        await floor.close()
+        await floor.drop()
 
 
 def test_guard_helpers() -> None:
