@@ -385,7 +385,10 @@ class SessionRouter:
             primary_probe = self._primary_probe if not self._split else None
             assess(h.health, p, primary_probe, self._primary_lsn, self._history, self.config)
         else:
+            # a host seen as primary, down or unknown goes through hysteresis when it
+            # becomes a replica (e.g. an old primary rejoining)
             h.health.eligible = False
+            h.health.ever_unhealthy = True
             h.health.healthy_since = None
             h.health.lag_bytes = h.health.lag_seconds = None
             h.health.reason = None if p.up else (p.error or "down")
@@ -713,11 +716,18 @@ class SessionRouter:
     ) -> Rows:
         h = plan.host
         assert h is not None and h.pool is not None
-        wait = min(self.config.pool_timeout, max(0.05, deadline - time.monotonic()))
+        # the whole attempt (checkout included) gets one statement deadline on a replica:
+        # past it, another host is a better bet than this one's queue
+        budget = self._deadline_for_statement() + self.config.catch_up_wait
+        start = time.monotonic()
+        wait = min(self.config.pool_timeout, max(0.05, deadline - start))
+        if h.role == "replica":
+            wait = min(wait, budget)
         async with h.pool.connection(
             wait=wait, as_primary=h.role == "primary", on_wait=self._on_pool_wait(h)
         ) as conn:
-            with watchdog(conn, self._deadline_for_statement() + self.config.catch_up_wait):
+            left = budget - (time.monotonic() - start) if h.role == "replica" else budget
+            with watchdog(conn, max(0.1, left)):
                 if plan.wait_lsn is not None:
                     if not await self._wait_replay(conn, plan.wait_lsn):
                         raise _NotCaughtUp()
