@@ -38,6 +38,7 @@ from tests.test_monitoring_support import (  # noqa: F401 - fixtures
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 PASSWORD = "s3cr3t-Pw0rd"
+NEED_YAML = "PyYAML parses the deploy files: pip install pyyaml (it is in the dev extras)"
 
 
 @pytest.fixture
@@ -418,7 +419,7 @@ ALERT_CASES: list[tuple[str, list[tuple[str, str]], str, list[dict[str, str]]]] 
 
 def test_alert_rules_fire_as_documented(promtool: str, tmp_path: Path) -> None:
     """promtool rule unit tests drive each alert with series (annotations left out)."""
-    yaml = pytest.importorskip("yaml", reason="PyYAML parses the deploy files")
+    yaml = pytest.importorskip("yaml", reason=NEED_YAML)
     rules = yaml.safe_load((DEPLOY / "alerts.yml").read_text())
     severities = {}
     for rule in rules["groups"][0]["rules"]:
@@ -467,7 +468,7 @@ def test_alert_rules_fire_as_documented(promtool: str, tmp_path: Path) -> None:
 
 
 def test_alerts_have_runbooks_and_cover_the_issue() -> None:
-    yaml = pytest.importorskip("yaml", reason="PyYAML parses the deploy files")
+    yaml = pytest.importorskip("yaml", reason=NEED_YAML)
     rules = yaml.safe_load((DEPLOY / "alerts.yml").read_text())["groups"][0]["rules"]
     names = {r["alert"] for r in rules}
     assert names == {
@@ -560,7 +561,7 @@ def test_dashboard_panels_cover_the_issue_and_use_our_metrics(
 def test_compose_file_names_the_services_and_replicates_like_devcluster(
     cluster: LocalCluster,
 ) -> None:
-    yaml = pytest.importorskip("yaml", reason="PyYAML parses docker-compose.replica.yml")
+    yaml = pytest.importorskip("yaml", reason=NEED_YAML)
     compose = yaml.safe_load((ROOT / "docker-compose.replica.yml").read_text())
     services = compose["services"]
     assert {"primary", "replica1", "replica2", "prometheus", "demo"} <= set(services)

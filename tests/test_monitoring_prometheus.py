@@ -27,11 +27,17 @@ DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
 class Prometheus:
     def __init__(self, binary: str, workdir: Path, target: str) -> None:
-        yaml = pytest.importorskip("yaml", reason="PyYAML writes the scrape configuration")
-        config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
-        config["global"].update(scrape_interval="1s", evaluation_interval="1s", scrape_timeout="1s")
-        config["scrape_configs"][0]["static_configs"][0]["targets"] = [target]
-        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
+        # the shipped scrape configuration, with this test's target and a 1 s interval
+        config = (DEPLOY / "prometheus.yml").read_text()
+        for old, new in (
+            ('["demo:9464"]', f'["{target}"]'),
+            ("scrape_interval: 5s", "scrape_interval: 1s"),
+            ("evaluation_interval: 5s", "evaluation_interval: 1s"),
+            ("scrape_timeout: 4s", "scrape_timeout: 1s"),
+        ):
+            assert old in config, f"deploy/prometheus.yml no longer has {old!r}"
+            config = config.replace(old, new)
+        (workdir / "prometheus.yml").write_text(config)
         shutil.copy(DEPLOY / "alerts.yml", workdir / "alerts.yml")
         self.proc: subprocess.Popen[bytes] | None = None
         for _ in range(5):  # a port picked free can be taken a moment later: try another
