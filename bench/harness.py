@@ -231,19 +231,24 @@ class Bench:
         names: Sequence[str],
         run_cell: Callable[[str, float, Recorder | None], Awaitable[RoundResult]],
         duration: float | None = None,
+        contender_of: Callable[[str], str] = lambda name: name,
     ) -> dict[str, Cell]:
-        """Warm each contender up, then ``rounds`` rounds over all of them, rotating order."""
+        """Warm each cell up, then ``rounds`` rounds over all of them, rotating the order.
+
+        ``names`` are cells (a contender, or a contender at one parameter: ``contender_of``
+        tells which contender a cell measures).
+        """
         cfg = self.config
         duration = cfg.duration if duration is None else duration
         cells = {n: Cell(contender=n) for n in names}
         if cfg.warmup > 0:
             for n in names:
-                await run_cell(n, cfg.warmup, Recorder(cells[n]))
+                await run_cell(n, min(cfg.warmup, duration), Recorder(cells[n]))
         by_name = self._by_name()
         for r in range(cfg.rounds):
             order = list(names[r % len(names) :]) + list(names[: r % len(names)])
             for n in order:
-                c = by_name.get(n)
+                c = by_name.get(contender_of(n))
                 before = c.read_counts() if c is not None else None
                 res = await run_cell(n, duration, Recorder(cells[n]))
                 cells[n].rounds.append(res)
@@ -326,6 +331,7 @@ class Bench:
                 self.guard[c.name].append(f"seeding failed: {type(exc).__name__}: {exc}")
                 continue
             self.log(f"  seeded {c.name} in {time.perf_counter() - t0:.1f}s")
+        await checkpoint(self.env)
         await wait_replicas_caught_up(self.env)
         for c in self.contenders:
             for size in self.config.history_sizes:
@@ -341,26 +347,43 @@ class Bench:
     def _hist_sid(self, c: Contender, size: int) -> str:
         return f"{self.env.prefix}-{c.name}-hist-{size}"
 
-    async def history(self, size: int) -> dict[str, Cell]:
-        """get_items(limit) on a conversation holding ``size`` items, several readers at once."""
+    async def history(self, sizes: Sequence[int]) -> dict[int, dict[str, Cell]]:
+        """get_items(limit) on conversations holding ``sizes`` items, several readers at once.
+
+        Sizes and contenders are interleaved in the same rounds, so the ratio between the
+        biggest and the smallest history pairs measurements taken seconds apart.
+        """
         limit = self.config.limit
         by_name = self._by_name()
-        readers: dict[str, list[Any]] = {}
-        for name, c in by_name.items():
-            s = c.session(self._hist_sid(c, size))
-            readers[name] = [s] * self.config.history_readers
+        readers: dict[str, tuple[int, list[Any]]] = {}
+        for size in sizes:
+            for name, c in by_name.items():
+                s = c.session(self._hist_sid(c, size))
+                readers[f"{name}@{size}"] = (size, [s] * self.config.history_readers)
 
-        async def op(s: Any) -> str | None:
-            items = await s.get_items(limit=limit)
-            return check_seeded_tail(items, size, limit)
+        async def run_cell(key: str, duration: float, rec: Recorder | None) -> RoundResult:
+            size, sessions = readers[key]
 
-        async def run_cell(name: str, duration: float, rec: Recorder | None) -> RoundResult:
-            return await drive(readers[name], op, duration, rec)
+            async def op(s: Any) -> str | None:
+                items = await s.get_items(limit=limit)
+                return check_seeded_tail(items, size, limit)
+
+            return await drive(sessions, op, duration, rec)
 
         # reads are short: half the duration gives thousands of samples per cell
-        return await self.interleave(
-            f"history {size:,} items", list(by_name), run_cell, self.config.duration / 2
+        cells = await self.interleave(
+            "history " + " / ".join(f"{s:,}" for s in sizes),
+            list(readers),
+            run_cell,
+            self.config.duration / 2,
+            contender_of=lambda key: key.rsplit("@", 1)[0],
         )
+        out: dict[int, dict[str, Cell]] = {}
+        for key, cell in cells.items():
+            name = key.rsplit("@", 1)[0]
+            cell.contender = name
+            out.setdefault(readers[key][0], {})[name] = cell
+        return out
 
     async def runner(self, sessions: int) -> dict[str, Cell]:
         """Full ``Runner.run`` turns with a scripted model; plus the SDK without a session."""
@@ -427,6 +450,15 @@ def check_history(items: list[Any], sid: str, turns: int) -> str | None:
         if not u.startswith(user_marker(sid, n)) or not a.startswith(assistant_marker(sid, n)):
             return f"turn {n} missing or out of order"
     return None
+
+
+async def checkpoint(env: BenchEnv) -> None:
+    """Flush what seeding wrote now, rather than in the middle of the first measured cells."""
+    try:
+        async with await psycopg.AsyncConnection.connect(env.primary_dsn, autocommit=True) as p:
+            await p.execute("CHECKPOINT")
+    except psycopg.errors.InsufficientPrivilege:
+        pass  # not a superuser (or pg_checkpoint member) on an external cluster
 
 
 async def wait_replicas_caught_up(env: BenchEnv, within: float = 120.0) -> None:
