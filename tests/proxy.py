@@ -53,6 +53,8 @@ class Proxy:
         self._call(self._stop())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        if not self._thread.is_alive():
+            self._loop.close()
 
     def __enter__(self) -> Proxy:
         return self.start()
@@ -101,6 +103,11 @@ class Proxy:
         if self._server is not None:
             self._server.close()
         await self._cut()
+        self._resume.set()
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in others:
+            t.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
 
     async def _set_blackhole(self, on: bool) -> None:
         self._blackholed = on

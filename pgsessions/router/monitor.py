@@ -68,10 +68,13 @@ class Prober:
             conn = self._conn
             if conn is None or conn.closed:
                 self._conn = None
-                connect_timeout = min(self.config.connect_timeout, max(budget, 1.0))
-                async with asyncio.timeout(connect_timeout + 0.5):
+                # a silent host must not hold the whole check: connecting is bounded by
+                # check_timeout too (cancelling a connection attempt is clean)
+                async with asyncio.timeout(min(self.config.connect_timeout, budget)):
                     conn = await psycopg.AsyncConnection.connect(
-                        self.dsn, autocommit=True, connect_timeout=max(1, round(connect_timeout))
+                        self.dsn,
+                        autocommit=True,
+                        connect_timeout=max(2, round(self.config.connect_timeout)),
                     )
                 self._conn = conn
             with watchdog(conn, budget):

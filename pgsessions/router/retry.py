@@ -12,7 +12,7 @@ from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception,
-    stop_before_delay,
+    stop_after_delay,
     wait_random_exponential,
 )
 
@@ -26,10 +26,20 @@ def write_retrying(
     retryable: Callable[[BaseException], bool],
     before_sleep: Callable[[RetryCallState], Awaitable[None] | None],
 ) -> AsyncRetrying:
-    """Attempts until one succeeds, an error is not retryable, or the deadline would pass."""
+    """Attempts until one succeeds, an error is not retryable, or the deadline has passed.
+
+    The backoff never sleeps past the deadline, so the last attempt runs at the deadline:
+    a write gives up after ``deadline_seconds`` (plus that attempt), never earlier.
+    """
+    jitter = wait_random_exponential(multiplier=BACKOFF_FIRST, max=BACKOFF_MAX)
+
+    def wait(state: RetryCallState) -> float:
+        left = deadline_seconds - (state.seconds_since_start or 0.0)
+        return max(0.0, min(jitter(state), left))
+
     return AsyncRetrying(
-        stop=stop_before_delay(deadline_seconds),
-        wait=wait_random_exponential(multiplier=BACKOFF_FIRST, max=BACKOFF_MAX),
+        stop=stop_after_delay(deadline_seconds),
+        wait=wait,
         retry=retry_if_exception(retryable),
         before_sleep=before_sleep,
         reraise=True,
