@@ -337,13 +337,20 @@ def render_text(results: dict[str, Any]) -> str:
             "history p50 ratio biggest/smallest: "
             + ", ".join(f"{k} {_fmt_ratio(v)}" for k, v in hr.items())
         )
+    header, rows = summary_rows(results)
+    if rows:
+        parts += [
+            "",
+            "summary: value (paired ratio vs pgsessions-routed); history rows are p50 ms",
+            _table_text(header, rows),
+        ]
     parts += ["", "targets (turn headline row, pgsessions-routed):"]
     parts += ["  " + x for x in _target_lines(results)]
     parts += ["", "contenders:"] + ["  " + x for x in _contender_lines(results)]
     return "\n".join(parts) + "\n"
 
 
-def summary_table_md(results: dict[str, Any]) -> str:
+def summary_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """One row per workload cell, one column per contender: value (ratio vs routed)."""
     names: list[str] = []
     for _, b in _blocks(results):
@@ -380,8 +387,13 @@ def summary_table_md(results: dict[str, Any]) -> str:
                     else f"{c['p99_ms']:.1f}" + (f" ({ratio:.2f}x)" if ratio else "")
                 )
             rows.append(p99)
-    header = ["workload", *names]
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(names)) + "|"]
+    return ["workload", *names], rows
+
+
+def summary_table_md(results: dict[str, Any]) -> str:
+    header, rows = summary_rows(results)
+    aligns = ["---"] + ["---:"] * (len(header) - 1)
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join(aligns) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(out)
 
