@@ -1,13 +1,13 @@
-# pgsessions: make setup | test | lint   (see README.md)
+# pgsessions: make setup | test | lint | demo | drill | bench   (see README.md)
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PYTHON ?= python3
-EXTRAS ?= dev
+EXTRAS ?= dev,bench
 PYTEST_ARGS ?=
 
-.PHONY: setup postgres lint test clean
+.PHONY: setup postgres lint test demo drill bench clean
 
 setup: postgres $(VENV)/.installed-$(EXTRAS)
 
@@ -35,6 +35,18 @@ lint: setup
 
 test: lint
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+# The main job: agents talking through a local replicated cluster for about 30 seconds.
+demo: setup
+	$(VENV)/bin/pgsessions demo --duration 30
+
+# Every failover scenario against a live workload, synchronous replication: nothing may be lost.
+drill: setup
+	$(VENV)/bin/pgsessions drill all --sync
+
+# All contenders, one interleaved run (about 8 minutes); writes bench/results/latest.{json,md}.
+bench: setup
+	$(VENV)/bin/pgsessions bench --save
 
 clean:
 	-$(VENV)/bin/pgsessions cluster down 2>/dev/null
