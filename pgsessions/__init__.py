@@ -1,14 +1,37 @@
-"""pgsessions: a replicated PostgreSQL session store for OpenAI Agents SDK agents."""
+"""pgsessions: a replicated PostgreSQL session store for OpenAI Agents SDK agents.
 
-from .router import NoPrimaryError, RouterConfig, SessionRouter, SplitBrainError
-from .sessions import (
-    Migration,
-    PostgresSession,
-    SessionInfo,
-    SessionPage,
-    list_sessions,
-    migrate,
-)
+The public names load on first use (PEP 562), so that `pgsessions --help`, the local cluster
+and the CLI do not pay for importing the Agents SDK (about 2 s) until a session is needed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .router import NoPrimaryError, RouterConfig, SessionRouter, SplitBrainError
+    from .sessions import (
+        Migration,
+        PostgresSession,
+        SessionInfo,
+        SessionPage,
+        list_sessions,
+        migrate,
+    )
+
+_WHERE = {
+    "NoPrimaryError": ".router",
+    "RouterConfig": ".router",
+    "SessionRouter": ".router",
+    "SplitBrainError": ".router",
+    "Migration": ".sessions",
+    "PostgresSession": ".sessions",
+    "SessionInfo": ".sessions",
+    "SessionPage": ".sessions",
+    "list_sessions": ".sessions",
+    "migrate": ".sessions",
+}
 
 __all__ = [
     "Migration",
@@ -22,3 +45,16 @@ __all__ = [
     "list_sessions",
     "migrate",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pgsessions' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
