@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 from pgsessions.devcluster import LocalCluster, Node
+from pgsessions.devcluster.proxy import ThreadedProxy as Proxy
+from pgsessions.devcluster.proxy import command_complete
 from pgsessions.router import NoPrimaryError, SessionRouter, SplitBrainError
-from tests.proxy import Proxy, command_complete
 from tests.test_router import Store, eligible, fast_config, wait_until
 
 pytestmark = pytest.mark.fault
@@ -483,7 +484,10 @@ async def test_no_primary_writes_raise_reads_keep_working(cluster_factory: Clust
     c = await asyncio.to_thread(cluster_factory, replicas=2)
     store = Store(schema_name())
     timeout = 2.0
-    r = await open_router(c.dsns(), store.s, failover_timeout=timeout)
+    # trust auth ignores the password; it is there to show it never reaches the message
+    secret = "pw-" + uuid.uuid4().hex
+    hosts = [d.replace("postgres@", f"postgres:{secret}@") for d in c.dsns()]
+    r = await open_router(hosts, store.s, failover_timeout=timeout)
     primary = c.primary
     try:
         await store.create(r)
@@ -501,6 +505,9 @@ async def test_no_primary_writes_raise_reads_keep_working(cluster_factory: Clust
         for n in c.replicas:
             assert err.hosts[n.host].startswith("standby")
             assert n.host in str(err)
+        assert primary.host in str(err)
+        assert secret not in str(err) and secret not in repr(err.hosts), str(err)
+        print(f"\nNoPrimaryError: {err}")
         # reads go on from the replicas: with the session's token and without one
         before = r.stats()["reads_on_replicas"]
         for _ in range(10):

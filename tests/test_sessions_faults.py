@@ -12,7 +12,8 @@ from typing import Any
 
 from pgsessions import PostgresSession, RouterConfig, SessionRouter, migrate
 from pgsessions.devcluster import LocalCluster
-from tests.proxy import Proxy, command_complete
+from pgsessions.devcluster.proxy import ThreadedProxy as Proxy
+from pgsessions.devcluster.proxy import command_complete
 
 LOST_COMMIT = command_complete("COMMIT")
 
