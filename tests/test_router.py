@@ -383,3 +383,49 @@ async def test_no_replica_policy(
             await store.get(solo, "solo")
         took = time.monotonic() - t0
         assert (took >= 0.5) if policy == "wait" else (took < 0.5)
+
+
+def test_write_on_a_standby_is_classified_read_only(cluster: LocalCluster, schema: str) -> None:
+    """25006 from a real standby: a write there is retried after rediscovery (reason
+    ``read_only``); the same SQLSTATE on a read is not a failover and is not retried."""
+    import psycopg
+
+    from pgsessions.router.classify import READ_ONLY, classify
+
+    with psycopg.connect(cluster.replicas[0].dsn, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction) as info:
+            conn.execute(f'CREATE SCHEMA "{schema}_standby"')
+    assert info.value.sqlstate == "25006"
+    assert classify(info.value, write=True) == READ_ONLY
+    assert classify(info.value, write=False) is None
+
+
+def test_status_watch_refreshes_until_interrupted(cluster: LocalCluster) -> None:
+    """`pgsessions status --watch --json` prints one snapshot per interval (8 of them span
+    >= 1.4 s, checks run every 0.5 s) and ends cleanly on Ctrl-C (SIGINT)."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "pgsessions.cli", "status", "--watch", "--json"]
+    hosts = ",".join(cluster.dsns())
+    proc = subprocess.Popen(
+        [*cmd, "--interval", "0.2", "--hosts", hosts],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        snaps = [json.loads(proc.stdout.readline()) for _ in range(8)]
+        assert all(s["primary"] == cluster.primary.host for s in snaps)
+        assert len({s["checked_at"] for s in snaps}) >= 2, "the snapshots never refreshed"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err, err

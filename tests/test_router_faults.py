@@ -8,6 +8,7 @@ polled with deadlines, never slept on.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import uuid
 from collections.abc import Callable
@@ -458,6 +459,17 @@ async def test_blackholed_replica_reads_move_on_no_call_hangs(cluster: LocalClus
             t_hole = time.monotonic()
             await wait_until(lambda: proxy.dsn_host not in eligible(r), 5, "the replica out")
             out_after = time.monotonic() - t_hole
+            # the hung replica does not hold up the checks of the others: each round ends
+            # within check_timeout, so the healthy replica's state keeps being refreshed
+            fresh: set[float] = set()
+            t_end = time.monotonic() + 3.0
+            while time.monotonic() < t_end:
+                fresh.add({h.host: h for h in r.topology().hosts}[other.host].checked_at)
+                await asyncio.sleep(0.02)  # sampling, not synchronisation
+            stamps = sorted(fresh)
+            gaps = [b - a for a, b in itertools.pairwise(stamps)]
+            bound = r.config.check_timeout + r.config.check_interval + 1.0
+            assert len(stamps) >= 3 and max(gaps) <= bound, (stamps, bound)
             n_now = len(durations)
             await wait_until(lambda: len(durations) > n_now + 200, 15, "reads to go on")
             stop.append(True)

@@ -138,6 +138,8 @@ async def _status(args: argparse.Namespace) -> int:
 def run_status_command(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(_status(args))
+    except KeyboardInterrupt:  # --watch runs until interrupted: Ctrl-C is the normal end
+        return 0
     except (RouterError, ValueError) as exc:
         print(f"pgsessions status: {exc}", file=sys.stderr)
         return 2
