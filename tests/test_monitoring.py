@@ -687,3 +687,38 @@ def test_cli_serve_metrics_serves(cluster: LocalCluster) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+# DESIGN.md "Metrics", copied by hand: the code's METRICS table must not drift from it
+DESIGN_METRICS: dict[str, tuple[str, set[str]]] = {
+    "pgsessions_pool_size": ("gauge", {"host"}),
+    "pgsessions_pool_available": ("gauge", {"host"}),
+    "pgsessions_pool_requests_waiting": ("gauge", {"host"}),
+    "pgsessions_pool_connections_lost_total": ("counter", {"host"}),
+    "pgsessions_pool_wait_seconds": ("histogram", {"host"}),
+    "pgsessions_host_up": ("gauge", {"host", "role"}),
+    "pgsessions_replica_eligible": ("gauge", {"host"}),
+    "pgsessions_replication_lag_bytes": ("gauge", {"host"}),
+    "pgsessions_replication_lag_seconds": ("gauge", {"host"}),
+    "pgsessions_routed_total": ("counter", {"operation", "role", "reason"}),
+    "pgsessions_operation_duration_seconds": ("histogram", {"operation", "role"}),
+    "pgsessions_operation_errors_total": ("counter", {"operation", "error"}),
+    "pgsessions_retries_total": ("counter", {"operation", "reason"}),
+    "pgsessions_failovers_total": ("counter", set()),
+    "pgsessions_failover_duration_seconds": ("histogram", set()),
+    "pgsessions_split_brain_total": ("counter", set()),
+}
+
+
+def test_metric_table_matches_the_design_contract() -> None:
+    """Every metric DESIGN.md names exists with its exact name, type and at least its
+    labels (extra labels allowed: ``role`` on pool metrics; ``router`` is added per router);
+    nothing carries a session id or a DSN as a label."""
+    specs = {s.name: s for s in METRICS}
+    for name, (typ, labels) in DESIGN_METRICS.items():
+        assert name in specs, f"{name} (DESIGN.md) missing"
+        assert specs[name].type == typ, (name, specs[name].type)
+        assert labels <= set(specs[name].labels), (name, specs[name].labels)
+    for s in METRICS:
+        assert s.name.startswith("pgsessions_")
+        assert not {"session_id", "session", "dsn", "user", "password"} & set(s.labels), s
