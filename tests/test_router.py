@@ -429,3 +429,25 @@ def test_status_watch_refreshes_until_interrupted(cluster: LocalCluster) -> None
             proc.wait()
     assert proc.returncode == 0, err
     assert "Traceback" not in err, err
+
+
+def test_monitor_role_needs_pg_monitor(cluster: LocalCluster) -> None:
+    """What the README says about permissions: without pg_monitor PostgreSQL hides the
+    walreceiver status (so the router never sees the replica streaming); with it, it shows."""
+    import psycopg
+
+    role = f"mon_{uuid.uuid4().hex[:8]}"
+    cluster.primary.execute(f"CREATE ROLE {role} LOGIN")
+    try:
+        cluster.wait_caught_up()
+        replica = cluster.replicas[0]
+        dsn = replica.dsn.replace("postgres@", f"{role}@")
+        q = "SELECT status FROM pg_stat_wal_receiver"
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            assert conn.execute(q).fetchall() == [(None,)]
+        cluster.primary.execute(f"GRANT pg_monitor TO {role}")
+        cluster.wait_caught_up()
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            assert conn.execute(q).fetchall() == [("streaming",)]
+    finally:
+        cluster.primary.execute(f"DROP ROLE {role}")
