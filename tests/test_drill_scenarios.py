@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import struct
 import subprocess
 import sys
 from typing import Any
@@ -93,3 +94,38 @@ def test_skipping_the_token_check_fails_the_drill() -> None:
     (r,) = report["scenarios"]
     assert r["stale_reads"] > 0
     assert r["stale_examples"][0]["served_by"].endswith("(replica)")
+
+
+def test_plot_draws_the_timeline_of_a_real_drill(tmp_path: Any) -> None:
+    pytest.importorskip("matplotlib")  # the `plot` extra; installed in CI (see README)
+    png = tmp_path / "drill.png"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pgsessions",
+            "drill",
+            "switchover",
+            "--sync",
+            "--no-fsync",
+            "--sessions",
+            "8",
+            "--warmup",
+            "1",
+            "--hold",
+            "1",
+            "--after",
+            "0.5",
+            "--plot",
+            str(png),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    assert f"timeline written to {png}" in proc.stdout + proc.stderr
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])
+    assert width > 1000 and height > 200  # one row of three panels
