@@ -50,17 +50,20 @@ class LiveView:
         if self.tty:
             self._panel(stats, elapsed, flat, delta, g, a, retries, errors, topo, metrics_url)
         else:
-            by_role: dict[str, int] = {}
-            for k, n in delta.items():
-                role = k.split("/", 1)[0]
-                by_role[role] = by_role.get(role, 0) + n
+            # reads in the last second by role/reason (only those that happened)
+            shown = " ".join(f"{k} {n}" for k, n in sorted(delta.items()) if n) or "0"
             hosts = " ".join(
-                f"{h.host}={h.role[0]}{'' if h.role != 'replica' else ('+' if h.eligible else '-')}"
+                f"{h.host}={h.role[0]}"
+                + (
+                    ""
+                    if h.role != "replica"
+                    else f"{'+' if h.eligible else '-'}({_lag(h).removeprefix('lag ')})"
+                )
                 for h in topo.hosts
             )
             self.out.write(
                 f"[{elapsed:5.1f}s] turns/s {stats.turns_per_second():.0f} (total {stats.turns})"
-                f" | reads/s {' '.join(f'{r} {n}' for r, n in sorted(by_role.items())) or '0'}"
+                f" | reads/s {shown}"
                 f" | get_items p50 {_ms(percentile(g, 0.5))} p99 {_ms(percentile(g, 0.99))}"
                 f" | add_items p50 {_ms(percentile(a, 0.5))} p99 {_ms(percentile(a, 0.99))}"
                 f" | errors {errors} retries {retries} | {hosts}\n"
