@@ -340,6 +340,37 @@ async def test_latest_n_is_an_index_scan(db: SessionRouter) -> None:
     got = await PostgresSession("s7", db, consistency_token=await primary_token(db)).get_items(3)
     assert got == [{"n": 1998}, {"n": 1999}, {"n": 2000}]
 
+    # the cost follows the limit, not the history: the scan stops after `limit` rows and
+    # touches about as many pages for a 20000-item session as for a 2000-item one
+    await fetch(
+        db,
+        "INSERT INTO {s}.conversations (session_id, next_seq, item_count)"
+        " VALUES ('s-20k', 20001, 20000)",
+    )
+    await fetch(
+        db,
+        "INSERT INTO {s}.messages (session_id, seq, item)"
+        " SELECT 's-20k', n, json_build_object('n', n) FROM generate_series(1, 20000) n",
+    )
+    await fetch(db, "ANALYZE {s}.messages")
+
+    async def scan(session_id: str) -> dict[str, Any]:
+        query = "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + statements(db.config.schema).get_items
+        [[doc]] = await fetch(db, query, session_id, 50)
+        node = doc[0]["Plan"]
+        while node["Node Type"] != "Index Scan":
+            assert "Plans" in node, doc  # e.g. a bitmap scan and a sort: not the plan wanted
+            [node] = node["Plans"]
+        return dict(node)
+
+    small, large = await scan("s7"), await scan("s-20k")
+    assert small["Actual Rows"] == large["Actual Rows"] == 50, (small, large)
+    pages = {
+        k: n["Shared Hit Blocks"] + n["Shared Read Blocks"]
+        for k, n in (("small", small), ("large", large))
+    }
+    assert pages["large"] <= pages["small"] + 3, pages
+
 
 async def test_consistency_token_follows_writes(db: SessionRouter) -> None:
     s = PostgresSession("tokens", db)
