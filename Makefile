@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PYTHON ?= python3
-EXTRAS ?= dev,bench
+EXTRAS ?= dev,bench,plot
 PYTEST_ARGS ?=
 
 .PHONY: setup postgres lint test demo drill bench clean

@@ -30,7 +30,7 @@ def _run(args: argparse.Namespace) -> int:
     if harness is None:
         print(
             "pgsessions bench needs the repository's bench/ directory: run it from a clone "
-            "after `make setup` (pip install -e '.[dev,bench]')",
+            "after `make setup` (pip install -e '.[dev,bench,plot]')",
             file=sys.stderr,
         )
         return 2

@@ -46,3 +46,14 @@ def test_cli_help_lists_every_command() -> None:
     )
     for command in ("cluster", "migrate", "status", "demo", "drill", "bench", "serve-metrics"):
         assert command in out
+
+
+def test_cli_parser_does_not_load_the_agents_sdk() -> None:
+    # `pgsessions --help` and `cluster up` must not pay the SDK's ~2 s import
+    out = _run_python(
+        "import sys\n"
+        "from pgsessions.cli import build_parser\n"
+        "build_parser().parse_args(['drill', 'all'])\n"
+        "print(sorted(m for m in sys.modules if m == 'agents' or m.startswith('agents.')))"
+    )
+    assert out == "[]"

@@ -13,15 +13,8 @@ import time
 import uuid
 from typing import Any
 
-import agents
-
-from ..drills.runner import quiet_pool_logs
 from ..router import RouterConfig, SessionRouter
 from ..sessions import migrate
-from .stats import DemoStats
-from .summary import format_summary, summarize
-from .view import LiveView
-from .workload import Conversations
 
 
 def add_demo_command(sub: Any) -> None:
@@ -155,6 +148,8 @@ def run_demo_command(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
+        from .summary import format_summary
+
         print(format_summary(summary), file=log_out)
     return 0 if not summary["errors"] else 1
 
@@ -162,6 +157,15 @@ def run_demo_command(args: argparse.Namespace) -> int:
 async def _demo(
     args: argparse.Namespace, config: RouterConfig, source: str, out: Any
 ) -> dict[str, Any]:
+    # the Agents SDK takes ~2 s to import: only a running demo pays for it, not `--help`
+    import agents
+
+    from ..drills.runner import quiet_pool_logs
+    from .stats import DemoStats
+    from .summary import summarize
+    from .view import LiveView
+    from .workload import Conversations
+
     agents.set_tracing_disabled(True)
     quiet_pool_logs()
     stop = asyncio.Event()

@@ -3,7 +3,22 @@
 ``pgsessions drill SCENARIO`` (see :mod:`.cli`); :func:`run_drill` is the same from Python.
 """
 
-from .runner import DrillOptions, run_drill
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from .scenarios import SCENARIOS
 
+if TYPE_CHECKING:
+    from .runner import DrillOptions, run_drill
+
 __all__ = ["SCENARIOS", "DrillOptions", "run_drill"]
+
+
+def __getattr__(name: str) -> Any:
+    # the runner loads the Agents SDK (~2 s): only on first use, not for `pgsessions --help`
+    if name in ("DrillOptions", "run_drill"):
+        from . import runner
+
+        return getattr(runner, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,7 +20,6 @@ from ..router.dsn import host_label
 from ..sessions import PostgresSession
 from .ledger import current_read
 
-BREAKS = ("skip-token-check", "drop-batch")
 UNSAFE_FIELD = "unsafe_skip_token_check"
 
 

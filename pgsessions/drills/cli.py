@@ -8,13 +8,14 @@ import importlib.util
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..router.dsn import split_hosts
-from .broken import BREAKS
 from .report import format_scenario, format_summary
-from .runner import DrillOptions, quiet_pool_logs, run_drill
-from .scenarios import SCENARIOS
+from .scenarios import BREAKS, SCENARIOS
+
+if TYPE_CHECKING:
+    from .runner import DrillOptions
 
 
 def add_drill_command(sub: Any) -> None:
@@ -93,6 +94,8 @@ def options_from_args(args: argparse.Namespace) -> DrillOptions:
             "--hosts needs --trigger: the drill never breaks servers it did not start "
             "(without --hosts it starts its own local clusters)"
         )
+    from .runner import DrillOptions
+
     scenarios = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
     return DrillOptions(
         scenarios=scenarios,
@@ -122,6 +125,8 @@ def run_drill_command(args: argparse.Namespace) -> int:
 
             print(f"pgsessions drill: {MISSING}", file=sys.stderr)
             return 2
+    from .runner import quiet_pool_logs, run_drill  # loads the Agents SDK (~2 s)
+
     quiet_pool_logs()
     reports = asyncio.run(run_drill(opts))
     if args.plot:

@@ -187,6 +187,9 @@ async def trigger(ctx: DrillContext) -> None:
         ctx.notes.append(f"the trigger {shlex.quote(ctx.trigger)} exited {proc.returncode}")
 
 
+# deliberately broken routers/sessions (see .broken) the drill must catch
+BREAKS = ("skip-token-check", "drop-batch")
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
