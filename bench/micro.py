@@ -109,16 +109,14 @@ async def run(dsn: str, n: int) -> list[tuple[str, float, float]]:
                     lambda: router.execute_read("x", "m0", "SELECT 1"),
                 ),
                 (
-                    "psycopg: add_items() function, 1 statement",
+                    "psycopg: CALL add_items_committed(), 1 statement",
                     lambda: conn.execute(st.add_items, add_params()),
                 ),
                 (
-                    "psycopg pipeline: add_items(), token",
-                    lambda: pipeline([(st.add_items, add_params()), (_TOKEN, None)]),
-                ),
-                (
-                    "router.execute_write(add_items())",
-                    lambda: router.execute_write("add_items", "m1", st.add_items, add_params()),
+                    "router.execute_write(CALL add_items_committed())",
+                    lambda: router.execute_write(
+                        "add_items", "m1", st.add_items, add_params(), commits=True
+                    ),
                 ),
                 ("PostgresSession.add_items(2 items)", lambda: session.add_items(pl.turn("m2", 0))),
                 ("raw floor add_items(2 items)", lambda: fsession.add_items(pl.turn("m3", 0))),

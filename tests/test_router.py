@@ -295,6 +295,40 @@ async def test_data_and_constraint_errors_are_not_retried(rtr: SessionRouter) ->
     assert rows == [(42,)]
 
 
+async def test_a_committing_call_returns_its_rows_and_token(rtr: SessionRouter) -> None:
+    """commits=True: a procedure commits itself and returns the token as its last column;
+    a statement that does not is refused with an error naming what is missing."""
+    import psycopg
+
+    schema = f"call_{uuid.uuid4().hex[:8]}"
+    async with rtr.primary_connection() as conn:
+        await conn.execute(f"CREATE SCHEMA {schema}; CREATE TABLE {schema}.t (x int)")
+        await conn.execute(
+            f"CREATE PROCEDURE {schema}.put(p int, INOUT n bigint DEFAULT NULL,"
+            " INOUT token text DEFAULT NULL) LANGUAGE plpgsql AS $$ BEGIN"
+            f" INSERT INTO {schema}.t VALUES (p); n := (SELECT count(*) FROM {schema}.t);"
+            " COMMIT; token := pg_current_wal_flush_lsn()::text; END $$"
+        )
+    try:
+        rows, token = await rtr.execute_write(
+            "put", "call-s", f"CALL {schema}.put(%s)", (7,), commits=True
+        )
+        assert rows == [(1,)]
+        assert rtr.token_for("call-s") == token
+        async with rtr.primary_connection() as conn:
+            cur = await conn.execute(
+                "SELECT pg_current_wal_flush_lsn() >= %s::pg_lsn, txid_current_if_assigned()",
+                (token,),
+            )
+            assert await cur.fetchone() == (True, None)  # committed, no transaction left open
+        with pytest.raises(psycopg.ProgrammingError, match="WAL flush position"):
+            await rtr.execute_write("x", "s", "SELECT 42", commits=True)
+        assert rtr.stats()["retries"] == {}
+    finally:
+        async with rtr.primary_connection() as conn:
+            await conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
 async def test_token_is_taken_after_commit(rtr: SessionRouter, store: Store) -> None:
     """The token covers the commit record: flush position read after COMMIT, same trip."""
     sid = f"tok-{uuid.uuid4().hex[:6]}"

@@ -1,7 +1,8 @@
 """Writes whose COMMIT reply is lost: the router retries them, the session applies them once.
 
-A TCP proxy in front of the shared cluster's primary swallows the reply to COMMIT and closes
-the connection: the write committed but the client cannot know. The router retries on a new
+A TCP proxy in front of the shared cluster's primary swallows the reply to COMMIT (to CALL for
+add_items, whose procedure commits) and closes the connection: the write committed but the
+client cannot know. The router retries on a new
 connection; the operation id carried by each statement makes the retry a no-op that returns
 the original outcome.
 """
@@ -16,6 +17,8 @@ from pgsessions.devcluster.proxy import ThreadedProxy as Proxy
 from pgsessions.devcluster.proxy import command_complete
 
 LOST_COMMIT = command_complete("COMMIT")
+# add_items is a procedure that commits inside the CALL: its reply is the one to lose
+LOST_CALL = command_complete("CALL")
 
 
 def msg(i: int) -> dict[str, Any]:
@@ -33,7 +36,7 @@ async def test_lost_commit_replies_apply_each_write_once(
             s = PostgresSession("ambiguous", router)
             await s.add_items([msg(0)])
 
-            proxy.drop_after_reply(LOST_COMMIT)
+            proxy.drop_after_reply(LOST_CALL)
             await s.add_items([msg(1), msg(2)])
             assert proxy.drops == 1 and not proxy.armed
             assert router.stats()["retries"]["write"].get("connection", 0) >= 1

@@ -58,8 +58,8 @@ async def test_ten_servers_migrating_at_once_apply_each_version_once(
 ) -> None:
     # a non-idempotent step: applied twice it would insert two rows
     extra = [
-        Migration("0002", "counter", "CREATE TABLE {schema}.counter (n int)"),
-        Migration("0003", "count_once", "INSERT INTO {schema}.counter VALUES (1)"),
+        Migration("9002", "counter", "CREATE TABLE {schema}.counter (n int)"),
+        Migration("9003", "count_once", "INSERT INTO {schema}.counter VALUES (1)"),
     ]
     migrations = load_migrations() + extra
     routers = [SessionRouter(router_config) for _ in range(10)]
@@ -82,7 +82,18 @@ async def test_a_newer_version_migrates_an_older_schema(
     old = [m for m in load_migrations() if m.version == "0001"]
     assert await migrate(router, migrations=old) == ["0001"]
     s = PostgresSession("before-upgrade", router)
-    await s.add_items([{"role": "user", "content": "old"}])
+    # this version's add_items needs a later migration: the error says what to do
+    with pytest.raises(psycopg.errors.UndefinedFunction) as info:
+        await s.add_items([{"role": "user", "content": "new code, old schema"}])
+    assert "pgsessions migrate" in "\n".join(getattr(info.value, "__notes__", []))
+    # what the old package wrote: its add_items function, which 0001 created
+    async with router.primary_connection() as conn:
+        await conn.execute(
+            "SELECT {s}.add_items(%s, gen_random_uuid(), %s::text[]::json[], %s, %s, NULL)".replace(
+                "{s}", quote_ident(router.config.schema)
+            ),
+            ("before-upgrade", ['{"role": "user", "content": "old"}'], ["user"], ["message"]),
+        )
     # the "new package": a directory with the shipped files plus a later one
     for f in PACKAGED.glob("*.sql"):
         shutil.copy(f, tmp_path / f.name)
@@ -105,18 +116,18 @@ async def test_a_failing_migration_rolls_back_and_keeps_earlier_ones(
 ) -> None:
     migrations = [
         *load_migrations(),
-        Migration("0002", "fine", "CREATE TABLE {schema}.fine (x int)"),
-        Migration("0003", "broken", "CREATE TABLE {schema}.half (x int); SELECT no_such_fn()"),
-        Migration("0004", "later", "CREATE TABLE {schema}.later (x int)"),
+        Migration("9002", "fine", "CREATE TABLE {schema}.fine (x int)"),
+        Migration("9003", "broken", "CREATE TABLE {schema}.half (x int); SELECT no_such_fn()"),
+        Migration("9004", "later", "CREATE TABLE {schema}.later (x int)"),
     ]
     with pytest.raises(psycopg.errors.UndefinedFunction):
         await migrate(router, migrations=migrations)
     applied = await applied_migrations(router)
-    assert applied[-1] == "0002"
+    assert applied[-1] == "9002"
     assert await scalar(router, "SELECT to_regclass('{s}.half')") is None
     assert await scalar(router, "SELECT to_regclass('{s}.later')") is None
-    fixed = [*migrations[:-2], Migration("0003", "broken", "SELECT 1"), migrations[-1]]
-    assert await migrate(router, migrations=fixed) == ["0003", "0004"]
+    fixed = [*migrations[:-2], Migration("9003", "broken", "SELECT 1"), migrations[-1]]
+    assert await migrate(router, migrations=fixed) == ["9003", "9004"]
 
 
 async def test_migrate_command(router_config: RouterConfig) -> None:

@@ -147,11 +147,16 @@ async def test_clear_unknown_is_a_no_op_and_clear_removes_everything(db: Session
     await s.clear_session()
     assert await s.get_items() == []
     assert await s.get_metadata() is None
-    for table in ("conversations", "messages", "usage_logs", "ops"):
+    for table in ("conversations", "messages", "usage_logs"):
         rows = await fetch(
             db, f"SELECT count(*) FROM {{s}}.{table} WHERE session_id = %s", "clear-me"
         )
         assert rows == [(0,)], table
+    # the operation ids (add, pop) stay until pruned by age, so a late replay stays a no-op
+    ops = "SELECT count(*) FROM {s}.ops WHERE session_id = %s"
+    assert await fetch(db, ops, "clear-me") == [(2,)]
+    await fetch(db, "SELECT {s}.prune_ops(interval '0')")
+    assert await fetch(db, ops, "clear-me") == [(0,)]
     assert await other.get_items() == [msg(9)]
     # the session is usable again and starts a new conversation
     await s.add_items([msg(5)])
@@ -297,8 +302,8 @@ async def test_a_replayed_batch_is_applied_once(db: SessionRouter) -> None:
     sql = statements(db.config.schema)
     op = uuid.uuid4()
     params = ("replay", op, ['{"n":1}', '{"n":2}'], ["user", None], [None, None], None)
-    rows1, _ = await db.execute_write("add_items", "replay", sql.add_items, params)
-    rows2, _ = await db.execute_write("add_items", "replay", sql.add_items, params)
+    rows1, _ = await db.execute_write("add_items", "replay", sql.add_items, params, commits=True)
+    rows2, _ = await db.execute_write("add_items", "replay", sql.add_items, params, commits=True)
     assert (rows1, rows2) == ([(True,)], [(False,)])
     s = PostgresSession("replay", db)
     assert await s.get_items() == [{"n": 1}, {"n": 2}]
@@ -314,10 +319,46 @@ async def test_concurrent_replays_wait_for_the_original(db: SessionRouter) -> No
     op = uuid.uuid4()
     params = ("replay-conc", op, ['{"n":1}'], [None], [None], None)
     results = await asyncio.gather(
-        *(db.execute_write("add_items", "replay-conc", sql.add_items, params) for _ in range(8))
+        *(
+            db.execute_write("add_items", "replay-conc", sql.add_items, params, commits=True)
+            for _ in range(8)
+        )
     )
     assert sorted(rows[0][0] for rows, _ in results) == [False] * 7 + [True]
     assert await PostgresSession("replay-conc", db).get_items() == [{"n": 1}]
+
+
+async def test_a_replay_after_a_clear_is_not_applied_again(db: SessionRouter) -> None:
+    """A batch committed, its reply lost, the session cleared, then the router resends it:
+    the cleared items must not come back (clear_session keeps the operation ids)."""
+    sql = statements(db.config.schema)
+    s = PostgresSession("replay-clear", db)
+    op = uuid.uuid4()
+    params = ("replay-clear", op, ['{"n":1}'], ["user"], [None], None)
+    first, _ = await db.execute_write(
+        "add_items", s.session_id, sql.add_items, params, commits=True
+    )
+    assert first == [(True,)]
+    await s.clear_session()
+    again, _ = await db.execute_write(
+        "add_items", s.session_id, sql.add_items, params, commits=True
+    )
+    assert again == [(False,)]
+    assert await s.get_items() == []
+    # a pop replayed after clear and refill returns what it first removed, removes nothing
+    await s.add_items([{"n": 2}])
+    pop_op = uuid.uuid4()
+    popped, _ = await db.execute_write(
+        "pop_item", s.session_id, sql.pop_item, (s.session_id, pop_op)
+    )
+    assert popped == [('{"n":2}',)]
+    await s.clear_session()
+    await s.add_items([{"n": 3}])
+    replayed, _ = await db.execute_write(
+        "pop_item", s.session_id, sql.pop_item, (s.session_id, pop_op)
+    )
+    assert replayed == popped
+    assert await s.get_items() == [{"n": 3}]
 
 
 async def test_latest_n_is_an_index_scan(db: SessionRouter) -> None:

@@ -54,6 +54,7 @@ _SYNC_COMMIT_SQL = (
 )
 _TOKEN_SQL = "SELECT pg_current_wal_flush_lsn()::text"
 _REPLAY_REACHED_SQL = "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn"
+_REPLAY_LSN_SQL = "SELECT pg_last_wal_replay_lsn()::text"
 
 
 class _NoPrimaryYet(Exception):
@@ -470,17 +471,26 @@ class SessionRouter:
 
     # writes ----------------------------------------------------------------------------
     async def execute_write(
-        self, operation: str, session_id: str, query: Query, params: Params | None = None
+        self,
+        operation: str,
+        session_id: str,
+        query: Query,
+        params: Params | None = None,
+        *,
+        commits: bool = False,
     ) -> tuple[Rows, str]:
         """Run one idempotent statement on the primary, then take the consistency token.
 
         The statement runs in its own transaction (at least a local WAL flush at commit) and
         ``pg_current_wal_flush_lsn()`` is read after the commit, all in one pipeline (one
-        round trip). After a classified failure (connection lost, shutdown, the primary
-        turned standby, ...) the whole statement is retried with backoff on whatever host is
-        then the primary, until ``failover_timeout``; it must therefore be safe to apply
-        twice (sessions/ makes it so with operation ids). Returns the statement's rows and
-        the token, which is also remembered for the session.
+        round trip). With ``commits=True`` the statement is a ``CALL`` of a procedure that
+        does this itself (commits, then returns the flush position as its last output
+        parameter): it is sent alone, and the rows returned leave that column out. After a
+        classified failure (connection lost, shutdown, the primary turned standby, ...) the
+        whole statement is retried with backoff on whatever host is then the primary, until
+        ``failover_timeout``; it must therefore be safe to apply twice (sessions/ makes it
+        so with operation ids). Returns the statement's rows and the token, which is also
+        remembered for the session.
 
         Raises :class:`SplitBrainError` (nothing written), :class:`NoPrimaryError` (no
         primary within ``failover_timeout``) or the original psycopg error (data,
@@ -491,7 +501,9 @@ class SessionRouter:
         deadline = t0 + self.config.failover_timeout
         self._emit("on_route", operation, "primary", "write")
         try:
-            rows, token = await self._write_with_retries(operation, query, params, deadline)
+            rows, token = await self._write_with_retries(
+                operation, query, params, deadline, commits
+            )
         except BaseException as exc:
             self._counts[("write_error",)] += 1
             seconds = time.monotonic() - t0
@@ -507,38 +519,69 @@ class SessionRouter:
             return False
         return isinstance(exc, _NoPrimaryYet) or classify(exc, write=True) is not None
 
+    def _count_write_retry(self, operation: str, exc: BaseException | None) -> None:
+        reason = "no_primary" if isinstance(exc, _NoPrimaryYet) else None
+        reason = reason or (classify(exc, write=True) if exc is not None else None) or "other"
+        self._counts[("retry", "write", reason)] += 1
+        self._emit("on_retry", operation, reason)
+
+    def _write_failed(self, exc: _NoPrimaryYet | psycopg.Error) -> BaseException:
+        """What a write that ended with ``exc`` raises."""
+        if not self._open:
+            return RouterClosedError("the router was closed during the write")
+        if not self._write_retryable(exc):
+            return exc
+        return NoPrimaryError(
+            f"no writable primary within failover_timeout={self.config.failover_timeout}s",
+            self._host_states(),
+        )
+
     async def _write_with_retries(
-        self, operation: str, query: Query, params: Params | None, deadline: float
+        self, operation: str, query: Query, params: Params | None, deadline: float, commits: bool
     ) -> tuple[Rows, str]:
+        # the first attempt runs outside tenacity: setting up its retry state costs about as
+        # much CPU as the write itself, and almost every write succeeds at once
+        try:
+            return await self._attempt_write(query, params, deadline, commits)
+        except (_NoPrimaryYet, psycopg.Error) as exc:
+            if not self._write_retryable(exc):
+                failure = self._write_failed(exc)
+                if failure is exc:
+                    raise
+                raise failure from exc
+            self._count_write_retry(operation, exc)
+        await asyncio.sleep(max(0.0, min(backoff(1), deadline - time.monotonic())))
+
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome is not None else None
-            reason = "no_primary" if isinstance(exc, _NoPrimaryYet) else None
-            reason = reason or (classify(exc, write=True) if exc is not None else None) or "other"
-            self._counts[("retry", "write", reason)] += 1
-            self._emit("on_retry", operation, reason)
+            self._count_write_retry(operation, exc)
 
-        retrying = write_retrying(self.config.failover_timeout, self._write_retryable, before_sleep)
+        left = max(0.0, deadline - time.monotonic())
+        retrying = write_retrying(left, self._write_retryable, before_sleep)
         try:
             async for attempt in retrying:
                 with attempt:
-                    self._require_open()
-                    host = await self._primary_for_write()
-                    try:
-                        return await self._write_once(host, query, params, deadline)
-                    except Exception as exc:
-                        if classify(exc, write=True) is not None:
-                            self._mark_failed(host, exc)
-                        raise
+                    return await self._attempt_write(query, params, deadline, commits)
         except (_NoPrimaryYet, psycopg.Error) as exc:
-            if not self._open:
-                raise RouterClosedError("the router was closed during the write") from exc
-            if not self._write_retryable(exc):
+            failure = self._write_failed(exc)
+            if failure is exc:
                 raise
-            raise NoPrimaryError(
-                f"no writable primary within failover_timeout={self.config.failover_timeout}s",
-                self._host_states(),
-            ) from (None if isinstance(exc, _NoPrimaryYet) else exc)
+            raise failure from (None if isinstance(exc, _NoPrimaryYet) else exc)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _attempt_write(
+        self, query: Query, params: Params | None, deadline: float, commits: bool
+    ) -> tuple[Rows, str]:
+        self._require_open()
+        host = await self._primary_for_write()
+        try:
+            if commits:
+                return await self._write_committing(host, query, params, deadline)
+            return await self._write_once(host, query, params, deadline)
+        except Exception as exc:
+            if classify(exc, write=True) is not None:
+                self._mark_failed(host, exc)
+            raise
 
     async def _primary_for_write(self) -> _Host:
         for fresh_check in (False, True):
@@ -578,6 +621,32 @@ class SessionRouter:
                 raise
         assert token_row is not None
         return rows, str(token_row[0])
+
+    async def _write_committing(
+        self, h: _Host, query: Query, params: Params | None, deadline: float
+    ) -> tuple[Rows, str]:
+        assert h.pool is not None
+        wait = min(self.config.pool_timeout, max(0.05, deadline - time.monotonic()))
+        async with h.pool.connection(
+            wait=wait, as_primary=True, on_wait=self._on_pool_wait(h)
+        ) as conn:
+            try:
+                with watchdog(conn, self._deadline_for_statement()):
+                    cur = await conn.execute(cast(QueryNoTemplate, query), params)
+                    row = await cur.fetchone()
+            except BaseException:
+                await _rollback_quietly(conn)
+                raise
+        token = str(row[-1]) if row else ""
+        try:
+            parse_lsn(token)
+            assert row is not None
+        except (ValueError, TypeError, AssertionError):
+            raise psycopg.ProgrammingError(
+                "a commits=True write must return one row ending with the WAL flush position "
+                f"taken after its commit (pg_lsn text), got {row!r}"
+            ) from None
+        return [tuple(row[:-1])], token
 
     # reads -----------------------------------------------------------------------------
     async def execute_read(
@@ -729,6 +798,9 @@ class SessionRouter:
             left = budget - (time.monotonic() - start) if h.role == "replica" else budget
             with watchdog(conn, max(0.1, left)):
                 if plan.wait_lsn is not None:
+                    rows = await _read_if_replayed(conn, plan.wait_lsn, query, params)
+                    if rows is not None:
+                        return rows
                     if not await self._wait_replay(conn, plan.wait_lsn):
                         raise _NotCaughtUp()
                 cur = await conn.execute(cast(QueryNoTemplate, query), params)
@@ -791,6 +863,31 @@ class SessionRouter:
             return
         if row is not None:
             self._floor_lsn = max(self._floor_lsn, parse_lsn(str(row[0])))
+
+
+async def _read_if_replayed(
+    conn: psycopg.AsyncConnection[Any], lsn: int, query: Query, params: Params | None
+) -> Rows | None:
+    """The query's rows if the replica had replayed ``lsn`` when it ran, else None.
+
+    The replay check and the query go in one simple-protocol message (one round trip instead
+    of two). Each statement takes its own snapshot under read committed (the pools set it),
+    so the query sees everything up to the position checked before it. Only for plain text
+    queries with text parameters; for anything else, None (the caller polls).
+    """
+    if not isinstance(query, str) or "%b" in query:
+        return None
+    cur = psycopg.AsyncClientCursor(conn)
+    try:
+        await cur.execute(cast(QueryNoTemplate, _REPLAY_LSN_SQL + "; " + query), params)
+        row = await cur.fetchone()
+        if row is None or row[0] is None or parse_lsn(row[0]) < lsn:
+            return None
+        if not cur.nextset():
+            return None
+        return await cur.fetchall() if cur.description is not None else []
+    finally:
+        await cur.close()
 
 
 async def _rollback_quietly(conn: psycopg.AsyncConnection[Any]) -> None:

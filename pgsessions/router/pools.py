@@ -122,11 +122,14 @@ class HostPool:
         ms = int(self.config.statement_timeout * 1000)
         with watchdog(conn, self.config.connect_timeout + self.config.statement_timeout):
             cur = await conn.execute(
-                "SELECT set_config('statement_timeout', %s, false), pg_is_in_recovery()",
+                "SELECT set_config('statement_timeout', %s, false),"
+                # a statement's snapshot is taken when it starts (the router relies on it)
+                " set_config('default_transaction_isolation', 'read committed', false),"
+                " pg_is_in_recovery()",
                 (f"{ms}ms",),
             )
             row = await cur.fetchone()
-        _opened_on_standby[conn] = bool(row and row[1])
+        _opened_on_standby[conn] = bool(row and row[2])
 
     async def open(self, wait: bool) -> None:
         await self.pool.open(wait=wait, timeout=self.config.connect_timeout + 1.0)

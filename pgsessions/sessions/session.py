@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import psycopg
 from agents.memory.session_settings import (
     SessionSettings,
     coerce_session_settings,
@@ -120,16 +121,34 @@ class PostgresSession:
         if self._token is None or lsn > self._token:
             self._token = lsn
 
-    async def _write(self, operation: str, query: Any, params: Any) -> list[tuple[Any, ...]]:
-        rows, token = await _settle(
-            self.router.execute_write(operation, self.session_id, query, params)
-        )
+    async def _write(
+        self, operation: str, query: Any, params: Any, *, commits: bool = False
+    ) -> list[tuple[Any, ...]]:
+        try:
+            rows, token = await _settle(
+                self.router.execute_write(
+                    operation, self.session_id, query, params, commits=commits
+                )
+            )
+        except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction) as exc:
+            self._hint_migrate(exc)
+            raise
         self._note(token)
         return rows
 
     async def _read(self, operation: str, query: Any, params: Any) -> list[tuple[Any, ...]]:
-        return await self.router.execute_read(
-            operation, self.session_id, query, params, token=self.consistency_token
+        try:
+            return await self.router.execute_read(
+                operation, self.session_id, query, params, token=self.consistency_token
+            )
+        except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction) as exc:
+            self._hint_migrate(exc)
+            raise
+
+    def _hint_migrate(self, exc: psycopg.Error) -> None:
+        exc.add_note(
+            f"pgsessions: schema {self.router.config.schema!r} lacks tables or functions this "
+            "version uses: run `pgsessions migrate` (or `await pgsessions.migrate(router)`)"
         )
 
     # the Session protocol -----------------------------------------------------------------
@@ -179,6 +198,7 @@ class PostgresSession:
                 batch.types,
                 self._metadata,
             ),
+            commits=True,
         )
 
     async def pop_item(self) -> TResponseInputItem | None:

@@ -38,8 +38,10 @@ def statements(schema: str) -> Statements:
             "SELECT seq, item FROM {s}.messages WHERE session_id = %s"
             " ORDER BY seq DESC LIMIT %s) t"
         ),
+        # a procedure that commits: one row (applied, token); see migration 0003
         add_items=q(
-            "SELECT {s}.add_items(%s, %s, %b::text[]::json[], %b::text[], %b::text[], %s::jsonb)"
+            "CALL {s}.add_items_committed("
+            "%s, %s, %b::text[]::json[], %b::text[], %b::text[], %s::jsonb)"
         ),
         pop_item=q("SELECT {s}.pop_item(%s, %s)::text"),
         clear_session=q("SELECT {s}.clear_session(%s)"),
