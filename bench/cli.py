@@ -69,15 +69,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pool-size", type=int, default=16, help="connections per host (16)")
     p.add_argument(
         "--hosts",
+        nargs="+",
         default=None,
-        help="comma-separated DSNs of an existing cluster (default: a fresh temporary local "
-        "cluster, primary + 2 replicas, fsync on, stopped afterwards)",
+        metavar="DSN",
+        help="DSNs of an existing cluster, or one comma-separated list (default: a fresh "
+        "temporary local cluster, primary + 2 replicas, fsync on, stopped afterwards)",
     )
     p.add_argument("--replicas", type=int, default=2, help="replicas of the temporary cluster (2)")
     p.add_argument(
         "--sync", action="store_true", help="temporary cluster with synchronous replication"
     )
-    p.add_argument("--quick", action="store_true", help="about one minute: 1 round of 1.5 s")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: one 1.5 s round per cell, the first --sessions value, "
+        "histories up to 10k",
+    )
     p.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     p.add_argument("--markdown", type=Path, default=None, help="write a Markdown report here")
     p.add_argument(
@@ -199,7 +206,9 @@ def main(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="pgsessions-bench-"))
     try:
         if args.hosts:
-            primary, replicas = _split_roles([h for h in args.hosts.split(",") if h.strip()])
+            from pgsessions.router.dsn import split_hosts
+
+            primary, replicas = _split_roles(split_hosts(args.hosts))
         else:
             from pgsessions.devcluster import LocalCluster
 

@@ -21,6 +21,26 @@ def test_comma_separated_urls_and_lists() -> None:
         "h1:7",
         "h2:5432",
     ]
+    # every --hosts option takes several values, each of which may itself be a list
+    mixed = ["host=h1 port=7, postgresql://a@h2/db", "postgresql://a@h3:3,h4:4/db"]
+    assert [host_label(d) for d in split_hosts(mixed)] == ["h1:7", "h2:5432", "h3:3", "h4:4"]
+
+
+def test_every_hosts_option_takes_one_or_more_dsns() -> None:
+    from pgsessions.cli import build_parser
+
+    parser = build_parser()
+    for argv in (
+        ["status"],
+        ["migrate"],
+        ["serve-metrics"],
+        ["demo"],
+        ["drill", "all", "--trigger", "true"],
+        ["bench"],
+    ):
+        two = "postgresql://a@h2:2/db,postgresql://a@h3:3/db"
+        args = parser.parse_args([*argv, "--hosts", "host=h1", two])
+        assert [host_label(d) for d in split_hosts(args.hosts)] == ["h1:5432", "h2:2", "h3:3"]
 
 
 def test_passwords_never_in_labels_reprs_or_errors() -> None:
@@ -58,3 +78,9 @@ def test_bad_config_names_the_problem(kwargs: dict[str, object], message: str) -
     full: dict[str, object] = {"hosts": ["postgresql://u@h/db"], **kwargs}
     with pytest.raises(ValueError, match=message):
         RouterConfig(**full)  # type: ignore[arg-type]
+
+
+def test_failover_timeout_stays_under_the_op_id_retention() -> None:
+    with pytest.raises(ValueError, match="failover_timeout must be < 3600"):
+        RouterConfig(hosts=["host=h1"], failover_timeout=3600)
+    assert RouterConfig(hosts=["host=h1"], failover_timeout=600).failover_timeout == 600

@@ -359,7 +359,7 @@ def test_status_command_prints_the_topology(
         cluster.primary.host: "primary",
         **{r.host: "replica" for r in cluster.replicas},
     }
-    assert main(["status", "--hosts", hosts]) == 0
+    assert main(["status", "--hosts", *cluster.dsns()]) == 0  # several values, same thing
     out = capsys.readouterr().out
     assert "lag bytes" in out and cluster.replicas[0].host in out
     assert "postgres@" not in out  # hosts as host:port, never a DSN

@@ -10,6 +10,10 @@ from .dsn import split_hosts
 
 NoReplicaPolicy = Literal["primary", "wait", "error"]
 
+#: operation ids are pruned after an hour (migration 0001's prune_ops): a write is never
+#: retried for that long
+OP_ID_RETENTION_SECONDS = 3600.0
+
 
 def _env_float(name: str, default: float) -> float:
     raw = os.environ.get(name)
@@ -87,6 +91,12 @@ class RouterConfig:
         ):
             if getattr(self, knob) <= 0:
                 raise ValueError(f"RouterConfig.{knob} must be > 0, got {getattr(self, knob)!r}")
+        if self.failover_timeout >= OP_ID_RETENTION_SECONDS:
+            # a write retried after its operation id was pruned could be applied twice
+            raise ValueError(
+                f"RouterConfig.failover_timeout must be < {OP_ID_RETENTION_SECONDS:g} s (how "
+                f"long operation ids are kept), got {self.failover_timeout!r}"
+            )
         if self.healthy_for < 0 or self.catch_up_wait < 0:
             raise ValueError("RouterConfig.healthy_for and catch_up_wait must be >= 0")
         if self.token_cache_size < 1:

@@ -8,16 +8,16 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 
 def split_hosts(hosts: str | list[str] | tuple[str, ...]) -> list[str]:
-    """Turn a comma-separated DSN list, a libpq multi-host URL or a list into one DSN per host."""
-    if isinstance(hosts, str):
-        raw = hosts.strip()
-        if not raw:
-            return []
-        if _is_multihost(raw):
-            return expand_multihost(raw)
-        parts = [p.strip() for p in _split_top_level_commas(raw) if p.strip()]
-    else:
-        parts = [p.strip() for p in hosts if p and p.strip()]
+    """Turn a comma-separated DSN list, a libpq multi-host URL or a list of either into one
+    DSN per host (so ``--hosts a b`` and ``--hosts a,b`` mean the same)."""
+    if not isinstance(hosts, str):
+        return [dsn for value in hosts if value for dsn in split_hosts(value)]
+    raw = hosts.strip()
+    if not raw:
+        return []
+    if _is_multihost(raw):
+        return expand_multihost(raw)
+    parts = [p.strip() for p in _split_top_level_commas(raw) if p.strip()]
     out: list[str] = []
     for p in parts:
         out.extend(expand_multihost(p) if _is_multihost(p) else [p])

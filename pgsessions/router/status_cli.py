@@ -17,6 +17,7 @@ from typing import Any
 
 from .config import RouterConfig
 from .core import SessionRouter
+from .dsn import split_hosts
 from .errors import RouterError
 from .lsn import format_lsn
 from .topology import HostState, Topology
@@ -48,9 +49,11 @@ def add_status_command(sub: Any) -> None:
     )
     p.add_argument(
         "--hosts",
+        nargs="+",
         default=None,
-        help="comma-separated DSNs or one multi-host URL (default: PGSESSIONS_HOSTS, "
-        "else the local cluster)",
+        metavar="DSN",
+        help="PostgreSQL DSNs, or one comma-separated list / multi-host URL (default: "
+        "PGSESSIONS_HOSTS, else the local cluster)",
     )
     p.add_argument("--watch", action="store_true", help="refresh until interrupted")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
@@ -58,9 +61,9 @@ def add_status_command(sub: Any) -> None:
     p.set_defaults(func=run_status_command)
 
 
-def _resolve_hosts(arg: str | None) -> str:
+def _resolve_hosts(arg: list[str] | None) -> str | list[str]:
     if arg:
-        return arg
+        return split_hosts(arg)
     env = os.environ.get("PGSESSIONS_HOSTS")
     if env:
         return env
