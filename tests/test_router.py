@@ -295,6 +295,48 @@ async def test_data_and_constraint_errors_are_not_retried(rtr: SessionRouter) ->
     assert rows == [(42,)]
 
 
+async def test_read_your_writes_reads_spread_over_level_replicas(
+    cluster: LocalCluster, rtr: SessionRouter, store: Store
+) -> None:
+    """Right after a write every read waits for a replica to catch up; when the replicas
+    were level at the last check, those reads must not all go to the same one."""
+
+    def level_at(lsn: int) -> bool:
+        seen = {h.replay_lsn for h in rtr.topology().replicas()}
+        return len(seen) == 1 and (seen.pop() or 0) >= lsn
+
+    before = dict(rtr.stats()["reads_by_host"])
+    token = "0/0"
+    for i in range(40):
+        # the monitor last saw both replicas at the same position...
+        lsn = parse_lsn(token)
+        await wait_until(lambda lsn=lsn: level_at(lsn), 10, "replicas level")
+        # ...and this write is ahead of that: the read waits on one of them
+        op, token = await store.add(rtr, f"spread-{i}")
+        assert await store.get(rtr, f"spread-{i}") == [op]
+    assert rtr.stats()["reads"]["replica"].get("caught_up_wait", 0) > 0
+    served = {
+        r.host: rtr.stats()["reads_by_host"][r.host] - before.get(r.host, 0)
+        for r in cluster.replicas
+    }
+    assert all(n > 0 for n in served.values()), served
+
+
+async def test_a_read_right_after_ddl_waits_instead_of_failing(
+    rtr: SessionRouter, schema: str, paused_replicas: list[Node]
+) -> None:
+    """The replay check and the query travel together: a replica that has not replayed the
+    CREATE TABLE yet answers 'no such table', and that must mean 'wait', not an error."""
+    for i in range(3):
+        table = f'"{schema}".fresh_{i}'
+        _, token = await rtr.execute_write("ddl", "ddl", f"CREATE TABLE {table} AS SELECT {i} v")
+        rows = await rtr.execute_read("read", None, f"SELECT v FROM {table}", token=token)
+        assert rows == [(i,)]
+    stats = rtr.stats()
+    assert stats["read_errors"] == 0
+    assert stats["reads"] == {"primary": {"token_ahead": 3}}  # replicas paused: after the wait
+
+
 async def test_a_committing_call_returns_its_rows_and_token(rtr: SessionRouter) -> None:
     """commits=True: a procedure commits itself and returns the token as its last column;
     a statement that does not is refused with an error naming what is missing."""

@@ -770,9 +770,12 @@ class SessionRouter:
             required = max(base or 0, self._floor_lsn) or None
         fresh = [h for h in candidates if required is None or h.replay_lsn >= required]
         if fresh:
-            return _Plan(least_in_flight(fresh, lambda h: h.in_flight), served)
+            return _Plan(least_in_flight(fresh, _in_flight), served)
         if candidates and allow_wait and self.config.catch_up_wait > 0:
-            best = max(candidates, key=lambda h: h.replay_lsn)
+            # the most advanced replicas; usually all of them were level at the last check,
+            # and read-your-writes traffic must not all queue on the first one
+            top = max(h.replay_lsn for h in candidates)
+            best = least_in_flight([h for h in candidates if h.replay_lsn == top], _in_flight)
             return _Plan(best, "caught_up_wait", wait_lsn=required)
         if candidates:
             return _Plan(primary, "token_ahead")
@@ -865,6 +868,10 @@ class SessionRouter:
             self._floor_lsn = max(self._floor_lsn, parse_lsn(str(row[0])))
 
 
+def _in_flight(h: _Host) -> int:
+    return h.in_flight
+
+
 async def _read_if_replayed(
     conn: psycopg.AsyncConnection[Any], lsn: int, query: Query, params: Params | None
 ) -> Rows | None:
@@ -879,7 +886,17 @@ async def _read_if_replayed(
         return None
     cur = psycopg.AsyncClientCursor(conn)
     try:
-        await cur.execute(cast(QueryNoTemplate, _REPLAY_LSN_SQL + "; " + query), params)
+        try:
+            await cur.execute(cast(QueryNoTemplate, _REPLAY_LSN_SQL + "; " + query), params)
+        except psycopg.Error as exc:
+            # the query ran even if the replica is behind: an error may only mean that what
+            # it reads (a new table, say) is not replayed yet. The caller's slow path waits
+            # for the position first and then raises whatever is really wrong.
+            if conn.broken or isinstance(exc, psycopg.errors.QueryCanceled):
+                raise
+            if classify(exc, write=False) is not None:
+                raise
+            return None
         row = await cur.fetchone()
         if row is None or row[0] is None or parse_lsn(row[0]) < lsn:
             return None
