@@ -350,14 +350,16 @@ class Bench:
     async def history(self, sizes: Sequence[int]) -> dict[int, dict[str, Cell]]:
         """get_items(limit) on conversations holding ``sizes`` items, several readers at once.
 
-        Sizes and contenders are interleaved in the same rounds, so the ratio between the
-        biggest and the smallest history pairs measurements taken seconds apart.
+        Sizes and contenders are interleaved in the same rounds, each contender's sizes next
+        to each other, so the ratio between its biggest and smallest history pairs
+        measurements taken about a second apart.
         """
         limit = self.config.limit
         by_name = self._by_name()
         readers: dict[str, tuple[int, list[Any]]] = {}
-        for size in sizes:
-            for name, c in by_name.items():
+        # one contender's sizes back to back: its 100k/100 ratio pairs cells a second apart
+        for name, c in by_name.items():
+            for size in sizes:
                 s = c.session(self._hist_sid(c, size))
                 readers[f"{name}@{size}"] = (size, [s] * self.config.history_readers)
 
