@@ -875,36 +875,32 @@ def _in_flight(h: _Host) -> int:
 async def _read_if_replayed(
     conn: psycopg.AsyncConnection[Any], lsn: int, query: Query, params: Params | None
 ) -> Rows | None:
-    """The query's rows if the replica had replayed ``lsn`` when it ran, else None.
+    """The query's rows if the replica had replayed ``lsn`` before it ran, else None.
 
-    The replay check and the query go in one simple-protocol message (one round trip instead
-    of two). Each statement takes its own snapshot under read committed (the pools set it),
-    so the query sees everything up to the position checked before it. Only for plain text
-    queries with text parameters; for anything else, None (the caller polls).
+    The replay check and the query go in one pipeline (one round trip instead of two, both
+    prepared). They share an implicit transaction, but under read committed (the pools pin
+    it) each statement takes its own snapshot, so the query sees everything up to the
+    position checked before it. A single statement could not: its snapshot would predate
+    its own check.
     """
-    if not isinstance(query, str) or "%b" in query:
-        return None
-    cur = psycopg.AsyncClientCursor(conn)
     try:
-        try:
-            await cur.execute(cast(QueryNoTemplate, _REPLAY_LSN_SQL + "; " + query), params)
-        except psycopg.Error as exc:
-            # the query ran even if the replica is behind: an error may only mean that what
-            # it reads (a new table, say) is not replayed yet. The caller's slow path waits
-            # for the position first and then raises whatever is really wrong.
-            if conn.broken or isinstance(exc, psycopg.errors.QueryCanceled):
-                raise
-            if classify(exc, write=False) is not None:
-                raise
-            return None
-        row = await cur.fetchone()
-        if row is None or row[0] is None or parse_lsn(row[0]) < lsn:
-            return None
-        if not cur.nextset():
-            return None
-        return await cur.fetchall() if cur.description is not None else []
-    finally:
-        await cur.close()
+        async with conn.pipeline():
+            check = await conn.execute(_REPLAY_LSN_SQL)
+            cur = await conn.execute(cast(QueryNoTemplate, query), params)
+        row = await check.fetchone()
+        rows = await cur.fetchall() if cur.description is not None else []
+    except psycopg.Error as exc:
+        # the query runs even when the replica is behind: an error may only mean that what
+        # it reads (a new table, say) is not replayed yet. The caller's slow path waits for
+        # the position first and then raises whatever is really wrong.
+        if conn.broken or isinstance(exc, psycopg.errors.QueryCanceled):
+            raise
+        if classify(exc, write=False) is not None:
+            raise
+        return None
+    if row is None or row[0] is None or parse_lsn(row[0]) < lsn:
+        return None
+    return rows
 
 
 async def _rollback_quietly(conn: psycopg.AsyncConnection[Any]) -> None:
