@@ -10,7 +10,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .router import NoPrimaryError, RouterConfig, SessionRouter, SplitBrainError
+    from .router import (
+        NoEligibleReplicaError,
+        NoPrimaryError,
+        RouterClosedError,
+        RouterConfig,
+        RouterError,
+        SessionRouter,
+        SplitBrainError,
+    )
     from .sessions import (
         Migration,
         PostgresSession,
@@ -21,7 +29,10 @@ if TYPE_CHECKING:
     )
 
 _WHERE = {
+    "NoEligibleReplicaError": ".router",
     "NoPrimaryError": ".router",
+    "RouterClosedError": ".router",
+    "RouterError": ".router",
     "RouterConfig": ".router",
     "SessionRouter": ".router",
     "SplitBrainError": ".router",
@@ -35,9 +46,12 @@ _WHERE = {
 
 __all__ = [
     "Migration",
+    "NoEligibleReplicaError",
     "NoPrimaryError",
     "PostgresSession",
+    "RouterClosedError",
     "RouterConfig",
+    "RouterError",
     "SessionInfo",
     "SessionPage",
     "SessionRouter",
