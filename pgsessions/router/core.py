@@ -575,9 +575,7 @@ class SessionRouter:
         self._require_open()
         host = await self._primary_for_write()
         try:
-            if commits:
-                return await self._write_committing(host, query, params, deadline)
-            return await self._write_once(host, query, params, deadline)
+            return await self._write_once(host, query, params, deadline, commits)
         except Exception as exc:
             if classify(exc, write=True) is not None:
                 self._mark_failed(host, exc)
@@ -597,7 +595,7 @@ class SessionRouter:
         raise _NoPrimaryYet()
 
     async def _write_once(
-        self, h: _Host, query: Query, params: Params | None, deadline: float
+        self, h: _Host, query: Query, params: Params | None, deadline: float, commits: bool
     ) -> tuple[Rows, str]:
         assert h.pool is not None
         wait = min(self.config.pool_timeout, max(0.05, deadline - time.monotonic()))
@@ -606,6 +604,9 @@ class SessionRouter:
         ) as conn:
             try:
                 with watchdog(conn, self._deadline_for_statement()):
+                    if commits:
+                        cur = await conn.execute(cast(QueryNoTemplate, query), params)
+                        return _split_token(await cur.fetchone())
                     async with conn.pipeline():
                         await conn.execute("BEGIN")
                         await conn.execute(_SYNC_COMMIT_SQL)
@@ -621,32 +622,6 @@ class SessionRouter:
                 raise
         assert token_row is not None
         return rows, str(token_row[0])
-
-    async def _write_committing(
-        self, h: _Host, query: Query, params: Params | None, deadline: float
-    ) -> tuple[Rows, str]:
-        assert h.pool is not None
-        wait = min(self.config.pool_timeout, max(0.05, deadline - time.monotonic()))
-        async with h.pool.connection(
-            wait=wait, as_primary=True, on_wait=self._on_pool_wait(h)
-        ) as conn:
-            try:
-                with watchdog(conn, self._deadline_for_statement()):
-                    cur = await conn.execute(cast(QueryNoTemplate, query), params)
-                    row = await cur.fetchone()
-            except BaseException:
-                await _rollback_quietly(conn)
-                raise
-        token = str(row[-1]) if row else ""
-        try:
-            parse_lsn(token)
-            assert row is not None
-        except (ValueError, TypeError, AssertionError):
-            raise psycopg.ProgrammingError(
-                "a commits=True write must return one row ending with the WAL flush position "
-                f"taken after its commit (pg_lsn text), got {row!r}"
-            ) from None
-        return [tuple(row[:-1])], token
 
     # reads -----------------------------------------------------------------------------
     async def execute_read(
@@ -866,6 +841,20 @@ class SessionRouter:
             return
         if row is not None:
             self._floor_lsn = max(self._floor_lsn, parse_lsn(str(row[0])))
+
+
+def _split_token(row: tuple[Any, ...] | None) -> tuple[Rows, str]:
+    """A committing CALL's one row: (the other columns as the rows, the token last)."""
+    token = str(row[-1]) if row else ""
+    try:
+        parse_lsn(token)
+    except ValueError:
+        raise psycopg.ProgrammingError(
+            "a commits=True write must return one row ending with the WAL flush position "
+            f"taken after its commit (pg_lsn text), got {row!r}"
+        ) from None
+    assert row is not None  # an empty token does not parse
+    return [tuple(row[:-1])], token
 
 
 def _in_flight(h: _Host) -> int:
