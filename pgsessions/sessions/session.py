@@ -30,6 +30,14 @@ _T = TypeVar("_T")
 _MAX_LIMIT = 2**63 - 1
 
 
+def _no_branches(branch_id: str | None) -> None:
+    if branch_id is not None:
+        raise ValueError(
+            f"branch_id={branch_id!r}: pgsessions has no conversation branches (it accepts "
+            "branch_id only so that code written for AdvancedSQLiteSession runs unchanged)"
+        )
+
+
 async def _settle(awaitable: Awaitable[_T]) -> _T:
     """Await a write to its outcome even if the caller is cancelled meanwhile.
 
@@ -252,17 +260,21 @@ class PostgresSession:
             return
         await self._write("store_run_usage", self._sql.store_usage, (*params, self.session_id))
 
-    async def get_session_usage(self) -> dict[str, int] | None:
+    async def get_session_usage(self, branch_id: str | None = None) -> dict[str, int] | None:
         """Sums over all stored turns: requests, input_tokens, output_tokens, total_tokens,
-        total_turns; None when nothing is stored."""
+        total_turns; None when nothing is stored. ``branch_id`` exists for code written for
+        the SDK's AdvancedSQLiteSession: pgsessions has no branches, so it must be None."""
+        _no_branches(branch_id)
         rows = await self._read("get_session_usage", self._sql.session_usage, (self.session_id,))
         return _usage.session_usage(rows)
 
     async def get_turn_usage(
-        self, user_turn_number: int | None = None
+        self, user_turn_number: int | None = None, branch_id: str | None = None
     ) -> list[dict[str, Any]] | dict[str, Any]:
         """One turn's usage as a dict ({} when not stored), or with no argument the list of
-        all turns, each with ``user_turn_number``, in turn order."""
+        all turns, each with ``user_turn_number``, in turn order. ``branch_id``: as in
+        :meth:`get_session_usage`, must be None."""
+        _no_branches(branch_id)
         if user_turn_number is None:
             rows = await self._read("get_turn_usage", self._sql.turn_usage_all, (self.session_id,))
             return _usage.all_turns(rows)
