@@ -7,6 +7,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,31 @@ def ensure_local_cluster(
     cluster = LocalCluster(replicas=replicas, sync=sync, base_dir=base, keep=True)
     cluster.start()
     return cluster, True
+
+
+@contextmanager
+def hosts_or_local_cluster(
+    hosts: Sequence[str] | None, *, keep: bool = False
+) -> Iterator[list[str]]:
+    """The DSNs a command should use: ``--hosts``, else ``PGSESSIONS_HOSTS``, else the local
+    cluster (started if it is not running, and then stopped on exit unless ``keep``)."""
+    from ..router.dsn import split_hosts
+
+    if hosts:
+        yield split_hosts(list(hosts))
+        return
+    env = os.environ.get("PGSESSIONS_HOSTS")
+    if env:
+        yield split_hosts(env)
+        return
+    cluster, started = ensure_local_cluster()
+    if started:
+        print(f"started the local cluster in {cluster.base_dir}", file=sys.stderr)
+    try:
+        yield cluster.dsns()
+    finally:
+        if started and not keep:
+            cluster.stop()
 
 
 def add_cluster_command(sub: Any) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from typing import Any
 
@@ -31,24 +30,10 @@ def add_serve_metrics_command(subparsers: Any) -> None:
 
 
 def run_serve_metrics(args: argparse.Namespace) -> int:
-    cluster = None
-    hosts: list[str] | str
-    if args.hosts:
-        hosts = list(args.hosts)
-    elif os.environ.get("PGSESSIONS_HOSTS"):
-        hosts = os.environ["PGSESSIONS_HOSTS"]
-    else:
-        from ..devcluster.cli import ensure_local_cluster
+    from ..devcluster.cli import hosts_or_local_cluster
 
-        cluster, started = ensure_local_cluster()
-        hosts = cluster.dsns()
-        if not started:
-            cluster = None  # someone else's cluster: leave it running
-    try:
+    with hosts_or_local_cluster(args.hosts) as hosts:
         return asyncio.run(_serve(hosts, args.host, args.port, args.name))
-    finally:
-        if cluster is not None:
-            cluster.stop()
 
 
 async def _serve(hosts: list[str] | str, host: str, port: int, name: str) -> int:

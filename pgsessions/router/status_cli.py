@@ -10,14 +10,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 from typing import Any
 
 from .config import RouterConfig
 from .core import SessionRouter
-from .dsn import split_hosts
 from .errors import RouterError
 from .lsn import format_lsn
 from .topology import HostState, Topology
@@ -59,20 +57,6 @@ def add_status_command(sub: Any) -> None:
     p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
     p.add_argument("--json", action="store_true", help="print the topology as JSON")
     p.set_defaults(func=run_status_command)
-
-
-def _resolve_hosts(arg: list[str] | None) -> str | list[str]:
-    if arg:
-        return split_hosts(arg)
-    env = os.environ.get("PGSESSIONS_HOSTS")
-    if env:
-        return env
-    from ..devcluster.cli import ensure_local_cluster
-
-    cluster, started = ensure_local_cluster()
-    if started:
-        print(f"started the local cluster in {cluster.base_dir}", file=sys.stderr)
-    return ",".join(cluster.dsns())
 
 
 def _cell(key: str, value: Any) -> str:
@@ -120,8 +104,8 @@ def as_json(topology: Topology, stats: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def _status(args: argparse.Namespace) -> int:
-    config = RouterConfig.from_env(hosts=_resolve_hosts(args.hosts), name="status")
+async def _status(args: argparse.Namespace, hosts: list[str]) -> int:
+    config = RouterConfig.from_env(hosts=hosts, name="status")
     async with SessionRouter(config) as router:
         while True:
             topo = router.topology()
@@ -139,8 +123,12 @@ async def _status(args: argparse.Namespace) -> int:
 
 
 def run_status_command(args: argparse.Namespace) -> int:
+    from ..devcluster.cli import hosts_or_local_cluster
+
     try:
-        return asyncio.run(_status(args))
+        # a local cluster started just for this is left running: its status is the point
+        with hosts_or_local_cluster(args.hosts, keep=True) as hosts:
+            return asyncio.run(_status(args, hosts))
     except KeyboardInterrupt:  # --watch runs until interrupted: Ctrl-C is the normal end
         return 0
     except (RouterError, ValueError) as exc:

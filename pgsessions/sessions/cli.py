@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from typing import Any
 
@@ -31,24 +30,10 @@ def add_migrate_command(subparsers: Any) -> None:
 
 
 def run_migrate_command(args: argparse.Namespace) -> int:
-    cluster = None
-    hosts: list[str] | str
-    if args.hosts:
-        hosts = list(args.hosts)
-    elif os.environ.get("PGSESSIONS_HOSTS"):
-        hosts = os.environ["PGSESSIONS_HOSTS"]
-    else:
-        from ..devcluster.cli import ensure_local_cluster
+    from ..devcluster.cli import hosts_or_local_cluster
 
-        cluster, started = ensure_local_cluster()
-        hosts = cluster.dsns()
-        if not started:
-            cluster = None  # already running: leave it so
-    try:
+    with hosts_or_local_cluster(args.hosts) as hosts:
         return asyncio.run(_migrate(hosts, args.schema))
-    finally:
-        if cluster is not None:
-            cluster.stop()
 
 
 async def _migrate(hosts: list[str] | str, schema: str | None) -> int:
