@@ -245,8 +245,15 @@ class Bench:
             for n in names:
                 await run_cell(n, min(cfg.warmup, duration), Recorder(cells[n]))
         by_name = self._by_name()
+        # rotate whole contenders, so that one contender's cells (history sizes) always run
+        # back to back and its ratios between them pair measurements seconds apart
+        groups: dict[str, list[str]] = {}
+        for n in names:
+            groups.setdefault(contender_of(n), []).append(n)
+        blocks = list(groups.values())
         for r in range(cfg.rounds):
-            order = list(names[r % len(names) :]) + list(names[: r % len(names)])
+            k = r % len(blocks)
+            order = [n for block in blocks[k:] + blocks[:k] for n in block]
             for n in order:
                 c = by_name.get(contender_of(n))
                 before = c.read_counts() if c is not None else None
@@ -351,8 +358,8 @@ class Bench:
         """get_items(limit) on conversations holding ``sizes`` items, several readers at once.
 
         Sizes and contenders are interleaved in the same rounds, each contender's sizes next
-        to each other, so the ratio between its biggest and smallest history pairs
-        measurements taken about a second apart.
+        to each other in every round, so the ratio between its biggest and smallest history
+        pairs measurements taken about a second apart.
         """
         limit = self.config.limit
         by_name = self._by_name()
