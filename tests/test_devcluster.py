@@ -274,3 +274,36 @@ def test_cluster_up_resumes_a_stopped_cluster_with_its_data() -> None:
     finally:
         subprocess.run([*cmd, "down", "--dir", str(d)], capture_output=True, timeout=60)
     assert processes_under(d) == []
+
+
+def test_commands_without_hosts_use_the_local_cluster() -> None:
+    """No --hosts and no PGSESSIONS_HOSTS: migrate starts the local cluster and stops it again;
+    status starts it and leaves it running (its state is what was asked for)."""
+    d = _public_tmp("pgs-local-") / "cluster"
+    env = {k: v for k, v in os.environ.items() if k != "PGSESSIONS_HOSTS"}
+    env["PGSESSIONS_CLUSTER_DIR"] = str(d)
+
+    def pgsessions(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "pgsessions", *argv],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
+
+    try:
+        migrated = pgsessions("migrate")
+        assert migrated.returncode == 0, migrated.stderr
+        assert "started the local cluster" in migrated.stderr
+        assert "0001" in migrated.stdout
+        assert [p for p in processes_under(d) if _alive(p)] == []  # stopped again
+        status = pgsessions("status", "--json")
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["primary"]
+        assert [p for p in processes_under(d) if _alive(p)]  # left running
+    finally:
+        down = pgsessions("cluster", "down", "--dir", str(d))
+    assert down.returncode == 0, down.stderr
+    assert [p for p in processes_under(d) if _alive(p)] == []

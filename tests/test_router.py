@@ -337,6 +337,23 @@ async def test_a_read_right_after_ddl_waits_instead_of_failing(
     assert stats["reads"] == {"primary": {"token_ahead": 3}}  # replicas paused: after the wait
 
 
+async def test_pools_pin_read_committed_whatever_the_server_default(
+    cluster: LocalCluster, schema: str
+) -> None:
+    """A waiting read trusts each statement to take its own snapshot: the pools set read
+    committed even when the role or server defaults to repeatable read."""
+    rr = "options='-c default_transaction_isolation=repeatable\\\\ read'"  # libpq unescapes once
+    hosts = [f"{n.conninfo} {rr}" for n in cluster.nodes]
+    async with SessionRouter(fast_config(hosts, schema)) as r:
+        async with r.primary_connection() as conn:
+            cur = await conn.execute("SHOW transaction_isolation")
+            assert await cur.fetchone() == ("read committed",)
+        await wait_until(lambda: len(r.topology().replicas()) == 2, 10, "replicas seen")
+        rows = await r.execute_read("x", None, "SHOW transaction_isolation")
+        assert rows == [("read committed",)]
+        assert r.stats()["reads_on_replicas"] == 1
+
+
 async def test_a_committing_call_returns_its_rows_and_token(rtr: SessionRouter) -> None:
     """commits=True: a procedure commits itself and returns the token as its last column;
     a statement that does not is refused with an error naming what is missing."""

@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from pgsessions import PostgresSession, RouterConfig, SessionRouter, migrate
+from pgsessions import PostgresSession, RouterConfig, SessionRouter, list_sessions, migrate
 from pgsessions.cli import COMMANDS
 from pgsessions.sessions import Migration, applied_migrations, load_migrations
 from pgsessions.sessions.cli import add_migrate_command
@@ -51,6 +51,22 @@ async def test_migrate_is_idempotent(router: SessionRouter) -> None:
     assert await applied_migrations(router) == first
     for table in ("conversations", "messages", "usage_logs", "schema_migrations", "ops"):
         assert await scalar(router, f"SELECT to_regclass('{{s}}.{table}') IS NOT NULL")
+
+
+async def test_an_unmigrated_schema_says_to_migrate(router: SessionRouter) -> None:
+    """Never migrated (no schema at all), then only half there (no functions yet)."""
+    s = PostgresSession("nobody-migrated", router)
+    missing = (psycopg.errors.InvalidSchemaName, psycopg.errors.UndefinedTable)
+    calls = (s.get_items(), s.add_items([{"role": "user", "content": "hi"}]), list_sessions(router))
+    for call in calls:
+        with pytest.raises(missing) as info:
+            await call
+        assert "run `pgsessions migrate`" in "\n".join(info.value.__notes__)
+    async with router.primary_connection() as conn:
+        await conn.execute(f"CREATE SCHEMA {quote_ident(router.config.schema)}")
+    with pytest.raises(psycopg.errors.UndefinedTable) as info:
+        await s.get_items()
+    assert "run `pgsessions migrate`" in "\n".join(info.value.__notes__)
 
 
 async def test_ten_servers_migrating_at_once_apply_each_version_once(

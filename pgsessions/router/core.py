@@ -17,7 +17,7 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 import psycopg
 from psycopg.abc import Params, Query, QueryNoTemplate
@@ -53,7 +53,6 @@ _SYNC_COMMIT_SQL = (
     "WHERE current_setting('synchronous_commit') = 'off'"
 )
 _TOKEN_SQL = "SELECT pg_current_wal_flush_lsn()::text"
-_REPLAY_REACHED_SQL = "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn"
 _REPLAY_LSN_SQL = "SELECT pg_last_wal_replay_lsn()::text"
 
 
@@ -525,16 +524,16 @@ class SessionRouter:
         self._counts[("retry", "write", reason)] += 1
         self._emit("on_retry", operation, reason)
 
-    def _write_failed(self, exc: _NoPrimaryYet | psycopg.Error) -> BaseException:
-        """What a write that ended with ``exc`` raises."""
+    def _raise_write_failure(self, exc: _NoPrimaryYet | psycopg.Error) -> NoReturn:
+        """Raise what a write that ended with ``exc`` (and will not be retried) raises."""
         if not self._open:
-            return RouterClosedError("the router was closed during the write")
+            raise RouterClosedError("the router was closed during the write") from exc
         if not self._write_retryable(exc):
-            return exc
-        return NoPrimaryError(
+            raise exc
+        raise NoPrimaryError(
             f"no writable primary within failover_timeout={self.config.failover_timeout}s",
             self._host_states(),
-        )
+        ) from (None if isinstance(exc, _NoPrimaryYet) else exc)
 
     async def _write_with_retries(
         self, operation: str, query: Query, params: Params | None, deadline: float, commits: bool
@@ -545,10 +544,7 @@ class SessionRouter:
             return await self._attempt_write(query, params, deadline, commits)
         except (_NoPrimaryYet, psycopg.Error) as exc:
             if not self._write_retryable(exc):
-                failure = self._write_failed(exc)
-                if failure is exc:
-                    raise
-                raise failure from exc
+                self._raise_write_failure(exc)
             self._count_write_retry(operation, exc)
         await asyncio.sleep(max(0.0, min(backoff(1), deadline - time.monotonic())))
 
@@ -563,10 +559,7 @@ class SessionRouter:
                 with attempt:
                     return await self._attempt_write(query, params, deadline, commits)
         except (_NoPrimaryYet, psycopg.Error) as exc:
-            failure = self._write_failed(exc)
-            if failure is exc:
-                raise
-            raise failure from (None if isinstance(exc, _NoPrimaryYet) else exc)
+            self._raise_write_failure(exc)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _attempt_write(
@@ -787,11 +780,9 @@ class SessionRouter:
     async def _wait_replay(self, conn: psycopg.AsyncConnection[Any], lsn: int) -> bool:
         """Poll the replica until it has replayed ``lsn``, for at most ``catch_up_wait``."""
         give_up = time.monotonic() + self.config.catch_up_wait
-        target = format_lsn(lsn)
         while True:
-            cur = await conn.execute(_REPLAY_REACHED_SQL, (target,))
-            row = await cur.fetchone()
-            if row is not None and row[0]:
+            cur = await conn.execute(_REPLAY_LSN_SQL)
+            if _replayed(await cur.fetchone(), lsn):
                 return True
             if time.monotonic() >= give_up:
                 return False
@@ -887,9 +878,12 @@ async def _read_if_replayed(
         if classify(exc, write=False) is not None:
             raise
         return None
-    if row is None or row[0] is None or parse_lsn(row[0]) < lsn:
-        return None
-    return rows
+    return rows if _replayed(row, lsn) else None
+
+
+def _replayed(row: tuple[Any, ...] | None, lsn: int) -> bool:
+    """Whether a ``_REPLAY_LSN_SQL`` row shows ``lsn`` replayed (NULL: not a standby)."""
+    return row is not None and row[0] is not None and parse_lsn(row[0]) >= lsn
 
 
 async def _rollback_quietly(conn: psycopg.AsyncConnection[Any]) -> None:

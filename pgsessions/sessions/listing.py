@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from .items import decode, encode_metadata
-from .schema import quote_ident
+from .schema import migrate_hint, quote_ident
 
 if TYPE_CHECKING:
     from ..router import SessionRouter
@@ -97,7 +97,10 @@ async def list_sessions(
         + " ORDER BY updated_at DESC, session_id DESC LIMIT %s"
     )
     params.append(limit + 1)
-    rows = await router.execute_read("list_sessions", None, query, params, token=consistency_token)
+    with migrate_hint(router.config.schema):
+        rows = await router.execute_read(
+            "list_sessions", None, query, params, token=consistency_token
+        )
     infos = [
         SessionInfo(
             session_id=sid,

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from psycopg import sql
+from psycopg import errors, sql
 
 from ..router.lsn import parse_lsn
 
@@ -60,6 +61,19 @@ def load_migrations(directory: str | Path | Traversable | None = None) -> list[M
     if len(set(versions)) != len(versions):
         raise ValueError(f"duplicate migration versions in {root}: {versions}")
     return found
+
+
+@contextmanager
+def migrate_hint(schema: str) -> Iterator[None]:
+    """Let PostgreSQL's "no such schema/table/function" errors say what to do: migrate."""
+    try:
+        yield
+    except (errors.InvalidSchemaName, errors.UndefinedTable, errors.UndefinedFunction) as exc:
+        exc.add_note(
+            f"pgsessions: schema {schema!r} lacks tables or functions this version uses: "
+            "run `pgsessions migrate` (or `await pgsessions.migrate(router)`)"
+        )
+        raise
 
 
 def _lock_key(schema: str) -> str:

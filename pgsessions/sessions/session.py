@@ -7,7 +7,6 @@ import uuid
 from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import psycopg
 from agents.memory.session_settings import (
     SessionSettings,
     coerce_session_settings,
@@ -17,6 +16,7 @@ from agents.memory.session_settings import (
 from ..router.lsn import format_lsn, parse_lsn
 from . import usage as _usage
 from .items import decode, encode_items, encode_metadata, utf8_safe
+from .schema import migrate_hint
 from .sql import statements
 
 if TYPE_CHECKING:
@@ -132,32 +132,20 @@ class PostgresSession:
     async def _write(
         self, operation: str, query: Any, params: Any, *, commits: bool = False
     ) -> list[tuple[Any, ...]]:
-        try:
+        with migrate_hint(self.router.config.schema):
             rows, token = await _settle(
                 self.router.execute_write(
                     operation, self.session_id, query, params, commits=commits
                 )
             )
-        except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction) as exc:
-            self._hint_migrate(exc)
-            raise
         self._note(token)
         return rows
 
     async def _read(self, operation: str, query: Any, params: Any) -> list[tuple[Any, ...]]:
-        try:
+        with migrate_hint(self.router.config.schema):
             return await self.router.execute_read(
                 operation, self.session_id, query, params, token=self.consistency_token
             )
-        except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction) as exc:
-            self._hint_migrate(exc)
-            raise
-
-    def _hint_migrate(self, exc: psycopg.Error) -> None:
-        exc.add_note(
-            f"pgsessions: schema {self.router.config.schema!r} lacks tables or functions this "
-            "version uses: run `pgsessions migrate` (or `await pgsessions.migrate(router)`)"
-        )
 
     # the Session protocol -----------------------------------------------------------------
     async def get_items(self, limit: int | None = None) -> list[TResponseInputItem]:
