@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from .router import (
         NoEligibleReplicaError,
         NoPrimaryError,
+        OverloadedError,
         RouterClosedError,
         RouterConfig,
         RouterError,
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 _WHERE = {
     "NoEligibleReplicaError": ".router",
     "NoPrimaryError": ".router",
+    "OverloadedError": ".router",
     "RouterClosedError": ".router",
     "RouterError": ".router",
     "RouterConfig": ".router",
@@ -48,6 +50,7 @@ __all__ = [
     "Migration",
     "NoEligibleReplicaError",
     "NoPrimaryError",
+    "OverloadedError",
     "PostgresSession",
     "RouterClosedError",
     "RouterConfig",

@@ -7,6 +7,7 @@ The statements are the tests' own tiny idempotent SQL (an op-id unique key with
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 import uuid
@@ -279,7 +280,7 @@ async def test_close_returns_promptly_with_requests_in_flight(
         for t in tasks:  # calls caught by close() end with a router error, never hang
             exc = t.exception()
             assert exc is None or isinstance(exc, RouterError), repr(exc)
-        assert r.closed and r._monitor_task is None
+        assert r.closed and not r._monitor.tasks()
 
 
 async def test_data_and_constraint_errors_are_not_retried(rtr: SessionRouter) -> None:
@@ -437,17 +438,19 @@ async def test_observer_errors_never_break_a_request(rtr: SessionRouter, store: 
     assert await store.get(rtr, "obs") == [op]
 
 
-async def test_unsafe_skip_token_check_reads_stale(
+async def test_drills_token_ignoring_router_reads_stale(
     cluster: LocalCluster,
     schema: str,
     store: Store,
     rtr: SessionRouter,
     paused_replicas: list[Node],
 ) -> None:
-    """The drills' deliberately broken router: with the switch on, a paused replica serves a
-    session's read without its own write (the safe router above never does)."""
-    cfg = fast_config(cluster.dsns(), schema, name="unsafe", unsafe_skip_token_check=True)
-    async with SessionRouter(cfg) as bad:
+    """The drills' deliberately broken router (not a public setting): a paused replica serves
+    a session's read without its own write (the safe router above never does)."""
+    from pgsessions.drills.broken import TokenIgnoringRouter
+
+    assert "unsafe_skip_token_check" not in {f.name for f in dataclasses.fields(RouterConfig)}
+    async with TokenIgnoringRouter(fast_config(cluster.dsns(), schema, name="unsafe")) as bad:
         sid = f"unsafe-{uuid.uuid4().hex[:6]}"
         op, _ = await store.add(bad, sid)
         assert await store.get(bad, sid) == []  # stale: the write is not on the replicas

@@ -155,6 +155,12 @@ class LedgerObserver:
     def on_failover(self, seconds: float) -> None:
         self.ledger.event("failover", f"new primary found after {seconds:.2f}s")
 
+    def on_overload(self, operation: str, host: str, role: str) -> None:
+        self.ledger.event("overload", f"{operation} refused by busy {host} ({role})")
+
+    def on_token_capped(self) -> None:
+        self.ledger.event("token_capped", "a token beyond the primary's position was capped")
+
     def on_split_brain(self) -> None:
         self.ledger.event("split_brain", "router refused writes: more than one writable host")
 

@@ -18,12 +18,7 @@ from ..devcluster.proxy import TcpProxy
 from ..router import RouterConfig, SessionRouter
 from ..router.dsn import host_label
 from ..sessions import migrate
-from .broken import (
-    UNSAFE_FIELD,
-    DroppingSession,
-    TokenIgnoringRouter,
-    router_has_unsafe_switch,
-)
+from .broken import DroppingSession, TokenIgnoringRouter
 from .ledger import Ledger, LedgerObserver, short_error
 from .sampler import NodeSampler, TopologyWatcher
 from .scenarios import SCENARIOS, TRIGGER, DrillContext, Scenario
@@ -67,13 +62,11 @@ def router_config(hosts: list[str], opts: DrillOptions, name: str) -> RouterConf
     known = {f.name for f in dataclasses.fields(RouterConfig)}
     if "healthy_for" in known:
         kwargs["healthy_for"] = 1.0
-    if opts.break_router == "skip-token-check" and router_has_unsafe_switch():
-        kwargs[UNSAFE_FIELD] = True
     return RouterConfig(**{k: v for k, v in kwargs.items() if k in known})
 
 
 def make_router(config: RouterConfig, opts: DrillOptions) -> SessionRouter:
-    if opts.break_router == "skip-token-check" and not router_has_unsafe_switch():
+    if opts.break_router == "skip-token-check":
         return TokenIgnoringRouter(config)
     return SessionRouter(config)
 

@@ -149,6 +149,20 @@ METRICS: tuple[MetricSpec, ...] = (
         (),
         "Hosts the monitor found writable (more than 1 is split brain).",
     ),
+    MetricSpec(
+        "pgsessions_overloaded_total",
+        "counter",
+        ("operation", "host", "role"),
+        "Requests refused by a busy host (pool timeout, full queue, SQLSTATE class 53);"
+        " never a ban or a failover.",
+    ),
+    MetricSpec(
+        "pgsessions_tokens_capped_total",
+        "counter",
+        (),
+        "Consistency tokens beyond the primary's WAL position (forged, or from a lost"
+        " timeline) capped at that position.",
+    ),
 )
 
 SPECS = {m.name: m for m in METRICS}
@@ -220,10 +234,13 @@ class RouterMetrics:
             "pgsessions_failover_duration_seconds", (), FAILOVER_BUCKETS
         )
         self.split_brain = _counter("pgsessions_split_brain_total", ())
+        self.overloaded = _counter("pgsessions_overloaded_total", ("operation", "host", "role"))
+        self.tokens_capped = _counter("pgsessions_tokens_capped_total", ())
         # unlabelled series exist (at 0) from the start, so rate() and alerts see them
         self._failovers = self.failovers.labels(self.name)
         self._failover_duration = self.failover_duration.labels(self.name)
         self._split_brain = self.split_brain.labels(self.name)
+        self._tokens_capped = self.tokens_capped.labels(self.name)
 
     @property
     def router(self) -> SessionRouter | None:
@@ -249,6 +266,8 @@ class RouterMetrics:
             self.failovers,
             self.failover_duration,
             self.split_brain,
+            self.overloaded,
+            self.tokens_capped,
         ):
             yield from metric.collect()
 
@@ -297,3 +316,15 @@ class RouterMetrics:
             self._split_brain.inc()
         except Exception:  # pragma: no cover
             log.debug("on_split_brain failed", exc_info=True)
+
+    def on_overload(self, operation: str, host: str, role: str) -> None:
+        try:
+            self.overloaded.labels(self.name, operation, safe_host(host), role).inc()
+        except Exception:  # pragma: no cover
+            log.debug("on_overload failed", exc_info=True)
+
+    def on_token_capped(self) -> None:
+        try:
+            self._tokens_capped.inc()
+        except Exception:  # pragma: no cover
+            log.debug("on_token_capped failed", exc_info=True)

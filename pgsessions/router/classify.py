@@ -1,17 +1,19 @@
 """Which failures the router may retry, and why (the ``reason`` label of retries).
 
 Retryable: a lost connection and SQLSTATE class ``08``, ``57P01``-``57P03`` (shutdown,
-crash, not yet accepting connections), class ``53`` (insufficient resources), a pool that
-gave no connection in time or was retired with its host, ``25006`` on a write (the
-"primary" is a standby) and ``40001`` on a replica (a recovery conflict cancelled the read).
-Data errors (``22``), constraint errors (``23``) and programming errors are never retried:
-the caller gets the original psycopg error.
+crash, not yet accepting connections), a pool retired with its host, ``25006`` on a write
+(the "primary" is a standby) and on a replica ``40001``/``40P01`` (a recovery conflict
+cancelled the read). Data errors (``22``), constraint errors (``23``) and programming errors
+are never retried: the caller gets the original psycopg error.
+
+Overload is not failure: a pool that gave no connection in time, a full pool queue and
+SQLSTATE class ``53`` are :func:`is_overload`; the router never bans a host for them.
 """
 
 from __future__ import annotations
 
 import psycopg
-from psycopg_pool import PoolClosed, PoolTimeout
+from psycopg_pool import PoolClosed, PoolTimeout, TooManyRequests
 
 #: the host answered, but as a standby: rediscover before retrying a write
 READ_ONLY = "read_only"
@@ -45,7 +47,7 @@ def classify(exc: BaseException, *, write: bool) -> str | None:
         return READ_ONLY
     if isinstance(exc, StatementDeadlineError):
         return TIMEOUT
-    if isinstance(exc, PoolTimeout):
+    if isinstance(exc, (PoolTimeout, TooManyRequests)):
         return POOL_TIMEOUT
     if not isinstance(exc, psycopg.Error):
         return CONNECTION if isinstance(exc, ConnectionError) else None
@@ -61,9 +63,14 @@ def classify(exc: BaseException, *, write: bool) -> str | None:
         return RESOURCES
     if state == "25006":
         return READ_ONLY if write else None
-    if state == "40001" and not write:
+    if state in ("40001", "40P01") and not write:
         return RECOVERY_CONFLICT
     return None
+
+
+def is_overload(exc: BaseException) -> bool:
+    """True when a host is busy rather than broken (pool timeout or queue full, class 53)."""
+    return classify(exc, write=True) in (POOL_TIMEOUT, RESOURCES)
 
 
 def is_connection_loss(exc: BaseException) -> bool:

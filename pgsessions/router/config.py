@@ -62,6 +62,9 @@ class RouterConfig:
     check_timeout: float = 1.0
     #: longest wait for a pooled connection before the attempt counts as failed
     pool_timeout: float = 10.0
+    #: requests that may queue for one host's pool; past it a request fails at once with
+    #: OverloadedError (0: no bound)
+    pool_max_waiting: int = 1000
     #: what a read does when no replica is eligible: read the primary, wait, or raise
     no_replica_policy: NoReplicaPolicy = "primary"
     #: read from replicas at all (False: every statement goes to the primary)
@@ -71,9 +74,6 @@ class RouterConfig:
     #: schema holding pgsessions' tables (used by sessions/, carried here for one config)
     schema: str = "pgsessions"
     name: str = "default"
-    #: FOR DRILLS ONLY: route reads to any eligible replica ignoring consistency tokens and
-    #: bounded staleness, i.e. a deliberately broken router that drills must catch
-    unsafe_skip_token_check: bool = False
 
     def __post_init__(self) -> None:
         hosts = split_hosts(self.hosts)
@@ -101,6 +101,10 @@ class RouterConfig:
             raise ValueError("RouterConfig.healthy_for and catch_up_wait must be >= 0")
         if self.token_cache_size < 1:
             raise ValueError("RouterConfig.token_cache_size must be >= 1")
+        if self.pool_max_waiting < 0:
+            raise ValueError(
+                f"RouterConfig.pool_max_waiting must be >= 0, got {self.pool_max_waiting!r}"
+            )
         if self.max_lag_bytes < 0:
             raise ValueError("RouterConfig.max_lag_bytes must be >= 0")
         if self.primary_pool_max < max(1, self.primary_pool_min):
@@ -128,9 +132,7 @@ class RouterConfig:
             f"RouterConfig(hosts={[redact(h) for h in self.host_list]!r}, "
             f"max_lag_bytes={self.max_lag_bytes}, max_lag_seconds={self.max_lag_seconds}, "
             f"check_interval={self.check_interval}, failover_timeout={self.failover_timeout}, "
-            f"schema={self.schema!r}, name={self.name!r}"
-            + (", unsafe_skip_token_check=True" if self.unsafe_skip_token_check else "")
-            + ")"
+            f"schema={self.schema!r}, name={self.name!r})"
         )
 
     @classmethod

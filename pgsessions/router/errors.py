@@ -43,3 +43,18 @@ class SplitBrainError(RouterError):
 
 class RouterClosedError(RouterError):
     """The router is not open."""
+
+
+class OverloadedError(RouterError):
+    """A healthy host could not take the request now: its pool gave no connection within
+    ``pool_timeout``, ``pool_max_waiting`` requests were already queued, or the server
+    answered SQLSTATE class 53 (insufficient resources).
+
+    Nothing was written: the statement never ran, or ran and rolled back. The host is not
+    banned and no failover starts; the caller may retry later (writes carry operation ids,
+    so a retry is applied once). ``host`` is ``host:port``.
+    """
+
+    def __init__(self, message: str, host: str) -> None:
+        self.host = host
+        super().__init__(f"{host}: {message}")

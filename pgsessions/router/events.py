@@ -30,3 +30,9 @@ class RouterObserver(Protocol):
 
     def on_split_brain(self) -> None:
         """Writes were refused because more than one host is writable."""
+
+    def on_token_capped(self) -> None:
+        """A consistency token beyond the primary's position was capped at it."""
+
+    def on_overload(self, operation: str, host: str, role: str) -> None:
+        """A busy host refused a request (pool timeout, full queue or SQLSTATE class 53)."""

@@ -60,6 +60,8 @@ class Prober:
         self.dsn = dsn
         self.config = config
         self._conn: psycopg.AsyncConnection[Any] | None = None
+        #: set by abort(): a connection made after it is closed at once, never kept
+        self.aborted = False
 
     async def probe(self) -> Probe:
         started = time.monotonic()
@@ -76,6 +78,9 @@ class Prober:
                         autocommit=True,
                         connect_timeout=max(2, round(self.config.connect_timeout)),
                     )
+                if self.aborted:  # the router closed while this connection was being made
+                    await conn.close()
+                    return Probe(up=False, error="router closed", started=started)
                 self._conn = conn
             with watchdog(conn, budget):
                 cur = await conn.execute(PROBE_SQL)
@@ -105,6 +110,7 @@ class Prober:
 
     def abort(self) -> None:
         """Cut the connection at once (close() of the router)."""
+        self.aborted = True
         if self._conn is not None:
             abort_connection(self._conn)
 

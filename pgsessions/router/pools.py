@@ -95,6 +95,7 @@ class HostPool:
         self.role = role
         self.config = config
         self.in_flight = 0
+        self._recheck: asyncio.Future[None] | None = None
         min_size, max_size = self._sizes(role)
         self.pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
             dsn,
@@ -107,6 +108,7 @@ class HostPool:
             configure=self._configure,
             open=False,
             timeout=config.pool_timeout,
+            max_waiting=config.pool_max_waiting,
             reconnect_timeout=max(config.failover_timeout, 10.0),
             name=f"pgsessions-{config.name}-{label}",
             num_workers=2,
@@ -144,6 +146,24 @@ class HostPool:
     async def close(self) -> None:
         await self.pool.close(timeout=1.0)
 
+    async def recheck(self) -> None:
+        """Check every idle connection once and drop the broken ones (single flight).
+
+        Run when the host was seen down and is back, or after a request found a pooled
+        connection dead: its other idle connections died with it, and each would otherwise
+        fail one request.
+        """
+        if self._recheck is None or self._recheck.done():
+            self._recheck = asyncio.ensure_future(self._check_idle())
+        await asyncio.shield(self._recheck)
+
+    async def _check_idle(self) -> None:
+        try:
+            async with asyncio.timeout(self.config.connect_timeout + 1.0):
+                await self.pool.check()
+        except Exception:  # a pool closing or a host gone again: the monitor sees to it
+            log.debug("pgsessions: pool check of %s failed", self.label, exc_info=True)
+
     def stats(self) -> dict[str, int]:
         return dict(self.pool.get_stats())
 
@@ -172,3 +192,15 @@ class HostPool:
                 yield conn
         finally:
             self.in_flight -= 1
+
+    @asynccontextmanager
+    async def admin_connection(self, *, wait: float) -> AsyncIterator[Conn]:
+        """A primary connection for arbitrary admin work; closed afterwards, never reused,
+        so nothing the block sets (SET, temporary tables, locks) reaches a later request."""
+        async with self.connection(wait=wait, as_primary=True) as conn:
+            try:
+                yield conn
+            finally:
+                # the pool replaces a closed connection with a fresh one
+                with contextlib.suppress(psycopg.Error, OSError):
+                    await conn.close()

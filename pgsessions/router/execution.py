@@ -1,0 +1,157 @@
+"""Statement execution on one checked-out connection: one attempt, no routing decisions.
+
+A write is one transaction and the consistency token in one round trip; a read on a
+replica that may be behind checks the replay position in the same round trip; a read on
+the primary with a token ahead of the last check learns the primary's position with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, cast
+
+import psycopg
+from psycopg.abc import Params, Query, QueryNoTemplate
+from psycopg.pq import TransactionStatus
+
+from .classify import classify
+from .lsn import parse_lsn
+from .pools import watchdog
+
+Rows = list[tuple[Any, ...]]
+Conn = psycopg.AsyncConnection[Any]
+
+#: the write's transaction is committed with at least a local WAL flush, so that the flush
+#: position taken after it covers the commit record
+_SYNC_COMMIT_SQL = (
+    "SELECT set_config('synchronous_commit', 'on', true) "
+    "WHERE current_setting('synchronous_commit') = 'off'"
+)
+TOKEN_SQL = "SELECT pg_current_wal_flush_lsn()::text"
+_REPLAY_LSN_SQL = "SELECT pg_last_wal_replay_lsn()::text"
+
+
+async def write(
+    conn: Conn, query: Query, params: Params | None, deadline: float, commits: bool
+) -> tuple[Rows, str]:
+    """Run one write in its own transaction and return (rows, token).
+
+    ``commits``: the statement is a ``CALL`` of a procedure that commits and returns the
+    flush position as its last column; otherwise BEGIN, the statement, COMMIT and the token
+    query go in one pipeline. Rolls back on any failure.
+    """
+    try:
+        with watchdog(conn, deadline):
+            if commits:
+                cur = await conn.execute(cast(QueryNoTemplate, query), params)
+                return split_token(await cur.fetchone())
+            async with conn.pipeline():
+                await conn.execute("BEGIN")
+                await conn.execute(_SYNC_COMMIT_SQL)
+                cur = conn.cursor()
+                await cur.execute(cast(QueryNoTemplate, query), params)
+                await conn.execute("COMMIT")
+                token_cur = conn.cursor()
+                await token_cur.execute(TOKEN_SQL)
+            rows = await cur.fetchall() if cur.description is not None else []
+            token_row = await token_cur.fetchone()
+    except BaseException:
+        await rollback_quietly(conn)
+        raise
+    assert token_row is not None
+    return rows, str(token_row[0])
+
+
+async def read(conn: Conn, query: Query, params: Params | None) -> Rows:
+    cur = await conn.execute(cast(QueryNoTemplate, query), params)
+    return await cur.fetchall() if cur.description is not None else []
+
+
+async def read_with_primary_lsn(
+    conn: Conn, query: Query, params: Params | None
+) -> tuple[Rows, int | None]:
+    """The query's rows and the server's WAL flush position, in one round trip (None when
+    the server turned out to be a standby)."""
+    async with conn.pipeline():
+        check = await conn.execute(
+            "SELECT CASE WHEN pg_is_in_recovery() THEN NULL"
+            " ELSE pg_current_wal_flush_lsn()::text END"
+        )
+        cur = await conn.execute(cast(QueryNoTemplate, query), params)
+    row = await check.fetchone()
+    rows = await cur.fetchall() if cur.description is not None else []
+    return rows, (parse_lsn(row[0]) if row is not None and row[0] is not None else None)
+
+
+async def read_if_replayed(
+    conn: Conn, lsn: int, query: Query, params: Params | None
+) -> Rows | None:
+    """The query's rows if the replica had replayed ``lsn`` before it ran, else None.
+
+    The replay check and the query go in one pipeline (one round trip instead of two, both
+    prepared). They share an implicit transaction, but under read committed (the pools pin
+    it) each statement takes its own snapshot, so the query sees everything up to the
+    position checked before it. A single statement could not: its snapshot would predate
+    its own check.
+    """
+    try:
+        async with conn.pipeline():
+            check = await conn.execute(_REPLAY_LSN_SQL)
+            cur = await conn.execute(cast(QueryNoTemplate, query), params)
+        row = await check.fetchone()
+        rows = await cur.fetchall() if cur.description is not None else []
+    except psycopg.Error as exc:
+        # the query runs even when the replica is behind: an error may only mean that what
+        # it reads (a new table, say) is not replayed yet. The caller's slow path waits for
+        # the position first and then raises whatever is really wrong.
+        if conn.broken or isinstance(exc, psycopg.errors.QueryCanceled):
+            raise
+        if classify(exc, write=False) is not None:
+            raise
+        return None
+    return rows if _replayed(row, lsn) else None
+
+
+async def wait_replay(conn: Conn, lsn: int, seconds: float) -> bool:
+    """Poll the replica until it has replayed ``lsn``, for at most ``seconds``."""
+    give_up = time.monotonic() + seconds
+    while True:
+        cur = await conn.execute(_REPLAY_LSN_SQL)
+        if _replayed(await cur.fetchone(), lsn):
+            return True
+        if time.monotonic() >= give_up:
+            return False
+        await asyncio.sleep(0.002)
+
+
+def split_token(row: tuple[Any, ...] | None) -> tuple[Rows, str]:
+    """A committing CALL's one row: (the other columns as the rows, the token last)."""
+    token = str(row[-1]) if row else ""
+    try:
+        parse_lsn(token)
+    except ValueError:
+        raise psycopg.ProgrammingError(
+            "a commits=True write must return one row ending with the WAL flush position "
+            f"taken after its commit (pg_lsn text), got {row!r}"
+        ) from None
+    assert row is not None  # an empty token does not parse
+    return [tuple(row[:-1])], token
+
+
+def _replayed(row: tuple[Any, ...] | None, lsn: int) -> bool:
+    """Whether a ``_REPLAY_LSN_SQL`` row shows ``lsn`` replayed (NULL: not a standby)."""
+    return row is not None and row[0] is not None and parse_lsn(row[0]) >= lsn
+
+
+async def rollback_quietly(conn: Conn) -> None:
+    if conn.closed or conn.pgconn.transaction_status not in (
+        TransactionStatus.INTRANS,
+        TransactionStatus.INERROR,
+    ):
+        return
+    try:
+        with watchdog(conn, 2.0):
+            await conn.execute("ROLLBACK")
+    except psycopg.Error:
+        pass

@@ -1,0 +1,61 @@
+"""The host table: the router's live record of each server (mutated by the monitor)."""
+
+from __future__ import annotations
+
+from .config import RouterConfig
+from .dsn import host_label
+from .monitor import Health, Probe, Prober
+from .pools import HostPool
+from .topology import Role
+
+
+class Host:
+    """One server: its DSN, probe connection, pool, last probe, role and health."""
+
+    def __init__(self, dsn: str, config: RouterConfig) -> None:
+        self.dsn = dsn
+        self.label = host_label(dsn)
+        self.prober = Prober(dsn, config)
+        self.pool: HostPool | None = None
+        self.role: Role = "unknown"
+        self.probe: Probe | None = None
+        self.health = Health()
+        self.down_checks = 0
+        #: monotonic time of the last failure seen on a request; 0 when none pending
+        self.suspect_at = 0.0
+        self.reads = 0
+
+    def __repr__(self) -> str:
+        return f"Host({self.label}, role={self.role}, up={self.up}, usable={self.usable})"
+
+    @property
+    def in_flight(self) -> int:
+        return self.pool.in_flight if self.pool is not None else 0
+
+    @property
+    def up(self) -> bool:
+        return self.probe is not None and self.probe.up
+
+    @property
+    def usable(self) -> bool:
+        return self.pool is not None and self.up and not self.suspect_at
+
+    @property
+    def eligible(self) -> bool:
+        return self.health.eligible
+
+    @property
+    def replay_lsn(self) -> int:
+        p = self.probe
+        return p.replay_lsn if p is not None and p.replay_lsn is not None else -1
+
+
+def host_table(config: RouterConfig) -> dict[str, Host]:
+    """``host:port`` -> Host for every DSN of ``config``; a host named twice is an error."""
+    hosts: dict[str, Host] = {}
+    for dsn in config.host_list:
+        h = Host(dsn, config)
+        if h.label in hosts:
+            raise ValueError(f"RouterConfig.hosts names {h.label} twice")
+        hosts[h.label] = h
+    return hosts
