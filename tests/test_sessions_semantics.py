@@ -152,9 +152,10 @@ async def test_clear_unknown_is_a_no_op_and_clear_removes_everything(db: Session
             db, f"SELECT count(*) FROM {{s}}.{table} WHERE session_id = %s", "clear-me"
         )
         assert rows == [(0,)], table
-    # the operation ids (add, pop) stay until pruned by age, so a late replay stays a no-op
+    # the operation ids (add, pop, clear) stay until pruned by age, so a late replay of any
+    # of them stays a no-op
     ops = "SELECT count(*) FROM {s}.ops WHERE session_id = %s"
-    assert await fetch(db, ops, "clear-me") == [(2,)]
+    assert await fetch(db, ops, "clear-me") == [(3,)]
     await fetch(db, "SELECT {s}.prune_ops(interval '0')")
     assert await fetch(db, ops, "clear-me") == [(0,)]
     assert await other.get_items() == [msg(9)]

@@ -89,13 +89,15 @@ class TimedSession(PostgresSession):
         super().__init__(session_id, router)
         self.stats = stats
 
-    async def get_items(self, limit: int | None = None) -> list[TResponseInputItem]:
+    async def get_items(
+        self, limit: int | None = None, *, wrapper: Any = None
+    ) -> list[TResponseInputItem]:
         t0 = time.monotonic()
-        items = await super().get_items(limit)
+        items = await super().get_items(limit, wrapper=wrapper)
         self.stats.record("get_items", time.monotonic() - t0)
         return items
 
-    async def add_items(self, items: list[TResponseInputItem]) -> None:
+    async def add_items(self, items: list[TResponseInputItem], *, wrapper: Any = None) -> None:
         t0 = time.monotonic()
-        await super().add_items(items)
+        await super().add_items(items, wrapper=wrapper)
         self.stats.record("add_items", time.monotonic() - t0)

@@ -24,8 +24,8 @@ class DroppingSession(PostgresSession):
 
     _calls = 0
 
-    async def add_items(self, items: list[Any]) -> None:
+    async def add_items(self, items: list[Any], *, wrapper: Any = None) -> None:
         self._calls += 1
         if self._calls % 10 == 5:
             return
-        await super().add_items(items)
+        await super().add_items(items, wrapper=wrapper)

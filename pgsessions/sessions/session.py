@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import Awaitable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
+from agents.memory.session import _await_mutation, _CompactionSnapshot
 from agents.memory.session_settings import (
     SessionSettings,
     coerce_session_settings,
@@ -22,10 +22,10 @@ from .sql import statements
 if TYPE_CHECKING:
     from agents.items import TResponseInputItem
     from agents.result import RunResultBase
+    from agents.run_context import RunContextWrapper
 
     from ..router import SessionRouter
 
-_T = TypeVar("_T")
 # PostgreSQL's LIMIT is a bigint; anything at or above this means "all"
 _MAX_LIMIT = 2**63 - 1
 
@@ -36,24 +36,6 @@ def _no_branches(branch_id: str | None) -> None:
             f"branch_id={branch_id!r}: pgsessions has no conversation branches (it accepts "
             "branch_id only so that code written for AdvancedSQLiteSession runs unchanged)"
         )
-
-
-async def _settle(awaitable: Awaitable[_T]) -> _T:
-    """Await a write to its outcome even if the caller is cancelled meanwhile.
-
-    A cancelled caller still gets CancelledError, but only once the write has committed or
-    failed, so the session is never left in an unknown state by a cancellation.
-    """
-    task = asyncio.ensure_future(awaitable)
-    cancelled = False
-    while not task.done():
-        try:
-            await asyncio.wait({task})
-        except asyncio.CancelledError:
-            cancelled = True
-    if cancelled:
-        raise asyncio.CancelledError
-    return task.result()
 
 
 class PostgresSession:
@@ -133,7 +115,9 @@ class PostgresSession:
         self, operation: str, query: Any, params: Any, *, commits: bool = False
     ) -> list[tuple[Any, ...]]:
         with migrate_hint(self.router.config.schema):
-            rows, token = await _settle(
+            # the SDK's rule for every backend: a write in flight completes, then the
+            # caller's own cancellation is re-raised (a failure meanwhile is retrieved)
+            rows, token = await _await_mutation(
                 self.router.execute_write(
                     operation, self.session_id, query, params, commits=commits
                 )
@@ -147,14 +131,41 @@ class PostgresSession:
                 operation, self.session_id, query, params, token=self.consistency_token
             )
 
+    # tenant seam ------------------------------------------------------------------------
+    def resolve_tenant(self, wrapper: RunContextWrapper[Any] | None) -> str | None:
+        """The tenant a history call acts for, taken from the runner's ``wrapper``.
+
+        The Agents SDK passes its ``RunContextWrapper`` as ``wrapper=`` to :meth:`get_items`,
+        :meth:`add_items`, :meth:`pop_item` and :meth:`clear_session` (direct calls may pass
+        it or not); each of them calls this method first. This is the seam for tenant
+        isolation: it returns None here (no tenant checks). pgsessions does not enforce
+        tenants yet, so an override that returns a tenant fails closed: the call raises
+        NotImplementedError rather than run without the isolation the override asked for.
+        """
+        return None
+
+    def _check_tenant(self, wrapper: RunContextWrapper[Any] | None) -> None:
+        tenant = self.resolve_tenant(wrapper)
+        if tenant is not None:
+            raise NotImplementedError(
+                f"resolve_tenant returned {tenant!r}, but pgsessions does not enforce tenant "
+                "isolation yet; refusing to run the call without it"
+            )
+
     # the Session protocol -----------------------------------------------------------------
-    async def get_items(self, limit: int | None = None) -> list[TResponseInputItem]:
+    async def get_items(
+        self, limit: int | None = None, *, wrapper: RunContextWrapper[Any] | None = None
+    ) -> list[TResponseInputItem]:
         """The latest ``limit`` items in chronological order.
 
         ``limit=None`` uses ``session_settings.limit`` (None: all items); 0 returns [] without
         a round trip; a limit above the history returns all of it. One statement whose cost
-        grows with ``limit``, not with the history. Raises ValueError for a negative limit.
+        grows with ``limit``, not with the history. A negative limit raises ValueError (the
+        SDK's SQLiteSession returns everything, its RedisSession returns []: an error is the
+        one answer that cannot be mistaken for a history). ``wrapper``: see
+        :meth:`resolve_tenant`.
         """
+        self._check_tenant(wrapper)
         effective = resolve_session_limit(limit, self.session_settings)
         if effective is not None:
             if isinstance(effective, bool) or not isinstance(effective, int):
@@ -172,7 +183,9 @@ class PostgresSession:
         items: list[TResponseInputItem] = decode(text)
         return items
 
-    async def add_items(self, items: list[TResponseInputItem]) -> None:
+    async def add_items(
+        self, items: list[TResponseInputItem], *, wrapper: RunContextWrapper[Any] | None = None
+    ) -> None:
         """Append ``items`` in order, all or nothing, in one round trip to the primary.
 
         ``[]`` does nothing. Every item is encoded before any I/O: one that is not JSON
@@ -180,6 +193,7 @@ class PostgresSession:
         nothing is written. The batch carries an operation id, so a retry by the router
         after an ambiguous failure applies it once.
         """
+        self._check_tenant(wrapper)
         if not items:
             return
         batch = encode_items(items)
@@ -197,12 +211,16 @@ class PostgresSession:
             commits=True,
         )
 
-    async def pop_item(self) -> TResponseInputItem | None:
+    async def pop_item(
+        self, *, wrapper: RunContextWrapper[Any] | None = None
+    ) -> TResponseInputItem | None:
         """Remove and return the newest item; None when the session is empty or unknown.
 
         Concurrent callers each get a different item; a retried call returns the item the
-        first attempt removed.
+        first attempt removed. Popping the user item that opened the current turn also
+        removes that turn's usage row (as AdvancedSQLiteSession does).
         """
+        self._check_tenant(wrapper)
         rows = await self._write("pop_item", self._sql.pop_item, (self.session_id, uuid.uuid4()))
         text = rows[0][0] if rows else None
         if text is None:
@@ -210,19 +228,116 @@ class PostgresSession:
         item: TResponseInputItem = decode(text)
         return item
 
-    async def clear_session(self) -> None:
-        """Delete the conversation: its items, metadata and usage rows. No-op when unknown."""
-        await self._write("clear_session", self._sql.clear_session, (self.session_id,))
+    async def clear_session(self, *, wrapper: RunContextWrapper[Any] | None = None) -> None:
+        """Delete the conversation: its items, metadata and usage rows. No-op when unknown.
+
+        Carries an operation id: a retry after a lost reply does not delete what another
+        server added after the clear.
+        """
+        self._check_tenant(wrapper)
+        await self._write("clear_session", self._sql.clear_session, (self.session_id, uuid.uuid4()))
+
+    # compaction (the SDK's optional backend hook) -------------------------------------------
+    async def _get_compaction_snapshot(
+        self,
+        limit: int,
+        *,
+        prune_prefix: Callable[[TResponseInputItem], bool] | None = None,
+    ) -> _CompactionSnapshot | None:
+        """The latest ``limit`` items with an atomic ``replace_suffix(start, items)``.
+
+        The hook the SDK's compaction (``OpenAIResponsesCompactionSession``, and
+        ``EncryptedSession`` over it) uses instead of clearing and re-adding the history.
+        ``replace_suffix`` replaces ``items[start:]`` of this snapshot with the compacted
+        items in one transaction on the primary, after deleting the oldest items for which
+        ``prune_prefix`` holds (up to the first that does not). It returns False and
+        changes nothing when the session's newest items are no longer the snapshot's (an
+        item added, popped or replaced since, by any server): a concurrent write is never
+        lost or reordered. It carries an operation id like every write. Returns None for a
+        subclass that overrides how items are read or written (the snapshot would bypass
+        it), like the SDK's own backends.
+        """
+        cls = type(self)
+        if cls.get_items is not PostgresSession.get_items or (
+            cls.add_items is not PostgresSession.add_items
+        ):
+            return None
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"compaction snapshot limit must be an int >= 1, got {limit!r}")
+        rows = await self._read(
+            "compaction_snapshot", self._sql.compaction_snapshot, (limit + 1, self.session_id)
+        )
+        created = rows[0][0] if rows else None
+        fetched: list[list[Any]] = decode(rows[0][1]) if rows and rows[0][1] else []
+        complete = len(fetched) <= limit
+        snapshot = fetched[-limit:]
+        seqs = [int(seq) for seq, _ in snapshot]
+        items: list[TResponseInputItem] = [item for _, item in snapshot]
+
+        async def replace_suffix(start: int, output: list[TResponseInputItem]) -> bool:
+            if isinstance(start, bool) or not isinstance(start, int):
+                raise TypeError(f"start must be an int, got {start!r}")
+            if not 0 <= start <= len(seqs):
+                raise ValueError(f"start={start} is outside this snapshot of {len(seqs)} items")
+            expected = seqs[start:]
+            batch = encode_items(output)
+            if not expected or created is None:
+                return False
+            prune_through = None
+            if prune_prefix is not None:
+                prune_through = await self._expired_prefix_end(expected[0], limit, prune_prefix)
+            rows = await self._write(
+                "replace_suffix",
+                self._sql.replace_suffix,
+                (
+                    self.session_id,
+                    uuid.uuid4(),
+                    created,
+                    expected,
+                    prune_through,
+                    batch.items,
+                    batch.roles,
+                    batch.types,
+                ),
+            )
+            return bool(rows and rows[0][0])
+
+        return _CompactionSnapshot(items, complete, replace_suffix)
+
+    async def _expired_prefix_end(
+        self, before: int, page: int, expired: Callable[[TResponseInputItem], bool]
+    ) -> int | None:
+        """The seq of the last item of the run of oldest items (before seq ``before``) for
+        which ``expired`` holds, or None when the oldest one does not."""
+        end: int | None = None
+        after = 0
+        page = max(page, 100)
+        while True:
+            rows = await self._read(
+                "compaction_snapshot",
+                self._sql.compaction_prefix,
+                (self.session_id, after, before, page),
+            )
+            chunk: list[list[Any]] = decode(rows[0][0]) if rows and rows[0][0] else []
+            for seq, item in chunk:
+                if not expired(item):
+                    return end
+                end = after = int(seq)
+            if len(chunk) < page:
+                return end
 
     # metadata ---------------------------------------------------------------------------
     async def update_metadata(
         self, metadata: Mapping[str, Any], *, replace: bool = False
     ) -> dict[str, Any]:
         """Merge ``metadata`` into the conversation's (top-level keys; ``replace=True``
-        replaces it whole); creates the conversation if needed. Returns the new metadata."""
+        replaces it whole); creates the conversation if needed. Returns the new metadata.
+        A retry after a lost reply returns the original outcome and changes nothing."""
         text = encode_metadata(metadata)
         rows = await self._write(
-            "update_metadata", self._sql.update_metadata, (self.session_id, text, replace)
+            "update_metadata",
+            self._sql.update_metadata,
+            (self.session_id, uuid.uuid4(), text, bool(replace)),
         )
         result: dict[str, Any] = decode(rows[0][0])
         return result
@@ -241,12 +356,16 @@ class PostgresSession:
 
         The current turn is the number of items with role ``"user"`` in the session; storing
         again for the same turn replaces the row. Nothing is stored while the session has no
-        user item. Database errors propagate (the SDK's SQLite version only logs them).
+        user item. Carries an operation id: a retry after a lost reply writes nothing again,
+        even if another server added a user item meanwhile. Database errors propagate (the
+        SDK's SQLite version only logs them).
         """
         params = _usage.usage_params(result)
         if params is None:
             return
-        await self._write("store_run_usage", self._sql.store_usage, (*params, self.session_id))
+        await self._write(
+            "store_run_usage", self._sql.store_usage, (self.session_id, uuid.uuid4(), *params)
+        )
 
     async def get_session_usage(self, branch_id: str | None = None) -> dict[str, int] | None:
         """Sums over all stored turns: requests, input_tokens, output_tokens, total_tokens,

@@ -21,6 +21,9 @@ class Statements:
     session_usage: LiteralString
     turn_usage_one: LiteralString
     turn_usage_all: LiteralString
+    compaction_snapshot: LiteralString
+    compaction_prefix: LiteralString
+    replace_suffix: LiteralString
 
 
 @lru_cache(maxsize=64)
@@ -43,31 +46,15 @@ def statements(schema: str) -> Statements:
             "CALL {s}.add_items_committed("
             "%s, %s, %b::text[]::json[], %b::text[], %b::text[], %s::jsonb)"
         ),
+        # every write below takes a client operation id (migrations 0001 and 0004)
         pop_item=q("SELECT {s}.pop_item(%s, %s)::text"),
-        clear_session=q("SELECT {s}.clear_session(%s)"),
-        update_metadata=q(
-            "INSERT INTO {s}.conversations AS c (session_id, metadata) VALUES (%s, %s::jsonb)"
-            " ON CONFLICT (session_id) DO UPDATE SET"
-            " metadata = CASE WHEN %s THEN excluded.metadata"
-            " ELSE c.metadata || excluded.metadata END,"
-            " updated_at = now()"
-            " RETURNING c.metadata::text"
-        ),
+        clear_session=q("SELECT {s}.clear_session(%s, %s)"),
+        update_metadata=q("SELECT {s}.update_metadata(%s, %s, %s::jsonb, %s::boolean)::text"),
         get_metadata=q("SELECT metadata::text FROM {s}.conversations WHERE session_id = %s"),
         # the current user turn is the number of role 'user' items stored; no turn, no row
         store_usage=q(
-            "INSERT INTO {s}.usage_logs AS u (session_id, user_turn_number, model, requests,"
-            " input_tokens, output_tokens, total_tokens, input_tokens_details,"
-            " output_tokens_details)"
-            " SELECT c.session_id, c.user_turns, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb"
-            " FROM {s}.conversations c WHERE c.session_id = %s AND c.user_turns > 0"
-            " ON CONFLICT (session_id, user_turn_number) DO UPDATE SET"
-            " model = excluded.model, requests = excluded.requests,"
-            " input_tokens = excluded.input_tokens, output_tokens = excluded.output_tokens,"
-            " total_tokens = excluded.total_tokens,"
-            " input_tokens_details = excluded.input_tokens_details,"
-            " output_tokens_details = excluded.output_tokens_details, created_at = now()"
-            " RETURNING u.user_turn_number"
+            "SELECT {s}.store_usage(%s, %s, %s, %s::integer, %s::bigint, %s::bigint, %s::bigint,"
+            " %s::jsonb, %s::jsonb)"
         ),
         session_usage=q(
             "SELECT sum(requests)::bigint, sum(input_tokens)::bigint, sum(output_tokens)::bigint,"
@@ -82,5 +69,22 @@ def statements(schema: str) -> Statements:
             "SELECT user_turn_number, requests, input_tokens, output_tokens, total_tokens,"
             " input_tokens_details, output_tokens_details"
             " FROM {s}.usage_logs WHERE session_id = %s ORDER BY user_turn_number"
+        ),
+        # the conversation's identity (created_at) and its latest N rows as [[seq, item], ...]
+        compaction_snapshot=q(
+            "SELECT c.created_at, (SELECT json_agg(json_build_array(t.seq, t.item)"
+            " ORDER BY t.seq)::text FROM (SELECT seq, item FROM {s}.messages"
+            " WHERE session_id = c.session_id ORDER BY seq DESC LIMIT %s) t)"
+            " FROM {s}.conversations c WHERE c.session_id = %s"
+        ),
+        # the oldest rows after seq %s and before seq %s, as [[seq, item], ...]
+        compaction_prefix=q(
+            "SELECT json_agg(json_build_array(t.seq, t.item) ORDER BY t.seq)::text FROM ("
+            "SELECT seq, item FROM {s}.messages WHERE session_id = %s AND seq > %s"
+            " AND seq < %s ORDER BY seq LIMIT %s) t"
+        ),
+        replace_suffix=q(
+            "SELECT {s}.replace_suffix(%s, %s, %s::timestamptz, %s::bigint[], %s::bigint,"
+            " %b::text[]::json[], %b::text[], %b::text[])"
         ),
     )
