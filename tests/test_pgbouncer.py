@@ -95,11 +95,16 @@ async def test_usage_and_listing(brouter: SessionRouter) -> None:
     assert total is not None and (total["input_tokens"], total["total_turns"]) == (10, 1)
     for i in range(3):
         await PostgresSession(f"listed-{i}", brouter).add_items([msg(str(i))])
-    page = await list_sessions(brouter, limit=2)
-    assert len(page) == 2 and page.next_cursor is not None
-    rest = await list_sessions(brouter, limit=10, after=page.next_cursor)
-    names = {i.session_id for i in page} | {i.session_id for i in rest}
-    assert {"usage", "listed-0", "listed-1", "listed-2"} <= names
+    wanted = {"usage", "listed-0", "listed-1", "listed-2"}
+
+    async def listed_in_two_pages() -> bool:
+        # a listing is as fresh as the router's last check (no session token): poll
+        page = await list_sessions(brouter, limit=2)
+        assert len(page) == 2 and page.next_cursor is not None
+        rest = await list_sessions(brouter, limit=10, after=page.next_cursor)
+        return wanted <= {i.session_id for i in page} | {i.session_id for i in rest}
+
+    assert await apoll(listed_in_two_pages, within=5)
 
 
 async def test_concurrent_migrations_through_bouncers(bouncers: list[Bouncer], schema: str) -> None:
