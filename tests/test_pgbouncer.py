@@ -172,21 +172,21 @@ async def test_prepared_statements_on_behind_bouncer_raise_a_named_error(
         )
         async with SessionRouter(cfg) as r:
             query = "SELECT pg_backend_pid(), %s::int"
-            for i in range(6):  # prepared from the 5th run on, on one server connection
-                rows = await r.execute_read("x", None, query, (i,))
-            prepared_on = rows[0][0]
             with pytest.raises(PreparedStatementsError, match="prepared_statements") as info:
                 async with await psycopg.AsyncConnection.connect(b.dsn) as other:
-                    # hold the server connection that has the statement (pool of 2)
-                    for _ in range(50):
-                        cur = await other.execute("SELECT pg_backend_pid()")
-                        row = await cur.fetchone()
-                        if row is not None and row[0] == prepared_on:
-                            break
-                        await other.rollback()
-                    else:
-                        pytest.fail("never got the server connection holding the statement")
-                    await r.execute_read("x", None, query, (7,))
+                    for i in range(50):
+                        # prepared from the 5th run on, on the server connection it ran on
+                        rows = await r.execute_read("x", None, query, (i,))
+                        if i < 5:
+                            continue
+                        # hold that server connection (a pool of 2): the next run goes to
+                        # the other one, which lacks the statement
+                        for _ in range(20):
+                            cur = await other.execute("SELECT pg_backend_pid()")
+                            row = await cur.fetchone()
+                            if row is not None and row[0] == rows[0][0]:
+                                await r.execute_read("x", None, query, (i,))
+                            await other.rollback()
             assert isinstance(info.value.__cause__, psycopg.Error)
             assert r.stats()["connections_lost"] == 0
     finally:
