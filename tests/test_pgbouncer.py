@@ -4,9 +4,14 @@ across transactions), one bouncer per node of the shared replicated cluster."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -22,7 +27,7 @@ from pgsessions.router import monitor
 from pgsessions.router.errors import PreparedStatementsError
 from pgsessions.sessions import applied_migrations
 
-from .helpers import apoll
+from .helpers import apoll, processes_under
 
 set_tracing_disabled(True)
 
@@ -292,3 +297,43 @@ async def test_probe_sql_of_the_wrong_shape_everywhere_then_recovery(
         await asyncio.wait_for(migrate(r), 20)
         await asyncio.wait_for(s.add_items([msg("back")]), 20)
         assert [i["content"] for i in await s.get_items()] == ["back"]
+
+
+def test_cli_up_with_pgbouncer_status_down() -> None:
+    """`cluster up --pgbouncer` prints bouncer DSNs that reach the right nodes; `status` shows
+    them; `down` stops them with the servers."""
+    parent = Path(tempfile.mkdtemp(prefix="pgs-bouncer-cli-"))
+    parent.chmod(0o755)
+    d = parent / "state"
+    cmd = [sys.executable, "-m", "pgsessions", "cluster"]
+    up = subprocess.run(
+        [*cmd, "up", "--dir", str(d), "--replicas", "1", "--pgbouncer", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert up.returncode == 0, up.stderr
+    try:
+        info = json.loads(up.stdout)
+        assert set(info["pgbouncer"]) == {"node1", "node2"}
+        assert info["hosts"].split(",") == [info["pgbouncer"]["node1"], info["pgbouncer"]["node2"]]
+        for node, dsn in info["pgbouncer"].items():
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                row = conn.execute("SELECT pg_is_in_recovery(), pg_backend_pid()").fetchone()
+                assert row is not None and row[0] == (node == "node2")
+                assert row[1] != conn.info.backend_pid  # a pooler: auto leaves preparing off
+        status = subprocess.run(
+            [*cmd, "status", "--dir", str(d), "--json"], capture_output=True, text=True, timeout=60
+        )
+        state = json.loads(status.stdout)
+        assert [b["running"] for b in state["pgbouncer"]] == [True, True]
+        assert {b["pool_mode"] for b in state["pgbouncer"]} == {"transaction"}
+    finally:
+        down = subprocess.run(
+            [*cmd, "down", "--dir", str(d)], capture_output=True, text=True, timeout=60
+        )
+    assert down.returncode == 0, down.stderr
+    assert "stopped 2 pgbouncer" in down.stdout
+    assert processes_under(d) == []
+    assert not d.exists()
