@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from .router import (
         NoEligibleReplicaError,
         NoPrimaryError,
+        PreparedStatementsError,
         RouterClosedError,
         RouterConfig,
         RouterError,
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 _WHERE = {
     "NoEligibleReplicaError": ".router",
     "NoPrimaryError": ".router",
+    "PreparedStatementsError": ".router",
     "RouterClosedError": ".router",
     "RouterError": ".router",
     "RouterConfig": ".router",
@@ -49,6 +51,7 @@ __all__ = [
     "NoEligibleReplicaError",
     "NoPrimaryError",
     "PostgresSession",
+    "PreparedStatementsError",
     "RouterClosedError",
     "RouterConfig",
     "RouterError",

@@ -20,11 +20,17 @@ from agents import Agent, Runner, set_tracing_disabled
 from agents.testing import ModelStep, ScriptedModel, assistant_message
 from agents.usage import Usage
 
-from pgsessions import PostgresSession, RouterConfig, SessionRouter, list_sessions, migrate
+from pgsessions import (
+    PostgresSession,
+    PreparedStatementsError,
+    RouterConfig,
+    SessionRouter,
+    list_sessions,
+    migrate,
+)
 from pgsessions.devcluster import LocalCluster
 from pgsessions.devcluster.pgbouncer import Bouncer, start_bouncers, stop_bouncers
 from pgsessions.router import monitor
-from pgsessions.router.errors import PreparedStatementsError
 from pgsessions.sessions import applied_migrations
 
 from .helpers import apoll, processes_under

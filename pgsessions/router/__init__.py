@@ -5,6 +5,7 @@ from .core import SessionRouter
 from .errors import (
     NoEligibleReplicaError,
     NoPrimaryError,
+    PreparedStatementsError,
     RouterClosedError,
     RouterError,
     SplitBrainError,
@@ -16,6 +17,7 @@ __all__ = [
     "HostState",
     "NoEligibleReplicaError",
     "NoPrimaryError",
+    "PreparedStatementsError",
     "RouterClosedError",
     "RouterConfig",
     "RouterError",
