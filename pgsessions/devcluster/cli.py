@@ -14,6 +14,8 @@ from typing import Any
 
 from .cluster import STATE_FILE, LocalCluster
 from .errors import ClusterError
+from .patroni import STATE_FILE as PATRONI_STATE
+from .patroni import PatroniCluster
 from .pgbouncer import Bouncer, load_bouncers, start_bouncers, stop_bouncers
 
 DEFAULT_DIR = Path(".pgsessions") / "cluster"
@@ -85,6 +87,11 @@ def add_cluster_command(sub: Any) -> None:
         action="store_true",
         help="also put one PgBouncer (transaction mode) in front of each node; print its DSNs",
     )
+    up.add_argument(
+        "--patroni",
+        action="store_true",
+        help="instead: one etcd and three Patroni members (synchronous_mode, ttl 10, loop_wait 2)",
+    )
     st = csub.add_parser("status", help="one line per node: port, role, replay lag")
     st.add_argument("--dir", type=Path, default=None)
     st.add_argument("--json", action="store_true")
@@ -132,9 +139,66 @@ def _bouncer_row(b: Bouncer) -> dict[str, Any]:
     }
 
 
+def _patroni_command(args: argparse.Namespace, base: Path) -> int:
+    """`cluster up --patroni`, and status/down of a Patroni cluster."""
+    if args.cluster_cmd == "up":
+        if getattr(args, "pgbouncer", False):
+            raise ClusterError("--pgbouncer and --patroni cannot be combined yet")
+        if (base / PATRONI_STATE).exists():
+            pc = PatroniCluster.load(base)
+            started = False
+            if not any(r["running"] for r in pc.status()):
+                raise ClusterError(f"a stopped Patroni cluster is in {base}: `cluster down` it")
+        elif (base / STATE_FILE).exists():
+            raise ClusterError(f"a pg_ctl cluster runs in {base}: `cluster down` it, or --dir")
+        else:
+            t0 = time.monotonic()
+            pc = PatroniCluster(3, base_dir=base, keep=True).start()
+            started = True
+            print(
+                f"Patroni cluster started in {time.monotonic() - t0:.1f}s in {base}",
+                file=sys.stderr,
+            )
+        info = {
+            "dir": str(base),
+            "started": started,
+            "etcd": pc.etcd_url,
+            "members": {m.name: {"dsn": m.dsn, "rest": m.rest_url} for m in pc.members},
+            "hosts": ",".join(pc.dsns()),
+            "patroni": pc.rest_urls(),
+        }
+        if args.json:
+            print(json.dumps(info, indent=2))
+        else:
+            print(f"etcd     {pc.etcd_url}")
+            for m in pc.members:
+                print(f"{m.name}  {m.dsn}  REST {m.rest_url}")
+            print(f"\nexport PGSESSIONS_HOSTS={info['hosts']}")
+        return 0
+    pc = PatroniCluster.load(base)
+    if args.cluster_cmd == "status":
+        rows = pc.status()
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            cols = ["member", "port", "rest", "role", "state", "timeline", "lag"]
+            table = [cols] + [[_fmt(r[c]) for c in cols] for r in rows]
+            widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+            for row in table:
+                print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+        return 0
+    if args.cluster_cmd == "down":
+        pc.stop(delete=not args.keep_data)
+        print(f"Patroni cluster in {base} stopped" + ("" if args.keep_data else " and deleted"))
+        return 0
+    return 2
+
+
 def run_cluster_command(args: argparse.Namespace) -> int:
     base = (args.dir or default_dir()).resolve()
     try:
+        if (base / PATRONI_STATE).exists() or getattr(args, "patroni", False):
+            return _patroni_command(args, base)
         if args.cluster_cmd == "up":
             t0 = time.monotonic()
             cluster, started = ensure_local_cluster(base, replicas=args.replicas, sync=args.sync)
