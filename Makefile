@@ -7,7 +7,7 @@ PYTHON ?= python3
 EXTRAS ?= dev,bench,plot
 PYTEST_ARGS ?=
 
-.PHONY: setup postgres lint test demo drill bench clean
+.PHONY: setup postgres pgbouncer patroni lint test demo drill bench clean
 
 setup: postgres $(VENV)/.installed-$(EXTRAS)
 
@@ -22,6 +22,26 @@ postgres:
 		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; \
 	else echo "No PostgreSQL server binaries and no apt-get: install PostgreSQL 13+ and set PGSESSIONS_PG_BINDIR"; exit 1; fi
 
+# Installs PgBouncer (the conformance tests run through it) only when it is missing.
+pgbouncer:
+	@if PATH="$$PATH:/usr/sbin:/sbin" command -v pgbouncer >/dev/null; then echo "PgBouncer: $$(PATH="$$PATH:/usr/sbin:/sbin" command -v pgbouncer)"; \
+	elif command -v apt-get >/dev/null; then \
+		echo "No pgbouncer found: installing the pgbouncer package"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbouncer; \
+	else echo "No pgbouncer and no apt-get: install PgBouncer or set PGSESSIONS_PGBOUNCER"; exit 1; fi
+
+# Installs Patroni and etcd (for `pgsessions cluster up --patroni`) only when they are missing.
+patroni:
+	@if PATH="$$PATH:/usr/sbin:/sbin" command -v patroni >/dev/null && PATH="$$PATH:/usr/sbin:/sbin" command -v etcd >/dev/null; then echo "Patroni: $$(command -v patroni), etcd: $$(command -v etcd)"; \
+	elif command -v apt-get >/dev/null; then \
+		echo "Patroni or etcd missing: installing the patroni and etcd-server packages"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q patroni etcd-server; \
+	else echo "No patroni/etcd and no apt-get: install Patroni 3 and etcd 3.4+"; exit 1; fi
+
 $(VENV)/.installed-$(EXTRAS): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
@@ -33,7 +53,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check pgsessions tests bench
 	$(VENV)/bin/mypy
 
-test: lint
+test: lint pgbouncer patroni
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 # The main job: agents talking through a local replicated cluster for about 30 seconds.

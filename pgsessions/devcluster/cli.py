@@ -14,6 +14,9 @@ from typing import Any
 
 from .cluster import STATE_FILE, LocalCluster
 from .errors import ClusterError
+from .patroni import STATE_FILE as PATRONI_STATE
+from .patroni import PatroniCluster
+from .pgbouncer import Bouncer, load_bouncers, start_bouncers, stop_bouncers
 
 DEFAULT_DIR = Path(".pgsessions") / "cluster"
 
@@ -79,6 +82,16 @@ def add_cluster_command(sub: Any) -> None:
         "--dir", type=Path, default=None, help=f"state directory (default {DEFAULT_DIR})"
     )
     up.add_argument("--json", action="store_true", help="print the DSNs as JSON")
+    up.add_argument(
+        "--pgbouncer",
+        action="store_true",
+        help="also put one PgBouncer (transaction mode) in front of each node; print its DSNs",
+    )
+    up.add_argument(
+        "--patroni",
+        action="store_true",
+        help="instead: one etcd and three Patroni members (synchronous_mode, ttl 10, loop_wait 2)",
+    )
     st = csub.add_parser("status", help="one line per node: port, role, replay lag")
     st.add_argument("--dir", type=Path, default=None)
     st.add_argument("--json", action="store_true")
@@ -106,14 +119,92 @@ def print_status_table(rows: list[dict[str, Any]]) -> None:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
 
 
+def _bouncers_for_up(cluster: LocalCluster, wanted: bool) -> list[Bouncer]:
+    """The cluster's running bouncers; with ``wanted``, started when there are none."""
+    running = [b for b in load_bouncers(cluster.base_dir) if b.is_running()]
+    if running or not wanted:
+        return running
+    stop_bouncers(cluster.base_dir)  # leftovers of a killed run
+    return start_bouncers(cluster)
+
+
+def _bouncer_row(b: Bouncer) -> dict[str, Any]:
+    return {
+        "node": b.node,
+        "port": b.port,
+        "target_port": b.target_port,
+        "pool_mode": b.pool_mode,
+        "dsn": b.dsn,
+        "running": b.is_running(),
+    }
+
+
+def _patroni_command(args: argparse.Namespace, base: Path) -> int:
+    """`cluster up --patroni`, and status/down of a Patroni cluster."""
+    if args.cluster_cmd == "up":
+        if getattr(args, "pgbouncer", False):
+            raise ClusterError("--pgbouncer and --patroni cannot be combined yet")
+        if (base / PATRONI_STATE).exists():
+            pc = PatroniCluster.load(base)
+            started = False
+            if not any(r["running"] for r in pc.status()):
+                raise ClusterError(f"a stopped Patroni cluster is in {base}: `cluster down` it")
+        elif (base / STATE_FILE).exists():
+            raise ClusterError(f"a pg_ctl cluster runs in {base}: `cluster down` it, or --dir")
+        else:
+            t0 = time.monotonic()
+            pc = PatroniCluster(3, base_dir=base, keep=True).start()
+            started = True
+            print(
+                f"Patroni cluster started in {time.monotonic() - t0:.1f}s in {base}",
+                file=sys.stderr,
+            )
+        info = {
+            "dir": str(base),
+            "started": started,
+            "etcd": pc.etcd_url,
+            "members": {m.name: {"dsn": m.dsn, "rest": m.rest_url} for m in pc.members},
+            "hosts": ",".join(pc.dsns()),
+            "patroni": pc.rest_urls(),
+        }
+        if args.json:
+            print(json.dumps(info, indent=2))
+        else:
+            print(f"etcd     {pc.etcd_url}")
+            for m in pc.members:
+                print(f"{m.name}  {m.dsn}  REST {m.rest_url}")
+            print(f"\nexport PGSESSIONS_HOSTS={info['hosts']}")
+        return 0
+    pc = PatroniCluster.load(base)
+    if args.cluster_cmd == "status":
+        rows = pc.status()
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            cols = ["member", "port", "rest", "role", "state", "timeline", "lag"]
+            table = [cols] + [[_fmt(r[c]) for c in cols] for r in rows]
+            widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+            for row in table:
+                print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+        return 0
+    if args.cluster_cmd == "down":
+        pc.stop(delete=not args.keep_data)
+        print(f"Patroni cluster in {base} stopped" + ("" if args.keep_data else " and deleted"))
+        return 0
+    return 2
+
+
 def run_cluster_command(args: argparse.Namespace) -> int:
     base = (args.dir or default_dir()).resolve()
     try:
+        if (base / PATRONI_STATE).exists() or getattr(args, "patroni", False):
+            return _patroni_command(args, base)
         if args.cluster_cmd == "up":
             t0 = time.monotonic()
             cluster, started = ensure_local_cluster(base, replicas=args.replicas, sync=args.sync)
+            bouncers = _bouncers_for_up(cluster, args.pgbouncer)
             took = time.monotonic() - t0
-            info = {
+            info: dict[str, Any] = {
                 "dir": str(base),
                 "started": started,
                 "seconds": round(took, 2),
@@ -122,6 +213,10 @@ def run_cluster_command(args: argparse.Namespace) -> int:
                 "hosts": ",".join(cluster.dsns()),
                 "sync": cluster.sync,
             }
+            if bouncers:
+                info["direct_hosts"] = info["hosts"]
+                info["pgbouncer"] = {b.node: b.dsn for b in bouncers}
+                info["hosts"] = ",".join(b.dsn for b in bouncers)
             if args.json:
                 print(json.dumps(info, indent=2))
             else:
@@ -130,17 +225,35 @@ def run_cluster_command(args: argparse.Namespace) -> int:
                 print(f"primary  {cluster.primary.dsn}")
                 for r in cluster.replicas:
                     print(f"replica  {r.dsn}")
+                for b in bouncers:
+                    print(f"pgbouncer ({b.pool_mode}) for {b.node}  {b.dsn}")
                 print(f"\nexport PGSESSIONS_HOSTS={info['hosts']}")
             return 0
         cluster = LocalCluster.load(base)
         if args.cluster_cmd == "status":
             rows = cluster.status()
+            bouncers = load_bouncers(base)
             if args.json:
-                print(json.dumps(rows, indent=2))
+                print(
+                    json.dumps(rows, indent=2)
+                    if not bouncers
+                    else json.dumps(
+                        {"nodes": rows, "pgbouncer": [_bouncer_row(b) for b in bouncers]}, indent=2
+                    )
+                )
             else:
                 print_status_table(rows)
+                for b in bouncers:
+                    row = _bouncer_row(b)
+                    print(
+                        f"pgbouncer for {b.node}: port {b.port} -> {b.target_port}, "
+                        f"{b.pool_mode} mode, {'running' if row['running'] else 'NOT running'}"
+                    )
             return 0
         if args.cluster_cmd == "down":
+            n = stop_bouncers(base)
+            if n:
+                print(f"stopped {n} pgbouncer(s)")
             cluster.stop(delete=not args.keep_data)
             print(f"cluster in {base} stopped" + ("" if args.keep_data else " and deleted"))
             return 0

@@ -1,6 +1,7 @@
 """Which failures the router may retry, and why (the ``reason`` label of retries).
 
-Retryable: a lost connection and SQLSTATE class ``08``, ``57P01``-``57P03`` (shutdown,
+Retryable: a lost connection and SQLSTATE class ``08`` (but not an ``08P01`` protocol
+violation at ERROR severity: the connection is still there), ``57P01``-``57P03`` (shutdown,
 crash, not yet accepting connections), a pool retired with its host, ``25006`` on a write
 (the "primary" is a standby) and on a replica ``40001``/``40P01`` (a recovery conflict
 cancelled the read). Data errors (``22``), constraint errors (``23``) and programming errors
@@ -39,6 +40,14 @@ def sqlstate_of(exc: BaseException) -> str | None:
     return getattr(exc, "sqlstate", None) if isinstance(exc, psycopg.Error) else None
 
 
+def _protocol_error_on_live_connection(exc: psycopg.Error, state: str) -> bool:
+    # 08P01 at ERROR severity (e.g. a bind message that does not match a prepared statement a
+    # pooler mixed up) leaves the connection open: not a lost connection. A FATAL one (a
+    # pooler dropping the client) is.
+    severity = exc.diag.severity_nonlocalized or exc.diag.severity
+    return state == "08P01" and severity not in ("FATAL", "PANIC")
+
+
 def classify(exc: BaseException, *, write: bool) -> str | None:
     """The retry reason for ``exc``, or None when it must reach the caller unchanged."""
     if isinstance(exc, PoolClosed):
@@ -55,7 +64,7 @@ def classify(exc: BaseException, *, write: bool) -> str | None:
     if state is None:
         # no SQLSTATE: the client lost the server (EOF, reset, refused)
         return CONNECTION if isinstance(exc, psycopg.OperationalError) else None
-    if state.startswith("08"):
+    if state.startswith("08") and not _protocol_error_on_live_connection(exc, state):
         return CONNECTION
     if state in ("57P01", "57P02", "57P03"):
         return SHUTDOWN

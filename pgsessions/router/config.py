@@ -6,9 +6,14 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .dsn import split_hosts
+from .dsn import check_dsn, scrub, split_hosts, strip_own_options
 
 NoReplicaPolicy = Literal["primary", "wait", "error"]
+#: server-side prepared statements: ``auto`` prepares only on a connection that reaches
+#: PostgreSQL directly (not through a pooler), ``on`` always (psycopg's default threshold),
+#: ``off`` never (needed behind PgBouncer < 1.21 in transaction mode)
+PreparedStatements = Literal["auto", "on", "off"]
+PREPARED_STATEMENTS_MODES = ("auto", "on", "off")
 
 #: operation ids are pruned after an hour (migration 0001's prune_ops): a write is never
 #: retried for that long
@@ -74,12 +79,42 @@ class RouterConfig:
     #: schema holding pgsessions' tables (used by sessions/, carried here for one config)
     schema: str = "pgsessions"
     name: str = "default"
+    #: server-side prepared statements: auto, on or off (see PreparedStatements); a DSN may
+    #: override it for its host with ``prepared_statements=off`` (removed before connecting)
+    prepared_statements: PreparedStatements = "auto"
+    _conninfos: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
+    _prepare_modes: dict[str, str] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         hosts = split_hosts(self.hosts)
         if not hosts:
             raise ValueError("RouterConfig.hosts is empty: give at least one PostgreSQL DSN")
         object.__setattr__(self, "hosts", tuple(hosts))
+        self._check_prepared_statements(self.prepared_statements, "RouterConfig")
+        conninfos: list[str] = []
+        for i, dsn in enumerate(hosts):
+            problem = check_dsn(dsn)
+            if problem is not None:
+                hint = ""
+                if "prepare_threshold" in problem:
+                    hint = (
+                        " (prepare_threshold is a psycopg argument, not a DSN option: to turn "
+                        "server-side prepared statements off, put prepared_statements=off in "
+                        "the DSN, or use RouterConfig(prepared_statements='off') or "
+                        "PGSESSIONS_PREPARED_STATEMENTS=off)"
+                    )
+                raise ValueError(
+                    f"RouterConfig.hosts[{i}] is not a valid PostgreSQL DSN: {problem}{hint} "
+                    f"(DSN: {scrub(dsn)})"
+                )
+            conninfo, own = strip_own_options(dsn)
+            mode = own.get("prepared_statements", self.prepared_statements)
+            self._check_prepared_statements(mode, f"RouterConfig.hosts[{i}]")
+            conninfos.append(conninfo)
+            self._prepare_modes[conninfo] = mode
+        object.__setattr__(self, "_conninfos", tuple(conninfos))
         for knob in (
             "max_lag_seconds",
             "check_interval",
@@ -119,11 +154,20 @@ class RouterConfig:
         if not self.schema.replace("_", "").isalnum():
             raise ValueError(f"RouterConfig.schema {self.schema!r} is not a plain identifier")
 
+    @staticmethod
+    def _check_prepared_statements(mode: str, where: str) -> None:
+        if mode not in PREPARED_STATEMENTS_MODES:
+            raise ValueError(f"{where}: prepared_statements must be auto, on or off, got {mode!r}")
+
     @property
     def host_list(self) -> tuple[str, ...]:
-        """One DSN per host."""
-        assert isinstance(self.hosts, tuple)
-        return self.hosts
+        """One conninfo per host, as psycopg gets it (pgsessions' own options removed)."""
+        return self._conninfos
+
+    def prepared_statements_for(self, conninfo: str) -> PreparedStatements:
+        """The prepared-statement mode of one host (a DSN of :attr:`host_list`)."""
+        mode = self._prepare_modes.get(conninfo, self.prepared_statements)
+        return mode  # type: ignore[return-value]
 
     def __repr__(self) -> str:
         from .dsn import redact
@@ -132,7 +176,8 @@ class RouterConfig:
             f"RouterConfig(hosts={[redact(h) for h in self.host_list]!r}, "
             f"max_lag_bytes={self.max_lag_bytes}, max_lag_seconds={self.max_lag_seconds}, "
             f"check_interval={self.check_interval}, failover_timeout={self.failover_timeout}, "
-            f"schema={self.schema!r}, name={self.name!r})"
+            f"schema={self.schema!r}, name={self.name!r}, "
+            f"prepared_statements={self.prepared_statements!r})"
         )
 
     @classmethod
@@ -142,7 +187,8 @@ class RouterConfig:
         ``PGSESSIONS_HOSTS`` (required), ``PGSESSIONS_MAX_LAG_BYTES``,
         ``PGSESSIONS_MAX_LAG_SECONDS``, ``PGSESSIONS_CHECK_INTERVAL``,
         ``PGSESSIONS_FAILOVER_TIMEOUT``, ``PGSESSIONS_SCHEMA``,
-        ``PGSESSIONS_NO_REPLICA_POLICY``. Keyword arguments override the environment.
+        ``PGSESSIONS_NO_REPLICA_POLICY``, ``PGSESSIONS_PREPARED_STATEMENTS`` (auto, on,
+        off). Keyword arguments override the environment.
         """
         hosts = os.environ.get("PGSESSIONS_HOSTS", "")
         kw: dict[str, object] = {
@@ -154,6 +200,8 @@ class RouterConfig:
             "schema": os.environ.get("PGSESSIONS_SCHEMA") or cls.schema,
             "no_replica_policy": os.environ.get("PGSESSIONS_NO_REPLICA_POLICY")
             or cls.no_replica_policy,
+            "prepared_statements": os.environ.get("PGSESSIONS_PREPARED_STATEMENTS")
+            or cls.prepared_statements,
         }
         kw.update(overrides)
         if not kw["hosts"]:

@@ -3,8 +3,75 @@
 from __future__ import annotations
 
 import re
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+#: options a DSN may carry for pgsessions itself; removed before libpq/psycopg sees the DSN
+OWN_OPTIONS = ("prepared_statements",)
+_URL_RE = re.compile(r"^\s*postgres(?:ql)?://", re.IGNORECASE)
+_KV_OWN_RE = re.compile(r"(?:^|\s+)(" + "|".join(OWN_OPTIONS) + r")\s*=\s*('(?:[^'\\]|\\.)*'|\S*)")
+
+
+def strip_own_options(dsn: str) -> tuple[str, dict[str, str]]:
+    """Split ``dsn`` into the conninfo psycopg may see and pgsessions' own options.
+
+    ``postgresql://h/db?prepared_statements=off`` -> (``postgresql://h/db``,
+    ``{"prepared_statements": "off"}``); the same for ``key=value`` strings.
+    """
+    own: dict[str, str] = {}
+    if _URL_RE.match(dsn):
+        parts = urlsplit(dsn.strip())
+        if not parts.query:
+            return dsn, own
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        if not any(k in OWN_OPTIONS for k, _ in pairs):
+            return dsn, own
+        rest = []
+        for k, v in pairs:
+            if k in OWN_OPTIONS:
+                own[k] = v
+            else:
+                rest.append((k, v))
+        query = urlencode(rest, quote_via=quote)
+        return urlunsplit(parts._replace(query=query)), own
+
+    def take(m: re.Match[str]) -> str:
+        value = m.group(2)
+        if value.startswith("'") and value.endswith("'") and len(value) >= 2:
+            value = re.sub(r"\\(.)", r"\1", value[1:-1])
+        own[m.group(1)] = value
+        return ""
+
+    return _KV_OWN_RE.sub(take, dsn).strip(), own
+
+
+def with_own_options(dsn: str, own: dict[str, str]) -> str:
+    """``dsn`` (a ``key=value`` conninfo) with pgsessions' own options appended again."""
+    return " ".join([dsn, *(f"{k}={v}" for k, v in own.items())]) if own else dsn
+
+
+_SECRET_RES = (
+    re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S*)", re.IGNORECASE),
+    re.compile(r"(://[^:/@\s]*:)([^@\s]*)(@)"),
+)
+
+
+def scrub(text: str) -> str:
+    """``text`` with anything that looks like a password replaced by ``***`` (best effort,
+    for DSNs that cannot be parsed and for their parse errors)."""
+    for rx in _SECRET_RES:
+        text = rx.sub(lambda m: m.group(1) + "***" + (m.group(3) if m.lastindex == 3 else ""), text)
+    return text
+
+
+def check_dsn(dsn: str) -> str | None:
+    """None when libpq can parse ``dsn`` (without pgsessions' own options), else why not."""
+    try:
+        conninfo_to_dict(strip_own_options(dsn)[0])
+    except Exception as exc:  # psycopg.ProgrammingError; keep whatever libpq said
+        return scrub(str(exc).strip()) or type(exc).__name__
+    return None
 
 
 def split_hosts(hosts: str | list[str] | tuple[str, ...]) -> list[str]:
@@ -15,12 +82,17 @@ def split_hosts(hosts: str | list[str] | tuple[str, ...]) -> list[str]:
     raw = hosts.strip()
     if not raw:
         return []
-    if _is_multihost(raw):
-        return expand_multihost(raw)
+    base, own = strip_own_options(raw)
+    if _is_multihost(base):
+        return [with_own_options(d, own) for d in expand_multihost(base)]
     parts = [p.strip() for p in _split_top_level_commas(raw) if p.strip()]
     out: list[str] = []
     for p in parts:
-        out.extend(expand_multihost(p) if _is_multihost(p) else [p])
+        base, own = strip_own_options(p)
+        if _is_multihost(base):
+            out.extend(with_own_options(d, own) for d in expand_multihost(base))
+        else:
+            out.append(p)
     return out
 
 
@@ -60,7 +132,7 @@ def expand_multihost(dsn: str) -> list[str]:
 def host_label(dsn: str) -> str:
     """``host:port`` of a DSN: safe for logs and metric labels (no user, no password)."""
     try:
-        params = conninfo_to_dict(dsn)
+        params = conninfo_to_dict(strip_own_options(dsn)[0])
     except Exception:
         return "<invalid dsn>"
     host = str(params.get("host") or params.get("hostaddr") or "localhost")
@@ -72,10 +144,11 @@ def host_label(dsn: str) -> str:
 
 def redact(dsn: str) -> str:
     """The DSN with any password replaced by ``***``."""
+    base, own = strip_own_options(dsn)
     try:
-        params = conninfo_to_dict(dsn)
+        params = conninfo_to_dict(base)
     except Exception:
         return "<invalid dsn>"
     if "password" in params:
         params["password"] = "***"
-    return make_conninfo("", **params)
+    return with_own_options(make_conninfo("", **params), own)

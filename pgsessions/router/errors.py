@@ -58,3 +58,21 @@ class OverloadedError(RouterError):
     def __init__(self, message: str, host: str) -> None:
         self.host = host
         super().__init__(f"{host}: {message}")
+
+
+class PreparedStatementsError(RouterError):
+    """A server-side prepared statement was lost or mixed up between clients: a connection
+    pooler (PgBouncer < 1.21 in transaction mode) sits between the router and PostgreSQL.
+
+    Turn them off: ``RouterConfig(prepared_statements="off")``, ``prepared_statements=off``
+    in the DSN, or ``PGSESSIONS_PREPARED_STATEMENTS=off``. The psycopg error is the cause.
+    """
+
+    def __init__(self, host: str, detail: str) -> None:
+        self.host = host
+        super().__init__(
+            f"{host}: server-side prepared statements do not survive here ({detail}): a "
+            "connection pooler in transaction mode (PgBouncer before 1.21) is between the "
+            "router and PostgreSQL. Set prepared_statements='off' (RouterConfig, "
+            "prepared_statements=off in the DSN, or PGSESSIONS_PREPARED_STATEMENTS=off)"
+        )

@@ -19,6 +19,12 @@ import psycopg
 
 from .classify import short_error
 from .config import RouterConfig
+from .connect import (
+    RouterConnection,
+    apply_prepare_mode,
+    connect_kwargs,
+    prepared_statement_failure,
+)
 from .lsn import parse_lsn
 from .pools import abort_connection, watchdog
 
@@ -49,12 +55,64 @@ class Probe:
     started: float = 0.0  # monotonic time the probe began
 
 
-def _lsn(text: str | None) -> int | None:
-    return None if text is None else parse_lsn(text)
+def _lsn(text: object) -> int | None:
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise ValueError(f"an LSN as text, got {type(text).__name__}")
+    return parse_lsn(text)
+
+
+def _epoch(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"a number, got {type(value).__name__}")
+    return float(value)
+
+
+class UnexpectedReply(ValueError):
+    """A probe's reply does not have the shape PROBE_SQL gives (e.g. a pooler ran another
+    client's prepared statement in its place)."""
+
+
+def parse_probe_row(row: object, started: float) -> Probe:
+    """The :class:`Probe` of one reply to PROBE_SQL; raise UnexpectedReply for anything else."""
+    if not isinstance(row, tuple) or len(row) != 7:
+        size = len(row) if isinstance(row, tuple) else type(row).__name__
+        raise UnexpectedReply(f"unexpected reply to the health check ({size} columns, not 7)")
+    in_recovery, flush, replay, receive, replay_ts, now, status = row
+    try:
+        if not isinstance(in_recovery, bool):
+            raise ValueError(f"pg_is_in_recovery() gave {type(in_recovery).__name__}")
+        if status is not None and not isinstance(status, str):
+            raise ValueError(f"walreceiver status gave {type(status).__name__}")
+        probe = Probe(
+            up=True,
+            in_recovery=in_recovery,
+            flush_lsn=_lsn(flush),
+            replay_lsn=_lsn(replay),
+            receive_lsn=_lsn(receive),
+            replay_ts=_epoch(replay_ts),
+            server_now=_epoch(now),
+            wal_status=status,
+            started=started,
+        )
+    except ValueError as exc:
+        raise UnexpectedReply(f"unexpected reply to the health check: {exc}") from None
+    if not in_recovery and probe.flush_lsn is None:
+        raise UnexpectedReply("unexpected reply to the health check: a primary without a position")
+    if probe.server_now is None:
+        raise UnexpectedReply("unexpected reply to the health check: no server clock")
+    return probe
 
 
 class Prober:
-    """Keeps one autocommit connection per host for health checks."""
+    """Keeps one autocommit connection per host for health checks.
+
+    :meth:`probe` never raises (except on cancellation): whatever goes wrong with one host,
+    including a reply of the wrong shape, makes that host down for that check only.
+    """
 
     def __init__(self, dsn: str, config: RouterConfig) -> None:
         self.dsn = dsn
@@ -73,33 +131,27 @@ class Prober:
                 # a silent host must not hold the whole check: connecting is bounded by
                 # check_timeout too (cancelling a connection attempt is clean)
                 async with asyncio.timeout(min(self.config.connect_timeout, budget)):
-                    conn = await psycopg.AsyncConnection.connect(
-                        self.dsn,
-                        autocommit=True,
-                        connect_timeout=max(2, round(self.config.connect_timeout)),
-                    )
-                if self.aborted:  # the router closed while this connection was being made
-                    await conn.close()
-                    return Probe(up=False, error="router closed", started=started)
-                self._conn = conn
+                    kwargs = connect_kwargs(self.dsn, self.config)
+                    kwargs["connect_timeout"] = max(2, round(self.config.connect_timeout))
+                    conn = await RouterConnection.connect(self.dsn, **kwargs)
+                    if self.aborted:  # the router closed while this connection was made
+                        await conn.close()
+                        return Probe(up=False, error="router closed", started=started)
+                    self._conn = conn
+                    cur = await conn.execute("SELECT pg_backend_pid()")
+                    pid_row = await cur.fetchone()
+                    if pid_row is None or not isinstance(pid_row[0], int):
+                        raise UnexpectedReply("unexpected reply to SELECT pg_backend_pid()")
+                    mode = self.config.prepared_statements_for(self.dsn)
+                    apply_prepare_mode(conn, mode, pid_row[0])
             with watchdog(conn, budget):
                 cur = await conn.execute(PROBE_SQL)
                 row = await cur.fetchone()
-        except (psycopg.Error, OSError, TimeoutError) as exc:
+            return parse_probe_row(row, started)
+        except Exception as exc:
+            # one host's failure, whatever it is, is that host's down check, never the round's
             await self.reset()
             return Probe(up=False, error=_describe(exc), started=started)
-        assert row is not None
-        return Probe(
-            up=True,
-            in_recovery=bool(row[0]),
-            flush_lsn=_lsn(row[1]),
-            replay_lsn=_lsn(row[2]),
-            receive_lsn=_lsn(row[3]),
-            replay_ts=row[4],
-            server_now=row[5],
-            wal_status=row[6],
-            started=started,
-        )
 
     async def reset(self) -> None:
         conn, self._conn = self._conn, None
@@ -118,6 +170,11 @@ class Prober:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "no answer (timeout)"
+    if isinstance(exc, UnexpectedReply):
+        return str(exc)
+    failure = prepared_statement_failure(exc)
+    if failure is not None:
+        return f"prepared statements lost by a pooler ({failure}): set prepared_statements=off"
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     # libpq messages name host and port, never the password; keep them short
     return f"{short_error(exc)}: {text[:160]}" if text else short_error(exc)

@@ -24,6 +24,13 @@ from psycopg_pool import AsyncConnectionPool
 
 from .classify import StandbyConnectionError, StatementDeadlineError
 from .config import RouterConfig
+from .connect import (
+    RouterConnection,
+    apply_prepare_mode,
+    connect_kwargs,
+    prepared_statement_failure,
+)
+from .errors import PreparedStatementsError
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +108,9 @@ class HostPool:
             dsn,
             min_size=min_size,
             max_size=max_size,
-            kwargs={
-                "autocommit": True,
-                "connect_timeout": max(1, round(config.connect_timeout)),
-            },
+            # connect options and prepared statements: see connect.py
+            kwargs=connect_kwargs(dsn, config),
+            connection_class=RouterConnection,
             configure=self._configure,
             open=False,
             timeout=config.pool_timeout,
@@ -121,17 +127,14 @@ class HostPool:
         return c.replica_pool_min, c.replica_pool_max
 
     async def _configure(self, conn: Conn) -> None:
-        ms = int(self.config.statement_timeout * 1000)
+        # nothing is SET here: session settings come as connect options (connect.py)
         with watchdog(conn, self.config.connect_timeout + self.config.statement_timeout):
-            cur = await conn.execute(
-                "SELECT set_config('statement_timeout', %s, false),"
-                # a statement's snapshot is taken when it starts (the router relies on it)
-                " set_config('default_transaction_isolation', 'read committed', false),"
-                " pg_is_in_recovery()",
-                (f"{ms}ms",),
-            )
+            cur = await conn.execute("SELECT pg_is_in_recovery(), pg_backend_pid()")
             row = await cur.fetchone()
-        _opened_on_standby[conn] = bool(row and row[2])
+        if row is None or len(row) != 2 or not isinstance(row[1], int):
+            raise psycopg.InterfaceError(f"{self.label}: unexpected reply to the setup query")
+        apply_prepare_mode(conn, self.config.prepared_statements_for(self.dsn), row[1])
+        _opened_on_standby[conn] = bool(row[0])
 
     async def open(self, wait: bool) -> None:
         await self.pool.open(wait=wait, timeout=self.config.connect_timeout + 1.0)
@@ -189,7 +192,13 @@ class HostPool:
                             f"{self.label} is a standby: not used as the primary"
                         )
                     _opened_on_standby[conn] = False
-                yield conn
+                try:
+                    yield conn
+                except psycopg.Error as exc:
+                    failure = prepared_statement_failure(exc)
+                    if failure is not None:
+                        raise PreparedStatementsError(self.label, failure) from exc
+                    raise
         finally:
             self.in_flight -= 1
 
