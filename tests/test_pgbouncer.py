@@ -294,8 +294,8 @@ async def test_probe_sql_of_the_wrong_shape_everywhere_then_recovery(
     cfg = RouterConfig(hosts=cluster.dsns(), schema=schema, check_interval=0.1)
     async with SessionRouter(cfg) as r:
         monkeypatch.setattr(monitor, "PROBE_SQL", "SELECT 'False'")
-        await r._refresh()  # a check that started after the patch
-        await r._refresh()
+        await r._monitor.refresh()  # a check that started after the patch
+        await r._monitor.refresh()
         assert all(not h.up for h in r.topology().hosts)
         assert all("unexpected reply" in (h.error or "") for h in r.topology().hosts)
         monkeypatch.undo()
