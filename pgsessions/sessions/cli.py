@@ -7,22 +7,19 @@ import asyncio
 import sys
 from typing import Any
 
+from ..hostargs import NoHostsError, add_hosts_arguments, command_hosts
+
 
 def add_migrate_command(subparsers: Any) -> None:
-    """Add ``migrate [--hosts DSN ...] [--schema NAME]``."""
+    """Add ``migrate [--hosts DSN ... | --local] [--schema NAME]``."""
     p = subparsers.add_parser(
         "migrate",
         help="create or upgrade the pgsessions schema (idempotent)",
         description="Apply the pending schema migrations on the primary, each once, under an "
-        "advisory lock. Hosts: --hosts, else PGSESSIONS_HOSTS, else the local cluster.",
+        "advisory lock. Hosts: --hosts, else PGSESSIONS_HOSTS, "
+        "else (only with --local) the local cluster.",
     )
-    p.add_argument(
-        "--hosts",
-        nargs="+",
-        default=None,
-        metavar="DSN",
-        help="PostgreSQL DSNs (or one comma-separated list / multi-host URL)",
-    )
+    add_hosts_arguments(p)
     p.add_argument(
         "--schema", default=None, help="schema name (default PGSESSIONS_SCHEMA or pgsessions)"
     )
@@ -30,10 +27,12 @@ def add_migrate_command(subparsers: Any) -> None:
 
 
 def run_migrate_command(args: argparse.Namespace) -> int:
-    from ..devcluster.cli import hosts_or_local_cluster
-
-    with hosts_or_local_cluster(args.hosts) as hosts:
-        return asyncio.run(_migrate(hosts, args.schema))
+    try:
+        with command_hosts("migrate", args.hosts, local=args.local) as hosts:
+            return asyncio.run(_migrate(hosts, args.schema))
+    except NoHostsError as exc:
+        print(exc, file=sys.stderr)
+        return 2
 
 
 async def _migrate(hosts: list[str] | str, schema: str | None) -> int:
