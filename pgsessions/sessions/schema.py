@@ -76,6 +76,22 @@ def migrate_hint(schema: str) -> Iterator[None]:
         raise
 
 
+# What an application role needs, and nothing more: writes are SECURITY DEFINER functions
+# (migration 0005), reads are plain SELECTs on these tables (also on replicas: grants
+# replicate). No INSERT, UPDATE, DELETE, TRUNCATE or DDL.
+APP_GRANTS = (
+    "GRANT USAGE ON SCHEMA {schema} TO {role}",
+    "GRANT EXECUTE ON ALL ROUTINES IN SCHEMA {schema} TO {role}",
+    "GRANT SELECT ON {schema}.conversations, {schema}.messages, {schema}.usage_logs TO {role}",
+)
+
+
+def app_grants(schema: str, role: str) -> list[sql.Composed]:
+    """The GRANT statements that let ``role`` run sessions on ``schema``."""
+    names = {"schema": sql.Identifier(schema), "role": sql.Identifier(role)}
+    return [sql.SQL(text).format(**names) for text in APP_GRANTS]
+
+
 def _lock_key(schema: str) -> str:
     return f"pgsessions.migrate:{schema}"
 
@@ -84,6 +100,7 @@ async def migrate(
     router: SessionRouter,
     *,
     migrations: Sequence[Migration] | str | Path | None = None,
+    grant_to: str | None = None,
 ) -> list[str]:
     """Bring the router's schema up to date; returns the versions this call applied.
 
@@ -92,7 +109,8 @@ async def migrate(
     so it is applied exactly once. It returns once the router's reads without a consistency
     token can see the schema (at most about ten monitor check intervals). ``migrations`` (a
     list, or a directory of ``NNNN_*.sql`` files) replaces the packaged set, e.g. to test an
-    upgrade.
+    upgrade. ``grant_to`` names an application role to give exactly what sessions need (see
+    :data:`APP_GRANTS`): run migrations as the schema owner, the application as that role.
     """
     if migrations is None or isinstance(migrations, str | Path):
         todo = load_migrations(migrations)
@@ -127,6 +145,10 @@ async def migrate(
                 await conn.execute(mig.render(schema))
                 await conn.execute(record_q, (mig.version, mig.name))
             applied.append(mig.version)
+        if grant_to is not None:
+            async with conn.transaction():
+                for stmt in app_grants(schema, grant_to):
+                    await conn.execute(stmt)
         cur = await conn.execute("SELECT pg_current_wal_flush_lsn()::text")
         row = await cur.fetchone()
     if row is not None:
