@@ -3,6 +3,7 @@ execute the session functions and read, and can neither change tables directly n
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from psycopg.conninfo import make_conninfo
 from pgsessions import PostgresSession, RouterConfig, SessionRouter, list_sessions, migrate
 from pgsessions.devcluster import LocalCluster
 from pgsessions.devcluster.cluster import DBNAME
+from pgsessions.router.monitor import NEEDS_PG_MONITOR
 
 from .helpers import apoll
 
@@ -162,3 +164,43 @@ def test_migrate_command_grants_exactly_what_sessions_need(
     for node in (cluster.primary, *cluster.replicas):
         cluster.wait_caught_up()
         assert node.execute(q, params) == [(True, False, True, False, True, False, False)]
+
+
+async def test_router_without_pg_monitor_says_so(cluster: LocalCluster, schema: str) -> None:
+    """A role outside pg_monitor cannot see the walreceiver status: replicas stay out of
+    rotation and each says the role needs pg_monitor."""
+    role = f"pgs_nomon_{uuid.uuid4().hex[:8]}"
+    cluster.primary.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    try:
+        cluster.wait_caught_up()
+        cfg = RouterConfig(hosts=_as(cluster, role), schema=schema, check_interval=0.1)
+        async with SessionRouter(cfg) as router:
+
+            async def both_say_why() -> bool:
+                replicas = router.topology().replicas()
+                return len(replicas) == 2 and all(h.error == NEEDS_PG_MONITOR for h in replicas)
+
+            assert await apoll(both_say_why, within=10), router.topology()
+            assert not any(h.eligible for h in router.topology().replicas())
+    finally:
+        cluster.primary.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_status_runs_as_a_monitor_role(
+    cluster: LocalCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`pgsessions status` needs pg_monitor and nothing in the schema."""
+    from pgsessions.cli import main
+
+    role = f"pgs_mon_{uuid.uuid4().hex[:8]}"
+    cluster.primary.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    cluster.primary.execute(sql.SQL("GRANT pg_monitor TO {}").format(sql.Identifier(role)))
+    try:
+        cluster.wait_caught_up()
+        assert main(["status", "--hosts", *_as(cluster, role), "--json"]) == 0
+        shown = json.loads(capsys.readouterr().out)
+        replicas = [h for h in shown["hosts"] if h["role"] == "replica"]
+        assert len(replicas) == 2
+        assert all(h["streaming"] and h["error"] != NEEDS_PG_MONITOR for h in replicas), replicas
+    finally:
+        cluster.primary.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
