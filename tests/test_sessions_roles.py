@@ -164,6 +164,31 @@ def test_migrate_command_grants_exactly_what_sessions_need(
     for node in (cluster.primary, *cluster.replicas):
         cluster.wait_caught_up()
         assert node.execute(q, params) == [(True, False, True, False, True, False, False)]
+    # the whole grant list of the schema's relations and routines: exactly these, no more
+    on_relations = sql.SQL(
+        "SELECT c.relname, a.privilege_type FROM pg_class c, aclexplode(c.relacl) a"
+        " WHERE c.relnamespace = %(s)s::regnamespace AND a.grantee <> c.relowner"
+        " ORDER BY 1, 2"
+    )
+    assert cluster.primary.execute(on_relations, {"s": qs}) == [
+        ("conversations", "SELECT"),
+        ("messages", "SELECT"),
+        ("usage_logs", "SELECT"),
+    ]
+    on_routines = sql.SQL(
+        "SELECT count(*), count(*) FILTER (WHERE a.grantee = %(r)s::regrole"
+        " AND a.privilege_type = 'EXECUTE'), count(*) FILTER (WHERE a.grantee = 0)"
+        " FROM pg_proc p, aclexplode(p.proacl) a"
+        " WHERE p.pronamespace = %(s)s::regnamespace AND a.grantee <> p.proowner"
+    )
+    routines = cluster.primary.execute(
+        sql.SQL("SELECT count(*) FROM pg_proc WHERE pronamespace = %(s)s::regnamespace"),
+        {"s": qs},
+    )
+    assert routines[0][0] >= 9
+    assert cluster.primary.execute(on_routines, {"s": qs, "r": roles.app}) == [
+        (routines[0][0], routines[0][0], 0)
+    ]
 
 
 async def test_router_without_pg_monitor_says_so(cluster: LocalCluster, schema: str) -> None:
