@@ -21,6 +21,7 @@ from pgsessions import PostgresSession, RouterConfig, SessionRouter, list_sessio
 from pgsessions.devcluster import LocalCluster
 from pgsessions.devcluster.cluster import DBNAME
 from pgsessions.router.monitor import NEEDS_PG_MONITOR
+from pgsessions.sessions import Migration, load_migrations
 
 from .helpers import apoll
 
@@ -78,7 +79,16 @@ async def test_app_role_runs_sessions_with_only_the_granted_privileges(
 ) -> None:
     owner_cfg = RouterConfig(hosts=_as(cluster, roles.owner), schema=schema, check_interval=0.1)
     async with SessionRouter(owner_cfg) as owner_router:
-        await migrate(owner_router, grant_to=roles.app)
+        assert await migrate(owner_router, grant_to=roles.app) != []
+
+    app_cfg = RouterConfig(hosts=_as(cluster, roles.app), schema=schema, check_interval=0.1)
+    async with SessionRouter(app_cfg) as router:
+        # servers starting as the app role may call migrate(): up to date, it changes nothing
+        assert await migrate(router) == []
+        # but they cannot apply anything
+        extra = Migration("9001", "extra", "CREATE TABLE {schema}.extra (x integer)")
+        with pytest.raises(errors.InsufficientPrivilege):
+            await migrate(router, migrations=[*load_migrations(), extra])
 
     app_cfg = RouterConfig(hosts=_as(cluster, roles.app), schema=schema, check_interval=0.1)
     async with SessionRouter(app_cfg) as router:
@@ -173,6 +183,7 @@ def test_migrate_command_grants_exactly_what_sessions_need(
     assert cluster.primary.execute(on_relations, {"s": qs}) == [
         ("conversations", "SELECT"),
         ("messages", "SELECT"),
+        ("schema_migrations", "SELECT"),
         ("usage_logs", "SELECT"),
     ]
     on_routines = sql.SQL(

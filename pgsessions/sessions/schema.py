@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from psycopg import errors, sql
+from psycopg import AsyncConnection, errors, sql
 
 from ..router.lsn import parse_lsn
 
@@ -83,6 +83,8 @@ APP_GRANTS = (
     "GRANT USAGE ON SCHEMA {schema} TO {role}",
     "GRANT EXECUTE ON ALL ROUTINES IN SCHEMA {schema} TO {role}",
     "GRANT SELECT ON {schema}.conversations, {schema}.messages, {schema}.usage_logs TO {role}",
+    # so that servers starting as this role may call migrate(): a no-op once up to date
+    "GRANT SELECT ON {schema}.schema_migrations TO {role}",
 )
 
 
@@ -130,10 +132,14 @@ async def migrate(
     record_q = f"INSERT INTO {qs}.schema_migrations (version, name) VALUES (%s, %s)"
     applied: list[str] = []
     async with router.primary_connection() as conn:
-        async with conn.transaction():
-            await conn.execute(lock, (_lock_key(schema),))
-            await conn.execute(bootstrap)
-            done = {row[0] for row in await (await conn.execute(applied_q)).fetchall()}
+        done = await _readable_versions(conn, qs)
+        if grant_to is None and done is not None and {mig.version for mig in todo} <= done:
+            todo = []  # up to date: no lock, no DDL (an application role may call this)
+        else:
+            async with conn.transaction():
+                await conn.execute(lock, (_lock_key(schema),))
+                await conn.execute(bootstrap)
+                done = {row[0] for row in await (await conn.execute(applied_q)).fetchall()}
         for mig in todo:
             if mig.version in done:
                 continue
@@ -154,6 +160,19 @@ async def migrate(
     if row is not None:
         await _wait_until_reads_see(router, parse_lsn(row[0]))
     return applied
+
+
+async def _readable_versions(conn: AsyncConnection[Any], qs: str) -> set[str] | None:
+    """The applied versions, or None when ``schema_migrations`` is missing or not readable."""
+    table = f"{qs}.schema_migrations"
+    cur = await conn.execute(
+        "SELECT coalesce(has_table_privilege(to_regclass(%s), 'SELECT'), false)", (table,)
+    )
+    row = await cur.fetchone()
+    if not row or not row[0]:
+        return None
+    cur = await conn.execute(f"SELECT version FROM {table}")
+    return {r[0] for r in await cur.fetchall()}
 
 
 async def _wait_until_reads_see(router: SessionRouter, lsn: int) -> None:
