@@ -7,7 +7,7 @@ PYTHON ?= python3
 EXTRAS ?= dev,bench,plot
 PYTEST_ARGS ?=
 
-.PHONY: setup postgres pgbouncer patroni lint test demo drill bench clean
+.PHONY: setup postgres pgbouncer patroni lint test test-app-role demo drill bench clean
 
 setup: postgres $(VENV)/.installed-$(EXTRAS)
 
@@ -55,6 +55,16 @@ lint: setup
 
 test: lint pgbouncer patroni
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+	@[ -n "$(PYTEST_ARGS)" ] || $(MAKE) --no-print-directory test-app-role
+
+# The session and router suites again, the router connected as a least-privilege app role
+# (tests/conftest.py, PGSESSIONS_TEST_ROLE=app); tests marked owner_sql are skipped.
+APP_ROLE_TESTS := tests/test_sessions_semantics.py tests/test_sessions_roundtrip.py \
+	tests/test_sessions_usage.py tests/test_sessions_listing.py tests/test_sdk_compaction.py \
+	tests/test_sessions_concurrency.py tests/test_sdk_parity.py tests/test_sessions_runner.py \
+	tests/test_router.py tests/test_router_many_servers.py
+test-app-role: setup
+	PGSESSIONS_TEST_ROLE=app $(VENV)/bin/pytest -q $(APP_ROLE_TESTS)
 
 # The main job: agents talking through a local replicated cluster for about 30 seconds.
 demo: setup

@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pgsessions",
         description="Agents SDK sessions on a replicated PostgreSQL cluster. With no hosts "
-        "given (--hosts or PGSESSIONS_HOSTS), commands use the local cluster in .pgsessions/.",
+        "given (--hosts or PGSESSIONS_HOSTS), demo, drill and bench use the local cluster in "
+        ".pgsessions/; migrate, status and serve-metrics refuse unless given --local.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_name, func_name in COMMANDS:

@@ -1,16 +1,29 @@
 """Shared fixtures: one real replicated cluster for the suite, a clean schema per test, and
-fresh clusters for the tests that break theirs."""
+fresh clusters for the tests that break theirs.
+
+With ``PGSESSIONS_TEST_ROLE=app`` the ``router`` fixture connects as an application role:
+each test's schema is migrated first by an owner role with ``grant_to`` that app role, which
+holds only those grants and ``pg_monitor`` (see the README's Security section)."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from pgsessions.devcluster import LocalCluster
+from pgsessions.devcluster.cluster import DBNAME
 from pgsessions.router import RouterConfig, SessionRouter
+from pgsessions.sessions import migrate
+
+AS_APP = os.environ.get("PGSESSIONS_TEST_ROLE") == "app"
 
 
 @pytest.fixture(scope="session")
@@ -43,17 +56,70 @@ def cluster_factory() -> Iterator[Callable[..., LocalCluster]]:
             c.stop()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """As the app role, skip tests that run their own DDL or table writes through the router:
+    the role is refused those by design (tests/test_sessions_roles.py shows it)."""
+    if not AS_APP:
+        return
+    skip = pytest.mark.skip(reason="arranges or inspects tables beyond the app role's grants")
+    for item in items:
+        if item.get_closest_marker("owner_sql"):
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def app_roles(cluster: LocalCluster) -> Iterator[tuple[str, str] | None]:
+    """(owner, app) LOGIN roles when PGSESSIONS_TEST_ROLE=app, else None."""
+    if not AS_APP:
+        yield None
+        return
+    tag = uuid.uuid4().hex[:8]
+    owner, app = f"t_owner_{tag}", f"t_app_{tag}"
+    p = cluster.primary
+    for role in (owner, app):
+        p.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    p.execute(
+        sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(
+            sql.Identifier(DBNAME), sql.Identifier(owner)
+        )
+    )
+    p.execute(sql.SQL("GRANT pg_monitor TO {}").format(sql.Identifier(app)))
+    try:
+        yield owner, app
+    finally:
+        for role in (app, owner):
+            p.execute(sql.SQL("DROP OWNED BY {} CASCADE").format(sql.Identifier(role)))
+            p.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def _dsns_as(cluster: LocalCluster, role: str) -> list[str]:
+    return [make_conninfo(dsn, user=role) for dsn in cluster.dsns()]
+
+
+async def _migrate_as_owner(cluster: LocalCluster, schema: str, owner: str, app: str) -> None:
+    config = RouterConfig(hosts=_dsns_as(cluster, owner), schema=schema, check_interval=0.1)
+    async with SessionRouter(config) as r:
+        await migrate(r, grant_to=app)
+
+
 @pytest.fixture
-def schema(cluster: LocalCluster) -> Iterator[str]:
-    """A schema name of this test's own; dropped afterwards."""
+def schema(cluster: LocalCluster, app_roles: tuple[str, str] | None) -> Iterator[str]:
+    """A schema name of this test's own; dropped afterwards. As the app role: already
+    migrated by the owner role (in a thread of its own: the tests' event loop is elsewhere)."""
     name = f"t_{uuid.uuid4().hex[:12]}"
+    if app_roles is not None:
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, _migrate_as_owner(cluster, name, *app_roles)).result()
     yield name
     cluster.primary.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
 
 
 @pytest.fixture
-def router_config(cluster: LocalCluster, schema: str) -> RouterConfig:
-    return RouterConfig(hosts=cluster.dsns(), schema=schema, check_interval=0.1)
+def router_config(
+    cluster: LocalCluster, schema: str, app_roles: tuple[str, str] | None
+) -> RouterConfig:
+    hosts = cluster.dsns() if app_roles is None else _dsns_as(cluster, app_roles[1])
+    return RouterConfig(hosts=hosts, schema=schema, check_interval=0.1)
 
 
 @pytest.fixture

@@ -276,9 +276,9 @@ def test_cluster_up_resumes_a_stopped_cluster_with_its_data() -> None:
     assert processes_under(d) == []
 
 
-def test_commands_without_hosts_use_the_local_cluster() -> None:
-    """No --hosts and no PGSESSIONS_HOSTS: migrate starts the local cluster and stops it again;
-    status starts it and leaves it running (its state is what was asked for)."""
+def test_commands_with_local_use_the_local_cluster() -> None:
+    """No --hosts and no PGSESSIONS_HOSTS but --local: migrate starts the local cluster and
+    stops it again; status starts it and leaves it running (its state is what was asked for)."""
     d = _public_tmp("pgs-local-") / "cluster"
     env = {k: v for k, v in os.environ.items() if k != "PGSESSIONS_HOSTS"}
     env["PGSESSIONS_CLUSTER_DIR"] = str(d)
@@ -294,12 +294,12 @@ def test_commands_without_hosts_use_the_local_cluster() -> None:
         )
 
     try:
-        migrated = pgsessions("migrate")
+        migrated = pgsessions("migrate", "--local")
         assert migrated.returncode == 0, migrated.stderr
         assert "started the local cluster" in migrated.stderr
         assert "0001" in migrated.stdout
         assert [p for p in processes_under(d) if _alive(p)] == []  # stopped again
-        status = pgsessions("status", "--json")
+        status = pgsessions("status", "--local", "--json")
         assert status.returncode == 0, status.stderr
         assert json.loads(status.stdout)["primary"]
         assert [p for p in processes_under(d) if _alive(p)]  # left running

@@ -254,6 +254,7 @@ def test_health_caught_up_replica_is_eligible_at_first_check() -> None:
         (_probe(up=False, error="down"), 100, "down"),
         (_probe(in_recovery=False), 100, "not a standby"),
         (_probe(wal_status=None), 100, "walreceiver stopped"),
+        (_probe(wal_status="hidden"), 100, "needs pg_monitor"),
         (_probe(replay_lsn=100), 100 + 17 * 2**20, "bytes"),
         (_probe(replay_lsn=99, replay_ts=900.0), 100, "lag 100.5s"),
     ],

@@ -98,6 +98,7 @@ async def test_pages_by_most_recent_update(db: SessionRouter) -> None:
     assert (top.session_id, top.item_count) == ("conv-2", 2)
 
 
+@pytest.mark.owner_sql
 async def test_ties_on_updated_at_page_without_loss_or_duplicates(db: SessionRouter) -> None:
     schema = quote_ident(db.config.schema)
     async with db.primary_connection() as conn:

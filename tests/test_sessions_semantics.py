@@ -137,6 +137,7 @@ async def test_pop_returns_newest_then_none(db: SessionRouter) -> None:
     assert rows == [(0, 0)]
 
 
+@pytest.mark.owner_sql
 async def test_clear_unknown_is_a_no_op_and_clear_removes_everything(db: SessionRouter) -> None:
     await PostgresSession("nobody", db).clear_session()
     s = PostgresSession("clear-me", db, metadata={"k": "v"})
@@ -270,6 +271,7 @@ async def test_unserialisable_item_names_its_index_and_writes_nothing(
     assert await fresh.get_metadata() is None  # the conversation was not created
 
 
+@pytest.mark.owner_sql
 async def test_a_batch_failing_in_the_database_leaves_nothing(db: SessionRouter) -> None:
     schema = quote_ident(db.config.schema)
     async with db.primary_connection() as conn:
@@ -362,6 +364,7 @@ async def test_a_replay_after_a_clear_is_not_applied_again(db: SessionRouter) ->
     assert await s.get_items() == [{"n": 3}]
 
 
+@pytest.mark.owner_sql
 async def test_latest_n_is_an_index_scan(db: SessionRouter) -> None:
     await fetch(
         db,
@@ -454,6 +457,7 @@ async def test_cancelled_add_still_settles_all_or_nothing(db: SessionRouter) -> 
     assert await s.get_items() == [msg(0), msg(1), msg(2)]
 
 
+@pytest.mark.owner_sql
 async def test_old_operation_ids_are_pruned(db: SessionRouter) -> None:
     s = PostgresSession("prune", db)
     await s.add_items([msg(0)])

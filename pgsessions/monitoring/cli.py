@@ -7,22 +7,19 @@ import asyncio
 import sys
 from typing import Any
 
+from ..hostargs import NoHostsError, add_hosts_arguments, command_hosts
+
 
 def add_serve_metrics_command(subparsers: Any) -> None:
-    """Add ``serve-metrics [--hosts DSN ...] [--host 127.0.0.1] [--port 9464]``."""
+    """Add ``serve-metrics [--hosts DSN ... | --local] [--host 127.0.0.1] [--port 9464]``."""
     p = subparsers.add_parser(
         "serve-metrics",
         help="serve Prometheus /metrics and /healthz for a router over the cluster",
         description="Open a router over the cluster and serve /metrics and /healthz until "
-        "interrupted. Hosts: --hosts, else PGSESSIONS_HOSTS, else the local cluster.",
+        "interrupted. Hosts: --hosts, else PGSESSIONS_HOSTS, "
+        "else (only with --local) the local cluster.",
     )
-    p.add_argument(
-        "--hosts",
-        nargs="+",
-        default=None,
-        metavar="DSN",
-        help="PostgreSQL DSNs (or one comma-separated list / multi-host URL)",
-    )
+    add_hosts_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=9464, help="port to listen on (default 9464)")
     p.add_argument("--name", default="default", help="router name label (default 'default')")
@@ -30,10 +27,12 @@ def add_serve_metrics_command(subparsers: Any) -> None:
 
 
 def run_serve_metrics(args: argparse.Namespace) -> int:
-    from ..devcluster.cli import hosts_or_local_cluster
-
-    with hosts_or_local_cluster(args.hosts) as hosts:
-        return asyncio.run(_serve(hosts, args.host, args.port, args.name))
+    try:
+        with command_hosts("serve-metrics", args.hosts, local=args.local) as hosts:
+            return asyncio.run(_serve(hosts, args.host, args.port, args.name))
+    except NoHostsError as exc:
+        print(exc, file=sys.stderr)
+        return 2
 
 
 async def _serve(hosts: list[str] | str, host: str, port: int, name: str) -> int:

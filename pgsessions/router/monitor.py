@@ -2,7 +2,8 @@
 
 Each check asks every host one query over a connection kept for the monitor: whether it is in
 recovery, the primary's WAL flush position and clock, and for a standby its replay and receive
-positions, last replay timestamp and walreceiver status. The checks of all hosts run
+positions, last replay timestamp and walreceiver status (which only a role in pg_monitor may
+see: without it the replica is never eligible and says why). The checks of all hosts run
 concurrently, each bounded by ``check_timeout`` (a host that does not answer is down).
 """
 
@@ -35,8 +36,14 @@ SELECT pg_is_in_recovery(),
        pg_last_wal_receive_lsn()::text,
        extract(epoch FROM pg_last_xact_replay_timestamp())::float8,
        extract(epoch FROM clock_timestamp())::float8,
-       (SELECT status FROM pg_stat_wal_receiver LIMIT 1)
+       (SELECT coalesce(status, CASE WHEN pid IS NOT NULL THEN 'hidden' END)
+          FROM pg_stat_wal_receiver LIMIT 1)
 """
+
+# What a standby's walreceiver status reads as when the role may not see it: PostgreSQL shows
+# such a role the walreceiver's pid but not its status (pg_read_all_stats, e.g. pg_monitor).
+HIDDEN_STATUS = "hidden"
+NEEDS_PG_MONITOR = "walreceiver status hidden: the router's role needs pg_monitor"
 
 
 @dataclass(frozen=True)
@@ -245,6 +252,8 @@ def assess(
         reason: str | None = probe.error or "down"
     elif not probe.in_recovery:
         reason = "not a standby"
+    elif probe.wal_status == HIDDEN_STATUS:
+        reason = NEEDS_PG_MONITOR
     elif probe.wal_status != "streaming":
         reason = f"walreceiver {probe.wal_status or 'stopped'}"
     elif primary is None:

@@ -14,6 +14,7 @@ import sys
 import time
 from typing import Any
 
+from ..hostargs import NoHostsError, add_hosts_arguments, command_hosts
 from .config import RouterConfig
 from .core import SessionRouter
 from .errors import RouterError
@@ -45,14 +46,7 @@ def add_status_command(sub: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--hosts",
-        nargs="+",
-        default=None,
-        metavar="DSN",
-        help="PostgreSQL DSNs, or one comma-separated list / multi-host URL (default: "
-        "PGSESSIONS_HOSTS, else the local cluster)",
-    )
+    add_hosts_arguments(p)
     p.add_argument("--watch", action="store_true", help="refresh until interrupted")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
     p.add_argument("--json", action="store_true", help="print the topology as JSON")
@@ -123,12 +117,13 @@ async def _status(args: argparse.Namespace, hosts: list[str]) -> int:
 
 
 def run_status_command(args: argparse.Namespace) -> int:
-    from ..devcluster.cli import hosts_or_local_cluster
-
     try:
-        # a local cluster started just for this is left running: its status is the point
-        with hosts_or_local_cluster(args.hosts, keep=True) as hosts:
+        # a local cluster started just for this (--local) is left running: its status is the point
+        with command_hosts("status", args.hosts, local=args.local, keep=True) as hosts:
             return asyncio.run(_status(args, hosts))
+    except NoHostsError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     except KeyboardInterrupt:  # --watch runs until interrupted: Ctrl-C is the normal end
         return 0
     except (RouterError, ValueError) as exc:

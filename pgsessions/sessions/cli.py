@@ -7,36 +7,42 @@ import asyncio
 import sys
 from typing import Any
 
+from ..hostargs import NoHostsError, add_hosts_arguments, command_hosts
+
 
 def add_migrate_command(subparsers: Any) -> None:
-    """Add ``migrate [--hosts DSN ...] [--schema NAME]``."""
+    """Add ``migrate [--hosts DSN ... | --local] [--schema NAME] [--grant-to ROLE]``."""
     p = subparsers.add_parser(
         "migrate",
         help="create or upgrade the pgsessions schema (idempotent)",
         description="Apply the pending schema migrations on the primary, each once, under an "
-        "advisory lock. Hosts: --hosts, else PGSESSIONS_HOSTS, else the local cluster.",
+        "advisory lock. Hosts: --hosts, else PGSESSIONS_HOSTS, "
+        "else (only with --local) the local cluster.",
     )
-    p.add_argument(
-        "--hosts",
-        nargs="+",
-        default=None,
-        metavar="DSN",
-        help="PostgreSQL DSNs (or one comma-separated list / multi-host URL)",
-    )
+    add_hosts_arguments(p)
     p.add_argument(
         "--schema", default=None, help="schema name (default PGSESSIONS_SCHEMA or pgsessions)"
+    )
+    p.add_argument(
+        "--grant-to",
+        default=None,
+        metavar="ROLE",
+        help="also grant ROLE what the application needs and nothing more: USAGE on the "
+        "schema, EXECUTE on its functions, SELECT on the tables sessions read",
     )
     p.set_defaults(func=run_migrate_command)
 
 
 def run_migrate_command(args: argparse.Namespace) -> int:
-    from ..devcluster.cli import hosts_or_local_cluster
+    try:
+        with command_hosts("migrate", args.hosts, local=args.local) as hosts:
+            return asyncio.run(_migrate(hosts, args.schema, args.grant_to))
+    except NoHostsError as exc:
+        print(exc, file=sys.stderr)
+        return 2
 
-    with hosts_or_local_cluster(args.hosts) as hosts:
-        return asyncio.run(_migrate(hosts, args.schema))
 
-
-async def _migrate(hosts: list[str] | str, schema: str | None) -> int:
+async def _migrate(hosts: list[str] | str, schema: str | None, grant_to: str | None) -> int:
     import psycopg
 
     from ..router import RouterConfig, RouterError, SessionRouter
@@ -48,11 +54,13 @@ async def _migrate(hosts: list[str] | str, schema: str | None) -> int:
     try:
         config = RouterConfig.from_env(**overrides)
         async with SessionRouter(config) as router:
-            applied = await migrate(router)
+            applied = await migrate(router, grant_to=grant_to)
             current = await applied_migrations(router)
     except (ValueError, RouterError, psycopg.Error) as exc:
         print(f"pgsessions migrate: {exc}", file=sys.stderr)
         return 1
     done = ", ".join(applied) if applied else "nothing to apply"
     print(f"schema {config.schema!r}: {done}; at version {current[-1] if current else '-'}")
+    if grant_to:
+        print(f"granted {grant_to!r} usage, execute and select on schema {config.schema!r}")
     return 0

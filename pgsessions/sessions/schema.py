@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from psycopg import errors, sql
+from psycopg import AsyncConnection, errors, sql
 
 from ..router.lsn import parse_lsn
 
@@ -76,6 +76,24 @@ def migrate_hint(schema: str) -> Iterator[None]:
         raise
 
 
+# What an application role needs, and nothing more: writes are SECURITY DEFINER functions
+# (migration 0005), reads are plain SELECTs on these tables (also on replicas: grants
+# replicate). No INSERT, UPDATE, DELETE, TRUNCATE or DDL.
+APP_GRANTS = (
+    "GRANT USAGE ON SCHEMA {schema} TO {role}",
+    "GRANT EXECUTE ON ALL ROUTINES IN SCHEMA {schema} TO {role}",
+    "GRANT SELECT ON {schema}.conversations, {schema}.messages, {schema}.usage_logs TO {role}",
+    # so that servers starting as this role may call migrate(): a no-op once up to date
+    "GRANT SELECT ON {schema}.schema_migrations TO {role}",
+)
+
+
+def app_grants(schema: str, role: str) -> list[sql.Composed]:
+    """The GRANT statements that let ``role`` run sessions on ``schema``."""
+    names = {"schema": sql.Identifier(schema), "role": sql.Identifier(role)}
+    return [sql.SQL(text).format(**names) for text in APP_GRANTS]
+
+
 def _lock_key(schema: str) -> str:
     return f"pgsessions.migrate:{schema}"
 
@@ -84,6 +102,7 @@ async def migrate(
     router: SessionRouter,
     *,
     migrations: Sequence[Migration] | str | Path | None = None,
+    grant_to: str | None = None,
 ) -> list[str]:
     """Bring the router's schema up to date; returns the versions this call applied.
 
@@ -92,7 +111,8 @@ async def migrate(
     so it is applied exactly once. It returns once the router's reads without a consistency
     token can see the schema (at most about ten monitor check intervals). ``migrations`` (a
     list, or a directory of ``NNNN_*.sql`` files) replaces the packaged set, e.g. to test an
-    upgrade.
+    upgrade. ``grant_to`` names an application role to give exactly what sessions need (see
+    :data:`APP_GRANTS`): run migrations as the schema owner, the application as that role.
     """
     if migrations is None or isinstance(migrations, str | Path):
         todo = load_migrations(migrations)
@@ -112,10 +132,14 @@ async def migrate(
     record_q = f"INSERT INTO {qs}.schema_migrations (version, name) VALUES (%s, %s)"
     applied: list[str] = []
     async with router.primary_connection() as conn:
-        async with conn.transaction():
-            await conn.execute(lock, (_lock_key(schema),))
-            await conn.execute(bootstrap)
-            done = {row[0] for row in await (await conn.execute(applied_q)).fetchall()}
+        done = await _readable_versions(conn, qs)
+        if grant_to is None and done is not None and {mig.version for mig in todo} <= done:
+            todo = []  # up to date: no lock, no DDL (an application role may call this)
+        else:
+            async with conn.transaction():
+                await conn.execute(lock, (_lock_key(schema),))
+                await conn.execute(bootstrap)
+                done = {row[0] for row in await (await conn.execute(applied_q)).fetchall()}
         for mig in todo:
             if mig.version in done:
                 continue
@@ -127,11 +151,28 @@ async def migrate(
                 await conn.execute(mig.render(schema))
                 await conn.execute(record_q, (mig.version, mig.name))
             applied.append(mig.version)
+        if grant_to is not None:
+            async with conn.transaction():
+                for stmt in app_grants(schema, grant_to):
+                    await conn.execute(stmt)
         cur = await conn.execute("SELECT pg_current_wal_flush_lsn()::text")
         row = await cur.fetchone()
     if row is not None:
         await _wait_until_reads_see(router, parse_lsn(row[0]))
     return applied
+
+
+async def _readable_versions(conn: AsyncConnection[Any], qs: str) -> set[str] | None:
+    """The applied versions, or None when ``schema_migrations`` is missing or not readable."""
+    table = f"{qs}.schema_migrations"
+    cur = await conn.execute(
+        "SELECT coalesce(has_table_privilege(to_regclass(%s), 'SELECT'), false)", (table,)
+    )
+    row = await cur.fetchone()
+    if not row or not row[0]:
+        return None
+    cur = await conn.execute(f"SELECT version FROM {table}")
+    return {r[0] for r in await cur.fetchall()}
 
 
 async def _wait_until_reads_see(router: SessionRouter, lsn: int) -> None:

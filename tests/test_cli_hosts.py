@@ -1,0 +1,69 @@
+"""No accidental cluster: production commands need hosts or an explicit --local, and the
+library's runtime path imports none of the tools around it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pgsessions.hostargs import NoHostsError, command_hosts, given_hosts
+
+from .helpers import processes_under
+
+
+def _env_without_hosts(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PGSESSIONS_HOSTS"}
+    env["PGSESSIONS_CLUSTER_DIR"] = str(tmp_path / "cluster")
+    return env
+
+
+@pytest.mark.parametrize("command", ["migrate", "status", "serve-metrics"])
+def test_production_command_without_hosts_fails_and_starts_nothing(
+    command: str, tmp_path: Path
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pgsessions", command],
+        cwd=tmp_path,
+        env=_env_without_hosts(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0, done.stdout
+    for word in ("--hosts", "PGSESSIONS_HOSTS", "--local"):
+        assert word in done.stderr, done.stderr
+    assert not (tmp_path / "cluster").exists()
+    assert not (tmp_path / ".pgsessions").exists()
+    assert processes_under(tmp_path) == []
+
+
+def test_hosts_come_from_the_flag_then_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGSESSIONS_HOSTS", "postgresql://a@h1/db,postgresql://a@h2/db")
+    assert given_hosts(["postgresql://b@h3/db"]) == ["postgresql://b@h3/db"]
+    with command_hosts("migrate", None, local=False) as hosts:
+        assert hosts == ["postgresql://a@h1/db", "postgresql://a@h2/db"]
+    monkeypatch.delenv("PGSESSIONS_HOSTS")
+    assert given_hosts(None) is None
+    with pytest.raises(NoHostsError, match="--local"), command_hosts("status", None, local=False):
+        pass
+
+
+def test_runtime_import_path_loads_no_tools() -> None:
+    code = (
+        "import sys, json\n"
+        "import pgsessions.router, pgsessions.sessions, pgsessions.monitoring\n"
+        "tools = ('pgsessions.devcluster', 'pgsessions.drills', 'pgsessions.demo')\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith(tools))))\n"
+        "print(json.dumps('pgsessions.router.core' in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    loaded, core_loaded = done.stdout.splitlines()
+    assert json.loads(core_loaded) is True  # the imports above really ran
+    assert json.loads(loaded) == []
