@@ -143,3 +143,38 @@ async def test_cancelled_open_leaves_no_pool_and_no_task(cluster: LocalCluster) 
 def test_pool_max_waiting_must_not_be_negative() -> None:
     with pytest.raises(ValueError, match="pool_max_waiting"):
         RouterConfig(hosts="host=x", pool_max_waiting=-1)
+
+
+async def test_a_recovery_conflict_on_a_replica_is_retried_on_another_host(
+    cluster_factory: ClusterFactory,
+) -> None:
+    """A replica cancels a read to replay a lock (SQLSTATE 40001): the read is retried at
+    once elsewhere and returns; the replica is not lost for good."""
+    c = cluster_factory(  # type: ignore[operator]
+        replicas=2,
+        settings={"hot_standby_feedback": "off", "max_standby_streaming_delay": "0"},
+    )
+    c.primary.execute("CREATE TABLE t AS SELECT g AS x FROM generate_series(1, 100) g")
+    await asyncio.to_thread(c.wait_caught_up)
+    cfg = fast_config(c.dsns(), "public", name="conflict")
+    async with SessionRouter(cfg) as r:
+        await wait_until(lambda: len(r.topology().eligible()) == 2, 10, "replicas eligible")
+        slow = "SELECT count(*) FROM t, pg_sleep(1.5) /* conflict-probe */"
+        read = asyncio.create_task(r.execute_read("conflict", None, slow))
+
+        def running_on_a_replica() -> bool:
+            return any(
+                n.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE query LIKE %s"
+                    " AND pid <> pg_backend_pid()",
+                    ("%conflict-probe%",),
+                )[0][0]
+                for n in c.replicas
+            )
+
+        await wait_until(running_on_a_replica, 10, "the read to run on a replica")
+        # an ACCESS EXCLUSIVE lock is WAL-logged; replaying it cancels the replica's read
+        c.primary.execute("DO $$ BEGIN LOCK TABLE t IN ACCESS EXCLUSIVE MODE; END $$")
+        rows = await asyncio.wait_for(read, 15)
+        assert rows == [(100,)]
+        assert r.stats()["retries"]["read"].get("recovery_conflict", 0) >= 1, r.stats()
