@@ -122,7 +122,12 @@ async def migrate(
     qs = quote_ident(schema)
     lock = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
     bootstrap = (
-        f"CREATE SCHEMA IF NOT EXISTS {qs};"
+        # Waiting on an advisory lock takes in no catalog changes: a schema another server
+        # created meanwhile could still be missing from this backend's caches (a name looked
+        # up earlier, e.g. by _readable_versions, is cached as absent), and CREATE SCHEMA IF
+        # NOT EXISTS would then fail with a unique violation. Locking a relation does.
+        "LOCK TABLE pg_catalog.pg_namespace IN ACCESS SHARE MODE;"
+        f" CREATE SCHEMA IF NOT EXISTS {qs};"
         f" CREATE TABLE IF NOT EXISTS {qs}.schema_migrations ("
         " version text PRIMARY KEY,"
         " name text NOT NULL,"
