@@ -11,15 +11,19 @@ PYTEST_ARGS ?=
 
 setup: postgres $(VENV)/.installed-$(EXTRAS)
 
+# The install step of the targets below, which run it only when what they need is missing:
+# `$(APT_INSTALL) PACKAGES` (as root, or through sudo).
+APT_INSTALL = SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q
+
 # Installs the PostgreSQL server with apt-get only when no server binaries are found.
 postgres:
 	@if $(PYTHON) -c 'import sys; sys.path.insert(0, "."); from pgsessions.devcluster.binaries import find_bindir; print("PostgreSQL server binaries:", find_bindir())' 2>/dev/null; then :; \
 	elif ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then echo "PostgreSQL server binaries: $$(ls -d /usr/lib/postgresql/*/bin | tail -1)"; \
 	elif command -v apt-get >/dev/null; then \
 		echo "No PostgreSQL server binaries found: installing the postgresql package"; \
-		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
-		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; \
+		$(APT_INSTALL) postgresql; \
 	else echo "No PostgreSQL server binaries and no apt-get: install PostgreSQL 13+ and set PGSESSIONS_PG_BINDIR"; exit 1; fi
 
 # Installs PgBouncer (the conformance tests run through it) only when it is missing.
@@ -27,9 +31,7 @@ pgbouncer:
 	@if PATH="$$PATH:/usr/sbin:/sbin" command -v pgbouncer >/dev/null; then echo "PgBouncer: $$(PATH="$$PATH:/usr/sbin:/sbin" command -v pgbouncer)"; \
 	elif command -v apt-get >/dev/null; then \
 		echo "No pgbouncer found: installing the pgbouncer package"; \
-		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
-		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbouncer; \
+		$(APT_INSTALL) pgbouncer; \
 	else echo "No pgbouncer and no apt-get: install PgBouncer or set PGSESSIONS_PGBOUNCER"; exit 1; fi
 
 # Installs Patroni and etcd (for `pgsessions cluster up --patroni`) only when they are missing.
@@ -37,9 +39,7 @@ patroni:
 	@if PATH="$$PATH:/usr/sbin:/sbin" command -v patroni >/dev/null && PATH="$$PATH:/usr/sbin:/sbin" command -v etcd >/dev/null; then echo "Patroni: $$(command -v patroni), etcd: $$(command -v etcd)"; \
 	elif command -v apt-get >/dev/null; then \
 		echo "Patroni or etcd missing: installing the patroni and etcd-server packages"; \
-		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
-		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q patroni etcd-server; \
+		$(APT_INSTALL) patroni etcd-server; \
 	else echo "No patroni/etcd and no apt-get: install Patroni 3 and etcd 3.4+"; exit 1; fi
 
 $(VENV)/.installed-$(EXTRAS): pyproject.toml

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -62,3 +65,22 @@ def children_of(pids: list[int]) -> list[int]:
         if ppid in pids:
             out.append(int(entry))
     return out
+
+
+def cluster_cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """Run ``pgsessions cluster ARGS...`` in a subprocess (stdin closed, output captured)."""
+    return subprocess.run(
+        [sys.executable, "-m", "pgsessions", "cluster", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def cluster_state_dir(prefix: str) -> Path:
+    """A not-yet-existing ``state`` directory under a fresh temporary directory that the
+    server user can traverse (for ``pgsessions cluster up --dir``)."""
+    parent = Path(tempfile.mkdtemp(prefix=prefix))
+    parent.chmod(0o755)
+    return parent / "state"

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from pgsessions.devcluster import ClusterError, LocalCluster
-from tests.helpers import children_of, poll, processes_under
+from tests.helpers import children_of, cluster_cli, cluster_state_dir, poll, processes_under
 
 
 def _count(node, table: str) -> int:  # type: ignore[no-untyped-def]
@@ -181,35 +181,20 @@ def test_port_already_taken() -> None:
 
 
 def test_cli_up_status_down() -> None:
-    parent = Path(tempfile.mkdtemp(prefix="pgs-cli-"))
-    parent.chmod(0o755)
-    d = parent / "state"
-    cmd = [sys.executable, "-m", "pgsessions", "cluster"]
-    up = subprocess.run(
-        [*cmd, "up", "--dir", str(d), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
+    d = cluster_state_dir("pgs-cli-")
+    up = cluster_cli("up", "--dir", str(d), "--json", timeout=120)
     assert up.returncode == 0, up.stderr
     try:
         info = json.loads(up.stdout)
         assert len([info["primary"], *info["replicas"]]) == 3
-        status = subprocess.run(
-            [*cmd, "status", "--dir", str(d), "--json"], capture_output=True, text=True, timeout=60
-        )
+        status = cluster_cli("status", "--dir", str(d), "--json", timeout=60)
         rows = json.loads(status.stdout)
         assert sorted(r["role"] for r in rows) == ["primary", "replica", "replica"]
         assert all(r["streaming"] for r in rows if r["role"] == "replica")
-        table = subprocess.run(
-            [*cmd, "status", "--dir", str(d)], capture_output=True, text=True, timeout=60
-        ).stdout
+        table = cluster_cli("status", "--dir", str(d), timeout=60).stdout
         assert "primary" in table and "lag_bytes" in table
     finally:
-        down = subprocess.run(
-            [*cmd, "down", "--dir", str(d)], capture_output=True, text=True, timeout=60
-        )
+        down = cluster_cli("down", "--dir", str(d), timeout=60)
     assert down.returncode == 0, down.stderr
     assert processes_under(d) == []
     assert not d.exists()

@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -19,7 +15,7 @@ import pytest
 from pgsessions import PostgresSession, RouterConfig, SessionRouter, migrate
 from pgsessions.devcluster.patroni import PatroniCluster
 
-from .helpers import apoll
+from .helpers import apoll, cluster_cli, cluster_state_dir
 
 
 @pytest.fixture
@@ -84,29 +80,16 @@ async def _at_least(items: list[Any], n: int) -> bool:
 
 
 def test_cli_up_status_down_with_patroni() -> None:
-    parent = Path(tempfile.mkdtemp(prefix="pgs-patroni-cli-"))
-    parent.chmod(0o755)
-    d = parent / "state"
-    cmd = [sys.executable, "-m", "pgsessions", "cluster"]
-    up = subprocess.run(
-        [*cmd, "up", "--patroni", "--dir", str(d), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        stdin=subprocess.DEVNULL,
-    )
+    d = cluster_state_dir("pgs-patroni-cli-")
+    up = cluster_cli("up", "--patroni", "--dir", str(d), "--json", timeout=180)
     assert up.returncode == 0, up.stderr
     try:
         info = json.loads(up.stdout)
         assert len(info["members"]) == 3 and len(info["patroni"]) == 3
-        status = subprocess.run(
-            [*cmd, "status", "--dir", str(d), "--json"], capture_output=True, text=True, timeout=60
-        )
+        status = cluster_cli("status", "--dir", str(d), "--json", timeout=60)
         roles = sorted(r["role"] for r in json.loads(status.stdout))
         assert roles == ["leader", "replica", "sync_standby"]
     finally:
-        down = subprocess.run(
-            [*cmd, "down", "--dir", str(d)], capture_output=True, text=True, timeout=120
-        )
+        down = cluster_cli("down", "--dir", str(d), timeout=120)
     assert down.returncode == 0, down.stderr
     assert not d.exists()

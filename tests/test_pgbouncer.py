@@ -6,12 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -33,7 +29,7 @@ from pgsessions.devcluster.pgbouncer import Bouncer, start_bouncers, stop_bounce
 from pgsessions.router import monitor
 from pgsessions.sessions import applied_migrations
 
-from .helpers import apoll, processes_under
+from .helpers import apoll, cluster_cli, cluster_state_dir, processes_under
 
 set_tracing_disabled(True)
 
@@ -308,17 +304,8 @@ async def test_probe_sql_of_the_wrong_shape_everywhere_then_recovery(
 def test_cli_up_with_pgbouncer_status_down() -> None:
     """`cluster up --pgbouncer` prints bouncer DSNs that reach the right nodes; `status` shows
     them; `down` stops them with the servers."""
-    parent = Path(tempfile.mkdtemp(prefix="pgs-bouncer-cli-"))
-    parent.chmod(0o755)
-    d = parent / "state"
-    cmd = [sys.executable, "-m", "pgsessions", "cluster"]
-    up = subprocess.run(
-        [*cmd, "up", "--dir", str(d), "--replicas", "1", "--pgbouncer", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
+    d = cluster_state_dir("pgs-bouncer-cli-")
+    up = cluster_cli("up", "--dir", str(d), "--replicas", "1", "--pgbouncer", "--json", timeout=120)
     assert up.returncode == 0, up.stderr
     try:
         info = json.loads(up.stdout)
@@ -329,16 +316,12 @@ def test_cli_up_with_pgbouncer_status_down() -> None:
                 row = conn.execute("SELECT pg_is_in_recovery(), pg_backend_pid()").fetchone()
                 assert row is not None and row[0] == (node == "node2")
                 assert row[1] != conn.info.backend_pid  # a pooler: auto leaves preparing off
-        status = subprocess.run(
-            [*cmd, "status", "--dir", str(d), "--json"], capture_output=True, text=True, timeout=60
-        )
+        status = cluster_cli("status", "--dir", str(d), "--json", timeout=60)
         state = json.loads(status.stdout)
         assert [b["running"] for b in state["pgbouncer"]] == [True, True]
         assert {b["pool_mode"] for b in state["pgbouncer"]} == {"transaction"}
     finally:
-        down = subprocess.run(
-            [*cmd, "down", "--dir", str(d)], capture_output=True, text=True, timeout=60
-        )
+        down = cluster_cli("down", "--dir", str(d), timeout=60)
     assert down.returncode == 0, down.stderr
     assert "stopped 2 pgbouncer" in down.stdout
     assert processes_under(d) == []

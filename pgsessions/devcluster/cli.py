@@ -111,9 +111,12 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def print_status_table(rows: list[dict[str, Any]]) -> None:
-    cols = ["node", "port", "role", "streaming", "lag_bytes", "lag_seconds"]
-    table = [cols] + [[_fmt(r[c]) for c in cols] for r in rows]
+def print_status_table(
+    rows: list[dict[str, Any]],
+    cols: tuple[str, ...] = ("node", "port", "role", "streaming", "lag_bytes", "lag_seconds"),
+) -> None:
+    """``rows`` as an aligned table of ``cols`` (the local cluster's by default)."""
+    table = [list(cols)] + [[_fmt(r[c]) for c in cols] for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
@@ -181,11 +184,7 @@ def _patroni_command(args: argparse.Namespace, base: Path) -> int:
         if args.json:
             print(json.dumps(rows, indent=2))
         else:
-            cols = ["member", "port", "rest", "role", "state", "timeline", "lag"]
-            table = [cols] + [[_fmt(r[c]) for c in cols] for r in rows]
-            widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
-            for row in table:
-                print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+            print_status_table(rows, ("member", "port", "rest", "role", "state", "timeline", "lag"))
         return 0
     if args.cluster_cmd == "down":
         pc.stop(delete=not args.keep_data)

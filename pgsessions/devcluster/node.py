@@ -11,6 +11,11 @@ import psycopg
 DBNAME = "pgsessions"
 
 
+def loopback_dsn(port: int) -> str:
+    """libpq URL of a local server (or pooler) on ``port`` (trust auth on loopback)."""
+    return f"postgresql://postgres@127.0.0.1:{port}/{DBNAME}"
+
+
 @dataclass
 class Node:
     """A server of a LocalCluster: its name (also its cluster_name and slot name), port, paths."""
@@ -34,7 +39,7 @@ class Node:
     @property
     def dsn(self) -> str:
         """libpq URL of this node (trust auth on loopback: no password)."""
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{DBNAME}"
+        return loopback_dsn(self.port)
 
     @property
     def conninfo(self) -> str:

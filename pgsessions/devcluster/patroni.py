@@ -27,7 +27,7 @@ import psycopg
 from .binaries import chown_to_server_user, find_bindir, server_user
 from .cluster import wait_for
 from .errors import ClusterError
-from .node import DBNAME
+from .node import DBNAME, loopback_dsn
 from .ports import pick_free_port
 
 STATE_FILE = "patroni.json"
@@ -63,7 +63,7 @@ class Member:
 
     @property
     def dsn(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{DBNAME}"
+        return loopback_dsn(self.port)
 
     @property
     def rest_url(self) -> str:

@@ -21,7 +21,7 @@ import psycopg
 from .binaries import chown_to_server_user, run_as_server_user
 from .cluster import LocalCluster, wait_for
 from .errors import ClusterError
-from .node import DBNAME
+from .node import loopback_dsn
 from .ports import pick_free_port
 
 STATE_FILE = "pgbouncer.json"
@@ -58,7 +58,7 @@ class Bouncer:
 
     @property
     def dsn(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{DBNAME}"
+        return loopback_dsn(self.port)
 
     @property
     def log_path(self) -> Path:

@@ -153,8 +153,8 @@ METRICS: tuple[MetricSpec, ...] = (
         "pgsessions_overloaded_total",
         "counter",
         ("operation", "host", "role"),
-        "Requests refused by a busy host (pool timeout, full queue, SQLSTATE class 53);"
-        " never a ban or a failover.",
+        "Requests a busy host could not take (pool timeout, full queue, SQLSTATE class 53):"
+        " a read moved to another host, or the caller got OverloadedError; never a ban.",
     ),
     MetricSpec(
         "pgsessions_tokens_capped_total",

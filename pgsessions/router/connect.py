@@ -23,6 +23,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from .config import PreparedStatements, RouterConfig
+from .dsn import host_label
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,22 @@ def apply_prepare_mode(
         conn.prepare_threshold = PREPARE_THRESHOLD if direct else None
     else:
         conn.prepare_threshold = PREPARE_THRESHOLD if mode == "on" else None
+
+
+async def configure(
+    conn: psycopg.AsyncConnection[Any], config: RouterConfig, conninfo: str
+) -> bool:
+    """The first query on every router connection (pools and probes): set its
+    prepared-statement mode for ``conninfo``'s host; returns whether the server is in
+    recovery."""
+    cur = await conn.execute("SELECT pg_is_in_recovery(), pg_backend_pid()")
+    row = await cur.fetchone()
+    if row is None or len(row) != 2 or not isinstance(row[1], int):
+        raise psycopg.InterfaceError(
+            f"{host_label(conninfo)}: unexpected reply to the connection setup query: {row!r}"
+        )
+    apply_prepare_mode(conn, config.prepared_statements_for(conninfo), row[1])
+    return bool(row[0])
 
 
 def prepared_statement_failure(exc: BaseException) -> str | None:

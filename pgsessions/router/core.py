@@ -176,15 +176,16 @@ class SessionRouter:
             self._monitor.recheck_pool(h)
         self._monitor.mark_suspect(h)
 
-    def _busy(self, h: Host, exc: BaseException) -> bool:
-        """Whether ``exc`` is overload of a host the monitor sees healthy (never a ban)."""
+    def _busy(self, operation: str, h: Host, exc: BaseException) -> bool:
+        """Whether ``exc`` is overload of a host the monitor sees healthy: then it is counted
+        (never a ban) and the caller moves on or raises :meth:`_overloaded`."""
         if not (is_overload(exc) and h.up and not h.suspect_at):
             return False
         self._counters.add("overloaded")
+        self._counters.emit("on_overload", operation, h.label, h.role)
         return True
 
-    def _overloaded(self, operation: str, h: Host, exc: BaseException) -> NoReturn:
-        self._counters.emit("on_overload", operation, h.label, h.role)
+    def _overloaded(self, h: Host, exc: BaseException) -> NoReturn:
         raise OverloadedError(_overload_text(exc, self.config), h.label) from exc
 
     def _on_pool_wait(self, h: Host) -> Any:
@@ -305,8 +306,8 @@ class SessionRouter:
                     conn, query, params, self._deadline_for_statement(), commits
                 )
         except Exception as exc:
-            if self._busy(h, exc):
-                self._overloaded(operation, h, exc)
+            if self._busy(operation, h, exc):
+                self._overloaded(h, exc)
             if classify(exc, write=True) is not None:
                 self._failed(h, exc)
                 if is_connection_loss(exc) and h.pool is not None:
@@ -389,9 +390,9 @@ class SessionRouter:
                 except Exception as exc:
                     if not self._open:
                         raise RouterClosedError("the router was closed during the read") from exc
-                    if self._busy(h, exc):
+                    if self._busy(operation, h, exc):
                         if h.role == "primary":
-                            self._overloaded(operation, h, exc)
+                            self._overloaded(h, exc)
                         excluded.add(h.label)  # try another host; no ban
                         continue
                     why = classify(exc, write=False)

@@ -82,9 +82,7 @@ def split_hosts(hosts: str | list[str] | tuple[str, ...]) -> list[str]:
     raw = hosts.strip()
     if not raw:
         return []
-    base, own = strip_own_options(raw)
-    if _is_multihost(base):
-        return [with_own_options(d, own) for d in expand_multihost(base)]
+    # a multi-host URL or conninfo stays one part: its commas start no new DSN
     parts = [p.strip() for p in _split_top_level_commas(raw) if p.strip()]
     out: list[str] = []
     for p in parts:

@@ -33,16 +33,17 @@ _REPLAY_LSN_SQL = "SELECT pg_last_wal_replay_lsn()::text"
 
 
 async def write(
-    conn: Conn, query: Query, params: Params | None, deadline: float, commits: bool
+    conn: Conn, query: Query, params: Params | None, seconds: float, commits: bool
 ) -> tuple[Rows, str]:
-    """Run one write in its own transaction and return (rows, token).
+    """Run one write in its own transaction and return (rows, token); the connection is cut
+    if the server has not answered within ``seconds``.
 
     ``commits``: the statement is a ``CALL`` of a procedure that commits and returns the
     flush position as its last column; otherwise BEGIN, the statement, COMMIT and the token
     query go in one pipeline. Rolls back on any failure.
     """
     try:
-        with watchdog(conn, deadline):
+        with watchdog(conn, seconds):
             if commits:
                 cur = await conn.execute(cast(QueryNoTemplate, query), params)
                 return split_token(await cur.fetchone())

@@ -20,12 +20,7 @@ import psycopg
 
 from .classify import short_error
 from .config import RouterConfig
-from .connect import (
-    RouterConnection,
-    apply_prepare_mode,
-    connect_kwargs,
-    prepared_statement_failure,
-)
+from .connect import RouterConnection, configure, connect_kwargs, prepared_statement_failure
 from .lsn import parse_lsn
 from .pools import abort_connection, watchdog
 
@@ -145,12 +140,7 @@ class Prober:
                         await conn.close()
                         return Probe(up=False, error="router closed", started=started)
                     self._conn = conn
-                    cur = await conn.execute("SELECT pg_backend_pid()")
-                    pid_row = await cur.fetchone()
-                    if pid_row is None or not isinstance(pid_row[0], int):
-                        raise UnexpectedReply("unexpected reply to SELECT pg_backend_pid()")
-                    mode = self.config.prepared_statements_for(self.dsn)
-                    apply_prepare_mode(conn, mode, pid_row[0])
+                    await configure(conn, self.config, self.dsn)
             with watchdog(conn, budget):
                 cur = await conn.execute(PROBE_SQL)
                 row = await cur.fetchone()

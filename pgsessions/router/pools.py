@@ -24,12 +24,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from .classify import StandbyConnectionError, StatementDeadlineError
 from .config import RouterConfig
-from .connect import (
-    RouterConnection,
-    apply_prepare_mode,
-    connect_kwargs,
-    prepared_statement_failure,
-)
+from .connect import RouterConnection, configure, connect_kwargs, prepared_statement_failure
 from .errors import PreparedStatementsError
 
 log = logging.getLogger(__name__)
@@ -129,12 +124,7 @@ class HostPool:
     async def _configure(self, conn: Conn) -> None:
         # nothing is SET here: session settings come as connect options (connect.py)
         with watchdog(conn, self.config.connect_timeout + self.config.statement_timeout):
-            cur = await conn.execute("SELECT pg_is_in_recovery(), pg_backend_pid()")
-            row = await cur.fetchone()
-        if row is None or len(row) != 2 or not isinstance(row[1], int):
-            raise psycopg.InterfaceError(f"{self.label}: unexpected reply to the setup query")
-        apply_prepare_mode(conn, self.config.prepared_statements_for(self.dsn), row[1])
-        _opened_on_standby[conn] = bool(row[0])
+            _opened_on_standby[conn] = await configure(conn, self.config, self.dsn)
 
     async def open(self, wait: bool) -> None:
         await self.pool.open(wait=wait, timeout=self.config.connect_timeout + 1.0)

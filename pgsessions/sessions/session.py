@@ -106,6 +106,10 @@ class PostgresSession:
             return theirs
         return None if mine is None else format_lsn(mine)
 
+    def _own_token(self) -> str | None:
+        # the router adds the token it remembers for this session id itself
+        return None if self._token is None else format_lsn(self._token)
+
     def _note(self, token: str) -> None:
         lsn = parse_lsn(token)
         if self._token is None or lsn > self._token:
@@ -128,7 +132,7 @@ class PostgresSession:
     async def _read(self, operation: str, query: Any, params: Any) -> list[tuple[Any, ...]]:
         with migrate_hint(self.router.config.schema):
             return await self.router.execute_read(
-                operation, self.session_id, query, params, token=self.consistency_token
+                operation, self.session_id, query, params, token=self._own_token()
             )
 
     # tenant seam ------------------------------------------------------------------------
