@@ -292,3 +292,24 @@ def test_commands_with_local_use_the_local_cluster() -> None:
         down = pgsessions("cluster", "down", "--dir", str(d))
     assert down.returncode == 0, down.stderr
     assert [p for p in processes_under(d) if _alive(p)] == []
+
+
+def test_kept_cluster_outlives_its_process() -> None:
+    """A ``keep=True`` cluster (what `cluster up` starts) is not stopped at interpreter exit,
+    even while the object is still referenced then (it was, by chance of GC timing)."""
+    base = _public_tmp("pgs-kept-") / "c"
+    script = (
+        "from pgsessions.devcluster import LocalCluster; "
+        f"c = LocalCluster(replicas=1, base_dir={str(base)!r}, keep=True, fsync=False); "
+        "c.start(); print(c.primary.port)"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    c = LocalCluster.load(base)
+    try:
+        assert c.is_running()
+        with psycopg.connect(c.primary.conninfo, connect_timeout=5) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        c.stop(delete=True)
+    assert processes_under(base) == []

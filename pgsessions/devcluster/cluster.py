@@ -154,8 +154,9 @@ class LocalCluster:
             return self
         bindir = self.bindir
         self._prepare_dir()
-        with _live_lock:
-            _live.add(self)
+        if not self.keep:  # a kept cluster outlives this process (`cluster up`)
+            with _live_lock:
+                _live.add(self)
         try:
             used: set[int] = set()
             names = ["node1"] + [f"node{i + 2}" for i in range(self.replica_count)]
