@@ -127,3 +127,19 @@ async def test_a_missing_password_is_refused(
     wrong = with_params(tls_env, password="not-the-password")
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         await psycopg.AsyncConnection.connect(wrong[0], connect_timeout=3)
+
+
+async def test_the_password_from_pgpassword(
+    tls_env: LocalCluster, tls_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PGPASSWORD instead of a passfile: libpq reads it at each connect, pools and probes."""
+    assert tls_env.tls is not None
+    monkeypatch.delenv("PGPASSFILE")
+    monkeypatch.setenv("HOME", "/nonexistent")  # no ~/.pgpass to fall back on
+    monkeypatch.setenv("PGPASSWORD", tls_env.tls.password())
+    async with SessionRouter(config_for(tls_env.dsns(), tls_schema)) as router:
+        await migrate(router)
+        await wait_until(lambda: len(router.topology().eligible()) == 2, 15, "replicas eligible")
+        session = PostgresSession("tls-env", router)
+        await session.add_items([{"role": "user", "content": "x"}])  # type: ignore[list-item]
+        assert await session.get_items() == [{"role": "user", "content": "x"}]
