@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from pgsessions.devcluster import LocalCluster
+from pgsessions.devcluster import ClusterError, LocalCluster
 from pgsessions.devcluster.tls import ClusterTls, _fields, passfile_lines
 from tests.helpers import cluster_cli, cluster_state_dir
 
@@ -24,6 +24,9 @@ def test_passfile_fields_are_escaped_and_read_back(tmp_path: Path) -> None:
     assert _fields(lines.splitlines()[1]) == ["localhost", "*", "*", "postgres", password]
     (tmp_path / "pgpass").write_text(lines)
     assert ClusterTls(tmp_path).password() == password
+    for bad in ("", "two\nlines"):
+        with pytest.raises(ClusterError, match="one non-empty line"):
+            passfile_lines("postgres", bad)
 
 
 def test_certificates_name_loopback_and_chain_to_the_ca(tls_cluster: LocalCluster) -> None:
@@ -122,6 +125,18 @@ def test_cluster_up_tls_prints_verify_full_dsns_and_a_passfile(
         # PgBouncer in front of a TLS cluster is not built yet: refused, not half made
         both = cluster_cli("up", "--tls", "--pgbouncer", "--dir", str(state))
         assert both.returncode == 1 and "cannot be combined" in both.stderr
+    finally:
+        down = cluster_cli("down", "--dir", str(state))
+    assert down.returncode == 0, down.stderr
+
+
+def test_cluster_up_tls_refuses_a_plain_cluster_in_its_directory() -> None:
+    state = cluster_state_dir("pgsessions-tls-plain-")
+    try:
+        assert cluster_cli("up", "--replicas", "0", "--dir", str(state)).returncode == 0
+        again = cluster_cli("up", "--tls", "--dir", str(state))
+        assert again.returncode == 1 and "without TLS" in again.stderr, again.stderr
+        assert "sslmode" not in again.stdout
     finally:
         down = cluster_cli("down", "--dir", str(state))
     assert down.returncode == 0, down.stderr

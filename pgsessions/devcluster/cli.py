@@ -37,8 +37,8 @@ def ensure_local_cluster(
     base = (base_dir or default_dir()).resolve()
     if (base / STATE_FILE).exists():
         existing = LocalCluster.load(base)
-        if tls and existing.tls is None and existing.is_running():
-            raise ClusterError(f"a cluster without TLS runs in {base}: `cluster down` it first")
+        if tls and existing.tls is None:
+            raise ClusterError(f"a cluster without TLS is in {base}: `cluster down` it first")
         if existing.is_running():
             return existing, False
         try:

@@ -161,6 +161,8 @@ def _fields(line: str) -> list[str]:
 
 def passfile_lines(user: str, password: str) -> str:
     """Passfile entries for ``user`` on every local port and database (replication too)."""
+    if "\n" in password or "\r" in password or not password:
+        raise ClusterError("the cluster password must be one non-empty line")
     return "".join(
         f"{host}:*:*:{_escape(user)}:{_escape(password)}\n" for host in ("127.0.0.1", "localhost")
     )

@@ -9,6 +9,7 @@ import hmac
 import logging
 import os
 import ssl
+import sys
 import threading
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -118,9 +119,16 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        # a failed TLS handshake (plain HTTP, wrong CA at the client) or a client gone away:
-        # not worth a traceback on stderr at every scrape
-        log.debug("pgsessions metrics: request from %s failed", client_address, exc_info=True)
+        # a failed TLS handshake (plain HTTP, a client that distrusts the certificate) or a
+        # client gone away is the client's business: no traceback on stderr at every scrape
+        exc = sys.exc_info()[1]
+        client_side = isinstance(exc, ssl.SSLError | ConnectionError | TimeoutError)
+        log.log(
+            logging.DEBUG if client_side else logging.WARNING,
+            "pgsessions metrics: request from %s failed",
+            client_address,
+            exc_info=True,
+        )
 
 
 class MetricsServer:
