@@ -37,6 +37,27 @@ def cluster() -> Iterator[LocalCluster]:
         c.stop()
 
 
+@pytest.fixture(scope="session")
+def tls_cluster() -> Iterator[LocalCluster]:
+    """Primary + 2 replicas that accept only TLS with a SCRAM password, replication included
+    (``tls=True``); clients connect with the ``tls_env`` fixture's PGPASSFILE."""
+    c = LocalCluster(replicas=2, fsync=False, tls=True)
+    c.start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+def tls_env(tls_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> LocalCluster:
+    """The TLS cluster, with its PGPASSFILE in this test's environment (libpq reads it)."""
+    for key, value in tls_cluster.client_env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    return tls_cluster
+
+
 @pytest.fixture
 def cluster_factory() -> Iterator[Callable[..., LocalCluster]]:
     """Start clusters of the test's own (for fault tests); all are stopped at test end."""

@@ -214,7 +214,11 @@ async def test_responses_compaction_session_runs_atomically_over_postgres(
     assert stored == [*older[:4], {"type": "compaction", "encrypted_content": "summary-1"}]
 
 
-async def test_encrypted_compaction_session_over_postgres(db: SessionRouter) -> None:
+async def test_encrypted_compaction_session_over_postgres(
+    db: SessionRouter, cluster: LocalCluster
+) -> None:
+    """EncryptedSession over PostgresSession (the README's way to encrypt history at rest):
+    it round-trips, and the stored rows hold only ciphertext."""
     client = FakeCompactClient()
     backend = PostgresSession("e2e-encrypted", db, session_settings=SessionSettings(limit=2))
     compacting = OpenAIResponsesCompactionSession(
@@ -238,3 +242,16 @@ async def test_encrypted_compaction_session_over_postgres(db: SessionRouter) -> 
     assert '"summary-1"' not in text and '"m1"' not in text and '"m0"' not in text
     plain = await session.get_items(limit=100)
     assert plain == [*older[:2], {"type": "compaction", "encrypted_content": "summary-1"}]
+    # the table itself, read as the database holds it: no plaintext value, and the role
+    # and type columns (extracted for analytics) stay empty
+    cluster.wait_caught_up()
+    for node in cluster.nodes:
+        rows = node.execute(
+            f"SELECT item::text, role, type FROM {db.config.schema}.messages "
+            "WHERE session_id = 'e2e-encrypted'"
+        )
+        assert len(rows) == 3
+        for text, role, type_ in rows:
+            assert json.loads(text)["__enc__"] == 1 and role is None and type_ is None
+            for value in ('"summary-1"', '"m0"', '"m1"', '"user"', '"assistant"', "answer 0"):
+                assert value not in text, (node.name, text)

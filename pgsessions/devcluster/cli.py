@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -26,15 +27,18 @@ def default_dir() -> Path:
 
 
 def ensure_local_cluster(
-    base_dir: Path | None = None, *, replicas: int = 2, sync: bool = False
+    base_dir: Path | None = None, *, replicas: int = 2, sync: bool = False, tls: bool = False
 ) -> tuple[LocalCluster, bool]:
     """The local cluster in ``base_dir``, started if it is not running.
 
     Returns the cluster and whether this call started it (the caller stops what it started).
+    ``tls=True`` starts a TLS cluster whose superuser password is ``PGPASSWORD`` if set.
     """
     base = (base_dir or default_dir()).resolve()
     if (base / STATE_FILE).exists():
         existing = LocalCluster.load(base)
+        if tls and existing.tls is None:
+            raise ClusterError(f"a cluster without TLS is in {base}: `cluster down` it first")
         if existing.is_running():
             return existing, False
         try:
@@ -42,7 +46,10 @@ def ensure_local_cluster(
             return existing, True
         except ClusterError:
             pass  # unusable leftovers: LocalCluster.start() below cleans the directory
-    cluster = LocalCluster(replicas=replicas, sync=sync, base_dir=base, keep=True)
+    password = (os.environ.get("PGPASSWORD") or None) if tls else None
+    cluster = LocalCluster(
+        replicas=replicas, sync=sync, base_dir=base, keep=True, tls=tls, password=password
+    )
     cluster.start()
     return cluster, True
 
@@ -86,6 +93,12 @@ def add_cluster_command(sub: Any) -> None:
         "--pgbouncer",
         action="store_true",
         help="also put one PgBouncer (transaction mode) in front of each node; print its DSNs",
+    )
+    up.add_argument(
+        "--tls",
+        action="store_true",
+        help="a CA and a certificate per node; only TLS with a SCRAM password is accepted "
+        "(password: PGPASSWORD, else a random one, written to a passfile; DSNs verify-full)",
     )
     up.add_argument(
         "--patroni",
@@ -145,8 +158,8 @@ def _bouncer_row(b: Bouncer) -> dict[str, Any]:
 def _patroni_command(args: argparse.Namespace, base: Path) -> int:
     """`cluster up --patroni`, and status/down of a Patroni cluster."""
     if args.cluster_cmd == "up":
-        if getattr(args, "pgbouncer", False):
-            raise ClusterError("--pgbouncer and --patroni cannot be combined yet")
+        if getattr(args, "pgbouncer", False) or getattr(args, "tls", False):
+            raise ClusterError("--pgbouncer and --tls cannot be combined with --patroni yet")
         if (base / PATRONI_STATE).exists():
             pc = PatroniCluster.load(base)
             started = False
@@ -199,8 +212,12 @@ def run_cluster_command(args: argparse.Namespace) -> int:
         if (base / PATRONI_STATE).exists() or getattr(args, "patroni", False):
             return _patroni_command(args, base)
         if args.cluster_cmd == "up":
+            if args.tls and args.pgbouncer:
+                raise ClusterError("--tls and --pgbouncer cannot be combined yet")
             t0 = time.monotonic()
-            cluster, started = ensure_local_cluster(base, replicas=args.replicas, sync=args.sync)
+            cluster, started = ensure_local_cluster(
+                base, replicas=args.replicas, sync=args.sync, tls=args.tls
+            )
             bouncers = _bouncers_for_up(cluster, args.pgbouncer)
             took = time.monotonic() - t0
             info: dict[str, Any] = {
@@ -212,6 +229,9 @@ def run_cluster_command(args: argparse.Namespace) -> int:
                 "hosts": ",".join(cluster.dsns()),
                 "sync": cluster.sync,
             }
+            if cluster.tls is not None:
+                info["passfile"] = str(cluster.tls.passfile)
+                info["sslrootcert"] = str(cluster.tls.ca_cert)
             if bouncers:
                 info["direct_hosts"] = info["hosts"]
                 info["pgbouncer"] = {b.node: b.dsn for b in bouncers}
@@ -226,7 +246,10 @@ def run_cluster_command(args: argparse.Namespace) -> int:
                     print(f"replica  {r.dsn}")
                 for b in bouncers:
                     print(f"pgbouncer ({b.pool_mode}) for {b.node}  {b.dsn}")
-                print(f"\nexport PGSESSIONS_HOSTS={info['hosts']}")
+                # quoted: a TLS DSN's query string holds '&'
+                print(f"\nexport PGSESSIONS_HOSTS={shlex.quote(info['hosts'])}")
+                if cluster.tls is not None:
+                    print(f"export PGPASSFILE={shlex.quote(str(cluster.tls.passfile))}")
             return 0
         cluster = LocalCluster.load(base)
         if args.cluster_cmd == "status":

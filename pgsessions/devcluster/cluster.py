@@ -23,6 +23,7 @@ from .binaries import chown_to_server_user, find_bindir, run_as_server_user, ser
 from .errors import ClusterError
 from .node import DBNAME, Node
 from .ports import pick_free_port, port_is_free
+from .tls import HBA, TLS_DIR, ClusterTls
 
 STATE_FILE = "cluster.json"
 NODE_CONF = "pgsessions_node.conf"
@@ -72,6 +73,9 @@ class LocalCluster:
 
     ``sync=True`` makes the primary wait for ``ANY 1`` replica on each commit. Servers run as
     the ``postgres`` OS user when we are root. ``keep=False`` deletes the directory on stop.
+    ``tls=True`` makes a CA and a certificate per node and accepts only TLS connections with
+    a SCRAM password (``password``, or a random one) for every role, replication included:
+    clients use :meth:`client_env` (``PGPASSFILE``) and DSNs with ``sslmode=verify-full``.
     Every operation that changes the cluster waits for its effect with a deadline.
     """
 
@@ -86,9 +90,13 @@ class LocalCluster:
         ports: Iterable[int] | None = None,
         bindir: str | None = None,
         settings: dict[str, str] | None = None,
+        tls: bool = False,
+        password: str | None = None,
     ) -> None:
         if replicas < 0:
             raise ValueError(f"replicas must be >= 0, got {replicas}")
+        if password is not None and not tls:
+            raise ValueError("password: only a TLS cluster (tls=True) uses passwords")
         self.replica_count = replicas
         self.sync = sync
         self.keep = keep
@@ -104,6 +112,10 @@ class LocalCluster:
         self._primary_name: str | None = None
         self._started = False
         self._bindir: Path | None = None
+        self._want_tls = tls
+        self._password = password
+        #: the CA, certificates and passfile of a TLS cluster (None: trust auth, no TLS)
+        self.tls: ClusterTls | None = None
 
     # ---------------------------------------------------------------- public views
     @property
@@ -134,6 +146,10 @@ class LocalCluster:
         """DSNs of every node, primary first."""
         return [self.primary.dsn] + [n.dsn for n in self.replicas]
 
+    def client_env(self) -> dict[str, str]:
+        """Environment a client of :meth:`dsns` needs: ``PGPASSFILE`` of a TLS cluster."""
+        return {"PGPASSFILE": str(self.tls.passfile)} if self.tls is not None else {}
+
     def __repr__(self) -> str:
         return (
             f"LocalCluster(dir={str(self.base_dir)!r}, primary={self._primary_name!r}, "
@@ -160,10 +176,15 @@ class LocalCluster:
         try:
             used: set[int] = set()
             names = ["node1"] + [f"node{i + 2}" for i in range(self.replica_count)]
+            if self._want_tls:
+                self.tls = ClusterTls.create(
+                    self.base_dir / TLS_DIR, names, user="postgres", password=self._password
+                )
+                self._password = None
             for i, name in enumerate(names):
                 port = self._port_for(i, used)
                 used.add(port)
-                self.nodes.append(Node(name=name, port=port, base_dir=self.base_dir))
+                self.nodes.append(Node(name=name, port=port, base_dir=self.base_dir, tls=self.tls))
             primary = self.nodes[0]
             self._primary_name = primary.name
             self._init_primary(primary, bindir)
@@ -212,8 +233,11 @@ class LocalCluster:
             fsync=state.get("fsync", True),
             bindir=state.get("bindir"),
         )
+        if state.get("tls"):
+            cluster.tls = ClusterTls(base / TLS_DIR)
         cluster.nodes = [
-            Node(name=n["name"], port=n["port"], base_dir=base) for n in state["nodes"]
+            Node(name=n["name"], port=n["port"], base_dir=base, tls=cluster.tls)
+            for n in state["nodes"]
         ]
         cluster._primary_name = state["primary"]
         cluster._started = any(n.is_running() for n in cluster.nodes)
@@ -476,6 +500,7 @@ class LocalCluster:
             "sync": self.sync,
             "fsync": self.fsync,
             "primary": self._primary_name,
+            "tls": self.tls is not None,
             "nodes": [{"name": n.name, "port": n.port} for n in self.nodes],
         }
         path = self.base_dir / STATE_FILE
@@ -494,22 +519,31 @@ class LocalCluster:
 
     def _init_primary(self, node: Node, bindir: Path) -> None:
         self._mkdir(node.dir)
-        run_as_server_user(
-            [
-                str(bindir / "initdb"),
-                "-D",
-                str(node.data_dir),
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-sync",
-            ],
-            timeout=120,
-        )
+        pwfile = self.tls.write_pwfile() if self.tls is not None else None
+        try:
+            run_as_server_user(
+                [
+                    str(bindir / "initdb"),
+                    "-D",
+                    str(node.data_dir),
+                    "-U",
+                    "postgres",
+                    "-A",
+                    "trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                    *([f"--pwfile={pwfile}"] if pwfile is not None else []),
+                ],
+                timeout=120,
+            )
+        finally:
+            if pwfile is not None:
+                pwfile.unlink(missing_ok=True)
+        if self.tls is not None:
+            # replaces initdb's trust lines; copied to the replicas by pg_basebackup
+            self._write_file(node.data_dir / "pg_hba.conf", HBA)
         conf = {
             "listen_addresses": "'127.0.0.1'",
             "unix_socket_directories": "''",
@@ -556,6 +590,8 @@ class LocalCluster:
             lines.append(f"primary_conninfo = '{escaped} application_name={node.name}'")
         if slot is not None:
             lines.append(f"primary_slot_name = '{slot}'")
+        if node.tls is not None:
+            lines += node.tls.server_settings(node.name)
         self._write_file(node.data_dir / NODE_CONF, "\n".join(lines) + "\n")
 
     def _clean_auto_conf(self, node: Node) -> None:
@@ -604,7 +640,18 @@ class LocalCluster:
                 "fast",
             ],
             timeout=300,
+            env=self._client_tool_env(),
         )
+
+    def _client_tool_env(self) -> dict[str, str] | None:
+        """TLS and passfile settings for libpq tools run as the server user."""
+        if self.tls is None:
+            return None
+        return {
+            "PGSSLMODE": "verify-full",
+            "PGSSLROOTCERT": str(self.tls.ca_cert),
+            "PGPASSFILE": str(self.tls.passfile),
+        }
 
     def _rebuild(self, node: Node, primary: Node) -> None:
         shutil.rmtree(node.data_dir, ignore_errors=True)

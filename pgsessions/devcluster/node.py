@@ -5,15 +5,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 import psycopg
+from psycopg.conninfo import make_conninfo
+
+from .tls import ClusterTls
 
 DBNAME = "pgsessions"
 
 
-def loopback_dsn(port: int) -> str:
-    """libpq URL of a local server (or pooler) on ``port`` (trust auth on loopback)."""
-    return f"postgresql://postgres@127.0.0.1:{port}/{DBNAME}"
+def loopback_dsn(port: int, tls: ClusterTls | None = None) -> str:
+    """libpq URL of a local server (or pooler) on ``port``: trust auth on loopback, or with
+    ``tls`` verify-full against the cluster's CA (the password comes from PGPASSFILE)."""
+    dsn = f"postgresql://postgres@127.0.0.1:{port}/{DBNAME}"
+    if tls is None:
+        return dsn
+    return dsn + "?" + "&".join(f"{k}={quote(v, safe='/')}" for k, v in tls.client_params().items())
 
 
 @dataclass
@@ -23,6 +31,8 @@ class Node:
     name: str
     port: int
     base_dir: Path
+    #: the cluster's TLS files when it requires TLS and SCRAM (``LocalCluster(tls=True)``)
+    tls: ClusterTls | None = None
 
     @property
     def dir(self) -> Path:
@@ -38,13 +48,25 @@ class Node:
 
     @property
     def dsn(self) -> str:
-        """libpq URL of this node (trust auth on loopback: no password)."""
-        return loopback_dsn(self.port)
+        """libpq URL of this node (no password: trust auth, or PGPASSFILE with TLS)."""
+        return loopback_dsn(self.port, self.tls)
 
     @property
     def conninfo(self) -> str:
-        """key=value conninfo, as used for primary_conninfo and pg_rewind."""
-        return f"host=127.0.0.1 port={self.port} user=postgres dbname={DBNAME}"
+        """key=value conninfo, as used for primary_conninfo and pg_rewind (with TLS it names
+        the cluster's passfile: the server user reads it)."""
+        return self.conninfo_for(DBNAME)
+
+    def conninfo_for(self, dbname: str) -> str:
+        params: dict[str, Any] = {
+            "host": "127.0.0.1",
+            "port": self.port,
+            "user": "postgres",
+            "dbname": dbname,
+        }
+        if self.tls is not None:
+            params.update(self.tls.client_params(), passfile=str(self.tls.passfile))
+        return make_conninfo("", **params)
 
     @property
     def host(self) -> str:
@@ -69,7 +91,7 @@ class Node:
     ) -> list[tuple[Any, ...]]:
         """Run one statement in autocommit and return its rows (empty when none)."""
         with psycopg.connect(
-            f"host=127.0.0.1 port={self.port} user=postgres dbname={dbname}",
+            self.conninfo_for(dbname),
             autocommit=True,
             connect_timeout=max(1, int(timeout)),
         ) as conn:

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from ..hostargs import NoHostsError, add_hosts_arguments, command_hosts
 
+#: where ``--basic-auth-user``'s password comes from when no ``--basic-auth-password-file``
+PASSWORD_ENV = "PGSESSIONS_METRICS_PASSWORD"
+
 
 def add_serve_metrics_command(subparsers: Any) -> None:
-    """Add ``serve-metrics [--hosts DSN ... | --local] [--host 127.0.0.1] [--port 9464]``."""
+    """Add ``serve-metrics [--hosts DSN ... | --local] [--host 127.0.0.1] [--port 9464]
+    [--tls-cert PEM [--tls-key PEM]] [--basic-auth-user USER [--basic-auth-password-file F]]``."""
     p = subparsers.add_parser(
         "serve-metrics",
         help="serve Prometheus /metrics and /healthz for a router over the cluster",
@@ -23,25 +29,89 @@ def add_serve_metrics_command(subparsers: Any) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=9464, help="port to listen on (default 9464)")
     p.add_argument("--name", default="default", help="router name label (default 'default')")
+    p.add_argument(
+        "--tls-cert", type=Path, metavar="PEM", help="serve HTTPS only, with this certificate"
+    )
+    p.add_argument(
+        "--tls-key", type=Path, metavar="PEM", help="its private key (if not in --tls-cert)"
+    )
+    p.add_argument(
+        "--basic-auth-user",
+        metavar="USER",
+        help=f"require HTTP basic auth as USER; the password comes from "
+        f"--basic-auth-password-file or ${PASSWORD_ENV} (never from the command line)",
+    )
+    p.add_argument(
+        "--basic-auth-password-file",
+        type=Path,
+        metavar="FILE",
+        help="file holding the basic auth password (its first line)",
+    )
     p.set_defaults(func=run_serve_metrics)
+
+
+def basic_auth_from(args: argparse.Namespace) -> tuple[str, str] | None:
+    """``(user, password)`` from the options and the environment; ValueError naming what
+    is missing."""
+    if args.basic_auth_user is None:
+        if args.basic_auth_password_file is not None:
+            raise ValueError("--basic-auth-password-file needs --basic-auth-user")
+        return None
+    if args.basic_auth_password_file is not None:
+        try:
+            lines = args.basic_auth_password_file.read_text().splitlines()
+        except OSError as exc:
+            raise ValueError(f"--basic-auth-password-file: {exc.strerror}") from None
+        password = lines[0] if lines else ""
+        where = str(args.basic_auth_password_file)
+    else:
+        password = os.environ.get(PASSWORD_ENV, "")
+        where = f"${PASSWORD_ENV}"
+    if not password:
+        raise ValueError(
+            f"--basic-auth-user needs a password: none in {where} "
+            f"(use --basic-auth-password-file FILE or set {PASSWORD_ENV})"
+        )
+    return args.basic_auth_user, password
 
 
 def run_serve_metrics(args: argparse.Namespace) -> int:
     try:
+        auth = basic_auth_from(args)
+        if args.tls_key is not None and args.tls_cert is None:
+            raise ValueError("--tls-key needs --tls-cert")
         with command_hosts("serve-metrics", args.hosts, local=args.local) as hosts:
-            return asyncio.run(_serve(hosts, args.host, args.port, args.name))
+            return asyncio.run(_serve(hosts, args, auth))
     except NoHostsError as exc:
         print(exc, file=sys.stderr)
         return 2
+    except (ValueError, OSError) as exc:  # ssl.SSLError is an OSError
+        print(f"pgsessions serve-metrics: {exc}", file=sys.stderr)
+        return 2
 
 
-async def _serve(hosts: list[str] | str, host: str, port: int, name: str) -> int:
+async def _serve(
+    hosts: list[str] | str, args: argparse.Namespace, auth: tuple[str, str] | None
+) -> int:
     from ..router import RouterConfig, SessionRouter
     from .server import serve
 
-    config = RouterConfig.from_env(hosts=hosts, name=name)
+    if auth is not None and args.tls_cert is None:
+        print(
+            "pgsessions serve-metrics: warning: basic auth without --tls-cert sends the "
+            "password in clear text",
+            file=sys.stderr,
+        )
+    config = RouterConfig.from_env(hosts=hosts, name=args.name)
     async with SessionRouter(config) as router:
-        server = serve(router, host, port)
+        server = serve(
+            router,
+            args.host,
+            args.port,
+            certfile=args.tls_cert,
+            keyfile=args.tls_key,
+            basic_auth=auth,
+        )
         try:
             print(f"serving {server.url}/metrics and {server.url}/healthz (Ctrl-C stops)")
             sys.stdout.flush()

@@ -65,12 +65,26 @@ def scrub(text: str) -> str:
     return text
 
 
+def scrub_secrets_of(dsn: str, text: str) -> str:
+    """``text`` (e.g. libpq's parse error about ``dsn``) with whatever ``dsn`` holds as a
+    password replaced by ``***``: libpq quotes the offending token, which may be the
+    password itself (``invalid percent-encoded token: "s3cr%t"``)."""
+    for rx in _SECRET_RES:
+        for m in rx.finditer(dsn):
+            secret = m.group(2)
+            if secret.startswith("'") and secret.endswith("'") and len(secret) >= 2:
+                secret = secret[1:-1]
+            if secret:
+                text = text.replace(secret, "***")
+    return scrub(text)
+
+
 def check_dsn(dsn: str) -> str | None:
     """None when libpq can parse ``dsn`` (without pgsessions' own options), else why not."""
     try:
         conninfo_to_dict(strip_own_options(dsn)[0])
     except Exception as exc:  # psycopg.ProgrammingError; keep whatever libpq said
-        return scrub(str(exc).strip()) or type(exc).__name__
+        return scrub_secrets_of(dsn, str(exc).strip()) or type(exc).__name__
     return None
 
 
