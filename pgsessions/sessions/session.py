@@ -15,7 +15,8 @@ from agents.memory.session_settings import (
 
 from ..router.lsn import format_lsn, parse_lsn
 from . import usage as _usage
-from .items import decode, encode_items, encode_metadata, utf8_safe
+from .ids import check_session_id
+from .items import decode, encode_items, encode_metadata
 from .schema import migrate_hint
 from .sql import statements
 
@@ -47,7 +48,8 @@ class PostgresSession:
     once at startup; no statement here creates or checks tables.
 
     Args:
-        session_id: the conversation's id (a non-empty string without U+0000).
+        session_id: the conversation's id: a non-empty string without U+0000, at most 1024
+            bytes of UTF-8 (ValueError otherwise, before any I/O).
         router: an open :class:`pgsessions.SessionRouter`.
         session_settings: ``SessionSettings`` or a dict; ``limit`` is the default for
             :meth:`get_items`.
@@ -68,10 +70,6 @@ class PostgresSession:
         consistency_token: str | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
-        if not isinstance(session_id, str) or not session_id:
-            raise ValueError(f"session_id must be a non-empty string, got {session_id!r}")
-        if "\x00" in session_id or not utf8_safe(session_id):
-            raise ValueError(f"session_id cannot contain U+0000 or lone surrogates: {session_id!r}")
         self.session_id = session_id
         self.session_settings = (
             coerce_session_settings(session_settings)
@@ -85,6 +83,17 @@ class PostgresSession:
         if consistency_token is not None:
             self._token = parse_lsn(consistency_token)
             router.remember_token(session_id, consistency_token)
+
+    @property
+    def session_id(self) -> str:
+        """The conversation's id: a non-empty string without U+0000 or lone surrogates, at
+        most :data:`~pgsessions.sessions.ids.MAX_SESSION_ID_BYTES` (1024) bytes of UTF-8.
+        Setting another id checks it the same way (ValueError)."""
+        return self._session_id
+
+    @session_id.setter
+    def session_id(self, value: str) -> None:
+        self._session_id = check_session_id(value)
 
     def __repr__(self) -> str:
         return (
@@ -192,15 +201,15 @@ class PostgresSession:
     ) -> None:
         """Append ``items`` in order, all or nothing, in one round trip to the primary.
 
-        ``[]`` does nothing. Every item is encoded before any I/O: one that is not JSON
-        serialisable raises TypeError (NaN/infinity: ValueError) naming its index, and
-        nothing is written. The batch carries an operation id, so a retry by the router
-        after an ambiguous failure applies it once.
+        ``[]`` does nothing. Every item is encoded before any I/O: one that is not a dict (a
+        JSON object) or not JSON serialisable raises TypeError (NaN/infinity: ValueError)
+        naming its index, and nothing is written. The batch carries an operation id, so a
+        retry by the router after an ambiguous failure applies it once.
         """
         self._check_tenant(wrapper)
-        if not items:
-            return
         batch = encode_items(items)
+        if not batch:
+            return
         await self._write(
             "add_items",
             self._sql.add_items,
