@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .router import (
+        MissingPrivilegeError,
         NoEligibleReplicaError,
         NoPrimaryError,
         OverloadedError,
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     )
 
 _WHERE = {
+    "MissingPrivilegeError": ".router",
     "NoEligibleReplicaError": ".router",
     "NoPrimaryError": ".router",
     "OverloadedError": ".router",
@@ -50,6 +52,7 @@ _WHERE = {
 
 __all__ = [
     "Migration",
+    "MissingPrivilegeError",
     "NoEligibleReplicaError",
     "NoPrimaryError",
     "OverloadedError",

@@ -41,6 +41,7 @@ from .lsn import parse_lsn
 from .monitor_loop import Monitor
 from .planner import ReadPlan, plan_read, required_position
 from .pools import watchdog
+from .privileges import require_pg_monitor
 from .retry import backoff, write_retrying
 from .tokens import TokenStore
 from .topology import Topology
@@ -86,8 +87,11 @@ class SessionRouter:
         """Check every host once (roles, lag), open the pools and start the monitor.
 
         Raises :class:`NoPrimaryError` when no host answers at all; a cluster without a
-        primary opens (reads work, writes wait for one). A cancelled ``open()`` leaves no
-        pool, connection or task behind.
+        primary opens (reads work, writes wait for one). Raises
+        :class:`MissingPrivilegeError` when the role of a
+        host cannot see replication status (needs ``pg_monitor``; not checked with one host
+        or ``read_from_replicas=False``). A cancelled or failed ``open()`` leaves no pool,
+        connection or task behind.
         """
         if self._open:
             return
@@ -96,6 +100,7 @@ class SessionRouter:
             await self._monitor.refresh()
             if not any(h.up for h in self._host_list):
                 raise NoPrimaryError("no host answered", self._monitor.host_states())
+            await require_pg_monitor(self.config, self._host_list)
         except BaseException:
             await asyncio.shield(self._monitor.stop())
             raise

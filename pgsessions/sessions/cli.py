@@ -48,7 +48,8 @@ async def _migrate(hosts: list[str] | str, schema: str | None, grant_to: str | N
     from ..router import RouterConfig, RouterError, SessionRouter
     from .schema import applied_migrations, migrate
 
-    overrides: dict[str, object] = {"hosts": hosts}
+    # migrating reads nothing from replicas: the owner role needs no pg_monitor for it
+    overrides: dict[str, object] = {"hosts": hosts, "read_from_replicas": False}
     if schema:
         overrides["schema"] = schema
     try:
