@@ -27,6 +27,8 @@ if TYPE_CHECKING:
         PostgresSession,
         SessionInfo,
         SessionPage,
+        TenantConflictError,
+        TenantError,
         list_sessions,
         migrate,
     )
@@ -46,6 +48,8 @@ _WHERE = {
     "PostgresSession": ".sessions",
     "SessionInfo": ".sessions",
     "SessionPage": ".sessions",
+    "TenantConflictError": ".sessions",
+    "TenantError": ".sessions",
     "list_sessions": ".sessions",
     "migrate": ".sessions",
 }
@@ -65,6 +69,8 @@ __all__ = [
     "SessionPage",
     "SessionRouter",
     "SplitBrainError",
+    "TenantConflictError",
+    "TenantError",
     "list_sessions",
     "migrate",
 ]
