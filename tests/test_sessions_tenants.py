@@ -6,6 +6,8 @@ primary and on replicas) through the library and by hand."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -33,10 +35,11 @@ from pgsessions import (
 )
 from pgsessions.devcluster import LocalCluster
 from pgsessions.devcluster.cluster import DBNAME
+from pgsessions.devcluster.pgbouncer import Bouncer, start_bouncers, stop_bouncers
 from pgsessions.devcluster.proxy import TcpProxy, command_complete
 from pgsessions.sessions import Migration, load_migrations, tenant_isolation
 
-from .helpers import apoll
+from .helpers import apoll, poll
 
 set_tracing_disabled(True)
 
@@ -525,3 +528,72 @@ async def test_a_later_migration_sees_every_tenants_rows(
     for tenant, sid in (("A", "a-secret"), ("A", "a-other"), ("B", "b-1")):
         meta = await PostgresSession(sid, app, tenant=tenant).get_metadata()
         assert meta == {"team": "red", "v": 2}, (tenant, sid)
+
+
+# a transaction pooler -------------------------------------------------------------------------
+@pytest.fixture
+def bouncers(isolated: Tenancy) -> Iterator[list[Bouncer]]:
+    """One transaction-mode PgBouncer per node with ONE server connection each, so every
+    client's transactions take turns on the same backend; the tenancy roles may log in."""
+    started = start_bouncers(isolated.cluster, pool_mode="transaction", pool_size=1)
+    try:
+        for b in started:
+            users = "".join(f'"{r}" ""\n' for r in ("postgres", isolated.owner, isolated.app))
+            (b.dir / "userlist.txt").write_text(users)
+            pid = b.pid()
+            assert pid is not None
+            os.kill(pid, signal.SIGHUP)  # reload the auth file
+        dsn = make_conninfo(started[0].dsn, user=isolated.app)
+
+        def app_accepted() -> bool:
+            try:
+                with psycopg.connect(dsn, connect_timeout=2) as conn:
+                    conn.execute("SELECT 1")
+                return True
+            except psycopg.Error:
+                return False
+
+        assert poll(app_accepted, timeout=10)
+        yield started
+    finally:
+        stop_bouncers(isolated.cluster.base_dir, only=started)
+
+
+async def test_through_a_transaction_pooler_no_tenant_leaks(
+    isolated: Tenancy, bouncers: list[Bouncer]
+) -> None:
+    """Three routers (clients) share one server connection per node through PgBouncer in
+    transaction mode; their tenants' transactions interleave on it and none leaks."""
+    hosts = [make_conninfo(b.dsn, user=isolated.app) for b in bouncers]
+    cfg = isolated.app_config(hosts=hosts, healthy_for=0.3)
+    async with (
+        SessionRouter(cfg) as ra,
+        SessionRouter(cfg) as rb,
+        SessionRouter(cfg) as rn,
+    ):
+        await fill(ra)
+        sa = PostgresSession("a-secret", ra, tenant="A")
+        sb = PostgresSession("a-secret", rb, tenant="B")
+        nobody = PostgresSession("a-secret", rn)
+
+        async def a_reads() -> None:
+            assert len(await sa.get_items()) == 2
+
+        async def b_reads() -> None:
+            assert await sb.get_items() == []
+            assert [i.session_id for i in await list_sessions(rb, tenant="B")] == ["b-1"]
+
+        async def nobody_reads() -> None:
+            with pytest.raises(TenantError, match="no tenant set"):
+                await nobody.get_items()
+
+        for _ in range(20):
+            await asyncio.gather(a_reads(), b_reads(), nobody_reads(), b_reads(), a_reads())
+        with pytest.raises(TenantConflictError):
+            await sb.add_items([user("B through the bouncer")])
+    await a_is_intact_via(isolated)
+
+
+async def a_is_intact_via(isolated: Tenancy) -> None:
+    async with SessionRouter(isolated.app_config()) as router:
+        await a_is_intact(router)
