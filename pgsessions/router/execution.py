@@ -40,6 +40,18 @@ async def _setup(conn: Conn, setup: Setup | None) -> None:
         await conn.execute(cast(QueryNoTemplate, setup[0]), setup[1])
 
 
+async def _execute(
+    conn: Conn, query: Query, params: Params | None, setup: Setup | None
+) -> psycopg.AsyncCursor[Any]:
+    """``query`` alone, or after ``setup`` in one pipeline: one implicit transaction up to
+    the pipeline's Sync (not a transaction block, so a CALL in it may still COMMIT)."""
+    if setup is None:
+        return await conn.execute(cast(QueryNoTemplate, query), params)
+    async with conn.pipeline():
+        await _setup(conn, setup)
+        return await conn.execute(cast(QueryNoTemplate, query), params)
+
+
 async def write(
     conn: Conn,
     query: Query,
@@ -59,14 +71,7 @@ async def write(
     try:
         with watchdog(conn, seconds):
             if commits:
-                if setup is None:
-                    cur = await conn.execute(cast(QueryNoTemplate, query), params)
-                else:
-                    # one implicit transaction up to the pipeline's Sync: the CALL may still
-                    # COMMIT in it (it is not a transaction block)
-                    async with conn.pipeline():
-                        await _setup(conn, setup)
-                        cur = await conn.execute(cast(QueryNoTemplate, query), params)
+                cur = await _execute(conn, query, params, setup)
                 return split_token(await cur.fetchone())
             async with conn.pipeline():
                 await conn.execute("BEGIN")
@@ -88,12 +93,7 @@ async def write(
 
 async def read(conn: Conn, query: Query, params: Params | None, setup: Setup | None = None) -> Rows:
     """The query's rows; with ``setup``, both in one pipeline (one implicit transaction)."""
-    if setup is None:
-        cur = await conn.execute(cast(QueryNoTemplate, query), params)
-    else:
-        async with conn.pipeline():
-            await _setup(conn, setup)
-            cur = await conn.execute(cast(QueryNoTemplate, query), params)
+    cur = await _execute(conn, query, params, setup)
     return await cur.fetchall() if cur.description is not None else []
 
 
