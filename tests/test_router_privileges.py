@@ -128,3 +128,15 @@ async def test_nothing_is_checked_when_no_read_goes_to_a_replica(
         assert r.topology().primary is not None
     async with SessionRouter(RouterConfig(hosts=hosts, read_from_replicas=False)) as r:
         assert r.topology().primary is not None
+
+
+def test_status_without_pg_monitor_says_what_to_grant(
+    cluster: LocalCluster, make_role: Callable[..., str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pgsessions.cli import main
+
+    role = make_role()
+    assert main(["status", "--hosts", *_as(cluster, role), "--json"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pgsessions status: the router's health monitor needs pg_monitor")
+    assert f'GRANT pg_monitor TO "{role}";' in err
