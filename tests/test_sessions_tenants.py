@@ -597,3 +597,13 @@ async def test_through_a_transaction_pooler_no_tenant_leaks(
 async def a_is_intact_via(isolated: Tenancy) -> None:
     async with SessionRouter(isolated.app_config()) as router:
         await a_is_intact(router)
+
+
+async def test_a_bad_tenant_is_refused_before_any_io(app: SessionRouter) -> None:
+    s = PostgresSession("x", app, tenant="A")
+    for bad in ("", "a\x00b", "t" * 257, 5):
+        with pytest.raises(ValueError, match="tenant"):
+            s.tenant = bad  # type: ignore[assignment]
+        with pytest.raises(ValueError, match="tenant"):
+            await list_sessions(app, tenant=bad)  # type: ignore[arg-type]
+    assert s.tenant == "A"

@@ -79,7 +79,7 @@ class PostgresSession:
         tenant: str | None = None,
     ) -> None:
         self.session_id = session_id
-        self.tenant = None if tenant is None else check_tenant(tenant)
+        self.tenant = tenant
         self.session_settings = (
             coerce_session_settings(session_settings)
             if session_settings is not None
@@ -103,6 +103,16 @@ class PostgresSession:
     @session_id.setter
     def session_id(self, value: str) -> None:
         self._session_id = check_session_id(value)
+
+    @property
+    def tenant(self) -> str | None:
+        """The tenant this session acts for (None: none); checked like :attr:`session_id`,
+        at most :data:`~pgsessions.sessions.ids.MAX_TENANT_BYTES` (256) bytes."""
+        return self._tenant
+
+    @tenant.setter
+    def tenant(self, value: str | None) -> None:
+        self._tenant = None if value is None else check_tenant(value)
 
     def __repr__(self) -> str:
         return (
