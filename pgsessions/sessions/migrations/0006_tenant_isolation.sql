@@ -8,21 +8,24 @@
 -- ops keeps no tenant: the application role cannot read it, and the functions reach a row
 -- only by its session id and a random operation id.
 
--- a constant default first (no table rewrite), then the setting for new rows
+-- A constant default first (no table rewrite), then the setting for new rows. Each ALTER
+-- TABLE locks its table until the migration commits: messages comes after the index build on
+-- conversations, so history reads (messages only) go on meanwhile.
 ALTER TABLE {schema}.conversations ADD COLUMN tenant text NOT NULL DEFAULT '';
-ALTER TABLE {schema}.messages ADD COLUMN tenant text NOT NULL DEFAULT '';
-ALTER TABLE {schema}.usage_logs ADD COLUMN tenant text NOT NULL DEFAULT '';
 ALTER TABLE {schema}.conversations ALTER COLUMN tenant
-    SET DEFAULT coalesce(pg_catalog.current_setting('pgsessions.tenant', true), '');
-ALTER TABLE {schema}.messages ALTER COLUMN tenant
-    SET DEFAULT coalesce(pg_catalog.current_setting('pgsessions.tenant', true), '');
-ALTER TABLE {schema}.usage_logs ALTER COLUMN tenant
     SET DEFAULT coalesce(pg_catalog.current_setting('pgsessions.tenant', true), '');
 
 -- list_sessions names its tenant ('' without one): one index serves every tenant's pages
 DROP INDEX {schema}.conversations_updated_idx;
 CREATE INDEX conversations_tenant_updated_idx
     ON {schema}.conversations (tenant, updated_at DESC, session_id DESC);
+
+ALTER TABLE {schema}.messages ADD COLUMN tenant text NOT NULL DEFAULT '';
+ALTER TABLE {schema}.messages ALTER COLUMN tenant
+    SET DEFAULT coalesce(pg_catalog.current_setting('pgsessions.tenant', true), '');
+ALTER TABLE {schema}.usage_logs ADD COLUMN tenant text NOT NULL DEFAULT '';
+ALTER TABLE {schema}.usage_logs ALTER COLUMN tenant
+    SET DEFAULT coalesce(pg_catalog.current_setting('pgsessions.tenant', true), '');
 
 -- The tenant of the current transaction; an error when none is set, so that with isolation
 -- on a statement without a tenant fails loudly instead of seeing nothing. The policies call
