@@ -20,9 +20,10 @@ TENANT_TABLES = ("conversations", "messages", "usage_logs")
 
 
 class TenantError(Exception):
-    """Tenant isolation refused the call: a tenant was given but the schema does not enforce
-    isolation (off, or bypassed by the role), or isolation is on and no tenant was given.
-    Nothing was written. The database's error is the cause."""
+    """Tenant isolation refused the call, and nothing was written: a tenant was given but the
+    schema does not enforce isolation (off, or bypassed by a superuser or BYPASSRLS role),
+    isolation is on and no tenant was given, or ``resolve_tenant`` answered a tenant other
+    than the session's. When the database refused, its error is the cause."""
 
 
 class TenantConflictError(TenantError):
