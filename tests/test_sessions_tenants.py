@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -38,6 +39,7 @@ from pgsessions.devcluster.cluster import DBNAME
 from pgsessions.devcluster.pgbouncer import Bouncer, start_bouncers, stop_bouncers
 from pgsessions.devcluster.proxy import TcpProxy, command_complete
 from pgsessions.sessions import Migration, load_migrations, tenant_isolation
+from pgsessions.sessions.ids import MAX_SESSION_ID_BYTES, MAX_TENANT_BYTES
 
 from .helpers import apoll, poll
 
@@ -607,3 +609,21 @@ async def test_a_bad_tenant_is_refused_before_any_io(app: SessionRouter) -> None
         with pytest.raises(ValueError, match="tenant"):
             await list_sessions(app, tenant=bad)  # type: ignore[arg-type]
     assert s.tenant == "A"
+
+
+async def test_the_longest_tenant_and_id_fit_every_index(app: SessionRouter) -> None:
+    """A tenant of MAX_TENANT_BYTES and an id of MAX_SESSION_ID_BYTES, neither compressible,
+    share the listing index entry (tenant, updated_at, session_id): it stays under the B-tree
+    limit."""
+    rng = random.Random(15)
+    alphabet = [chr(c) for c in range(0x4E00, 0x4E00 + 2000)]  # 3 bytes each
+    tenant = "".join(rng.choice(alphabet) for _ in range(85)) + "t"  # 256 bytes
+    sid = "".join(rng.choice(alphabet) for _ in range(341)) + "s"  # 1024 bytes
+    assert (len(tenant.encode()), len(sid.encode())) == (MAX_TENANT_BYTES, MAX_SESSION_ID_BYTES)
+    s = PostgresSession(sid, app, tenant=tenant)
+    await s.add_items([user("long")])
+    await s.store_run_usage(run_result(3))
+    assert await s.update_metadata({"k": 1}) == {"k": 1}
+    page = await list_sessions(app, tenant=tenant, consistency_token=s.consistency_token)
+    assert [i.session_id for i in page] == [sid]
+    assert await PostgresSession(sid, app, tenant="B").get_items() == []
