@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .router import (
+        MissingPrivilegeError,
         NoEligibleReplicaError,
         NoPrimaryError,
         OverloadedError,
@@ -26,11 +27,14 @@ if TYPE_CHECKING:
         PostgresSession,
         SessionInfo,
         SessionPage,
+        TenantConflictError,
+        TenantError,
         list_sessions,
         migrate,
     )
 
 _WHERE = {
+    "MissingPrivilegeError": ".router",
     "NoEligibleReplicaError": ".router",
     "NoPrimaryError": ".router",
     "OverloadedError": ".router",
@@ -44,12 +48,15 @@ _WHERE = {
     "PostgresSession": ".sessions",
     "SessionInfo": ".sessions",
     "SessionPage": ".sessions",
+    "TenantConflictError": ".sessions",
+    "TenantError": ".sessions",
     "list_sessions": ".sessions",
     "migrate": ".sessions",
 }
 
 __all__ = [
     "Migration",
+    "MissingPrivilegeError",
     "NoEligibleReplicaError",
     "NoPrimaryError",
     "OverloadedError",
@@ -62,6 +69,8 @@ __all__ = [
     "SessionPage",
     "SessionRouter",
     "SplitBrainError",
+    "TenantConflictError",
+    "TenantError",
     "list_sessions",
     "migrate",
 ]

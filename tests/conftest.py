@@ -118,7 +118,9 @@ def _dsns_as(cluster: LocalCluster, role: str) -> list[str]:
 
 
 async def _migrate_as_owner(cluster: LocalCluster, schema: str, owner: str, app: str) -> None:
-    config = RouterConfig(hosts=_dsns_as(cluster, owner), schema=schema, check_interval=0.1)
+    config = RouterConfig(
+        hosts=_dsns_as(cluster, owner), schema=schema, check_interval=0.1, read_from_replicas=False
+    )
     async with SessionRouter(config) as r:
         await migrate(r, grant_to=app)
 

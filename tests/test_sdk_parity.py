@@ -23,7 +23,7 @@ from agents.run_context import RunContextWrapper
 from agents.testing import ModelStep, ScriptedModel, assistant_message
 from agents.usage import Usage
 
-from pgsessions import PostgresSession, SessionRouter, migrate
+from pgsessions import PostgresSession, SessionRouter, TenantError, migrate
 from pgsessions.devcluster import LocalCluster
 from pgsessions.sessions.schema import quote_ident
 from tests.helpers import apoll
@@ -214,12 +214,15 @@ class TenantSession(PostgresSession):
         return "acme"
 
 
-async def test_a_resolved_tenant_fails_closed_until_isolation_exists(db: SessionRouter) -> None:
+async def test_a_resolved_tenant_fails_closed_without_isolation(db: SessionRouter) -> None:
+    """Isolation is off in this schema: a call for a tenant is refused, not run unisolated
+    (tests/test_sessions_tenants.py covers isolation on)."""
     s = TenantSession("tenant", db)
     for call in (s.get_items(), s.add_items([user("x")]), s.pop_item(), s.clear_session()):
-        with pytest.raises(NotImplementedError, match="tenant isolation"):
+        with pytest.raises(TenantError, match="tenant isolation is off"):
             await call
     assert await PostgresSession("tenant", db).get_items() == []
+    assert await PostgresSession("tenant", db).get_metadata() is None
 
 
 # B5: negative limit ----------------------------------------------------------------------------

@@ -113,14 +113,14 @@ async def test_a_newer_version_migrates_an_older_schema(
     # the "new package": a directory with the shipped files plus a later one
     for f in PACKAGED.glob("*.sql"):
         shutil.copy(f, tmp_path / f.name)
-    (tmp_path / "9001_tenant.sql").write_text(
-        "ALTER TABLE {schema}.conversations ADD COLUMN tenant text NOT NULL DEFAULT 'none';\n"
-        "CREATE INDEX conversations_tenant_idx ON {schema}.conversations (tenant);\n"
+    (tmp_path / "9001_region.sql").write_text(
+        "ALTER TABLE {schema}.conversations ADD COLUMN region text NOT NULL DEFAULT 'none';\n"
+        "CREATE INDEX conversations_region_idx ON {schema}.conversations (region);\n"
     )
     newer = await migrate(router, migrations=tmp_path)
     assert newer[-1] == "9001"
     assert "0001" not in newer
-    assert await scalar(router, "SELECT tenant FROM {s}.conversations") == "none"
+    assert await scalar(router, "SELECT region FROM {s}.conversations") == "none"
     assert await s.get_items() == [{"role": "user", "content": "old"}]
     await s.add_items([{"role": "assistant", "content": "new"}])
     assert len(await s.get_items()) == 2

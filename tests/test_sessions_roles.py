@@ -17,7 +17,14 @@ from openai.types.responses.response_usage import InputTokensDetails, OutputToke
 from psycopg import errors, sql
 from psycopg.conninfo import make_conninfo
 
-from pgsessions import PostgresSession, RouterConfig, SessionRouter, list_sessions, migrate
+from pgsessions import (
+    MissingPrivilegeError,
+    PostgresSession,
+    RouterConfig,
+    SessionRouter,
+    list_sessions,
+    migrate,
+)
 from pgsessions.devcluster import LocalCluster
 from pgsessions.devcluster.cluster import DBNAME
 from pgsessions.router.monitor import NEEDS_PG_MONITOR
@@ -77,7 +84,11 @@ def _run_result(inp: int, out: int) -> ScriptedModel:
 async def test_app_role_runs_sessions_with_only_the_granted_privileges(
     cluster: LocalCluster, schema: str, roles: Roles
 ) -> None:
-    owner_cfg = RouterConfig(hosts=_as(cluster, roles.owner), schema=schema, check_interval=0.1)
+    # the owner role is not in pg_monitor: a router that only migrates reads nothing from
+    # replicas, so open() does not require it
+    owner_cfg = RouterConfig(
+        hosts=_as(cluster, roles.owner), schema=schema, read_from_replicas=False
+    )
     async with SessionRouter(owner_cfg) as owner_router:
         assert await migrate(owner_router, grant_to=roles.app) != []
 
@@ -203,14 +214,27 @@ def test_migrate_command_grants_exactly_what_sessions_need(
 
 
 async def test_router_without_pg_monitor_says_so(cluster: LocalCluster, schema: str) -> None:
-    """A role outside pg_monitor cannot see the walreceiver status: replicas stay out of
+    """A role outside pg_monitor is refused at open (tests/test_router_privileges.py). If it
+    loses pg_monitor later, it cannot see the walreceiver status any more: replicas leave
     rotation and each says the role needs pg_monitor."""
     role = f"pgs_nomon_{uuid.uuid4().hex[:8]}"
     cluster.primary.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
     try:
         cluster.wait_caught_up()
         cfg = RouterConfig(hosts=_as(cluster, role), schema=schema, check_interval=0.1)
+        with pytest.raises(MissingPrivilegeError, match="needs pg_monitor"):
+            await SessionRouter(cfg).open()
+        cluster.primary.execute(sql.SQL("GRANT pg_monitor TO {}").format(sql.Identifier(role)))
+        cluster.wait_caught_up()
         async with SessionRouter(cfg) as router:
+
+            async def both_eligible() -> bool:
+                return len([h for h in router.topology().replicas() if h.eligible]) == 2
+
+            assert await apoll(both_eligible, within=15), router.topology()
+            cluster.primary.execute(
+                sql.SQL("REVOKE pg_monitor FROM {}").format(sql.Identifier(role))
+            )
 
             async def both_say_why() -> bool:
                 replicas = router.topology().replicas()

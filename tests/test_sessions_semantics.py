@@ -231,7 +231,7 @@ async def test_role_and_type_columns_are_extracted(db: SessionRouter) -> None:
             {"type": "message", "role": "assistant", "content": []},
             {"role": 5, "type": "bad\x00type"},
             {"role": "\udc80", "type": "surrogate"},
-            ["not", "a", "dict"],
+            {"content": "neither role nor type"},
         ]
     )
     rows = await fetch(

@@ -3,6 +3,7 @@
 from .config import RouterConfig
 from .core import SessionRouter
 from .errors import (
+    MissingPrivilegeError,
     NoEligibleReplicaError,
     NoPrimaryError,
     OverloadedError,
@@ -16,6 +17,7 @@ from .topology import HostState, Topology
 
 __all__ = [
     "HostState",
+    "MissingPrivilegeError",
     "NoEligibleReplicaError",
     "NoPrimaryError",
     "OverloadedError",

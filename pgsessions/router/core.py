@@ -35,12 +35,13 @@ from .errors import (
     SplitBrainError,
 )
 from .events import RouterObserver
-from .execution import Rows
+from .execution import Rows, Setup
 from .hosts import Host, host_table
 from .lsn import parse_lsn
 from .monitor_loop import Monitor
 from .planner import ReadPlan, plan_read, required_position
 from .pools import watchdog
+from .privileges import require_pg_monitor
 from .retry import backoff, write_retrying
 from .tokens import TokenStore
 from .topology import Topology
@@ -86,8 +87,11 @@ class SessionRouter:
         """Check every host once (roles, lag), open the pools and start the monitor.
 
         Raises :class:`NoPrimaryError` when no host answers at all; a cluster without a
-        primary opens (reads work, writes wait for one). A cancelled ``open()`` leaves no
-        pool, connection or task behind.
+        primary opens (reads work, writes wait for one). Raises
+        :class:`MissingPrivilegeError` when the role of a
+        host cannot see replication status (needs ``pg_monitor``; not checked with one host
+        or ``read_from_replicas=False``). A cancelled or failed ``open()`` leaves no pool,
+        connection or task behind.
         """
         if self._open:
             return
@@ -96,6 +100,7 @@ class SessionRouter:
             await self._monitor.refresh()
             if not any(h.up for h in self._host_list):
                 raise NoPrimaryError("no host answered", self._monitor.host_states())
+            await require_pg_monitor(self.config, self._host_list)
         except BaseException:
             await asyncio.shield(self._monitor.stop())
             raise
@@ -205,6 +210,7 @@ class SessionRouter:
         params: Params | None = None,
         *,
         commits: bool = False,
+        setup: Setup | None = None,
     ) -> tuple[Rows, str]:
         """Run one idempotent statement on the primary, then take the consistency token.
 
@@ -216,8 +222,10 @@ class SessionRouter:
         classified failure (connection lost, shutdown, the primary turned standby, ...) the
         whole statement is retried with backoff on whatever host is then the primary, until
         ``failover_timeout``; it must therefore be safe to apply twice (sessions/ makes it
-        so with operation ids). Returns the statement's rows and the token, which is also
-        remembered for the session.
+        so with operation ids). ``setup`` (a statement and its parameters) runs first in the
+        same transaction, on every attempt: e.g. ``set_config(..., true)`` for settings that
+        must not outlive the transaction on a pooled connection. Returns the statement's rows
+        and the token, which is also remembered for ``session_id``.
 
         Raises :class:`SplitBrainError` (nothing written), :class:`NoPrimaryError` (no
         primary within ``failover_timeout``), :class:`OverloadedError` (the primary is busy:
@@ -230,7 +238,7 @@ class SessionRouter:
         self._counters.emit("on_route", operation, "primary", "write")
         try:
             rows, token = await self._write_with_retries(
-                operation, query, params, deadline, commits
+                operation, query, params, deadline, commits, setup
             )
         except BaseException as exc:
             self._counters.add("write_error")
@@ -265,12 +273,18 @@ class SessionRouter:
         ) from (None if isinstance(exc, _NoPrimaryYet) else exc)
 
     async def _write_with_retries(
-        self, operation: str, query: Query, params: Params | None, deadline: float, commits: bool
+        self,
+        operation: str,
+        query: Query,
+        params: Params | None,
+        deadline: float,
+        commits: bool,
+        setup: Setup | None,
     ) -> tuple[Rows, str]:
         # the first attempt runs outside tenacity: setting up its retry state costs about as
         # much CPU as the write itself, and almost every write succeeds at once
         try:
-            return await self._attempt_write(operation, query, params, deadline, commits)
+            return await self._attempt_write(operation, query, params, deadline, commits, setup)
         except (_NoPrimaryYet, psycopg.Error) as exc:
             if not self._write_retryable(exc):
                 self._raise_write_failure(exc)
@@ -286,13 +300,21 @@ class SessionRouter:
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._attempt_write(operation, query, params, deadline, commits)
+                    return await self._attempt_write(
+                        operation, query, params, deadline, commits, setup
+                    )
         except (_NoPrimaryYet, psycopg.Error) as exc:
             self._raise_write_failure(exc)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _attempt_write(
-        self, operation: str, query: Query, params: Params | None, deadline: float, commits: bool
+        self,
+        operation: str,
+        query: Query,
+        params: Params | None,
+        deadline: float,
+        commits: bool,
+        setup: Setup | None,
     ) -> tuple[Rows, str]:
         self._require_open()
         h = await self._primary_for_write()
@@ -303,7 +325,7 @@ class SessionRouter:
                 wait=wait, as_primary=True, on_wait=self._on_pool_wait(h)
             ) as conn:
                 return await execution.write(
-                    conn, query, params, self._deadline_for_statement(), commits
+                    conn, query, params, self._deadline_for_statement(), commits, setup
                 )
         except Exception as exc:
             if self._busy(operation, h, exc):
@@ -338,6 +360,7 @@ class SessionRouter:
         params: Params | None = None,
         *,
         token: str | None = None,
+        setup: Setup | None = None,
     ) -> Rows:
         """Run one read-only statement where it sees what it must.
 
@@ -349,6 +372,8 @@ class SessionRouter:
         then goes to the primary. On a lost connection or a recovery conflict it is retried
         at once elsewhere; a busy replica is skipped, a busy primary raises
         :class:`OverloadedError`. ``token`` must be a PostgreSQL LSN (ValueError naming it).
+        ``setup`` runs first in the same implicit transaction (one pipeline), wherever the
+        read runs.
         """
         self._require_open()
         token_lsn = self._tokens.required(session_id, token)
@@ -383,7 +408,7 @@ class SessionRouter:
                 h = plan.host
                 role = h.role
                 try:
-                    rows = await self._read_once(plan, query, params, deadline, token_lsn)
+                    rows = await self._read_once(plan, query, params, deadline, token_lsn, setup)
                 except _NotCaughtUp:
                     allow_wait = False
                     continue
@@ -444,6 +469,7 @@ class SessionRouter:
         params: Params | None,
         deadline: float,
         token_lsn: int | None,
+        setup: Setup | None = None,
     ) -> Rows:
         h = plan.host
         assert h is not None and h.pool is not None
@@ -467,7 +493,9 @@ class SessionRouter:
             left = budget - (time.monotonic() - start) if on_replica else budget
             with watchdog(conn, max(0.1, left)):
                 if plan.wait_lsn is not None:
-                    rows = await execution.read_if_replayed(conn, plan.wait_lsn, query, params)
+                    rows = await execution.read_if_replayed(
+                        conn, plan.wait_lsn, query, params, setup
+                    )
                     if rows is not None:
                         return rows
                     if not await execution.wait_replay(
@@ -476,12 +504,12 @@ class SessionRouter:
                         raise _NotCaughtUp()
                 if check_token:
                     assert token_lsn is not None
-                    rows, flush = await execution.read_with_primary_lsn(conn, query, params)
+                    rows, flush = await execution.read_with_primary_lsn(conn, query, params, setup)
                     if flush is not None and self._tokens.cap(token_lsn, flush):
                         self._counters.add("token_capped")
                         self._counters.emit("on_token_capped")
                     return rows
-                return await execution.read(conn, query, params)
+                return await execution.read(conn, query, params, setup)
 
     # admin -----------------------------------------------------------------------------
     @asynccontextmanager

@@ -76,3 +76,15 @@ class PreparedStatementsError(RouterError):
             "router and PostgreSQL. Set prepared_statements='off' (RouterConfig, "
             "prepared_statements=off in the DSN, or PGSESSIONS_PREPARED_STATEMENTS=off)"
         )
+
+
+class MissingPrivilegeError(RouterError):
+    """The router's role lacks a privilege the router needs (``pg_monitor``, checked at open).
+
+    The message names the role, the hosts and the GRANT that fixes it; ``roles`` lists the
+    roles concerned.
+    """
+
+    def __init__(self, message: str, roles: list[str]) -> None:
+        self.roles = list(roles)
+        super().__init__(message)

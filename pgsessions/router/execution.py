@@ -21,6 +21,9 @@ from .pools import watchdog
 
 Rows = list[tuple[Any, ...]]
 Conn = psycopg.AsyncConnection[Any]
+#: a statement and its parameters, run before another in the same transaction (its rows are
+#: discarded): e.g. transaction-local settings, ``SELECT set_config(..., true)``
+Setup = tuple[Query, Params | None]
 
 #: the write's transaction is committed with at least a local WAL flush, so that the flush
 #: position taken after it covers the commit record
@@ -32,24 +35,48 @@ TOKEN_SQL = "SELECT pg_current_wal_flush_lsn()::text"
 _REPLAY_LSN_SQL = "SELECT pg_last_wal_replay_lsn()::text"
 
 
+async def _setup(conn: Conn, setup: Setup | None) -> None:
+    if setup is not None:
+        await conn.execute(cast(QueryNoTemplate, setup[0]), setup[1])
+
+
+async def _execute(
+    conn: Conn, query: Query, params: Params | None, setup: Setup | None
+) -> psycopg.AsyncCursor[Any]:
+    """``query`` alone, or after ``setup`` in one pipeline: one implicit transaction up to
+    the pipeline's Sync (not a transaction block, so a CALL in it may still COMMIT)."""
+    if setup is None:
+        return await conn.execute(cast(QueryNoTemplate, query), params)
+    async with conn.pipeline():
+        await _setup(conn, setup)
+        return await conn.execute(cast(QueryNoTemplate, query), params)
+
+
 async def write(
-    conn: Conn, query: Query, params: Params | None, seconds: float, commits: bool
+    conn: Conn,
+    query: Query,
+    params: Params | None,
+    seconds: float,
+    commits: bool,
+    setup: Setup | None = None,
 ) -> tuple[Rows, str]:
     """Run one write in its own transaction and return (rows, token); the connection is cut
     if the server has not answered within ``seconds``.
 
     ``commits``: the statement is a ``CALL`` of a procedure that commits and returns the
     flush position as its last column; otherwise BEGIN, the statement, COMMIT and the token
-    query go in one pipeline. Rolls back on any failure.
+    query go in one pipeline. ``setup`` runs first in the same transaction (in the same
+    pipeline, so in the CALL's own transaction until it commits). Rolls back on any failure.
     """
     try:
         with watchdog(conn, seconds):
             if commits:
-                cur = await conn.execute(cast(QueryNoTemplate, query), params)
+                cur = await _execute(conn, query, params, setup)
                 return split_token(await cur.fetchone())
             async with conn.pipeline():
                 await conn.execute("BEGIN")
                 await conn.execute(_SYNC_COMMIT_SQL)
+                await _setup(conn, setup)
                 cur = conn.cursor()
                 await cur.execute(cast(QueryNoTemplate, query), params)
                 await conn.execute("COMMIT")
@@ -64,13 +91,14 @@ async def write(
     return rows, str(token_row[0])
 
 
-async def read(conn: Conn, query: Query, params: Params | None) -> Rows:
-    cur = await conn.execute(cast(QueryNoTemplate, query), params)
+async def read(conn: Conn, query: Query, params: Params | None, setup: Setup | None = None) -> Rows:
+    """The query's rows; with ``setup``, both in one pipeline (one implicit transaction)."""
+    cur = await _execute(conn, query, params, setup)
     return await cur.fetchall() if cur.description is not None else []
 
 
 async def read_with_primary_lsn(
-    conn: Conn, query: Query, params: Params | None
+    conn: Conn, query: Query, params: Params | None, setup: Setup | None = None
 ) -> tuple[Rows, int | None]:
     """The query's rows and the server's WAL flush position, in one round trip (None when
     the server turned out to be a standby)."""
@@ -79,6 +107,7 @@ async def read_with_primary_lsn(
             "SELECT CASE WHEN pg_is_in_recovery() THEN NULL"
             " ELSE pg_current_wal_flush_lsn()::text END"
         )
+        await _setup(conn, setup)
         cur = await conn.execute(cast(QueryNoTemplate, query), params)
     row = await check.fetchone()
     rows = await cur.fetchall() if cur.description is not None else []
@@ -86,7 +115,7 @@ async def read_with_primary_lsn(
 
 
 async def read_if_replayed(
-    conn: Conn, lsn: int, query: Query, params: Params | None
+    conn: Conn, lsn: int, query: Query, params: Params | None, setup: Setup | None = None
 ) -> Rows | None:
     """The query's rows if the replica had replayed ``lsn`` before it ran, else None.
 
@@ -99,6 +128,7 @@ async def read_if_replayed(
     try:
         async with conn.pipeline():
             check = await conn.execute(_REPLAY_LSN_SQL)
+            await _setup(conn, setup)
             cur = await conn.execute(cast(QueryNoTemplate, query), params)
         row = await check.fetchone()
         rows = await cur.fetchall() if cur.description is not None else []

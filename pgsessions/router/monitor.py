@@ -150,6 +150,16 @@ class Prober:
             await self.reset()
             return Probe(up=False, error=_describe(exc), started=started)
 
+    async def fetch_one(self, query: str) -> tuple[Any, ...] | None:
+        """One row of ``query`` on the kept probe connection, bounded by ``check_timeout``;
+        None when there is no connection (the host was down at the last check)."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            return None
+        with watchdog(conn, self.config.check_timeout):
+            cur = await conn.execute(query)
+            return await cur.fetchone()
+
     async def reset(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None and not conn.closed:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from .listing import SessionInfo, SessionPage, list_sessions
 from .schema import Migration, applied_migrations, load_migrations, migrate
+from .tenants import TenantConflictError, TenantError, tenant_isolation
 
 if TYPE_CHECKING:
     from .session import PostgresSession
@@ -19,10 +20,13 @@ __all__ = [
     "PostgresSession",
     "SessionInfo",
     "SessionPage",
+    "TenantConflictError",
+    "TenantError",
     "applied_migrations",
     "list_sessions",
     "load_migrations",
     "migrate",
+    "tenant_isolation",
 ]
 
 

@@ -30,37 +30,53 @@ def add_migrate_command(subparsers: Any) -> None:
         help="also grant ROLE what the application needs and nothing more: USAGE on the "
         "schema, EXECUTE on its functions, SELECT on the tables sessions read",
     )
+    p.add_argument(
+        "--tenant-isolation",
+        choices=("on", "off"),
+        default=None,
+        help="turn row-level security per tenant on (enabled and forced on conversations, "
+        "messages and usage_logs) or off; default: leave it as it is",
+    )
     p.set_defaults(func=run_migrate_command)
 
 
 def run_migrate_command(args: argparse.Namespace) -> int:
     try:
         with command_hosts("migrate", args.hosts, local=args.local) as hosts:
-            return asyncio.run(_migrate(hosts, args.schema, args.grant_to))
+            isolation = None if args.tenant_isolation is None else args.tenant_isolation == "on"
+            return asyncio.run(_migrate(hosts, args.schema, args.grant_to, isolation))
     except NoHostsError as exc:
         print(exc, file=sys.stderr)
         return 2
 
 
-async def _migrate(hosts: list[str] | str, schema: str | None, grant_to: str | None) -> int:
+async def _migrate(
+    hosts: list[str] | str, schema: str | None, grant_to: str | None, isolation: bool | None
+) -> int:
     import psycopg
 
     from ..router import RouterConfig, RouterError, SessionRouter
     from .schema import applied_migrations, migrate
+    from .tenants import TenantError, tenant_isolation
 
-    overrides: dict[str, object] = {"hosts": hosts}
+    # migrating reads nothing from replicas: the owner role needs no pg_monitor for it
+    overrides: dict[str, object] = {"hosts": hosts, "read_from_replicas": False}
     if schema:
         overrides["schema"] = schema
     try:
         config = RouterConfig.from_env(**overrides)
         async with SessionRouter(config) as router:
-            applied = await migrate(router, grant_to=grant_to)
+            applied = await migrate(router, grant_to=grant_to, tenant_isolation=isolation)
             current = await applied_migrations(router)
-    except (ValueError, RouterError, psycopg.Error) as exc:
+            isolated = await tenant_isolation(router)
+    except (ValueError, RouterError, TenantError, psycopg.Error) as exc:
         print(f"pgsessions migrate: {exc}", file=sys.stderr)
         return 1
     done = ", ".join(applied) if applied else "nothing to apply"
-    print(f"schema {config.schema!r}: {done}; at version {current[-1] if current else '-'}")
+    print(
+        f"schema {config.schema!r}: {done}; at version {current[-1] if current else '-'};"
+        f" tenant isolation {'on' if isolated else 'off'}"
+    )
     if grant_to:
         print(f"granted {grant_to!r} usage, execute and select on schema {config.schema!r}")
     return 0

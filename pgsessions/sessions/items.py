@@ -34,9 +34,12 @@ class EncodedBatch:
 def encode_item(item: Any, index: int = 0) -> str:
     """One item as JSON text.
 
-    Raises TypeError (not serialisable: set, bytes, objects) or ValueError (NaN, infinity,
-    circular reference) naming ``index``.
+    Raises TypeError (not a dict, or not serialisable: set, bytes, objects) or ValueError
+    (NaN, infinity, circular reference) naming ``index``.
     """
+    if not isinstance(item, dict):
+        # the SDK's items are JSON objects (TypedDicts); anything else is a caller's mistake
+        raise TypeError(f"item {index} is not a JSON object (a dict): got {type(item).__name__}")
     try:
         text = _encode(item)
     except TypeError as exc:
@@ -70,7 +73,12 @@ def _column(item: Any, key: str) -> str | None:
 
 
 def encode_items(items: Sequence[Any]) -> EncodedBatch:
-    """Encode a whole batch before any I/O, so a bad item leaves the session untouched."""
+    """Encode a whole batch before any I/O, so a bad item leaves the session untouched.
+
+    Every item must be a dict (a JSON object): TypeError naming the first other one's index.
+    """
+    if isinstance(items, str | bytes | Mapping) or not isinstance(items, Sequence):
+        raise TypeError(f"items must be a list of dicts, got {type(items).__name__}")
     texts = [encode_item(item, i) for i, item in enumerate(items)]
     return EncodedBatch(
         texts, [_column(i, "role") for i in items], [_column(i, "type") for i in items]

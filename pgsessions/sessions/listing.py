@@ -10,8 +10,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from .ids import check_tenant
 from .items import decode, encode_metadata
 from .schema import migrate_hint, quote_ident
+from .sql import statements
+from .tenants import tenant_errors
 
 if TYPE_CHECKING:
     from ..router import SessionRouter
@@ -69,6 +72,7 @@ async def list_sessions(
     after: str | None = None,
     metadata: Mapping[str, Any] | None = None,
     consistency_token: str | None = None,
+    tenant: str | None = None,
 ) -> SessionPage:
     """One page of conversations, most recently updated first (ties by session id).
 
@@ -77,12 +81,17 @@ async def list_sessions(
     costs the same however deep; a conversation updated while you page moves to the front,
     so it may be skipped or seen twice. The page may be read on a replica, as fresh as the
     router's last check; pass a session's ``consistency_token`` to see at least its writes.
+    ``tenant`` lists that tenant's conversations (tenant isolation must be on, as for
+    ``PostgresSession(tenant=...)``); without it, the conversations stored without a tenant.
     """
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise ValueError(f"limit must be a positive int, got {limit!r}")
+    if tenant is not None:
+        check_tenant(tenant)
     s = quote_ident(router.config.schema)
-    where: list[str] = []
-    params: list[Any] = []
+    # named even where row-level security filters too: the index leads with the tenant
+    where: list[str] = ["tenant = %s"]
+    params: list[Any] = [tenant or ""]
     if after is not None:
         when, last_id = _decode_cursor(after)
         where.append("(updated_at, session_id) < (%s, %s)")
@@ -93,13 +102,15 @@ async def list_sessions(
     query = (
         f"SELECT session_id, created_at, updated_at, item_count, metadata::text"
         f" FROM {s}.conversations"
-        + (" WHERE " + " AND ".join(where) if where else "")
+        + " WHERE "
+        + " AND ".join(where)
         + " ORDER BY updated_at DESC, session_id DESC LIMIT %s"
     )
     params.append(limit + 1)
-    with migrate_hint(router.config.schema):
+    setup = None if tenant is None else (statements(router.config.schema).set_tenant, (tenant,))
+    with migrate_hint(router.config.schema), tenant_errors(None, tenant):
         rows = await router.execute_read(
-            "list_sessions", None, query, params, token=consistency_token
+            "list_sessions", None, query, params, token=consistency_token, setup=setup
         )
     infos = [
         SessionInfo(

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg import AsyncConnection, errors, sql
 
 from ..router.lsn import parse_lsn
+from .tenants import TenantError, isolation_state, isolation_statements
 
 if TYPE_CHECKING:
     from ..router import SessionRouter
@@ -94,6 +95,26 @@ def app_grants(schema: str, role: str) -> list[sql.Composed]:
     return [sql.SQL(text).format(**names) for text in APP_GRANTS]
 
 
+async def _forced_tables(conn: AsyncConnection[Any], schema: str) -> list[str]:
+    cur = await conn.execute(
+        "SELECT c.relname::text FROM pg_catalog.pg_class c"
+        " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relforcerowsecurity ORDER BY 1",
+        (schema,),
+    )
+    return [row[0] for row in await cur.fetchall()]
+
+
+def _force(schema: str, tables: Sequence[str], on: bool) -> list[sql.Composed]:
+    action = sql.SQL("FORCE" if on else "NO FORCE")
+    return [
+        sql.SQL("ALTER TABLE {}.{} {} ROW LEVEL SECURITY").format(
+            sql.Identifier(schema), sql.Identifier(table), action
+        )
+        for table in tables
+    ]
+
+
 def _lock_key(schema: str) -> str:
     return f"pgsessions.migrate:{schema}"
 
@@ -103,6 +124,7 @@ async def migrate(
     *,
     migrations: Sequence[Migration] | str | Path | None = None,
     grant_to: str | None = None,
+    tenant_isolation: bool | None = None,
 ) -> list[str]:
     """Bring the router's schema up to date; returns the versions this call applied.
 
@@ -113,6 +135,12 @@ async def migrate(
     list, or a directory of ``NNNN_*.sql`` files) replaces the packaged set, e.g. to test an
     upgrade. ``grant_to`` names an application role to give exactly what sessions need (see
     :data:`APP_GRANTS`): run migrations as the schema owner, the application as that role.
+    ``tenant_isolation`` True turns row-level security per tenant on (enabled and forced on
+    conversations, messages and usage_logs), False turns it off, None leaves it as it is;
+    turning it on raises :class:`~pgsessions.sessions.tenants.TenantError` (and changes
+    nothing) when those tables belong to a superuser or BYPASSRLS role. A migration applied
+    while isolation is on runs with the owner seeing every tenant's rows (the tables are
+    unforced and forced again inside its transaction).
     """
     if migrations is None or isinstance(migrations, str | Path):
         todo = load_migrations(migrations)
@@ -138,7 +166,8 @@ async def migrate(
     applied: list[str] = []
     async with router.primary_connection() as conn:
         done = await _readable_versions(conn, qs)
-        if grant_to is None and done is not None and {mig.version for mig in todo} <= done:
+        settled = grant_to is None and tenant_isolation is None
+        if settled and done is not None and {mig.version for mig in todo} <= done:
             todo = []  # up to date: no lock, no DDL (an application role may call this)
         else:
             async with conn.transaction():
@@ -153,12 +182,35 @@ async def migrate(
                 cur = await conn.execute(f"{applied_q} WHERE version = %s", (mig.version,))
                 if await cur.fetchone() is not None:
                     continue  # another server applied it while we waited for the lock
+                forced = await _forced_tables(conn, schema)
+                for stmt in _force(schema, forced, False):
+                    await conn.execute(stmt)
                 await conn.execute(mig.render(schema))
                 await conn.execute(record_q, (mig.version, mig.name))
+                for stmt in _force(schema, forced, True):
+                    await conn.execute(stmt)
             applied.append(mig.version)
         if grant_to is not None:
             async with conn.transaction():
                 for stmt in app_grants(schema, grant_to):
+                    await conn.execute(stmt)
+        if tenant_isolation is not None:
+            async with conn.transaction():
+                await conn.execute(lock, (_lock_key(schema),))
+                state = await isolation_state(conn, schema)
+                if tenant_isolation and not state.ready:
+                    raise TenantError(
+                        f"schema {schema!r} has no tenant policies (migration 0006): "
+                        "isolation stays off"
+                    )
+                if tenant_isolation and state.bypassing:
+                    raise TenantError(
+                        f"the tables of schema {schema!r} belong to "
+                        f"{', '.join(state.bypassing)}, a superuser or BYPASSRLS role: the "
+                        "write functions run as that owner and would see every tenant. Migrate "
+                        "as a plain owner role (README, Security); isolation stays off"
+                    )
+                for stmt in isolation_statements(schema, tenant_isolation):
                     await conn.execute(stmt)
         cur = await conn.execute("SELECT pg_current_wal_flush_lsn()::text")
         row = await cur.fetchone()

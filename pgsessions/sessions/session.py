@@ -15,9 +15,11 @@ from agents.memory.session_settings import (
 
 from ..router.lsn import format_lsn, parse_lsn
 from . import usage as _usage
-from .items import decode, encode_items, encode_metadata, utf8_safe
+from .ids import check_session_id, check_tenant
+from .items import decode, encode_items, encode_metadata
 from .schema import migrate_hint
 from .sql import statements
+from .tenants import TenantError, tenant_errors
 
 if TYPE_CHECKING:
     from agents.items import TResponseInputItem
@@ -47,7 +49,8 @@ class PostgresSession:
     once at startup; no statement here creates or checks tables.
 
     Args:
-        session_id: the conversation's id (a non-empty string without U+0000).
+        session_id: the conversation's id: a non-empty string without U+0000, at most 1024
+            bytes of UTF-8 (ValueError otherwise, before any I/O).
         router: an open :class:`pgsessions.SessionRouter`.
         session_settings: ``SessionSettings`` or a dict; ``limit`` is the default for
             :meth:`get_items`.
@@ -55,6 +58,12 @@ class PostgresSession:
             here then see at least that server's writes.
         metadata: a JSON object stored on the conversation when this session's first write
             creates it (use :meth:`update_metadata` to change an existing one).
+        tenant: the tenant every call of this session acts for (a non-empty string, at most
+            256 bytes of UTF-8), or None; see :meth:`resolve_tenant` to take it from the run
+            context instead. Needs tenant isolation on in the schema (``pgsessions migrate
+            --tenant-isolation on``): with it, PostgreSQL's row-level security lets the
+            session see and change only its tenant's rows; without it a call with a tenant
+            raises :class:`~pgsessions.sessions.tenants.TenantError` (fail closed).
     """
 
     session_settings: SessionSettings | None = None
@@ -67,12 +76,10 @@ class PostgresSession:
         session_settings: SessionSettings | dict[str, Any] | None = None,
         consistency_token: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        tenant: str | None = None,
     ) -> None:
-        if not isinstance(session_id, str) or not session_id:
-            raise ValueError(f"session_id must be a non-empty string, got {session_id!r}")
-        if "\x00" in session_id or not utf8_safe(session_id):
-            raise ValueError(f"session_id cannot contain U+0000 or lone surrogates: {session_id!r}")
         self.session_id = session_id
+        self.tenant = tenant
         self.session_settings = (
             coerce_session_settings(session_settings)
             if session_settings is not None
@@ -84,12 +91,34 @@ class PostgresSession:
         self._token: int | None = None
         if consistency_token is not None:
             self._token = parse_lsn(consistency_token)
-            router.remember_token(session_id, consistency_token)
+            router.remember_token(self._token_key(self.tenant), consistency_token)
+
+    @property
+    def session_id(self) -> str:
+        """The conversation's id: a non-empty string without U+0000 or lone surrogates, at
+        most :data:`~pgsessions.sessions.ids.MAX_SESSION_ID_BYTES` (1024) bytes of UTF-8.
+        Setting another id checks it the same way (ValueError)."""
+        return self._session_id
+
+    @session_id.setter
+    def session_id(self, value: str) -> None:
+        self._session_id = check_session_id(value)
+
+    @property
+    def tenant(self) -> str | None:
+        """The tenant this session acts for (None: none); checked like :attr:`session_id`,
+        at most :data:`~pgsessions.sessions.ids.MAX_TENANT_BYTES` (256) bytes."""
+        return self._tenant
+
+    @tenant.setter
+    def tenant(self, value: str | None) -> None:
+        self._tenant = None if value is None else check_tenant(value)
 
     def __repr__(self) -> str:
         return (
             f"PostgresSession(session_id={self.session_id!r}, "
-            f"schema={self.router.config.schema!r}, token={self.consistency_token!r})"
+            f"schema={self.router.config.schema!r}, tenant={self.tenant!r}, "
+            f"token={self.consistency_token!r})"
         )
 
     # consistency ------------------------------------------------------------------------
@@ -101,10 +130,18 @@ class PostgresSession:
         its reads see this session's writes.
         """
         mine = self._token
-        theirs = self.router.token_for(self.session_id)
+        theirs = self.router.token_for(self._token_key(self.tenant))
         if theirs is not None and (mine is None or parse_lsn(theirs) > mine):
             return theirs
         return None if mine is None else format_lsn(mine)
+
+    def _token_key(self, tenant: str | None) -> str:
+        # the router remembers tokens per tenant and session id (an id has no U+0000)
+        return self.session_id if tenant is None else f"{tenant}\x00{self.session_id}"
+
+    def _setup(self, tenant: str | None) -> tuple[Any, Any] | None:
+        # the tenant is set for the statement's own transaction only, on every attempt
+        return None if tenant is None else (self._sql.set_tenant, (tenant,))
 
     def _own_token(self) -> str | None:
         # the router adds the token it remembers for this session id itself
@@ -116,45 +153,69 @@ class PostgresSession:
             self._token = lsn
 
     async def _write(
-        self, operation: str, query: Any, params: Any, *, commits: bool = False
+        self,
+        operation: str,
+        query: Any,
+        params: Any,
+        *,
+        tenant: str | None,
+        commits: bool = False,
     ) -> list[tuple[Any, ...]]:
-        with migrate_hint(self.router.config.schema):
+        with migrate_hint(self.router.config.schema), tenant_errors(self.session_id, tenant):
             # the SDK's rule for every backend: a write in flight completes, then the
             # caller's own cancellation is re-raised (a failure meanwhile is retrieved)
             rows, token = await _await_mutation(
                 self.router.execute_write(
-                    operation, self.session_id, query, params, commits=commits
+                    operation,
+                    self._token_key(tenant),
+                    query,
+                    params,
+                    commits=commits,
+                    setup=self._setup(tenant),
                 )
             )
         self._note(token)
         return rows
 
-    async def _read(self, operation: str, query: Any, params: Any) -> list[tuple[Any, ...]]:
-        with migrate_hint(self.router.config.schema):
+    async def _read(
+        self, operation: str, query: Any, params: Any, *, tenant: str | None
+    ) -> list[tuple[Any, ...]]:
+        with migrate_hint(self.router.config.schema), tenant_errors(None, tenant):
             return await self.router.execute_read(
-                operation, self.session_id, query, params, token=self._own_token()
+                operation,
+                self._token_key(tenant),
+                query,
+                params,
+                token=self._own_token(),
+                setup=self._setup(tenant),
             )
 
     # tenant seam ------------------------------------------------------------------------
     def resolve_tenant(self, wrapper: RunContextWrapper[Any] | None) -> str | None:
-        """The tenant a history call acts for, taken from the runner's ``wrapper``.
+        """The tenant a call acts for; by default the session's own ``tenant``.
 
         The Agents SDK passes its ``RunContextWrapper`` as ``wrapper=`` to :meth:`get_items`,
-        :meth:`add_items`, :meth:`pop_item` and :meth:`clear_session` (direct calls may pass
-        it or not); each of them calls this method first. This is the seam for tenant
-        isolation: it returns None here (no tenant checks). pgsessions does not enforce
-        tenants yet, so an override that returns a tenant fails closed: the call raises
-        NotImplementedError rather than run without the isolation the override asked for.
+        :meth:`add_items`, :meth:`pop_item` and :meth:`clear_session`, and
+        :meth:`store_run_usage` passes ``result.context_wrapper``; the other methods (and
+        direct calls without a wrapper) pass None. Override it to take the tenant from the
+        run context, e.g. ``return wrapper.context.tenant_id if wrapper else self.tenant``.
+        A result of None means the session's ``tenant``; a tenant other than a non-None
+        ``tenant`` raises :class:`~pgsessions.sessions.tenants.TenantError`, so a session
+        bound to one tenant never acts for another.
         """
-        return None
+        return self.tenant
 
-    def _check_tenant(self, wrapper: RunContextWrapper[Any] | None) -> None:
-        tenant = self.resolve_tenant(wrapper)
-        if tenant is not None:
-            raise NotImplementedError(
-                f"resolve_tenant returned {tenant!r}, but pgsessions does not enforce tenant "
-                "isolation yet; refusing to run the call without it"
+    def _tenant_for(self, wrapper: Any) -> str | None:
+        resolved = self.resolve_tenant(wrapper)
+        if resolved is None:
+            return self.tenant
+        check_tenant(resolved)
+        if self.tenant is not None and resolved != self.tenant:
+            raise TenantError(
+                f"resolve_tenant returned {resolved!r}, but this session belongs to tenant "
+                f"{self.tenant!r}"
             )
+        return resolved
 
     # the Session protocol -----------------------------------------------------------------
     async def get_items(
@@ -169,7 +230,7 @@ class PostgresSession:
         one answer that cannot be mistaken for a history). ``wrapper``: see
         :meth:`resolve_tenant`.
         """
-        self._check_tenant(wrapper)
+        tenant = self._tenant_for(wrapper)
         effective = resolve_session_limit(limit, self.session_settings)
         if effective is not None:
             if isinstance(effective, bool) or not isinstance(effective, int):
@@ -180,7 +241,9 @@ class PostgresSession:
                 return []
             if effective >= _MAX_LIMIT:
                 effective = None
-        rows = await self._read("get_items", self._sql.get_items, (self.session_id, effective))
+        rows = await self._read(
+            "get_items", self._sql.get_items, (self.session_id, effective), tenant=tenant
+        )
         text = rows[0][0] if rows else None
         if text is None:
             return []
@@ -192,15 +255,15 @@ class PostgresSession:
     ) -> None:
         """Append ``items`` in order, all or nothing, in one round trip to the primary.
 
-        ``[]`` does nothing. Every item is encoded before any I/O: one that is not JSON
-        serialisable raises TypeError (NaN/infinity: ValueError) naming its index, and
-        nothing is written. The batch carries an operation id, so a retry by the router
-        after an ambiguous failure applies it once.
+        ``[]`` does nothing. Every item is encoded before any I/O: one that is not a dict (a
+        JSON object) or not JSON serialisable raises TypeError (NaN/infinity: ValueError)
+        naming its index, and nothing is written. The batch carries an operation id, so a
+        retry by the router after an ambiguous failure applies it once.
         """
-        self._check_tenant(wrapper)
-        if not items:
-            return
+        tenant = self._tenant_for(wrapper)
         batch = encode_items(items)
+        if not batch:
+            return
         await self._write(
             "add_items",
             self._sql.add_items,
@@ -212,6 +275,7 @@ class PostgresSession:
                 batch.types,
                 self._metadata,
             ),
+            tenant=tenant,
             commits=True,
         )
 
@@ -224,8 +288,10 @@ class PostgresSession:
         first attempt removed. Popping the user item that opened the current turn also
         removes that turn's usage row (as AdvancedSQLiteSession does).
         """
-        self._check_tenant(wrapper)
-        rows = await self._write("pop_item", self._sql.pop_item, (self.session_id, uuid.uuid4()))
+        tenant = self._tenant_for(wrapper)
+        rows = await self._write(
+            "pop_item", self._sql.pop_item, (self.session_id, uuid.uuid4()), tenant=tenant
+        )
         text = rows[0][0] if rows else None
         if text is None:
             return None
@@ -238,8 +304,10 @@ class PostgresSession:
         Carries an operation id: a retry after a lost reply does not delete what another
         server added after the clear.
         """
-        self._check_tenant(wrapper)
-        await self._write("clear_session", self._sql.clear_session, (self.session_id, uuid.uuid4()))
+        tenant = self._tenant_for(wrapper)
+        await self._write(
+            "clear_session", self._sql.clear_session, (self.session_id, uuid.uuid4()), tenant=tenant
+        )
 
     # compaction (the SDK's optional backend hook) -------------------------------------------
     async def _get_compaction_snapshot(
@@ -268,8 +336,12 @@ class PostgresSession:
             return None
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"compaction snapshot limit must be an int >= 1, got {limit!r}")
+        tenant = self._tenant_for(None)
         rows = await self._read(
-            "compaction_snapshot", self._sql.compaction_snapshot, (limit + 1, self.session_id)
+            "compaction_snapshot",
+            self._sql.compaction_snapshot,
+            (limit + 1, self.session_id),
+            tenant=tenant,
         )
         created = rows[0][0] if rows else None
         fetched: list[list[Any]] = decode(rows[0][1]) if rows and rows[0][1] else []
@@ -289,7 +361,9 @@ class PostgresSession:
                 return False
             prune_through = None
             if prune_prefix is not None:
-                prune_through = await self._expired_prefix_end(expected[0], limit, prune_prefix)
+                prune_through = await self._expired_prefix_end(
+                    expected[0], limit, prune_prefix, tenant
+                )
             rows = await self._write(
                 "replace_suffix",
                 self._sql.replace_suffix,
@@ -303,13 +377,18 @@ class PostgresSession:
                     batch.roles,
                     batch.types,
                 ),
+                tenant=tenant,
             )
             return bool(rows and rows[0][0])
 
         return _CompactionSnapshot(items, complete, replace_suffix)
 
     async def _expired_prefix_end(
-        self, before: int, page: int, expired: Callable[[TResponseInputItem], bool]
+        self,
+        before: int,
+        page: int,
+        expired: Callable[[TResponseInputItem], bool],
+        tenant: str | None,
     ) -> int | None:
         """The seq of the last item of the run of oldest items (before seq ``before``) for
         which ``expired`` holds, or None when the oldest one does not."""
@@ -321,6 +400,7 @@ class PostgresSession:
                 "compaction_snapshot",
                 self._sql.compaction_prefix,
                 (self.session_id, after, before, page),
+                tenant=tenant,
             )
             chunk: list[list[Any]] = decode(rows[0][0]) if rows and rows[0][0] else []
             for seq, item in chunk:
@@ -342,13 +422,19 @@ class PostgresSession:
             "update_metadata",
             self._sql.update_metadata,
             (self.session_id, uuid.uuid4(), text, bool(replace)),
+            tenant=self._tenant_for(None),
         )
         result: dict[str, Any] = decode(rows[0][0])
         return result
 
     async def get_metadata(self) -> dict[str, Any] | None:
         """The conversation's metadata, or None when the conversation does not exist."""
-        rows = await self._read("get_metadata", self._sql.get_metadata, (self.session_id,))
+        rows = await self._read(
+            "get_metadata",
+            self._sql.get_metadata,
+            (self.session_id,),
+            tenant=self._tenant_for(None),
+        )
         if not rows:
             return None
         result: dict[str, Any] = decode(rows[0][0])
@@ -364,11 +450,15 @@ class PostgresSession:
         even if another server added a user item meanwhile. Database errors propagate (the
         SDK's SQLite version only logs them).
         """
+        tenant = self._tenant_for(getattr(result, "context_wrapper", None))
         params = _usage.usage_params(result)
         if params is None:
             return
         await self._write(
-            "store_run_usage", self._sql.store_usage, (self.session_id, uuid.uuid4(), *params)
+            "store_run_usage",
+            self._sql.store_usage,
+            (self.session_id, uuid.uuid4(), *params),
+            tenant=tenant,
         )
 
     async def get_session_usage(self, branch_id: str | None = None) -> dict[str, int] | None:
@@ -376,7 +466,12 @@ class PostgresSession:
         total_turns; None when nothing is stored. ``branch_id`` exists for code written for
         the SDK's AdvancedSQLiteSession: pgsessions has no branches, so it must be None."""
         _no_branches(branch_id)
-        rows = await self._read("get_session_usage", self._sql.session_usage, (self.session_id,))
+        rows = await self._read(
+            "get_session_usage",
+            self._sql.session_usage,
+            (self.session_id,),
+            tenant=self._tenant_for(None),
+        )
         return _usage.session_usage(rows)
 
     async def get_turn_usage(
@@ -386,10 +481,16 @@ class PostgresSession:
         all turns, each with ``user_turn_number``, in turn order. ``branch_id``: as in
         :meth:`get_session_usage`, must be None."""
         _no_branches(branch_id)
+        tenant = self._tenant_for(None)
         if user_turn_number is None:
-            rows = await self._read("get_turn_usage", self._sql.turn_usage_all, (self.session_id,))
+            rows = await self._read(
+                "get_turn_usage", self._sql.turn_usage_all, (self.session_id,), tenant=tenant
+            )
             return _usage.all_turns(rows)
         rows = await self._read(
-            "get_turn_usage", self._sql.turn_usage_one, (self.session_id, user_turn_number)
+            "get_turn_usage",
+            self._sql.turn_usage_one,
+            (self.session_id, user_turn_number),
+            tenant=tenant,
         )
         return _usage.one_turn(rows)

@@ -24,6 +24,7 @@ class Statements:
     compaction_snapshot: LiteralString
     compaction_prefix: LiteralString
     replace_suffix: LiteralString
+    set_tenant: LiteralString
 
 
 @lru_cache(maxsize=64)
@@ -87,4 +88,6 @@ def statements(schema: str) -> Statements:
             "SELECT {s}.replace_suffix(%s, %s, %s::timestamptz, %s::bigint[], %s::bigint,"
             " %b::text[]::json[], %b::text[], %b::text[])"
         ),
+        # the router's setup statement: the tenant for this transaction only (migration 0006)
+        set_tenant=q("SELECT {s}.set_tenant(%s)"),
     )
