@@ -115,9 +115,12 @@ async def test_settings_made_in_an_admin_block_never_reach_a_request(
 
 async def test_cancelled_open_leaves_no_pool_and_no_task(cluster: LocalCluster) -> None:
     """open() cancelled (wait_for with a short timeout) at points spread over its run."""
-    t0 = time.monotonic()
-    async with SessionRouter(RouterConfig(hosts=cluster.dsns(), name="timing")):
-        took = time.monotonic() - t0
+    # the fastest of three opens: the points below then fall inside nearly every later open
+    took = float("inf")
+    for _ in range(3):
+        t0 = time.monotonic()
+        async with SessionRouter(RouterConfig(hosts=cluster.dsns(), name="timing")):
+            took = min(took, time.monotonic() - t0)
     before = set(asyncio.all_tasks())
     cancelled = 0
     for i in range(16):
