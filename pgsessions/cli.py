@@ -18,6 +18,7 @@ COMMANDS = [
     ("pgsessions.drills.cli", "add_drill_command"),
     ("pgsessions.benchcli", "add_bench_command"),
     ("pgsessions.monitoring.cli", "add_serve_metrics_command"),
+    ("pgsessions.export.cli", "add_export_commands"),
 ]
 
 
