@@ -19,6 +19,7 @@ COMMANDS = [
     ("pgsessions.benchcli", "add_bench_command"),
     ("pgsessions.monitoring.cli", "add_serve_metrics_command"),
     ("pgsessions.export.cli", "add_export_commands"),
+    ("pgsessions.analytics.cli", "add_usage_command"),
 ]
 
 
