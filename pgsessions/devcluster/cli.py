@@ -9,9 +9,11 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from .archive import archive_settings, prepare_archive, start_archiving
 from .cluster import STATE_FILE, LocalCluster
 from .errors import ClusterError
 from .patroni import STATE_FILE as PATRONI_STATE
@@ -26,7 +28,11 @@ def default_dir() -> Path:
 
 
 def ensure_local_cluster(
-    base_dir: Path | None = None, *, replicas: int = 2, sync: bool = False
+    base_dir: Path | None = None,
+    *,
+    replicas: int = 2,
+    sync: bool = False,
+    settings: dict[str, str] | None = None,
 ) -> tuple[LocalCluster, bool]:
     """The local cluster in ``base_dir``, started if it is not running.
 
@@ -42,7 +48,9 @@ def ensure_local_cluster(
             return existing, True
         except ClusterError:
             pass  # unusable leftovers: LocalCluster.start() below cleans the directory
-    cluster = LocalCluster(replicas=replicas, sync=sync, base_dir=base, keep=True)
+    cluster = LocalCluster(
+        replicas=replicas, sync=sync, base_dir=base, keep=True, settings=settings
+    )
     cluster.start()
     return cluster, True
 
@@ -86,6 +94,12 @@ def add_cluster_command(sub: Any) -> None:
         "--pgbouncer",
         action="store_true",
         help="also put one PgBouncer (transaction mode) in front of each node; print its DSNs",
+    )
+    up.add_argument(
+        "--archive",
+        type=Path,
+        metavar="DIR",
+        help="archive WAL into DIR/wal (archive_command) and take a base backup into DIR/base",
     )
     up.add_argument(
         "--patroni",
@@ -200,7 +214,14 @@ def run_cluster_command(args: argparse.Namespace) -> int:
             return _patroni_command(args, base)
         if args.cluster_cmd == "up":
             t0 = time.monotonic()
-            cluster, started = ensure_local_cluster(base, replicas=args.replicas, sync=args.sync)
+            archive = prepare_archive(args.archive) if args.archive else None
+            cluster, started = ensure_local_cluster(
+                base,
+                replicas=args.replicas,
+                sync=args.sync,
+                settings=archive_settings(archive) if archive else None,
+            )
+            backup = start_archiving(cluster, archive, new=started) if archive else None
             bouncers = _bouncers_for_up(cluster, args.pgbouncer)
             took = time.monotonic() - t0
             info: dict[str, Any] = {
@@ -212,6 +233,8 @@ def run_cluster_command(args: argparse.Namespace) -> int:
                 "hosts": ",".join(cluster.dsns()),
                 "sync": cluster.sync,
             }
+            if backup is not None:
+                info["archive"] = {"dir": str(archive), **asdict(backup)}
             if bouncers:
                 info["direct_hosts"] = info["hosts"]
                 info["pgbouncer"] = {b.node: b.dsn for b in bouncers}
@@ -226,6 +249,8 @@ def run_cluster_command(args: argparse.Namespace) -> int:
                     print(f"replica  {r.dsn}")
                 for b in bouncers:
                     print(f"pgbouncer ({b.pool_mode}) for {b.node}  {b.dsn}")
+                if backup is not None:
+                    print(f"archive  WAL to {archive}/wal; base backup {backup.path}")
                 print(f"\nexport PGSESSIONS_HOSTS={info['hosts']}")
             return 0
         cluster = LocalCluster.load(base)
