@@ -1,5 +1,6 @@
 """The report statements. Each reads ``usage_logs`` by ``created_at`` (its index, migration
-0008) or ``conversations`` by ``updated_at`` (its index), both bounded by the time range;
+0008) or ``conversations`` by ``updated_at`` (its index, or ``active_at``'s), both bounded by
+the time range;
 ``messages`` is only reached by its primary key, for the few sessions a report lists.
 
 Parameters: ``%(since)s``, ``%(until)s`` (timestamptz), ``%(top)s`` (rows per ranking).
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from ..sessions.activity import updated_before, updated_since
 from ..sessions.schema import quote_ident
 
 _RANGE = "created_at >= %(since)s AND created_at < %(until)s"
@@ -50,8 +52,8 @@ _TEMPLATES = {
         "SELECT c.session_id, c.item_count AS items, c.updated_at,"
         " (SELECT coalesce(sum(pg_column_size(m.item)), 0)::bigint FROM {s}.messages m"
         " WHERE m.session_id = c.session_id) AS item_bytes"
-        " FROM (SELECT session_id, item_count, updated_at FROM {s}.conversations"
-        " WHERE updated_at >= %(since)s AND updated_at < %(until)s"
+        " FROM (SELECT session_id, item_count, updated_at FROM {s}.conversations c"
+        " WHERE {since} AND {until}"
         " ORDER BY item_count DESC, session_id LIMIT %(top)s) c"
         " ORDER BY c.item_count DESC, c.session_id"
     ),
@@ -61,8 +63,16 @@ REPORTS = tuple(_TEMPLATES)
 
 
 @lru_cache(maxsize=64)
-def report_sql(name: str, schema: str) -> str:
-    """The statement of report ``name`` for tables in ``schema``."""
+def report_sql(name: str, schema: str, active_at: bool = False) -> str:
+    """The statement of report ``name`` for tables in ``schema`` (``active_at``: the schema
+    indexes conversations by that column instead of ``updated_at``, see
+    :mod:`pgsessions.sessions.activity`)."""
     if name not in _TEMPLATES:
         raise ValueError(f"no report {name!r}: choose from {', '.join(REPORTS)}")
-    return _TEMPLATES[name].format(s=quote_ident(schema), sums=_SUMS, range=_RANGE)
+    return _TEMPLATES[name].format(
+        s=quote_ident(schema),
+        sums=_SUMS,
+        range=_RANGE,
+        since=updated_since("c", "since", active_at),
+        until=updated_before("c", "until", active_at),
+    )
