@@ -20,6 +20,7 @@ COMMANDS = [
     ("pgsessions.monitoring.cli", "add_serve_metrics_command"),
     ("pgsessions.export.cli", "add_export_commands"),
     ("pgsessions.analytics.cli", "add_usage_command"),
+    ("pgsessions.retention.cli", "add_prune_command"),
 ]
 
 

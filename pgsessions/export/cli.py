@@ -12,21 +12,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..hostargs import NoHostsError, add_hosts_arguments, command_hosts
-
-
-class Progress:
-    """A status line on stderr at most once a second (and once at the end)."""
-
-    def __init__(self, enabled: bool = True) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
-        self._last = 0.0
-
-    def show(self, text: str, *, final: bool = False) -> None:
-        now = time.monotonic()
-        if not self.enabled or (not final and now - self._last < 1.0):
-            return
-        self._last = now
-        print(f"\r{text}", end="\n" if final else "", file=sys.stderr, flush=True)
+from ..progress import Progress
 
 
 def _common(p: argparse.ArgumentParser) -> None:
