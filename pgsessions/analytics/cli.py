@@ -8,7 +8,13 @@ import json
 import sys
 from typing import Any
 
-from ..hostargs import NoHostsError, add_hosts_arguments, command_hosts
+from ..hostargs import (
+    NoHostsError,
+    add_hosts_arguments,
+    add_schema_argument,
+    command_config,
+    command_hosts,
+)
 from .queries import REPORTS
 
 TITLES = {
@@ -29,9 +35,7 @@ def add_usage_command(sub: Any) -> None:
         "range and index-backed; see the README for the SQL.",
     )
     add_hosts_arguments(p)
-    p.add_argument(
-        "--schema", default=None, help="schema (default PGSESSIONS_SCHEMA or pgsessions)"
-    )
+    add_schema_argument(p)
     p.add_argument("--since", default="7d", help="start: 7d (ago), 2026-11-01, ... (default 7d)")
     p.add_argument("--until", default="now", help="end (exclusive; default now)")
     p.add_argument("--top", type=int, default=10, help="rows per ranking (default 10)")
@@ -44,26 +48,6 @@ def add_usage_command(sub: Any) -> None:
     p.add_argument("--explain", action="store_true", help="print each report's query plan")
     p.add_argument("--json", action="store_true", help="print the reports as JSON")
     p.set_defaults(func=run_usage_command)
-
-
-def _cell(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, int):
-        return f"{v:,}"
-    return str(v)
-
-
-def print_table(cols: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
-    table = [list(cols)] + [[_cell(r[c]) for c in cols] for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
-    for row in table:
-        print(
-            "  ".join(
-                c.rjust(w) if i else c.ljust(w)
-                for i, (c, w) in enumerate(zip(row, widths, strict=True))
-            )
-        )
 
 
 def run_usage_command(args: argparse.Namespace) -> int:
@@ -81,15 +65,13 @@ def run_usage_command(args: argparse.Namespace) -> int:
 async def _usage(args: argparse.Namespace, hosts: list[str], since: Any, until: Any) -> int:
     import psycopg
 
-    from ..router import RouterConfig, RouterError, SessionRouter
+    from ..devcluster.cli import print_status_table
+    from ..router import RouterError, SessionRouter
     from .report import columns, explain_report, usage_report
 
-    overrides: dict[str, object] = {"hosts": hosts}
-    if args.schema:
-        overrides["schema"] = args.schema
     names = args.report or list(REPORTS)
     try:
-        async with SessionRouter(RouterConfig.from_env(**overrides)) as router:
+        async with SessionRouter(command_config(hosts, args.schema)) as router:
             if args.explain:
                 for name in names:
                     plan = await explain_report(
@@ -111,7 +93,7 @@ async def _usage(args: argparse.Namespace, hosts: list[str], since: Any, until: 
         print(f"\n== {TITLES[name]} (read on the {report.served_by.get(name, '?')})")
         rows = report.reports[name]
         if rows:
-            print_table(columns(name), rows)
+            print_status_table(rows, columns(name))
         else:
             print("(none in this range)")
     return 0

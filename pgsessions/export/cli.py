@@ -11,15 +11,19 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from ..hostargs import NoHostsError, add_hosts_arguments, command_hosts
+from ..hostargs import (
+    NoHostsError,
+    add_hosts_arguments,
+    add_schema_argument,
+    command_config,
+    command_hosts,
+)
 from ..progress import Progress
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     add_hosts_arguments(p)
-    p.add_argument(
-        "--schema", default=None, help="schema name (default PGSESSIONS_SCHEMA or pgsessions)"
-    )
+    add_schema_argument(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
@@ -64,15 +68,6 @@ def add_export_commands(sub: Any) -> None:
     im.set_defaults(func=run_import_command)
 
 
-def _config(hosts: list[str], schema: str | None) -> Any:
-    from ..router import RouterConfig
-
-    overrides: dict[str, object] = {"hosts": hosts}
-    if schema:
-        overrides["schema"] = schema
-    return RouterConfig.from_env(**overrides)
-
-
 def run_export_command(args: argparse.Namespace) -> int:
     try:
         metadata = json.loads(args.metadata) if args.metadata else None
@@ -100,7 +95,7 @@ async def _export(args: argparse.Namespace, hosts: list[str], metadata: Any, out
     counts = {"conversations": 0, "items": 0, "usage_rows": 0}
     t0 = time.monotonic()
     try:
-        async with SessionRouter(_config(hosts, args.schema)) as router:
+        async with SessionRouter(command_config(hosts, args.schema)) as router:
             async for line in export_lines(router, session_ids_=args.session, metadata=metadata):
                 out.write(line)
                 out.write("\n")
@@ -188,7 +183,7 @@ async def _import(args: argparse.Namespace, hosts: list[str]) -> int:
 
     t0 = time.monotonic()
     try:
-        async with SessionRouter(_config(hosts, args.schema)) as router:
+        async with SessionRouter(command_config(hosts, args.schema)) as router:
             summary = await import_records(router, guarded(), replace=args.replace, progress=show)
     except ExportFormatError as exc:
         print(

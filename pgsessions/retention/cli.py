@@ -8,7 +8,13 @@ import json
 import sys
 from typing import Any
 
-from ..hostargs import NoHostsError, add_hosts_arguments, command_hosts
+from ..hostargs import (
+    NoHostsError,
+    add_hosts_arguments,
+    add_schema_argument,
+    command_config,
+    command_hosts,
+)
 
 
 def add_prune_command(sub: Any) -> None:
@@ -21,9 +27,7 @@ def add_prune_command(sub: Any) -> None:
         "every server at once: each run reports only what it removed.",
     )
     add_hosts_arguments(p)
-    p.add_argument(
-        "--schema", default=None, help="schema (default PGSESSIONS_SCHEMA or pgsessions)"
-    )
+    add_schema_argument(p)
     p.add_argument("--older-than", required=True, help="idle time: 30d, 12h, 2w, ...")
     p.add_argument(
         "--ops-older-than", default="1h", help="operation ids older than this (default 1h)"
@@ -51,19 +55,16 @@ async def _prune(args: argparse.Namespace, hosts: list[str], older: Any, ops: An
     import psycopg
 
     from ..progress import Progress
-    from ..router import RouterConfig, RouterError, SessionRouter
+    from ..router import RouterError, SessionRouter
     from .prune import PruneSummary, prune
 
-    overrides: dict[str, object] = {"hosts": hosts}
-    if args.schema:
-        overrides["schema"] = args.schema
     bar = Progress()
 
     def show(s: PruneSummary) -> None:
         bar.show(f"deleted {s.conversations_deleted} conversations, {s.items_deleted} items")
 
     try:
-        async with SessionRouter(RouterConfig.from_env(**overrides)) as router:
+        async with SessionRouter(command_config(hosts, args.schema)) as router:
             summary = await prune(
                 router,
                 older_than=older,
