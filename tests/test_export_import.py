@@ -259,3 +259,19 @@ async def test_import_from_sqlalchemy_session_tables(
     finally:
         for t in tables.values():
             cluster.primary.execute(f'DROP TABLE IF EXISTS "{t}" CASCADE')
+
+
+async def test_a_source_url_password_never_reaches_the_output(
+    db: SessionRouter, cluster: LocalCluster
+) -> None:
+    import asyncio
+
+    argv = [
+        sys.executable, "-m", "pgsessions", "import", "--from-sqlalchemy",
+        "postgresql+asyncpg://someone:s3cret-pw@127.0.0.1:1/nowhere",
+        "--hosts", *cluster.dsns(), "--schema", db.config.schema,
+    ]  # fmt: skip
+    run = await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1
+    assert "pgsessions import" in run.stderr
+    assert "s3cret-pw" not in run.stdout + run.stderr
