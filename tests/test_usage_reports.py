@@ -172,3 +172,24 @@ async def test_largest_follows_an_active_at_index_when_the_schema_has_one(
     assert "active_at" in plan, plan
     report = await usage_report(data, since=since, until=until, top=2, reports=["largest"])
     assert [x["session_id"] for x in report.reports["largest"]] == ["s-00", "s-01"]
+
+
+@pytest.mark.owner_sql
+async def test_a_narrow_range_reads_usage_logs_by_its_created_at_index(
+    data: SessionRouter,
+) -> None:
+    s = quote_ident(data.config.schema)
+    async with data.primary_connection() as conn:  # 20000 turns spread over 200 days
+        await conn.execute(
+            f"INSERT INTO {s}.usage_logs (session_id, user_turn_number, model, requests,"
+            " input_tokens, output_tokens, total_tokens, created_at)"
+            " SELECT 's-' || lpad((g % 40)::text, 2, '0'), 1000 + g, 'm-x', 1, 10, 10, 20,"
+            " now() - (g % 200) * interval '1 day' - interval '1 hour'"
+            " FROM generate_series(1, 20000) AS g"
+        )
+        await conn.execute(f"ANALYZE {s}.usage_logs")
+    now = datetime.now(UTC)
+    for name in ("by_day", "by_model", "by_session", "busiest"):
+        plan = await explain_report(data, name, since=now - timedelta(days=1), until=now)
+        assert "usage_logs_created_idx" in plan, plan
+        assert "Seq Scan" not in plan, plan
