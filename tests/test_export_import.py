@@ -275,3 +275,39 @@ async def test_a_source_url_password_never_reaches_the_output(
     assert run.returncode == 1
     assert "pgsessions import" in run.stderr
     assert "s3cret-pw" not in run.stdout + run.stderr
+
+
+@pytest.mark.owner_sql
+async def test_tenants_travel_with_their_conversations(db: SessionRouter) -> None:
+    # the columns migration 0006 adds: every row records the transaction's tenant setting
+    s = quote_ident(db.config.schema)
+    async with db.primary_connection() as conn:
+        for table in ("conversations", "messages", "usage_logs"):
+            await conn.execute(
+                f"ALTER TABLE {s}.{table} ADD COLUMN tenant text NOT NULL"
+                " DEFAULT coalesce(current_setting('pgsessions.tenant', true), '')"
+            )
+    await fill(db)
+    async with db.primary_connection() as conn:
+        for table in ("conversations", "messages", "usage_logs"):
+            await conn.execute(
+                f"UPDATE {s}.{table} SET tenant = 'acme' WHERE session_id = 'conv-0'"
+            )
+    first = await everything(db)
+    tenants = {x["session_id"]: x["tenant"] for x in map(json.loads, first[1:]) if "tenant" in x}
+    assert tenants == {"conv-0": "acme", "conv-1": "", "conv-2": ""}
+    for sid in tenants:
+        await PostgresSession(sid, db).clear_session()
+    summary = await import_records(db, read_export(first))
+    assert summary.imported == 3 and summary.ok
+    assert (await everything(db))[1:] == first[1:]
+    async with db.primary_connection() as conn:
+        for table in ("conversations", "messages", "usage_logs"):
+            cur = await conn.execute(
+                f"SELECT DISTINCT session_id, tenant FROM {s}.{table} ORDER BY 1"
+            )
+            assert [tuple(r) for r in await cur.fetchall()] == [
+                ("conv-0", "acme"),
+                ("conv-1", ""),
+                ("conv-2", ""),
+            ], table

@@ -187,6 +187,10 @@ async def _import_one(
     conn: psycopg.AsyncConnection[Any], sql: _Sql, rec: ConversationRecord, replace: bool
 ) -> Outcome:
     async with conn.transaction():
+        if rec.tenant:
+            # the tables' tenant columns default to this setting (migration 0006), and with
+            # isolation on the policies check it
+            await conn.execute("SELECT set_config('pgsessions.tenant', %s, true)", (rec.tenant,))
         if await _write(conn, sql, rec):
             return "imported"
         cur = await conn.execute(

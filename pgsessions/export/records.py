@@ -5,9 +5,10 @@ text (never parsed into Python floats), so an item comes back byte for byte.
 Line kinds (keys in this order; ``item`` last on item lines)::
 
     {"kind": "header", "format": "pgsessions-export", "version": 1, ...}
-    {"kind": "conversation", "session_id": ..., "created_at": ..., "updated_at": ...,
+    {"kind": "conversation", "session_id": ..., ["tenant": ...,] "created_at": ...,
+     "updated_at": ...,
      "metadata": {...}, "next_seq": N, "item_count": n, "user_turns": u, "items": n,
-     "usage_rows": k}
+     "usage_rows": k}                        (tenant: only from schemas that record tenants)
     {"kind": "item", "session_id": ..., "seq": 1, "role": ..., "type": ...,
      "created_at": ..., "item": <the stored JSON text>}
     {"kind": "usage", "session_id": ..., "user_turn_number": 1, "model": ..., "requests": ...,
@@ -62,6 +63,8 @@ class ConversationRecord:
 
     session_id: str
     metadata: str = "{}"  #: JSON object text
+    #: the tenant that owns it (schemas with tenant isolation, migration 0006); None: none
+    tenant: str | None = None
     created_at: str | None = None
     updated_at: str | None = None
     next_seq: int | None = None
@@ -196,6 +199,7 @@ def read_export(lines: Iterable[str]) -> Iterator[ConversationRecord]:
                 yield done
             current = ConversationRecord(
                 session_id=_value(raw, "session_id", (str,), lineno),
+                tenant=_value(raw, "tenant", (str,), lineno) if "tenant" in raw else None,
                 metadata=_json_or_none(raw, "metadata") or "{}",
                 created_at=_value(raw, "created_at", (str,), lineno),
                 updated_at=_value(raw, "updated_at", (str,), lineno),

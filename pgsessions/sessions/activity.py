@@ -17,17 +17,22 @@ if TYPE_CHECKING:
     from ..router import SessionRouter
 
 
-async def has_active_at(router: SessionRouter) -> bool:
-    """Whether the router's ``conversations`` table has the ``active_at`` column."""
+async def conversation_columns(router: SessionRouter) -> set[str]:
+    """The column names of the router's ``conversations`` table (empty when it is missing)."""
     table = f"{quote_ident(router.config.schema)}.conversations"
     rows = await router.execute_read(
         "schema_probe",
         None,
-        "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s)"
-        " AND attname = 'active_at' AND NOT attisdropped)",
+        "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s)"
+        " AND attnum > 0 AND NOT attisdropped",
         (table,),
     )
-    return bool(rows and rows[0][0])
+    return {r[0] for r in rows}
+
+
+async def has_active_at(router: SessionRouter) -> bool:
+    """Whether the router's ``conversations`` table has the ``active_at`` column."""
+    return "active_at" in await conversation_columns(router)
 
 
 def updated_before(alias: str, param: str, active_at: bool) -> str:
