@@ -70,9 +70,11 @@ test-app-role: setup
 demo: setup
 	$(VENV)/bin/pgsessions demo --duration 30
 
-# Every failover scenario against a live workload, synchronous replication: nothing may be lost.
+# Every failover scenario against a live workload, synchronous replication: nothing may be lost;
+# then the point-in-time recovery drill (base backup + archived WAL, restored to a target).
 drill: setup
 	$(VENV)/bin/pgsessions drill all --sync
+	$(VENV)/bin/pgsessions drill pitr
 
 # All contenders, one interleaved run (about 8 minutes); writes bench/results/latest.{json,md}.
 bench: setup

@@ -1,4 +1,5 @@
-"""The `pgsessions` command: cluster, migrate, status, demo, drill, bench, serve-metrics."""
+"""The `pgsessions` command: cluster, migrate, status, demo, drill, bench, serve-metrics,
+export, import, usage, prune."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ COMMANDS = [
     ("pgsessions.drills.cli", "add_drill_command"),
     ("pgsessions.benchcli", "add_bench_command"),
     ("pgsessions.monitoring.cli", "add_serve_metrics_command"),
+    ("pgsessions.export.cli", "add_export_commands"),
+    ("pgsessions.analytics.cli", "add_usage_command"),
+    ("pgsessions.retention.cli", "add_prune_command"),
 ]
 
 
@@ -26,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pgsessions",
         description="Agents SDK sessions on a replicated PostgreSQL cluster. With no hosts "
         "given (--hosts or PGSESSIONS_HOSTS), demo, drill and bench use the local cluster in "
-        ".pgsessions/; migrate, status and serve-metrics refuse unless given --local.",
+        ".pgsessions/; migrate, status, serve-metrics, export, import, usage and prune refuse "
+        "unless given --local.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_name, func_name in COMMANDS:

@@ -10,7 +10,10 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .router import RouterConfig
 
 
 class NoHostsError(ValueError):
@@ -39,6 +42,23 @@ def add_hosts_arguments(parser: Any) -> None:
         help="without --hosts or PGSESSIONS_HOSTS: use the local cluster in .pgsessions/ "
         "(started if it is not running)",
     )
+
+
+def add_schema_argument(parser: Any) -> None:
+    """Add ``--schema NAME`` (default ``PGSESSIONS_SCHEMA`` or ``pgsessions``)."""
+    parser.add_argument(
+        "--schema", default=None, help="schema name (default PGSESSIONS_SCHEMA or pgsessions)"
+    )
+
+
+def command_config(hosts: list[str], schema: str | None) -> RouterConfig:
+    """``RouterConfig.from_env`` for a command's hosts and ``--schema``."""
+    from .router import RouterConfig
+
+    overrides: dict[str, object] = {"hosts": hosts}
+    if schema:
+        overrides["schema"] = schema
+    return RouterConfig.from_env(**overrides)
 
 
 def given_hosts(hosts: Sequence[str] | None) -> list[str] | None:

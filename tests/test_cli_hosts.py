@@ -22,12 +22,23 @@ def _env_without_hosts(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-@pytest.mark.parametrize("command", ["migrate", "status", "serve-metrics"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        "migrate",
+        "status",
+        "serve-metrics",
+        "export",
+        "import --from-sqlite x.db",
+        "usage",
+        "prune --older-than 30d",
+    ],
+)
 def test_production_command_without_hosts_fails_and_starts_nothing(
     command: str, tmp_path: Path
 ) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "pgsessions", command],
+        [sys.executable, "-m", "pgsessions", *command.split()],
         cwd=tmp_path,
         env=_env_without_hosts(tmp_path),
         capture_output=True,

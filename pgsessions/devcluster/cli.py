@@ -10,9 +10,11 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from .archive import archive_settings, prepare_archive, start_archiving
 from .cluster import STATE_FILE, LocalCluster
 from .errors import ClusterError
 from .patroni import STATE_FILE as PATRONI_STATE
@@ -27,7 +29,12 @@ def default_dir() -> Path:
 
 
 def ensure_local_cluster(
-    base_dir: Path | None = None, *, replicas: int = 2, sync: bool = False, tls: bool = False
+    base_dir: Path | None = None,
+    *,
+    replicas: int = 2,
+    sync: bool = False,
+    tls: bool = False,
+    settings: dict[str, str] | None = None,
 ) -> tuple[LocalCluster, bool]:
     """The local cluster in ``base_dir``, started if it is not running.
 
@@ -48,7 +55,13 @@ def ensure_local_cluster(
             pass  # unusable leftovers: LocalCluster.start() below cleans the directory
     password = (os.environ.get("PGPASSWORD") or None) if tls else None
     cluster = LocalCluster(
-        replicas=replicas, sync=sync, base_dir=base, keep=True, tls=tls, password=password
+        replicas=replicas,
+        sync=sync,
+        base_dir=base,
+        keep=True,
+        tls=tls,
+        password=password,
+        settings=settings,
     )
     cluster.start()
     return cluster, True
@@ -99,6 +112,12 @@ def add_cluster_command(sub: Any) -> None:
         action="store_true",
         help="a CA and a certificate per node; only TLS with a SCRAM password is accepted "
         "(password: PGPASSWORD, else a random one, written to a passfile; DSNs verify-full)",
+    )
+    up.add_argument(
+        "--archive",
+        type=Path,
+        metavar="DIR",
+        help="archive WAL into DIR/wal (archive_command) and take a base backup into DIR/base",
     )
     up.add_argument(
         "--patroni",
@@ -215,9 +234,15 @@ def run_cluster_command(args: argparse.Namespace) -> int:
             if args.tls and args.pgbouncer:
                 raise ClusterError("--tls and --pgbouncer cannot be combined yet")
             t0 = time.monotonic()
+            archive = prepare_archive(args.archive) if args.archive else None
             cluster, started = ensure_local_cluster(
-                base, replicas=args.replicas, sync=args.sync, tls=args.tls
+                base,
+                replicas=args.replicas,
+                sync=args.sync,
+                tls=args.tls,
+                settings=archive_settings(archive) if archive else None,
             )
+            backup = start_archiving(cluster, archive, new=started) if archive else None
             bouncers = _bouncers_for_up(cluster, args.pgbouncer)
             took = time.monotonic() - t0
             info: dict[str, Any] = {
@@ -232,6 +257,8 @@ def run_cluster_command(args: argparse.Namespace) -> int:
             if cluster.tls is not None:
                 info["passfile"] = str(cluster.tls.passfile)
                 info["sslrootcert"] = str(cluster.tls.ca_cert)
+            if backup is not None:
+                info["archive"] = {"dir": str(archive), **asdict(backup)}
             if bouncers:
                 info["direct_hosts"] = info["hosts"]
                 info["pgbouncer"] = {b.node: b.dsn for b in bouncers}
@@ -246,6 +273,8 @@ def run_cluster_command(args: argparse.Namespace) -> int:
                     print(f"replica  {r.dsn}")
                 for b in bouncers:
                     print(f"pgbouncer ({b.pool_mode}) for {b.node}  {b.dsn}")
+                if backup is not None:
+                    print(f"archive  WAL to {archive}/wal; base backup {backup.path}")
                 # quoted: a TLS DSN's query string holds '&'
                 print(f"\nexport PGSESSIONS_HOSTS={shlex.quote(info['hosts'])}")
                 if cluster.tls is not None:

@@ -11,6 +11,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from ..router.dsn import split_hosts
+from .pitr import add_pitr_arguments, run_pitr_command
 from .report import format_scenario, format_summary
 from .scenarios import BREAKS, SCENARIOS
 
@@ -36,8 +37,8 @@ def add_drill_command(sub: Any) -> None:
         "scenario",
         nargs="?",
         default="all",
-        choices=[*SCENARIOS, "all"],
-        help="which scenario (default: all)",
+        choices=[*SCENARIOS, "pitr", "all"],
+        help="which scenario (default: all failover scenarios; pitr: point-in-time recovery)",
     )
     p.add_argument(
         "--sync",
@@ -77,6 +78,7 @@ def add_drill_command(sub: Any) -> None:
         choices=BREAKS,
         help="test the drill itself: break the router on purpose (must FAIL)",
     )
+    add_pitr_arguments(p)
     p.set_defaults(func=run_drill_command)
 
 
@@ -114,6 +116,8 @@ def options_from_args(args: argparse.Namespace) -> DrillOptions:
 
 
 def run_drill_command(args: argparse.Namespace) -> int:
+    if args.scenario == "pitr":
+        return run_pitr_command(args)
     try:
         opts = options_from_args(args)
     except ValueError as exc:

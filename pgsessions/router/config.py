@@ -78,6 +78,9 @@ class RouterConfig:
     token_cache_size: int = 100_000
     #: schema holding pgsessions' tables (used by sessions/, carried here for one config)
     schema: str = "pgsessions"
+    #: default time-to-live of a conversation in seconds (None: forever): a session whose
+    #: last write is older reads as empty (PostgresSession(ttl=...) overrides it)
+    session_ttl: float | None = None
     name: str = "default"
     #: server-side prepared statements: auto, on or off (see PreparedStatements); a DSN may
     #: override it for its host with ``prepared_statements=off`` (removed before connecting)
@@ -131,6 +134,10 @@ class RouterConfig:
             raise ValueError(
                 f"RouterConfig.failover_timeout must be < {OP_ID_RETENTION_SECONDS:g} s (how "
                 f"long operation ids are kept), got {self.failover_timeout!r}"
+            )
+        if self.session_ttl is not None and not self.session_ttl > 0:
+            raise ValueError(
+                f"RouterConfig.session_ttl must be > 0 or None, got {self.session_ttl!r}"
             )
         if self.healthy_for < 0 or self.catch_up_wait < 0:
             raise ValueError("RouterConfig.healthy_for and catch_up_wait must be >= 0")
@@ -188,7 +195,7 @@ class RouterConfig:
         ``PGSESSIONS_MAX_LAG_SECONDS``, ``PGSESSIONS_CHECK_INTERVAL``,
         ``PGSESSIONS_FAILOVER_TIMEOUT``, ``PGSESSIONS_SCHEMA``,
         ``PGSESSIONS_NO_REPLICA_POLICY``, ``PGSESSIONS_PREPARED_STATEMENTS`` (auto, on,
-        off). Keyword arguments override the environment.
+        off), ``PGSESSIONS_SESSION_TTL`` (seconds). Keyword arguments override the environment.
         """
         hosts = os.environ.get("PGSESSIONS_HOSTS", "")
         kw: dict[str, object] = {
@@ -203,6 +210,8 @@ class RouterConfig:
             "prepared_statements": os.environ.get("PGSESSIONS_PREPARED_STATEMENTS")
             or cls.prepared_statements,
         }
+        if os.environ.get("PGSESSIONS_SESSION_TTL"):
+            kw["session_ttl"] = _env_float("PGSESSIONS_SESSION_TTL", 0.0)
         kw.update(overrides)
         if not kw["hosts"]:
             raise ValueError("PGSESSIONS_HOSTS is not set: give comma-separated PostgreSQL DSNs")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Mapping
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from agents.memory.session import _await_mutation, _CompactionSnapshot
@@ -30,6 +31,17 @@ if TYPE_CHECKING:
 
 # PostgreSQL's LIMIT is a bigint; anything at or above this means "all"
 _MAX_LIMIT = 2**63 - 1
+
+
+def _ttl(value: float | timedelta | None) -> timedelta | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | timedelta):
+        raise TypeError(f"ttl must be seconds or a timedelta, got {value!r}")
+    ttl = value if isinstance(value, timedelta) else timedelta(seconds=value)
+    if ttl <= timedelta(0):
+        raise ValueError(f"ttl must be > 0, got {value!r}")
+    return ttl
 
 
 def _no_branches(branch_id: str | None) -> None:
@@ -64,6 +76,11 @@ class PostgresSession:
             --tenant-isolation on``): with it, PostgreSQL's row-level security lets the
             session see and change only its tenant's rows; without it a call with a tenant
             raises :class:`~pgsessions.sessions.tenants.TenantError` (fail closed).
+        ttl: time-to-live in seconds (or a timedelta); default ``RouterConfig.session_ttl``
+            (None: forever). Items written before an idle gap longer than the TTL (counting
+            up to now) are not read, like an expired key of the SDK's RedisSession: a
+            conversation idle that long reads as empty, and one written again afterwards
+            shows only the new items. ``pgsessions prune`` deletes them for good.
     """
 
     session_settings: SessionSettings | None = None
@@ -77,6 +94,7 @@ class PostgresSession:
         consistency_token: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         tenant: str | None = None,
+        ttl: float | timedelta | None = None,
     ) -> None:
         self.session_id = session_id
         self.tenant = tenant
@@ -88,6 +106,7 @@ class PostgresSession:
         self.router = router
         self._sql = statements(router.config.schema)
         self._metadata = encode_metadata(metadata)
+        self.ttl = _ttl(ttl if ttl is not None else router.config.session_ttl)
         self._token: int | None = None
         if consistency_token is not None:
             self._token = parse_lsn(consistency_token)
@@ -241,9 +260,17 @@ class PostgresSession:
                 return []
             if effective >= _MAX_LIMIT:
                 effective = None
-        rows = await self._read(
-            "get_items", self._sql.get_items, (self.session_id, effective), tenant=tenant
-        )
+        if self.ttl is None:
+            rows = await self._read(
+                "get_items", self._sql.get_items, (self.session_id, effective), tenant=tenant
+            )
+        else:
+            rows = await self._read(
+                "get_items",
+                self._sql.get_items_ttl,
+                (self.ttl, self.session_id, effective),
+                tenant=tenant,
+            )
         text = rows[0][0] if rows else None
         if text is None:
             return []
@@ -327,13 +354,16 @@ class PostgresSession:
         item added, popped or replaced since, by any server): a concurrent write is never
         lost or reordered. It carries an operation id like every write. Returns None for a
         subclass that overrides how items are read or written (the snapshot would bypass
-        it), like the SDK's own backends.
+        it), like the SDK's own backends, and for a session with a ``ttl`` (the snapshot
+        would include expired items).
         """
         cls = type(self)
         if cls.get_items is not PostgresSession.get_items or (
             cls.add_items is not PostgresSession.add_items
         ):
             return None
+        if self.ttl is not None:
+            return None  # the snapshot would include expired items: the SDK's generic path
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"compaction snapshot limit must be an int >= 1, got {limit!r}")
         tenant = self._tenant_for(None)

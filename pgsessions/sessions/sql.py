@@ -12,6 +12,7 @@ from .schema import quote_ident
 @dataclass(frozen=True)
 class Statements:
     get_items: LiteralString
+    get_items_ttl: LiteralString
     add_items: LiteralString
     pop_item: LiteralString
     clear_session: LiteralString
@@ -41,6 +42,18 @@ def statements(schema: str) -> Statements:
             "SELECT json_agg(t.item ORDER BY t.seq)::text FROM ("
             "SELECT seq, item FROM {s}.messages WHERE session_id = %s"
             " ORDER BY seq DESC LIMIT %s) t"
+        ),
+        # get_items with a time-to-live (%s interval first): the latest N rows, without those
+        # before the newest idle gap longer than the TTL (counting the gap up to now), so an
+        # expired conversation reads as empty and one written again shows only the new items
+        get_items_ttl=q(
+            "SELECT json_agg(v.item ORDER BY v.seq)::text FROM ("
+            "SELECT l.seq, l.item, bool_or(l.gap) OVER (ORDER BY l.seq DESC"
+            " ROWS UNBOUNDED PRECEDING) AS gone FROM ("
+            "SELECT r.seq, r.item, lag(r.created_at, 1, now()) OVER (ORDER BY r.seq DESC)"
+            " - r.created_at > %s::interval AS gap FROM ("
+            "SELECT seq, item, created_at FROM {s}.messages WHERE session_id = %s"
+            " ORDER BY seq DESC LIMIT %s) r) l) v WHERE NOT v.gone"
         ),
         # a procedure that commits: one row (applied, token); see migration 0003
         add_items=q(

@@ -1,0 +1,78 @@
+"""The report statements. Each reads ``usage_logs`` by ``created_at`` (its index, migration
+0008) or ``conversations`` by ``updated_at`` (its index, or ``active_at``'s), both bounded by
+the time range;
+``messages`` is only reached by its primary key, for the few sessions a report lists.
+
+Parameters: ``%(since)s``, ``%(until)s`` (timestamptz), ``%(top)s`` (rows per ranking).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from ..sessions.activity import updated_before, updated_since
+from ..sessions.schema import quote_ident
+
+_RANGE = "created_at >= %(since)s AND created_at < %(until)s"
+_SUMS = (
+    "count(*) AS turns, sum(requests)::bigint AS requests,"
+    " sum(input_tokens)::bigint AS input_tokens, sum(output_tokens)::bigint AS output_tokens,"
+    " sum(total_tokens)::bigint AS total_tokens"
+)
+
+_TEMPLATES = {
+    # tokens and requests per UTC day
+    "by_day": (
+        "SELECT (created_at AT TIME ZONE 'UTC')::date AS day, {sums},"
+        " count(DISTINCT session_id) AS sessions"
+        " FROM {s}.usage_logs WHERE {range} GROUP BY 1 ORDER BY 1"
+    ),
+    # per model, most tokens first
+    "by_model": (
+        "SELECT coalesce(model, '(unknown)') AS model, {sums},"
+        " count(DISTINCT session_id) AS sessions"
+        " FROM {s}.usage_logs WHERE {range} GROUP BY 1 ORDER BY total_tokens DESC, 1"
+    ),
+    # the sessions that used the most tokens
+    "by_session": (
+        "SELECT session_id, {sums} FROM {s}.usage_logs WHERE {range}"
+        " GROUP BY session_id ORDER BY total_tokens DESC, session_id LIMIT %(top)s"
+    ),
+    # the sessions with the most turns, and the items they added in the range (primary key)
+    "busiest": (
+        "SELECT b.session_id, b.turns, b.requests, b.total_tokens,"
+        " (SELECT count(*) FROM {s}.messages m WHERE m.session_id = b.session_id"
+        " AND m.created_at >= %(since)s AND m.created_at < %(until)s) AS items_added"
+        " FROM (SELECT session_id, {sums} FROM {s}.usage_logs WHERE {range}"
+        " GROUP BY session_id ORDER BY turns DESC, requests DESC, session_id"
+        " LIMIT %(top)s) b ORDER BY b.turns DESC, b.requests DESC, b.session_id"
+    ),
+    # the conversations active in the range holding the most items, with their size
+    "largest": (
+        "SELECT c.session_id, c.item_count AS items, c.updated_at,"
+        " (SELECT coalesce(sum(pg_column_size(m.item)), 0)::bigint FROM {s}.messages m"
+        " WHERE m.session_id = c.session_id) AS item_bytes"
+        " FROM (SELECT session_id, item_count, updated_at FROM {s}.conversations c"
+        " WHERE {since} AND {until}"
+        " ORDER BY item_count DESC, session_id LIMIT %(top)s) c"
+        " ORDER BY c.item_count DESC, c.session_id"
+    ),
+}
+
+REPORTS = tuple(_TEMPLATES)
+
+
+@lru_cache(maxsize=64)
+def report_sql(name: str, schema: str, active_at: bool = False) -> str:
+    """The statement of report ``name`` for tables in ``schema`` (``active_at``: the schema
+    indexes conversations by that column instead of ``updated_at``, see
+    :mod:`pgsessions.sessions.activity`)."""
+    if name not in _TEMPLATES:
+        raise ValueError(f"no report {name!r}: choose from {', '.join(REPORTS)}")
+    return _TEMPLATES[name].format(
+        s=quote_ident(schema),
+        sums=_SUMS,
+        range=_RANGE,
+        since=updated_since("c", "since", active_at),
+        until=updated_before("c", "until", active_at),
+    )

@@ -1,0 +1,260 @@
+"""Import: conversation records written to the primary, one transaction per conversation.
+
+Idempotent: a conversation that does not exist is created exactly as recorded (same seqs,
+times, metadata, items and usage rows); one that exists with the same items, metadata and
+usage is left untouched ("unchanged"); one that exists with different content is a conflict,
+left untouched unless ``replace=True`` (then it is replaced whole, in one transaction).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import AsyncIterable, Callable, Iterable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, Literal
+
+import psycopg
+
+from ..sessions.items import utf8_safe
+from ..sessions.schema import migrate_hint, quote_ident
+from .records import ConversationRecord
+
+if TYPE_CHECKING:
+    from ..router import SessionRouter
+
+Outcome = Literal["imported", "unchanged", "replaced", "conflict", "error"]
+#: items sent per INSERT statement (a large conversation takes several, in one transaction)
+CHUNK = 1000
+
+
+@dataclass
+class ImportSummary:
+    """What an import did, conversation by conversation (counts and bounded examples)."""
+
+    imported: int = 0
+    unchanged: int = 0
+    replaced: int = 0
+    conflicts: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    items: int = 0
+    usage_rows: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.conflicts and not self.errors
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "imported": self.imported,
+            "unchanged": self.unchanged,
+            "replaced": self.replaced,
+            "conflicts": len(self.conflicts),
+            "conflicting_sessions": self.conflicts[:20],
+            "errors": self.errors[:20],
+            "items_written": self.items,
+            "usage_rows_written": self.usage_rows,
+        }
+
+
+@dataclass(frozen=True)
+class _Sql:
+    lock: str
+    insert_conversation: str
+    delete_conversation: str
+    insert_items: str
+    insert_usage: str
+
+
+@lru_cache(maxsize=16)
+def _sql(schema: str) -> _Sql:
+    s = quote_ident(schema)
+    return _Sql(
+        # (metadata equal, items digest, usage equal) of the existing conversation, locked
+        lock=(
+            "SELECT c.metadata = %(meta)s::jsonb,"
+            " (SELECT coalesce(md5(string_agg(m.seq::text || ':' || m.item::text, E'\\n'"
+            f" ORDER BY m.seq)), '') FROM {s}.messages m WHERE m.session_id = c.session_id),"
+            " (SELECT coalesce(json_agg(json_build_array(u.user_turn_number, u.model,"
+            " u.requests, u.input_tokens, u.output_tokens, u.total_tokens,"
+            " u.input_tokens_details, u.output_tokens_details)"
+            f" ORDER BY u.user_turn_number), '[]') FROM {s}.usage_logs u"
+            " WHERE u.session_id = c.session_id)::jsonb = %(usage)s::jsonb"
+            f" FROM {s}.conversations c WHERE c.session_id = %(sid)s FOR UPDATE OF c"
+        ),
+        insert_conversation=(
+            f"INSERT INTO {s}.conversations (session_id, created_at, updated_at, metadata,"
+            " next_seq, item_count, user_turns)"
+            " VALUES (%s, coalesce(%s::timestamptz, now()), coalesce(%s::timestamptz, now()),"
+            " %s::jsonb, %s, %s, %s) ON CONFLICT (session_id) DO NOTHING RETURNING 1"
+        ),
+        delete_conversation=f"DELETE FROM {s}.conversations WHERE session_id = %s",
+        insert_items=(
+            f"INSERT INTO {s}.messages (session_id, seq, item, role, type, created_at)"
+            " SELECT %s, t.seq, t.item::json, t.role, t.type, coalesce(t.created_at, now())"
+            " FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[],"
+            " %s::text[]::timestamptz[]) AS t(seq, item, role, type, created_at)"
+        ),
+        insert_usage=(
+            f"INSERT INTO {s}.usage_logs (session_id, user_turn_number, model, requests,"
+            " input_tokens, output_tokens, total_tokens, input_tokens_details,"
+            " output_tokens_details, created_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb,"
+            " coalesce(%s::timestamptz, now()))"
+        ),
+    )
+
+
+def items_digest(rec: ConversationRecord) -> str:
+    """md5 of ``seq:item`` lines, as the lock statement computes it in SQL ('' when none)."""
+    if not rec.items:
+        return ""
+    text = "\n".join(f"{it.seq}:{it.item}" for it in rec.items)
+    return hashlib.md5(text.encode("utf-8"), usedforsecurity=False).hexdigest()
+
+
+def usage_json(rec: ConversationRecord) -> str:
+    """The usage rows as the JSON array the lock statement compares (details kept raw)."""
+    rows = []
+    for u in rec.usage:
+        head = json.dumps(
+            [u.user_turn_number, u.model, u.requests, u.input_tokens, u.output_tokens],
+            ensure_ascii=False,
+        )[:-1]
+        rows.append(
+            f"{head},{u.total_tokens},{u.input_tokens_details or 'null'},"
+            f"{u.output_tokens_details or 'null'}]"
+        )
+    return "[" + ",".join(rows) + "]"
+
+
+def check_session_id(session_id: str) -> None:
+    """The rule PostgresSession applies: non-empty, no U+0000, no lone surrogates."""
+    if not session_id or "\x00" in session_id or not utf8_safe(session_id):
+        raise ValueError(f"invalid session id {session_id!r}")
+
+
+async def _write(conn: psycopg.AsyncConnection[Any], sql: _Sql, rec: ConversationRecord) -> bool:
+    """Insert the conversation and everything in it; False when it already exists."""
+    cur = await conn.execute(
+        sql.insert_conversation,
+        (
+            rec.session_id,
+            rec.created_at,
+            rec.updated_at,
+            rec.metadata,
+            rec.next_seq,
+            len(rec.items),
+            rec.user_turns,
+        ),
+    )
+    if await cur.fetchone() is None:
+        return False
+    for i in range(0, len(rec.items), CHUNK):
+        part = rec.items[i : i + CHUNK]
+        await conn.execute(
+            sql.insert_items,
+            (
+                rec.session_id,
+                [it.seq for it in part],
+                [it.item for it in part],
+                [it.role for it in part],
+                [it.type for it in part],
+                [it.created_at for it in part],
+            ),
+        )
+    for u in rec.usage:
+        await conn.execute(
+            sql.insert_usage,
+            (
+                rec.session_id,
+                u.user_turn_number,
+                u.model,
+                u.requests,
+                u.input_tokens,
+                u.output_tokens,
+                u.total_tokens,
+                u.input_tokens_details,
+                u.output_tokens_details,
+                u.created_at,
+            ),
+        )
+    return True
+
+
+async def _import_one(
+    conn: psycopg.AsyncConnection[Any], sql: _Sql, rec: ConversationRecord, replace: bool
+) -> Outcome:
+    async with conn.transaction():
+        if rec.tenant:
+            # the tables' tenant columns default to this setting (migration 0006), and with
+            # isolation on the policies check it
+            await conn.execute("SELECT set_config('pgsessions.tenant', %s, true)", (rec.tenant,))
+        if await _write(conn, sql, rec):
+            return "imported"
+        cur = await conn.execute(
+            sql.lock, {"meta": rec.metadata, "usage": usage_json(rec), "sid": rec.session_id}
+        )
+        row = await cur.fetchone()
+        if row is None:  # deleted between the insert attempt and the lock: try once more
+            return "imported" if await _write(conn, sql, rec) else "conflict"
+        same_meta, digest, same_usage = row
+        if same_meta and digest == items_digest(rec) and same_usage:
+            return "unchanged"
+        if not replace:
+            return "conflict"
+        await conn.execute(sql.delete_conversation, (rec.session_id,))
+        await _write(conn, sql, rec)
+        return "replaced"
+
+
+async def import_records(
+    router: SessionRouter,
+    records: AsyncIterable[ConversationRecord] | Iterable[ConversationRecord],
+    *,
+    replace: bool = False,
+    progress: Callable[[ImportSummary], None] | None = None,
+) -> ImportSummary:
+    """Write ``records`` on the primary, each conversation all or nothing; see the module.
+
+    A record the database refuses (bad JSON text, U+0000 in metadata, ...) is reported in
+    ``errors`` and leaves its conversation as it was; the others are still imported. Runs
+    as the schema owner (plain INSERT/DELETE), not as the application role.
+    """
+    summary = ImportSummary()
+    sql = _sql(router.config.schema)
+
+    async def each() -> Any:
+        if isinstance(records, AsyncIterable):
+            async for rec in records:
+                yield rec
+        else:
+            for rec in records:
+                yield rec
+
+    with migrate_hint(router.config.schema):
+        async with router.primary_connection() as conn:
+            async for rec in each():
+                try:
+                    if rec.error is not None:
+                        raise ValueError(rec.error)
+                    check_session_id(rec.session_id)
+                    outcome = await _import_one(conn, sql, rec.checked(), replace)
+                except (ValueError, psycopg.errors.DataError, psycopg.errors.IntegrityError) as e:
+                    summary.errors.append(f"{rec.session_id!r}: {str(e).splitlines()[0]}")
+                    outcome = "error"
+                if outcome in ("imported", "replaced"):
+                    summary.items += len(rec.items)
+                    summary.usage_rows += len(rec.usage)
+                if outcome == "imported":
+                    summary.imported += 1
+                elif outcome == "replaced":
+                    summary.replaced += 1
+                elif outcome == "unchanged":
+                    summary.unchanged += 1
+                elif outcome == "conflict":
+                    summary.conflicts.append(rec.session_id)
+                if progress is not None:
+                    progress(summary)
+    return summary

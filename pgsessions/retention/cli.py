@@ -1,0 +1,92 @@
+"""`pgsessions prune --older-than 30d`: delete expired conversations and old operation ids."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+from ..hostargs import (
+    NoHostsError,
+    add_hosts_arguments,
+    add_schema_argument,
+    command_config,
+    command_hosts,
+)
+
+
+def add_prune_command(sub: Any) -> None:
+    p = sub.add_parser(
+        "prune",
+        help="delete conversations idle longer than --older-than, and old operation ids",
+        description="Delete every conversation whose last write is older than --older-than "
+        "(items, usage rows and all), in small transactions that skip rows other servers "
+        "hold, then operation ids older than --ops-older-than. Safe to run from cron on "
+        "every server at once: each run reports only what it removed.",
+    )
+    add_hosts_arguments(p)
+    add_schema_argument(p)
+    p.add_argument("--older-than", required=True, help="idle time: 30d, 12h, 2w, ...")
+    p.add_argument(
+        "--ops-older-than", default="1h", help="operation ids older than this (default 1h)"
+    )
+    p.add_argument("--batch", type=int, default=100, help="conversations per listing (100)")
+    p.add_argument("--item-batch", type=int, default=1000, help="items per transaction (1000)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=run_prune_command)
+
+
+def run_prune_command(args: argparse.Namespace) -> int:
+    from ..analytics.timerange import parse_duration
+
+    try:
+        older = parse_duration(args.older_than)
+        ops = parse_duration(args.ops_older_than)
+        with command_hosts("prune", args.hosts, local=args.local) as hosts:
+            return asyncio.run(_prune(args, hosts, older, ops))
+    except (NoHostsError, ValueError) as exc:
+        print(f"pgsessions prune: {exc}", file=sys.stderr)
+        return 2
+
+
+async def _prune(args: argparse.Namespace, hosts: list[str], older: Any, ops: Any) -> int:
+    import psycopg
+
+    from ..progress import Progress
+    from ..router import RouterError, SessionRouter
+    from .prune import PruneSummary, prune
+
+    bar = Progress()
+
+    def show(s: PruneSummary) -> None:
+        bar.show(f"deleted {s.conversations_deleted} conversations, {s.items_deleted} items")
+
+    try:
+        async with SessionRouter(command_config(hosts, args.schema)) as router:
+            summary = await prune(
+                router,
+                older_than=older,
+                ops_older_than=ops,
+                batch=args.batch,
+                item_batch=args.item_batch,
+                progress=show,
+            )
+    except (RouterError, psycopg.Error) as exc:
+        print(f"pgsessions prune: {exc}", file=sys.stderr)
+        return 1
+    bar.show("", final=True)
+    if args.json:
+        print(json.dumps(summary.as_dict()))
+        return 0
+    print(
+        f"pruned conversations idle since before {summary.cutoff}: deleted "
+        f"{summary.conversations_deleted} ({summary.items_deleted} items, "
+        f"{summary.usage_rows_deleted} usage rows); kept "
+        f"{summary.conversations_kept_written_again} written again meanwhile; skipped "
+        f"{summary.conversations_skipped_locked} locked; "
+        f"{summary.op_ids_deleted} operation ids; {summary.transactions} transactions in "
+        f"{summary.seconds:.2f}s"
+    )
+    return 0

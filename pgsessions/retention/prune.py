@@ -1,0 +1,195 @@
+"""Deleting expired conversations in small transactions, safe to run on many servers at once.
+
+A conversation is expired when its last write (``updated_at``) is older than the cutoff:
+the same rule a session's ``ttl`` applies when reading, so what prune deletes was already
+invisible to sessions whose TTL is at most ``older_than``. For each expired conversation:
+
+1. its items older than the cutoff are deleted ``item_batch`` at a time, each batch its own
+   short transaction (``FOR UPDATE SKIP LOCKED``: rows another pruner holds are skipped);
+2. then, in one short transaction, the conversation row is locked (``SKIP LOCKED``) and
+   deleted if it is still expired, with its usage rows and any items left. A
+   conversation written again meanwhile stays, with only its new items, and its counters
+   recomputed under its row lock.
+
+Then old operation ids are pruned (``prune_ops``) in batches. Every statement runs with a
+short ``lock_timeout``: prune waits for no writer; what it cannot lock now, the next run does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import errors
+
+from ..sessions.activity import has_active_at, updated_before
+from ..sessions.schema import migrate_hint, quote_ident
+
+if TYPE_CHECKING:
+    from ..router import SessionRouter
+
+
+@dataclass
+class PruneSummary:
+    """What one prune run removed (only what this run removed, not another server's)."""
+
+    cutoff: str = ""
+    conversations_deleted: int = 0
+    conversations_kept_written_again: int = 0
+    conversations_skipped_locked: int = 0
+    items_deleted: int = 0
+    usage_rows_deleted: int = 0
+    op_ids_deleted: int = 0
+    transactions: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _sql(schema: str, active_at: bool) -> dict[str, str]:
+    s = quote_ident(schema)
+    expired = updated_before("c", "cutoff", active_at)
+    return {
+        "candidates": (
+            f"SELECT c.session_id FROM {s}.conversations c WHERE {expired}"
+            " AND c.session_id > %(after)s ORDER BY c.session_id LIMIT %(batch)s"
+        ),
+        "items": (
+            f"DELETE FROM {s}.messages WHERE session_id = %(sid)s AND seq IN ("
+            f"SELECT seq FROM {s}.messages WHERE session_id = %(sid)s"
+            " AND created_at < %(cutoff)s ORDER BY seq LIMIT %(batch)s FOR UPDATE SKIP LOCKED)"
+        ),
+        "lock_expired": (
+            f"SELECT 1 FROM {s}.conversations c WHERE c.session_id = %(sid)s AND {expired}"
+            " FOR UPDATE SKIP LOCKED"
+        ),
+        # explicit deletes before the row's (not the cascade): their counts exclude rows
+        # another pruner deleted meanwhile (they wait for it, then skip those rows)
+        "rest_items": f"DELETE FROM {s}.messages WHERE session_id = %(sid)s",
+        "all_usage": f"DELETE FROM {s}.usage_logs WHERE session_id = %(sid)s",
+        "delete": f"DELETE FROM {s}.conversations WHERE session_id = %(sid)s",
+        "lock_live": (f"SELECT 1 FROM {s}.conversations WHERE session_id = %(sid)s FOR UPDATE"),
+        "old_usage": (
+            f"DELETE FROM {s}.usage_logs WHERE session_id = %(sid)s AND created_at < %(cutoff)s"
+        ),
+        "recount": (
+            f"UPDATE {s}.conversations c SET"
+            f" item_count = (SELECT count(*) FROM {s}.messages m"
+            " WHERE m.session_id = c.session_id),"
+            f" user_turns = (SELECT count(*) FROM {s}.messages m"
+            " WHERE m.session_id = c.session_id AND m.role = 'user')"
+            " WHERE c.session_id = %(sid)s"
+        ),
+        "ops": f"SELECT {s}.prune_ops(%s::interval, %s)",
+    }
+
+
+async def prune(
+    router: SessionRouter,
+    *,
+    older_than: timedelta,
+    batch: int = 100,
+    item_batch: int = 1000,
+    ops_older_than: timedelta = timedelta(hours=1),
+    lock_timeout: float = 2.0,
+    progress: Callable[[PruneSummary], None] | None = None,
+) -> PruneSummary:
+    """Delete conversations idle longer than ``older_than`` and operation ids older than
+    ``ops_older_than``, in small transactions on the primary (see the module)."""
+    if older_than <= timedelta(0):
+        raise ValueError(f"older_than must be > 0, got {older_than}")
+    if ops_older_than < timedelta(hours=1):
+        raise ValueError(
+            "ops_older_than must be at least 1 hour: a write may be retried that long "
+            "(RouterConfig.failover_timeout), and its operation id must still be there"
+        )
+    if batch < 1 or item_batch < 1:
+        raise ValueError("batch and item_batch must be >= 1")
+    t0 = time.monotonic()
+    summary = PruneSummary()
+    with migrate_hint(router.config.schema):
+        sql = _sql(router.config.schema, await has_active_at(router))
+        async with router.primary_connection() as conn:
+            await conn.execute(f"SET lock_timeout = {int(lock_timeout * 1000)}")
+            cur = await conn.execute("SELECT now() - %s::interval", (older_than,))
+            row = await cur.fetchone()
+            assert row is not None
+            cutoff: datetime = row[0]
+            summary.cutoff = cutoff.isoformat()
+            after = ""
+            while True:
+                cur = await conn.execute(
+                    sql["candidates"], {"cutoff": cutoff, "after": after, "batch": batch}
+                )
+                ids = [r[0] for r in await cur.fetchall()]
+                summary.transactions += 1
+                for sid in ids:
+                    await _prune_one(conn, sql, sid, cutoff, item_batch, summary)
+                    if progress is not None:
+                        progress(summary)
+                if len(ids) < batch:
+                    break
+                after = ids[-1]
+            while True:
+                cur = await conn.execute(sql["ops"], (ops_older_than, item_batch))
+                row = await cur.fetchone()
+                n = int(row[0]) if row and row[0] is not None else 0
+                summary.op_ids_deleted += n
+                summary.transactions += 1
+                if n < item_batch:
+                    break
+    summary.seconds = round(time.monotonic() - t0, 3)
+    return summary
+
+
+async def _prune_one(
+    conn: psycopg.AsyncConnection[Any],
+    sql: dict[str, str],
+    sid: str,
+    cutoff: datetime,
+    item_batch: int,
+    summary: PruneSummary,
+) -> None:
+    params = {"sid": sid, "cutoff": cutoff, "batch": item_batch}
+    removed = 0
+    try:
+        while True:
+            cur = await conn.execute(sql["items"], params)
+            summary.transactions += 1
+            removed += cur.rowcount
+            if cur.rowcount < item_batch:
+                break
+        async with conn.transaction():
+            summary.transactions += 1
+            cur = await conn.execute(sql["lock_expired"], params)
+            row = await cur.fetchone()
+            if row is None:
+                # locked by a writer or another pruner: wait (up to lock_timeout), then look
+                cur = await conn.execute(sql["lock_live"], params)
+                if await cur.fetchone() is None:
+                    summary.items_deleted += removed
+                    return  # gone: another pruner (or a clear) deleted it
+                cur = await conn.execute(sql["lock_expired"], params)
+                row = await cur.fetchone()
+            if row is not None:
+                rest = await conn.execute(sql["rest_items"], params)
+                usage = await conn.execute(sql["all_usage"], params)
+                await conn.execute(sql["delete"], params)
+                summary.conversations_deleted += 1
+                summary.items_deleted += removed + rest.rowcount
+                summary.usage_rows_deleted += usage.rowcount
+                return
+            # written again since it was picked: keep it, with only its new items
+            summary.items_deleted += removed
+            summary.conversations_kept_written_again += 1
+            cur = await conn.execute(sql["old_usage"], params)
+            summary.usage_rows_deleted += cur.rowcount
+            await conn.execute(sql["recount"], params)
+    except errors.LockNotAvailable:
+        summary.items_deleted += removed  # committed before the transaction that timed out
+        summary.conversations_skipped_locked += 1
