@@ -279,14 +279,7 @@ async def test_a_source_url_password_never_reaches_the_output(
 
 @pytest.mark.owner_sql
 async def test_tenants_travel_with_their_conversations(db: SessionRouter) -> None:
-    # the columns migration 0006 adds: every row records the transaction's tenant setting
     s = quote_ident(db.config.schema)
-    async with db.primary_connection() as conn:
-        for table in ("conversations", "messages", "usage_logs"):
-            await conn.execute(
-                f"ALTER TABLE {s}.{table} ADD COLUMN tenant text NOT NULL"
-                " DEFAULT coalesce(current_setting('pgsessions.tenant', true), '')"
-            )
     await fill(db)
     async with db.primary_connection() as conn:
         for table in ("conversations", "messages", "usage_logs"):

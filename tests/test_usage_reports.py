@@ -162,7 +162,7 @@ async def test_largest_follows_an_active_at_index_when_the_schema_has_one(
             f"ALTER TABLE {s}.conversations ADD COLUMN active_at timestamptz GENERATED ALWAYS"
             " AS (date_bin('1 minute', updated_at, timestamptz '2000-01-01 00:00:00+00')) STORED"
         )
-        await conn.execute(f"DROP INDEX {s}.conversations_updated_idx")
+        await conn.execute(f"DROP INDEX IF EXISTS {s}.conversations_updated_idx")
         await conn.execute(
             f"CREATE INDEX conversations_active_idx ON {s}.conversations (active_at)"
         )
