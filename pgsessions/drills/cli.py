@@ -11,6 +11,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from ..router.dsn import split_hosts
+from .patroni_cli import PATRONI_NAMES, add_patroni_arguments, patroni_options
 from .report import format_scenario, format_summary
 from .scenarios import BREAKS, SCENARIOS
 
@@ -36,9 +37,10 @@ def add_drill_command(sub: Any) -> None:
         "scenario",
         nargs="?",
         default="all",
-        choices=[*SCENARIOS, "all"],
+        choices=[*SCENARIOS, *(n for n in PATRONI_NAMES if n not in SCENARIOS), "all"],
         help="which scenario (default: all)",
     )
+    add_patroni_arguments(p)
     p.add_argument(
         "--sync",
         action="store_true",
@@ -96,7 +98,12 @@ def options_from_args(args: argparse.Namespace) -> DrillOptions:
         )
     from .runner import DrillOptions
 
-    scenarios = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    patroni = patroni_options(args)
+    table = PATRONI_NAMES if args.patroni else list(SCENARIOS)
+    if args.scenario not in (*table, "all"):
+        flag = "with" if args.patroni else "without"
+        raise ValueError(f"{args.scenario!r} is no scenario {flag} --patroni: {', '.join(table)}")
+    scenarios = list(table) if args.scenario == "all" else [args.scenario]
     return DrillOptions(
         scenarios=scenarios,
         sync=args.sync,
@@ -110,6 +117,7 @@ def options_from_args(args: argparse.Namespace) -> DrillOptions:
         keep_cluster=args.keep_cluster,
         fsync=not args.no_fsync,
         break_router=args.break_router,
+        **patroni,
     )
 
 
