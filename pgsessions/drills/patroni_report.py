@@ -186,7 +186,8 @@ def patroni_lines(p: dict[str, Any]) -> list[str]:
         )
     if p["fault_to_demotion_s"] is not None:
         lines.append(
-            f"             old leader demoted {_s(p['fault_to_demotion_s'])} after the fault"
+            f"             old leader stopped accepting writes {_s(p['fault_to_demotion_s'])} "
+            "after the fault"
         )
     if "etcd_down_s" in p:
         lines.append(f"             etcd down for {_s(p['etcd_down_s'])}")
