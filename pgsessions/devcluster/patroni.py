@@ -287,6 +287,11 @@ class PatroniCluster:
         if pid is not None:
             os.kill(pid, signal.SIGKILL)
 
+    def kill_patroni(self, name: str) -> None:
+        """SIGKILL a member's Patroni only: its PostgreSQL runs on, unmanaged."""
+        self._signal(name, signal.SIGKILL)
+        self._wait_gone(name, 10)
+
     def kill_postmaster(self, name: str) -> int:
         """SIGKILL a member's postmaster only (Patroni lives on); returns its pid."""
         pid = self._postmaster_pid(self.member(name))

@@ -21,6 +21,7 @@ from .counters import Counters
 from .failover import describe_hosts, resolve_primary
 from .hosts import Host
 from .monitor import Probe, assess
+from .patroni import PatroniView, fetch_view, leader_moved, replica_veto, veto
 from .pools import HostPool
 from .topology import HostState, Topology
 
@@ -50,6 +51,9 @@ class Monitor:
         self._wake: asyncio.Event | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._probes: tuple[asyncio.Future[Probe], ...] = ()
+        #: Patroni's view at the last check (RouterConfig.patroni), and the leader it named
+        self.patroni: PatroniView | None = None
+        self._patroni_leader: str | None = None
 
     # lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -142,9 +146,16 @@ class Monitor:
 
     async def _check_all_hosts(self) -> None:
         hosts = list(self.hosts.values())
+        urls = self.config.patroni
+        view = asyncio.ensure_future(fetch_view(urls, self.config.check_timeout)) if urls else None
         # kept so that stop() can wait for every probe, not only for the gather
         self._probes = tuple(asyncio.ensure_future(h.prober.probe()) for h in hosts)
-        probes = await asyncio.gather(*self._probes)
+        try:
+            probes = await asyncio.gather(*self._probes)
+            self.patroni = await view if view is not None else None
+        finally:
+            if view is not None:
+                view.cancel()
         if self.stopping:
             return
         now = time.monotonic()
@@ -170,6 +181,10 @@ class Monitor:
         for h, p in zip(hosts, probes, strict=True):
             await self._apply_probe(h, p)
         self._publish()
+        if leader_moved(self.patroni, primary, list(self.hosts)) and self.patroni is not None:
+            if self.patroni.leader != self._patroni_leader:
+                self.poke()  # Patroni named a new leader: check again now, not an interval later
+            self._patroni_leader = self.patroni.leader
 
     def _note_primary_change(self, old: str | None, new: str | None, now: float) -> None:
         if old is not None and new != old and self._primary_lost_at is None:
@@ -198,6 +213,9 @@ class Monitor:
         if h.role == "replica":
             primary_probe = self._primary_probe if not self.split else None
             assess(h.health, p, primary_probe, self.primary_lsn, self._history, self.config)
+            reason = replica_veto(self.patroni, h.label, list(self.hosts))
+            if reason is not None:
+                veto(h.health, reason)
         else:
             # a host seen as primary, down or unknown goes through hysteresis when it
             # becomes a replica (e.g. an old primary rejoining)
