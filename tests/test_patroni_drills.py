@@ -102,5 +102,8 @@ def test_patroni_options() -> None:
         options_from_args(_args("etcd-down"))
     with pytest.raises(ValueError, match="need --patroni"):
         options_from_args(_args("--ttl", "30"))
+    with pytest.raises(ValueError, match="need --patroni"):
+        options_from_args(_args("--patroni-rest"))
+    assert options_from_args(_args("--patroni", "--patroni-rest")).patroni_rest
     with pytest.raises(ValueError, match="ttl > loop_wait"):
         options_from_args(_args("--patroni", "--ttl", "10", "--loop-wait", "10"))

@@ -120,6 +120,7 @@ def patroni_figures(dep: PatroniDeployment, ledger: Ledger, ctx: DrillContext) -
         "ttl": dep.cluster.ttl,
         "loop_wait": dep.cluster.loop_wait,
         "synchronous_mode": dep.cluster.sync,
+        "router_reads_patroni": dep.rest,
         "leader_before": dep.leader_before,
         "leader_after": leader_after.name if leader_after else None,
         "timeline_before": dep.timeline_before,
@@ -170,7 +171,10 @@ def patroni_lines(p: dict[str, Any]) -> list[str]:
     mode = "synchronous_mode" if p["synchronous_mode"] else "asynchronous"
     leaders = f"{p['leader_before']} -> {p['leader_after'] or '?'}"
     tls = f"timeline {p['timeline_before']} -> {p['timeline_after']}"
-    lines = [f"  patroni    {mode}, ttl {p['ttl']}, loop_wait {p['loop_wait']}; {leaders}, {tls}"]
+    rest = "; router reads /cluster" if p.get("router_reads_patroni") else ""
+    lines = [
+        f"  patroni    {mode}, ttl {p['ttl']}, loop_wait {p['loop_wait']}{rest}; {leaders}, {tls}"
+    ]
     if p["promoted"]:
         where = " (in place, after crash recovery)" if p["promoted"] == p["leader_before"] else ""
         lines.append(

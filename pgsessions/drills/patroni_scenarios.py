@@ -10,6 +10,7 @@ the report can say when Patroni promoted (its ``/history``) and when pgsessions 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from ..devcluster.patroni import PatroniCluster
+from ..router import RouterConfig
 from ..router.dsn import host_label
 from .ledger import Ledger
 from .scenarios import DrillContext, Scenario
@@ -123,6 +125,8 @@ class PatroniDeployment:
     """A Patroni cluster brought by a drill scenario (see ``Scenario.deploy``)."""
 
     cluster: PatroniCluster
+    #: the router also reads Patroni's /cluster (RouterConfig.patroni)
+    rest: bool = False
     watch: PatroniWatch | None = None
     leader_before: str | None = None
     timeline_before: int = 1
@@ -136,6 +140,11 @@ class PatroniDeployment:
     @property
     def router_hosts(self) -> list[str]:
         return self.cluster.dsns()
+
+    def router_config(self, config: RouterConfig) -> RouterConfig:
+        if not self.rest:
+            return config
+        return dataclasses.replace(config, patroni=self.cluster.rest_urls())
 
     def begin(self, ctx: DrillContext) -> PatroniCluster:
         """Start watching and note who leads, just before the fault."""
@@ -400,7 +409,7 @@ async def deploy(opts: DrillOptions) -> PatroniDeployment:
         etcd_proxies=True,
     )
     await asyncio.to_thread(pc.start)
-    return PatroniDeployment(pc)
+    return PatroniDeployment(pc, rest=opts.patroni_rest)
 
 
 PATRONI_SCENARIOS: dict[str, Scenario] = {

@@ -49,6 +49,8 @@ class DrillOptions:
     patroni: bool = False
     patroni_ttl: int = 10
     patroni_loop_wait: int = 2
+    #: the router also reads Patroni's REST API (RouterConfig.patroni)
+    patroni_rest: bool = False
     log: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr))
 
 
@@ -187,6 +189,8 @@ async def run_scenario(scenario: Scenario, opts: DrillOptions) -> dict[str, Any]
         run_id = uuid.uuid4().hex[:8]
         prefix = f"drill-{scenario.name}-{run_id}"
         config = router_config(router_hosts, opts, f"drill-{scenario.name}-{run_id}")
+        if deployment is not None:
+            config = deployment.router_config(config)
         ctx = DrillContext(
             ledger=ledger,
             log=lambda line: log(f"[{scenario.name}] {line}"),

@@ -68,7 +68,8 @@ class Scenario:
     proxied: bool = False
     #: starts the scenario's own cluster instead of the local one (``pgsessions drill
     #: --patroni``): takes the DrillOptions, returns an object with ``node_dsns``,
-    #: ``router_hosts``, ``add_to_report(report, ledger, ctx)`` and ``stop()``
+    #: ``router_hosts``, ``router_config(config)``, ``add_to_report(report, ledger, ctx)`` and
+    #: ``stop()``
     deploy: Callable[[Any], Awaitable[Any]] | None = None
 
 

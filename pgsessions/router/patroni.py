@@ -19,6 +19,7 @@ router goes through PgBouncer ports), Patroni's view is ignored.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -133,15 +134,14 @@ def _get(url: str, timeout: float) -> Any:
 
 
 async def fetch_view(urls: Sequence[str], http_timeout: float) -> PatroniView | None:
-    """The first member (in ``urls`` order) answering a valid ``/cluster``; None if none."""
-    answers = await asyncio.gather(
-        *(asyncio.to_thread(_get, u, http_timeout) for u in urls), return_exceptions=True
-    )
-    for doc in answers:
-        if isinstance(doc, BaseException):
-            continue
+    """The first member (in ``urls`` order) answering a valid ``/cluster``; None if none.
+
+    One request per check while the first member answers: every router polls, so a fleet
+    of agent servers must not multiply Patroni's load by the number of members.
+    """
+    for url in urls:
         try:
-            return parse_cluster(doc)
-        except ValueError:
+            return parse_cluster(await asyncio.to_thread(_get, url, http_timeout))
+        except (OSError, ValueError, http.client.HTTPException):
             continue
     return None
