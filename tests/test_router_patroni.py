@@ -5,6 +5,9 @@ died leaving it out of rotation while its SQL probe still looks healthy."""
 from __future__ import annotations
 
 import asyncio
+import http.server
+import json
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +18,7 @@ from pgsessions.devcluster.patroni import PatroniCluster
 from pgsessions.router.dsn import host_label
 from pgsessions.router.monitor import Health
 from pgsessions.router.patroni import (
-    fetch_view,
+    PatroniSource,
     leader_moved,
     parse_cluster,
     replica_veto,
@@ -125,10 +128,37 @@ def test_config_patroni_urls(monkeypatch: pytest.MonkeyPatch) -> None:
     assert RouterConfig.from_env().patroni == ("http://db1:8008",)
 
 
-async def test_fetch_view_from_nobody_is_none() -> None:
+async def test_source_asks_the_member_that_answered_last_first() -> None:
     from pgsessions.devcluster.ports import pick_free_port
 
-    assert await fetch_view([f"http://127.0.0.1:{pick_free_port()}"], 0.5) is None
+    asked: list[str] = []
+    body = json.dumps(doc(member(1, "leader", "running"), member(2, "replica", "running")))
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        dead = f"http://127.0.0.1:{pick_free_port()}"
+        live = f"http://127.0.0.1:{server.server_address[1]}"
+        assert await PatroniSource([dead], 0.5).fetch() is None
+        source = PatroniSource([dead, live], 0.5)
+        view = await source.fetch()
+        assert view is not None and view.leader == "10.0.0.1:5432"
+        assert asked == ["/cluster"]
+        await source.fetch()  # the live member first now: one request, no wait on the dead one
+        assert source.urls[source._first] == live and asked == ["/cluster", "/cluster"]
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture

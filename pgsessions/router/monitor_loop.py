@@ -21,7 +21,7 @@ from .counters import Counters
 from .failover import describe_hosts, resolve_primary
 from .hosts import Host
 from .monitor import Probe, assess
-from .patroni import PatroniView, fetch_view, leader_moved, replica_veto, veto
+from .patroni import PatroniSource, PatroniView, leader_moved, replica_veto, veto
 from .pools import HostPool
 from .topology import HostState, Topology
 
@@ -51,9 +51,11 @@ class Monitor:
         self._wake: asyncio.Event | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._probes: tuple[asyncio.Future[Probe], ...] = ()
-        #: Patroni's view at the last check (RouterConfig.patroni), and the leader it named
+        #: Patroni's latest view (RouterConfig.patroni), and the leader it named
         self.patroni: PatroniView | None = None
         self._patroni_leader: str | None = None
+        self._patroni_source = PatroniSource(config.patroni, config.check_timeout)
+        self._patroni_task: asyncio.Task[PatroniView | None] | None = None
 
     # lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -72,12 +74,16 @@ class Monitor:
             self._wake.set()
         for h in self.hosts.values():
             h.prober.abort()
-        tasks = [t for t in (self._task, self._refresh_task, *self._probes) if t is not None]
+        tasks = [
+            t
+            for t in (self._task, self._refresh_task, self._patroni_task, *self._probes)
+            if t is not None
+        ]
         for t in tasks:
             t.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=2.0)
-        self._task = self._refresh_task = None
+        self._task = self._refresh_task = self._patroni_task = None
         self._probes = ()
         pools = [h.pool for h in self.hosts.values() if h.pool is not None]
         for h in self.hosts.values():
@@ -91,7 +97,13 @@ class Monitor:
 
     def tasks(self) -> list[asyncio.Future[Any]]:
         """Tasks of this monitor still running (for tests of clean shutdown)."""
-        tasks = (self._task, self._refresh_task, *self._probes, *self._background)
+        tasks = (
+            self._task,
+            self._refresh_task,
+            self._patroni_task,
+            *self._probes,
+            *self._background,
+        )
         return [t for t in tasks if t is not None and not t.done()]
 
     # the loop --------------------------------------------------------------------------
@@ -146,16 +158,10 @@ class Monitor:
 
     async def _check_all_hosts(self) -> None:
         hosts = list(self.hosts.values())
-        urls = self.config.patroni
-        view = asyncio.ensure_future(fetch_view(urls, self.config.check_timeout)) if urls else None
+        self._poll_patroni()
         # kept so that stop() can wait for every probe, not only for the gather
         self._probes = tuple(asyncio.ensure_future(h.prober.probe()) for h in hosts)
-        try:
-            probes = await asyncio.gather(*self._probes)
-            self.patroni = await view if view is not None else None
-        finally:
-            if view is not None:
-                view.cancel()
+        probes = await asyncio.gather(*self._probes)
         if self.stopping:
             return
         now = time.monotonic()
@@ -185,6 +191,19 @@ class Monitor:
             if self.patroni.leader != self._patroni_leader:
                 self.poke()  # Patroni named a new leader: check again now, not an interval later
             self._patroni_leader = self.patroni.leader
+
+    def _poll_patroni(self) -> None:
+        """Take Patroni's last finished answer and start the next poll: a slow REST API
+        (a member cut off from etcd answers late) never holds up a check."""
+        if not self.config.patroni or self.stopping:
+            return
+        task = self._patroni_task
+        if task is not None and task.done():
+            failed = task.cancelled() or task.exception() is not None
+            self.patroni = None if failed else task.result()
+            task = None
+        if task is None:
+            self._patroni_task = asyncio.ensure_future(self._patroni_source.fetch())
 
     def _note_primary_change(self, old: str | None, new: str | None, now: float) -> None:
         if old is not None and new != old and self._primary_lost_at is None:

@@ -133,15 +133,29 @@ def _get(url: str, timeout: float) -> Any:
         return json.loads(exc.read() or b"null")
 
 
-async def fetch_view(urls: Sequence[str], http_timeout: float) -> PatroniView | None:
-    """The first member (in ``urls`` order) answering a valid ``/cluster``; None if none.
+class PatroniSource:
+    """Reads ``/cluster`` from the members' REST URLs, the one that answered last first.
 
-    One request per check while the first member answers: every router polls, so a fleet
-    of agent servers must not multiply Patroni's load by the number of members.
+    One request per poll while that member answers: every router polls, so a fleet of agent
+    servers must not multiply Patroni's load by the number of members. A member cut off from
+    its DCS can take ``http_timeout`` to answer: the others are tried next, and the next
+    poll starts with whichever answered.
     """
-    for url in urls:
-        try:
-            return parse_cluster(await asyncio.to_thread(_get, url, http_timeout))
-        except (OSError, ValueError, http.client.HTTPException):
-            continue
-    return None
+
+    def __init__(self, urls: Sequence[str], http_timeout: float) -> None:
+        self.urls = list(urls)
+        self.http_timeout = http_timeout
+        self._first = 0
+
+    async def fetch(self) -> PatroniView | None:
+        """The first valid answer; None when no member answers."""
+        n = len(self.urls)
+        for i in range(n):
+            k = (self._first + i) % n
+            try:
+                view = parse_cluster(await asyncio.to_thread(_get, self.urls[k], self.http_timeout))
+            except (OSError, ValueError, http.client.HTTPException):
+                continue
+            self._first = k
+            return view
+        return None
