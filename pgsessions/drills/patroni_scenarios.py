@@ -60,6 +60,7 @@ class PatroniWatch:
         self.ledger = ledger
         self.interval = interval
         self.samples: list[RestSample] = []
+        self._first = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="drill-patroni", daemon=True)
 
@@ -79,9 +80,12 @@ class PatroniWatch:
     def _sample(self) -> None:
         t = self.ledger.now()
         info = None
-        for m in self.cluster.members:
-            info = self.cluster.rest(m.name, "cluster", timeout=0.5)
+        members = self.cluster.members
+        for i in range(len(members)):  # the member that answered last first
+            k = (self._first + i) % len(members)
+            info = self.cluster.rest(members[k].name, "cluster", timeout=0.5)
             if isinstance(info, dict) and "members" in info:
+                self._first = k
                 break
             info = None
         if info is None:
