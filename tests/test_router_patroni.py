@@ -25,7 +25,7 @@ from pgsessions.router.patroni import (
     veto,
 )
 
-from .helpers import apoll
+from .helpers import apoll, running_patroni
 
 HOSTS = ["10.0.0.1:5432", "10.0.0.2:5432", "10.0.0.3:5432"]
 
@@ -163,11 +163,8 @@ async def test_source_asks_the_member_that_answered_last_first() -> None:
 
 @pytest.fixture
 def patroni() -> Iterator[PatroniCluster]:
-    pc = PatroniCluster(3, fsync=False).start()
-    try:
+    with running_patroni() as pc:
         yield pc
-    finally:
-        pc.stop()
 
 
 @pytest.mark.fault

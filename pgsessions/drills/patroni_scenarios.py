@@ -189,6 +189,14 @@ def _dep(ctx: DrillContext) -> PatroniDeployment:
     return ctx.deployment
 
 
+def _begin(ctx: DrillContext) -> tuple[PatroniDeployment, PatroniCluster, str]:
+    """The deployment, its cluster and the leader's name, just before the fault."""
+    dep = _dep(ctx)
+    pc = dep.begin(ctx)
+    assert dep.leader_before is not None
+    return dep, pc, dep.leader_before
+
+
 def _writable(dsn: str) -> bool:
     try:
         with psycopg.connect(dsn, autocommit=True, connect_timeout=1) as conn:
@@ -273,27 +281,21 @@ def _rewound(pc: PatroniCluster, name: str) -> bool:
 
 # ---------------------------------------------------------------------------- scenarios
 async def postmaster_kill(ctx: DrillContext) -> None:
-    pc = _dep(ctx).begin(ctx)
-    old = ctx.old_primary
-    assert old is not None
+    _, pc, old = _begin(ctx)
     ctx.mark("fault", f"kill -9 the postmaster of {old} (leader); its Patroni keeps running")
     await asyncio.to_thread(pc.kill_postmaster, old)
     await _settled(ctx)
 
 
 async def node_kill(ctx: DrillContext) -> None:
-    pc = _dep(ctx).begin(ctx)
-    old = ctx.old_primary
-    assert old is not None
+    _, pc, old = _begin(ctx)
     ctx.mark("fault", f"kill -9 {old} (leader): Patroni and PostgreSQL at once")
     await asyncio.to_thread(pc.kill_member, old)
     await _settled(ctx, other_than=old)
 
 
 async def switchover(ctx: DrillContext) -> None:
-    dep = _dep(ctx)
-    pc = dep.begin(ctx)
-    old = ctx.old_primary
+    _, pc, old = _begin(ctx)
     ctx.expect_no_loss = True
     rows = pc.status()
     candidate = next(
@@ -308,16 +310,12 @@ async def switchover(ctx: DrillContext) -> None:
         ctx.notes.append(f"the trigger patronictl switchover exited {proc.returncode}: {tail}")
         return
     await _settled(ctx, other_than=old)
-    assert old is not None
     await _replica_streaming(ctx, old)
     ctx.mark("healed", f"{old} streams from the new leader")
 
 
 async def etcd_partition(ctx: DrillContext) -> None:
-    dep = _dep(ctx)
-    pc = dep.begin(ctx)
-    old = ctx.old_primary
-    assert old is not None
+    dep, pc, old = _begin(ctx)
     ctx.mark("fault", f"cut {old} (leader) off from etcd: its etcd proxy drops every packet")
     await asyncio.to_thread(pc.cut_etcd, old)
     await _until(lambda: not _writable(pc.member(old).dsn), SETTLE_TIMEOUT, f"{old} to demote")
@@ -333,10 +331,7 @@ async def etcd_partition(ctx: DrillContext) -> None:
 
 
 async def etcd_down(ctx: DrillContext) -> None:
-    dep = _dep(ctx)
-    pc = dep.begin(ctx)
-    old = ctx.old_primary
-    assert old is not None
+    dep, pc, old = _begin(ctx)
     ctx.mark("fault", "kill -9 etcd: the whole DCS is gone (failsafe_mode off)")
     await asyncio.to_thread(pc.stop_etcd)
 
@@ -354,13 +349,10 @@ async def etcd_down(ctx: DrillContext) -> None:
 
 
 async def rejoin(ctx: DrillContext) -> None:
+    await node_kill(ctx)
     dep = _dep(ctx)
-    pc = dep.begin(ctx)
-    old = ctx.old_primary
+    pc, old = dep.cluster, dep.leader_before
     assert old is not None
-    ctx.mark("fault", f"kill -9 {old} (leader): Patroni and PostgreSQL at once")
-    await asyncio.to_thread(pc.kill_member, old)
-    await _settled(ctx, other_than=old)
     await asyncio.sleep(ctx.hold)
     ctx.mark("restart", f"start {old}'s Patroni again")
     t_restart = ctx.ledger.now()
