@@ -198,6 +198,11 @@ async def test_replica_without_its_patroni_leaves_rotation(patroni: PatroniClust
         assert state(sql_only).eligible  # the SQL probe alone sees nothing wrong
         # writes still go to the primary the SQL probe found
         assert with_patroni.topology().primary == host_label(leader.dsn)
+        # a router just opened (e.g. a one-shot `pgsessions status`) shows it at once
+        fresh = RouterConfig(**base, patroni=patroni.rest_urls(), name="fresh")
+        async with SessionRouter(fresh) as router:
+            first = next(h for h in router.topology().hosts if h.host == label)
+            assert (first.error or "").startswith("patroni:") and not first.eligible
 
         await asyncio.to_thread(patroni.start_member, victim.name)
 

@@ -158,7 +158,7 @@ class Monitor:
 
     async def _check_all_hosts(self) -> None:
         hosts = list(self.hosts.values())
-        self._poll_patroni()
+        await self._poll_patroni()
         # kept so that stop() can wait for every probe, not only for the gather
         self._probes = tuple(asyncio.ensure_future(h.prober.probe()) for h in hosts)
         probes = await asyncio.gather(*self._probes)
@@ -192,18 +192,22 @@ class Monitor:
                 self.poke()  # Patroni named a new leader: check again now, not an interval later
             self._patroni_leader = self.patroni.leader
 
-    def _poll_patroni(self) -> None:
+    async def _poll_patroni(self) -> None:
         """Take Patroni's last finished answer and start the next poll: a slow REST API
-        (a member cut off from etcd answers late) never holds up a check."""
+        (a member cut off from etcd answers late) never holds up a check after the first."""
         if not self.config.patroni or self.stopping:
             return
         task = self._patroni_task
-        if task is not None and task.done():
+        if task is None:  # the first check (e.g. a one-shot `pgsessions status`) waits for it
+            task = asyncio.ensure_future(self._patroni_source.fetch())
+            await asyncio.wait([task])
+            if self.stopping:
+                return
+        if task.done():
             failed = task.cancelled() or task.exception() is not None
             self.patroni = None if failed else task.result()
-            task = None
-        if task is None:
-            self._patroni_task = asyncio.ensure_future(self._patroni_source.fetch())
+            task = asyncio.ensure_future(self._patroni_source.fetch())
+        self._patroni_task = task
 
     def _note_primary_change(self, old: str | None, new: str | None, now: float) -> None:
         if old is not None and new != old and self._primary_lost_at is None:
