@@ -7,7 +7,7 @@ PYTHON ?= python3
 EXTRAS ?= dev,bench,plot
 PYTEST_ARGS ?=
 
-.PHONY: setup postgres pgbouncer patroni lint test test-app-role demo drill bench clean
+.PHONY: setup postgres pgbouncer patroni lint test test-app-role demo drill drill-patroni bench clean
 
 setup: postgres $(VENV)/.installed-$(EXTRAS)
 
@@ -75,6 +75,11 @@ demo: setup
 drill: setup
 	$(VENV)/bin/pgsessions drill all --sync
 	$(VENV)/bin/pgsessions drill pitr
+
+# The same where Patroni moves the primary: each scenario on a fresh etcd + 3 Patroni members
+# (synchronous_mode, ttl 10, loop_wait 2); about 4 minutes.
+drill-patroni: setup patroni
+	$(VENV)/bin/pgsessions drill --patroni all --sync
 
 # All contenders, one interleaved run (about 8 minutes); writes bench/results/latest.{json,md}.
 bench: setup

@@ -8,8 +8,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pgsessions.devcluster.patroni import PatroniCluster
 
 
 def poll(condition: Callable[[], bool], timeout: float = 10.0, interval: float = 0.05) -> bool:
@@ -84,3 +89,15 @@ def cluster_state_dir(prefix: str) -> Path:
     parent = Path(tempfile.mkdtemp(prefix=prefix))
     parent.chmod(0o755)
     return parent / "state"
+
+
+@contextmanager
+def running_patroni() -> Iterator[PatroniCluster]:
+    """A fresh Patroni cluster (etcd + 3 members, synchronous_mode, fsync off), stopped after."""
+    from pgsessions.devcluster.patroni import PatroniCluster
+
+    pc = PatroniCluster(3, fsync=False).start()
+    try:
+        yield pc
+    finally:
+        pc.stop()

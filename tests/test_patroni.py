@@ -15,16 +15,13 @@ import pytest
 from pgsessions import PostgresSession, RouterConfig, SessionRouter, migrate
 from pgsessions.devcluster.patroni import PatroniCluster
 
-from .helpers import apoll, cluster_cli, cluster_state_dir
+from .helpers import apoll, cluster_cli, cluster_state_dir, running_patroni
 
 
 @pytest.fixture
 def patroni() -> Iterator[PatroniCluster]:
-    pc = PatroniCluster(3, fsync=False).start()
-    try:
+    with running_patroni() as pc:
         yield pc
-    finally:
-        pc.stop()
 
 
 async def test_leader_node_killed_loses_no_acknowledged_write(patroni: PatroniCluster) -> None:

@@ -29,6 +29,7 @@ from .cluster import wait_for
 from .errors import ClusterError
 from .node import DBNAME, loopback_dsn
 from .ports import pick_free_port
+from .proxy import ThreadedProxy
 
 STATE_FILE = "patroni.json"
 INSTALL_HINT = (
@@ -92,6 +93,7 @@ class PatroniCluster:
         ttl: int = 10,
         loop_wait: int = 2,
         retry_timeout: int = 5,
+        etcd_proxies: bool = False,
     ) -> None:
         if members < 1:
             raise ValueError("members must be >= 1")
@@ -102,6 +104,10 @@ class PatroniCluster:
         self.sync = sync
         self.fsync = fsync
         self.ttl, self.loop_wait, self.retry_timeout = ttl, loop_wait, retry_timeout
+        #: each member reaches etcd through a TCP proxy of its own (in this process), so one
+        #: member can be cut off from etcd (:meth:`cut_etcd`)
+        self.etcd_proxies = etcd_proxies
+        self._proxies: dict[str, ThreadedProxy] = {}
         self.scope = f"pgsessions-{uuid.uuid4().hex[:8]}"
         self.etcd_port = 0
         self.etcd_peer_port = 0
@@ -190,6 +196,8 @@ class PatroniCluster:
                 self.members.append(Member(name, port(), port(), self.base_dir / name))
             self._start_etcd(etcd)
             for m in self.members:
+                if self.etcd_proxies:
+                    self._proxies[m.name] = ThreadedProxy("127.0.0.1", self.etcd_port).start()
                 self._write_member(m, bindir)
             self._spawn(
                 self.members[0].name,
@@ -246,6 +254,9 @@ class PatroniCluster:
             self._stop_postmaster(m)
         self._signal("etcd", signal.SIGTERM)
         self._wait_gone("etcd", 10)
+        for proxy in self._proxies.values():
+            proxy.stop()
+        self._proxies.clear()
         if delete is None:
             delete = not self.keep
         if delete and (self.base_dir / STATE_FILE).exists():
@@ -276,7 +287,100 @@ class PatroniCluster:
         if pid is not None:
             os.kill(pid, signal.SIGKILL)
 
+    def kill_patroni(self, name: str) -> None:
+        """SIGKILL a member's Patroni only: its PostgreSQL runs on, unmanaged."""
+        self._signal(name, signal.SIGKILL)
+        self._wait_gone(name, 10)
+
+    def kill_postmaster(self, name: str) -> int:
+        """SIGKILL a member's postmaster only (Patroni lives on); returns its pid."""
+        pid = self._postmaster_pid(self.member(name))
+        if pid is None:
+            raise ClusterError(f"{name} has no running postmaster")
+        os.kill(pid, signal.SIGKILL)
+        return pid
+
+    def start_member(self, name: str) -> None:
+        """Start a stopped member's Patroni again (it rejoins, with pg_rewind if needed)."""
+        if self._alive(name):
+            raise ClusterError(f"{name}'s Patroni is already running")
+        m = self.member(name)
+        self._stop_postmaster(m)  # an orphan postmaster would keep the port and data dir
+        self._spawn(name, [_exe("patroni"), str(m.config_path)], m.dir / "patroni.out")
+        self._save()
+
+    def stop_etcd(self) -> None:
+        """Kill etcd (SIGKILL: the DCS is gone at once)."""
+        self._signal("etcd", signal.SIGKILL)
+        self._wait_gone("etcd", 10)
+
+    def start_etcd(self) -> None:
+        """Start etcd again on its data directory (same ports and member id)."""
+        self._start_etcd(_exe("etcd"))
+        self._save()
+
+    def cut_etcd(self, name: str) -> None:
+        """Cut one member off from etcd: its proxy drops every packet (needs etcd_proxies)."""
+        self._etcd_proxy(name).blackhole()
+
+    def heal_etcd(self, name: str) -> None:
+        self._etcd_proxy(name).forward()
+
+    def switchover(self, candidate: str | None = None) -> subprocess.CompletedProcess[str]:
+        """``patronictl switchover --force`` from the leader to ``candidate`` (or Patroni's
+        choice)."""
+        leader = self.leader()
+        if leader is None:
+            raise ClusterError("no leader to switch over from")
+        argv = [_exe("patronictl"), "-c", str(leader.config_path), "switchover"]
+        argv += ["--leader", leader.name, "--force"]
+        if candidate is not None:
+            argv += ["--candidate", candidate]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+
+    def history(self) -> list[list[Any]]:
+        """Patroni's ``/history``: [timeline, switch LSN, reason, ISO time, new leader]."""
+        for m in self.members:
+            try:
+                rows = _get_json(f"{m.rest_url}/history", timeout=1.0)
+            except (OSError, ValueError):
+                continue
+            if isinstance(rows, list):
+                return rows
+        return []
+
+    def rest(self, name: str, path: str = "patroni", timeout: float = 1.0) -> Any:
+        """One member's REST answer (``/patroni``, ``/cluster``...), None if it does not answer."""
+        try:
+            return _get_json(f"{self.member(name).rest_url}/{path}", timeout=timeout)
+        except (OSError, ValueError):
+            return None
+
+    def member_log(self, name: str) -> str:
+        """The member's Patroni log (patroni.log and its console output)."""
+        m = self.member(name)
+        parts = []
+        for f in (m.dir / "patroni.log", m.dir / "patroni.out"):
+            try:
+                parts.append(f.read_text(errors="replace"))
+            except OSError:
+                pass
+        return "\n".join(parts)
+
     # ------------------------------------------------------------------ internals
+    def _etcd_proxy(self, name: str) -> ThreadedProxy:
+        try:
+            return self._proxies[name]
+        except KeyError:
+            raise ClusterError("the cluster was started without etcd_proxies=True") from None
+
+    def _etcd_section(self, m: Member) -> dict[str, Any]:
+        proxy = self._proxies.get(m.name)
+        if proxy is None:
+            return {"hosts": [f"127.0.0.1:{self.etcd_port}"]}
+        # use_proxies: talk to the proxy only, never to the members etcd advertises
+        return {"hosts": [f"127.0.0.1:{proxy.port}"], "use_proxies": True}
+
     def _prepare_dir(self) -> None:
         if not self._base_given:
             self.base_dir = Path(tempfile.mkdtemp(prefix="pgsessions-patroni-"))
@@ -346,7 +450,7 @@ class PatroniCluster:
                 "listen": f"127.0.0.1:{m.rest_port}",
                 "connect_address": f"127.0.0.1:{m.rest_port}",
             },
-            "etcd3": {"hosts": [f"127.0.0.1:{self.etcd_port}"]},
+            "etcd3": self._etcd_section(m),
             "bootstrap": {
                 "dcs": {
                     "ttl": self.ttl,

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..router.dsn import split_hosts
 from .pitr import add_pitr_arguments, run_pitr_command
+from .patroni_cli import PATRONI_NAMES, add_patroni_arguments, patroni_options
 from .report import format_scenario, format_summary
 from .scenarios import BREAKS, SCENARIOS
 
@@ -37,9 +38,10 @@ def add_drill_command(sub: Any) -> None:
         "scenario",
         nargs="?",
         default="all",
-        choices=[*SCENARIOS, "pitr", "all"],
+        choices=[*SCENARIOS, *(n for n in PATRONI_NAMES if n not in SCENARIOS), "pitr", "all"],
         help="which scenario (default: all failover scenarios; pitr: point-in-time recovery)",
     )
+    add_patroni_arguments(p)
     p.add_argument(
         "--sync",
         action="store_true",
@@ -98,7 +100,12 @@ def options_from_args(args: argparse.Namespace) -> DrillOptions:
         )
     from .runner import DrillOptions
 
-    scenarios = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    patroni = patroni_options(args)
+    table = PATRONI_NAMES if args.patroni else list(SCENARIOS)
+    if args.scenario not in (*table, "all"):
+        flag = "with" if args.patroni else "without"
+        raise ValueError(f"{args.scenario!r} is no scenario {flag} --patroni: {', '.join(table)}")
+    scenarios = list(table) if args.scenario == "all" else [args.scenario]
     return DrillOptions(
         scenarios=scenarios,
         sync=args.sync,
@@ -112,6 +119,7 @@ def options_from_args(args: argparse.Namespace) -> DrillOptions:
         keep_cluster=args.keep_cluster,
         fsync=not args.no_fsync,
         break_router=args.break_router,
+        **patroni,
     )
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .patroni_report import patroni_lines
+
 
 def _s(v: float | None) -> str:
     if v is None:
@@ -68,6 +70,8 @@ def format_scenario(r: dict[str, Any]) -> str:
             f"  stale      {ex['session']} at +{ex['at_s']:.2f}s expected batch "
             f"{ex['expected_batch']}, read up to {ex['newest_read']} from {ex['served_by']}"
         )
+    if "patroni" in r:
+        lines.extend(patroni_lines(r["patroni"]))
     for warning in r.get("warnings", []):
         lines.append(f"  warning    {warning}")
     for f in r["failures"]:
@@ -77,14 +81,15 @@ def format_scenario(r: dict[str, Any]) -> str:
 
 def format_summary(reports: list[dict[str, Any]]) -> str:
     passed = sum(1 for r in reports if r["passed"])
-    rows = [
-        ("scenario", "result", "detect", "promo->write", "lost", "dup", "stale", "reads in outage")
-    ]
+    patroni = any("patroni" in r for r in reports)
+    head = ["scenario", "result", "detect", "promo->write", "lost", "dup", "stale"]
+    rows = [(*head, "reads in outage", *(("fault->promo", "fault->write") if patroni else ()))]
     for r in reports:
         if "error" in r:
-            rows.append((r["scenario"], "FAIL", "-", "-", "-", "-", "-", "-"))
+            rows.append((r["scenario"], "FAIL", *["-"] * (len(rows[0]) - 2)))
             continue
         t = r["timings"]
+        p = r.get("patroni", {})
         rows.append(
             (
                 r["scenario"],
@@ -95,6 +100,11 @@ def format_summary(reports: list[dict[str, Any]]) -> str:
                 str(r["duplicated"]),
                 str(r["stale_reads"]),
                 str(sum(r["reads"]["during_outage"].values())),
+                *(
+                    (_s(p.get("fault_to_promotion_s")), _s(p.get("fault_to_first_write_s")))
+                    if patroni
+                    else ()
+                ),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

@@ -45,6 +45,12 @@ class DrillOptions:
     check_interval: float = 0.2
     failover_timeout: float = 20.0
     recover_timeout: float = 45.0
+    #: Patroni scenarios (``--patroni``) and the Patroni cluster's timing
+    patroni: bool = False
+    patroni_ttl: int = 10
+    patroni_loop_wait: int = 2
+    #: the router also reads Patroni's REST API (RouterConfig.patroni)
+    patroni_rest: bool = False
     log: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr))
 
 
@@ -82,13 +88,21 @@ async def run_drill(opts: DrillOptions) -> list[dict[str, Any]]:
     reports = []
     names = ["trigger"] if opts.trigger else opts.scenarios
     for name in names:
-        scenario = TRIGGER if name == "trigger" else SCENARIOS[name]
+        scenario = TRIGGER if name == "trigger" else scenario_table(opts)[name]
         try:
             reports.append(await run_scenario(scenario, opts))
         except Exception as exc:  # a drill that cannot run has failed, the others still run
             opts.log(f"[{name}] the drill itself failed: {short_error(exc)}")
             reports.append(error_report(name, opts, exc))
     return reports
+
+
+def scenario_table(opts: DrillOptions) -> dict[str, Scenario]:
+    if not opts.patroni:
+        return SCENARIOS
+    from .patroni_scenarios import PATRONI_SCENARIOS
+
+    return PATRONI_SCENARIOS
 
 
 def error_report(name: str, opts: DrillOptions, exc: BaseException) -> dict[str, Any]:
@@ -139,12 +153,18 @@ async def run_scenario(scenario: Scenario, opts: DrillOptions) -> dict[str, Any]
     mode = "sync" if opts.sync else "async"
     cluster: LocalCluster | None = None
     proxies: dict[str, TcpProxy] = {}
+    deployment: Any = None
     t_start = time.monotonic()
     try:
         if opts.hosts:
             node_dsns = {host_label(d): d for d in opts.hosts}
             router_hosts = list(opts.hosts)
             log(f"[{scenario.name}] on {', '.join(node_dsns)} (nothing is started or stopped)")
+        elif scenario.deploy is not None:
+            deployment = await scenario.deploy(
+                dataclasses.replace(opts, log=lambda line: log(f"[{scenario.name}] {line}"))
+            )
+            node_dsns, router_hosts = deployment.node_dsns, deployment.router_hosts
         else:
             log(f"[{scenario.name}] starting a local cluster: primary + 2 replicas ({mode})")
             cluster = LocalCluster(
@@ -169,6 +189,8 @@ async def run_scenario(scenario: Scenario, opts: DrillOptions) -> dict[str, Any]
         run_id = uuid.uuid4().hex[:8]
         prefix = f"drill-{scenario.name}-{run_id}"
         config = router_config(router_hosts, opts, f"drill-{scenario.name}-{run_id}")
+        if deployment is not None:
+            config = deployment.router_config(config)
         ctx = DrillContext(
             ledger=ledger,
             log=lambda line: log(f"[{scenario.name}] {line}"),
@@ -177,6 +199,7 @@ async def run_scenario(scenario: Scenario, opts: DrillOptions) -> dict[str, Any]
             trigger=opts.trigger,
             hold=opts.hold,
             sync=opts.sync,
+            deployment=deployment,
         )
         recovered = False
         try:
@@ -231,19 +254,24 @@ async def run_scenario(scenario: Scenario, opts: DrillOptions) -> dict[str, Any]
             host_names=host_names,
             failover_timeout=config.failover_timeout,
         )
+        if deployment is not None:
+            await asyncio.to_thread(deployment.add_to_report, report, ledger, ctx)
         report["verified_on"] = verify_name
         report["duration_s"] = round(time.monotonic() - t_start, 1)
         report["mode"] = mode
         report["broken"] = opts.break_router
         report["timeline"] = _timeline(ledger, sampler)
-        if cluster is not None and opts.keep_cluster:
-            report["cluster_dir"] = str(cluster.base_dir)
+        kept = cluster or (deployment.cluster if deployment is not None else None)
+        if kept is not None and opts.keep_cluster:
+            report["cluster_dir"] = str(kept.base_dir)
         return report
     finally:
         for p in proxies.values():
             await p.stop()
         if cluster is not None and not opts.keep_cluster:
             await asyncio.to_thread(cluster.stop)
+        if deployment is not None and not opts.keep_cluster:
+            await asyncio.to_thread(deployment.stop)
 
 
 def _timeline(ledger: Ledger, sampler: NodeSampler) -> dict[str, Any]:

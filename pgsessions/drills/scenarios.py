@@ -12,7 +12,7 @@ import shlex
 import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..router.lsn import parse_lsn
 from .ledger import Ledger
@@ -33,6 +33,8 @@ class DrillContext:
     trigger: str | None = None
     hold: float = 2.5
     sync: bool = False
+    #: the cluster a scenario brought (``Scenario.deploy``), e.g. a Patroni cluster
+    deployment: Any = None
     # filled in by the scenario
     old_primary: str | None = None
     promoted: str | None = None
@@ -64,6 +66,11 @@ class Scenario:
     run: ScenarioFunc
     #: the workload goes through a proxy per host (network faults)
     proxied: bool = False
+    #: starts the scenario's own cluster instead of the local one (``pgsessions drill
+    #: --patroni``): takes the DrillOptions, returns an object with ``node_dsns``,
+    #: ``router_hosts``, ``router_config(config)``, ``add_to_report(report, ledger, ctx)`` and
+    #: ``stop()``
+    deploy: Callable[[Any], Awaitable[Any]] | None = None
 
 
 def _received(node: Node) -> int | None:

@@ -85,6 +85,9 @@ class RouterConfig:
     #: server-side prepared statements: auto, on or off (see PreparedStatements); a DSN may
     #: override it for its host with ``prepared_statements=off`` (removed before connecting)
     prepared_statements: PreparedStatements = "auto"
+    #: Patroni REST API URLs (one per member, e.g. ``http://db1:8008``): a second opinion on
+    #: which replicas may serve reads and when the leader moved (see router/patroni.py)
+    patroni: list[str] | tuple[str, ...] | str = ()
     _conninfos: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
     _prepare_modes: dict[str, str] = field(
         default_factory=dict, init=False, repr=False, compare=False
@@ -118,6 +121,7 @@ class RouterConfig:
             conninfos.append(conninfo)
             self._prepare_modes[conninfo] = mode
         object.__setattr__(self, "_conninfos", tuple(conninfos))
+        self._check_patroni()
         for knob in (
             "max_lag_seconds",
             "check_interval",
@@ -176,6 +180,18 @@ class RouterConfig:
         mode = self._prepare_modes.get(conninfo, self.prepared_statements)
         return mode  # type: ignore[return-value]
 
+    def _check_patroni(self) -> None:
+        from .patroni import check_patroni_url
+
+        raw = self.patroni
+        urls = [u.strip() for u in raw.split(",")] if isinstance(raw, str) else list(raw)
+        urls = [u for u in urls if u]
+        for i, url in enumerate(urls):
+            problem = check_patroni_url(url) if isinstance(url, str) else "not a string"
+            if problem is not None:
+                raise ValueError(f"RouterConfig.patroni[{i}]: {problem}")
+        object.__setattr__(self, "patroni", tuple(urls))
+
     def __repr__(self) -> str:
         from .dsn import redact
 
@@ -184,7 +200,7 @@ class RouterConfig:
             f"max_lag_bytes={self.max_lag_bytes}, max_lag_seconds={self.max_lag_seconds}, "
             f"check_interval={self.check_interval}, failover_timeout={self.failover_timeout}, "
             f"schema={self.schema!r}, name={self.name!r}, "
-            f"prepared_statements={self.prepared_statements!r})"
+            f"prepared_statements={self.prepared_statements!r}, patroni={list(self.patroni)!r})"
         )
 
     @classmethod
@@ -195,7 +211,8 @@ class RouterConfig:
         ``PGSESSIONS_MAX_LAG_SECONDS``, ``PGSESSIONS_CHECK_INTERVAL``,
         ``PGSESSIONS_FAILOVER_TIMEOUT``, ``PGSESSIONS_SCHEMA``,
         ``PGSESSIONS_NO_REPLICA_POLICY``, ``PGSESSIONS_PREPARED_STATEMENTS`` (auto, on,
-        off), ``PGSESSIONS_SESSION_TTL`` (seconds). Keyword arguments override the environment.
+        off), ``PGSESSIONS_SESSION_TTL`` (seconds), ``PGSESSIONS_PATRONI`` (comma-separated
+        REST URLs). Keyword arguments override the environment.
         """
         hosts = os.environ.get("PGSESSIONS_HOSTS", "")
         kw: dict[str, object] = {
@@ -209,6 +226,7 @@ class RouterConfig:
             or cls.no_replica_policy,
             "prepared_statements": os.environ.get("PGSESSIONS_PREPARED_STATEMENTS")
             or cls.prepared_statements,
+            "patroni": os.environ.get("PGSESSIONS_PATRONI", ""),
         }
         if os.environ.get("PGSESSIONS_SESSION_TTL"):
             kw["session_ttl"] = _env_float("PGSESSIONS_SESSION_TTL", 0.0)

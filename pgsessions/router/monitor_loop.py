@@ -21,6 +21,7 @@ from .counters import Counters
 from .failover import describe_hosts, resolve_primary
 from .hosts import Host
 from .monitor import Probe, assess
+from .patroni import PatroniSource, PatroniView, leader_moved, replica_veto, veto
 from .pools import HostPool
 from .topology import HostState, Topology
 
@@ -50,6 +51,11 @@ class Monitor:
         self._wake: asyncio.Event | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._probes: tuple[asyncio.Future[Probe], ...] = ()
+        #: Patroni's latest view (RouterConfig.patroni), and the leader it named
+        self.patroni: PatroniView | None = None
+        self._patroni_leader: str | None = None
+        self._patroni_source = PatroniSource(config.patroni, config.check_timeout)
+        self._patroni_task: asyncio.Task[PatroniView | None] | None = None
 
     # lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -68,12 +74,16 @@ class Monitor:
             self._wake.set()
         for h in self.hosts.values():
             h.prober.abort()
-        tasks = [t for t in (self._task, self._refresh_task, *self._probes) if t is not None]
+        tasks = [
+            t
+            for t in (self._task, self._refresh_task, self._patroni_task, *self._probes)
+            if t is not None
+        ]
         for t in tasks:
             t.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=2.0)
-        self._task = self._refresh_task = None
+        self._task = self._refresh_task = self._patroni_task = None
         self._probes = ()
         pools = [h.pool for h in self.hosts.values() if h.pool is not None]
         for h in self.hosts.values():
@@ -87,7 +97,13 @@ class Monitor:
 
     def tasks(self) -> list[asyncio.Future[Any]]:
         """Tasks of this monitor still running (for tests of clean shutdown)."""
-        tasks = (self._task, self._refresh_task, *self._probes, *self._background)
+        tasks = (
+            self._task,
+            self._refresh_task,
+            self._patroni_task,
+            *self._probes,
+            *self._background,
+        )
         return [t for t in tasks if t is not None and not t.done()]
 
     # the loop --------------------------------------------------------------------------
@@ -142,6 +158,7 @@ class Monitor:
 
     async def _check_all_hosts(self) -> None:
         hosts = list(self.hosts.values())
+        await self._poll_patroni()
         # kept so that stop() can wait for every probe, not only for the gather
         self._probes = tuple(asyncio.ensure_future(h.prober.probe()) for h in hosts)
         probes = await asyncio.gather(*self._probes)
@@ -170,6 +187,27 @@ class Monitor:
         for h, p in zip(hosts, probes, strict=True):
             await self._apply_probe(h, p)
         self._publish()
+        if leader_moved(self.patroni, primary, list(self.hosts)) and self.patroni is not None:
+            if self.patroni.leader != self._patroni_leader:
+                self.poke()  # Patroni named a new leader: check again now, not an interval later
+            self._patroni_leader = self.patroni.leader
+
+    async def _poll_patroni(self) -> None:
+        """Take Patroni's last finished answer and start the next poll: a slow REST API
+        (a member cut off from etcd answers late) never holds up a check after the first."""
+        if not self.config.patroni or self.stopping:
+            return
+        task = self._patroni_task
+        if task is None:  # the first check (e.g. a one-shot `pgsessions status`) waits for it
+            task = asyncio.ensure_future(self._patroni_source.fetch())
+            await asyncio.wait([task])
+            if self.stopping:
+                return
+        if task.done():
+            failed = task.cancelled() or task.exception() is not None
+            self.patroni = None if failed else task.result()
+            task = asyncio.ensure_future(self._patroni_source.fetch())
+        self._patroni_task = task
 
     def _note_primary_change(self, old: str | None, new: str | None, now: float) -> None:
         if old is not None and new != old and self._primary_lost_at is None:
@@ -198,6 +236,9 @@ class Monitor:
         if h.role == "replica":
             primary_probe = self._primary_probe if not self.split else None
             assess(h.health, p, primary_probe, self.primary_lsn, self._history, self.config)
+            reason = replica_veto(self.patroni, h.label, list(self.hosts))
+            if reason is not None:
+                veto(h.health, reason)
         else:
             # a host seen as primary, down or unknown goes through hysteresis when it
             # becomes a replica (e.g. an old primary rejoining)
