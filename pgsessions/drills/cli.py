@@ -11,8 +11,8 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from ..router.dsn import split_hosts
-from .pitr import add_pitr_arguments, run_pitr_command
 from .patroni_cli import PATRONI_NAMES, add_patroni_arguments, patroni_options
+from .pitr import add_pitr_arguments, run_pitr_command
 from .report import format_scenario, format_summary
 from .scenarios import BREAKS, SCENARIOS
 
