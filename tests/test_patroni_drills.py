@@ -40,6 +40,7 @@ def patroni_drill(scenario: str, **kw: Any) -> dict[str, Any]:
 @pytest.mark.fault
 def test_leader_node_kill_loses_nothing_and_reports_patroni_timing() -> None:
     r = patroni_drill("leader-node-kill", sync=True)
+    assert "patroni" in r, (r.get("error"), r["failures"], r["log"][-20:])
     assert r["passed"], (r["failures"], r["log"][-20:])
     assert r["lost"] == r["duplicated"] == r["reordered"] == r["torn"] == r["stale_reads"] == 0
     assert r["writes"]["failed"] == 0 and r["recovered"]
@@ -59,6 +60,7 @@ def test_leader_node_kill_loses_nothing_and_reports_patroni_timing() -> None:
 @pytest.mark.fault
 def test_async_leader_node_kill_loss_lies_beyond_the_switch_position() -> None:
     r = patroni_drill("leader-node-kill", sync=False)
+    assert "patroni" in r, (r.get("error"), r["failures"], r["log"][-20:])
     assert r["patroni"]["synchronous_mode"] is False
     assert r["lost"] == r["lost_explained"], r["failures"]
     assert r["duplicated"] == r["stale_reads"] == 0

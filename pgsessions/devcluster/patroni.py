@@ -237,9 +237,17 @@ class PatroniCluster:
             return False
         if self.sync and self.member_count > 1 and "sync_standby" not in roles:
             return False
+        leader = next(r.get("name") for r in rows if r.get("role") == "leader")
         for m in self.members:  # every member serves the database (replicas replayed it)
             with psycopg.connect(m.dsn, connect_timeout=2) as conn:
                 conn.execute("SELECT 1")
+                if m.name == leader:
+                    continue
+                # Patroni 3.0 says "running" before a replica streams: one that does not yet
+                # would be promoted without the data written meanwhile (asynchronous mode)
+                row = conn.execute("SELECT status FROM pg_stat_wal_receiver").fetchone()
+                if row is None or row[0] != "streaming":
+                    return False
         return True
 
     def stop(self, *, delete: bool | None = None) -> None:
