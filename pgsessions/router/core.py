@@ -205,6 +205,7 @@ class SessionRouter:
         params: Params | None = None,
         *,
         commits: bool = False,
+        retry_params: Params | None = None,
     ) -> tuple[Rows, str]:
         """Run one idempotent statement on the primary, then take the consistency token.
 
@@ -216,7 +217,9 @@ class SessionRouter:
         classified failure (connection lost, shutdown, the primary turned standby, ...) the
         whole statement is retried with backoff on whatever host is then the primary, until
         ``failover_timeout``; it must therefore be safe to apply twice (sessions/ makes it
-        so with operation ids). Returns the statement's rows and the token, which is also
+        so with operation ids). ``retry_params``, when given, replace ``params`` on the
+        second and later attempts (a statement may take a cheaper path when it knows it is a
+        first delivery). Returns the statement's rows and the token, which is also
         remembered for the session.
 
         Raises :class:`SplitBrainError` (nothing written), :class:`NoPrimaryError` (no
@@ -230,7 +233,7 @@ class SessionRouter:
         self._counters.emit("on_route", operation, "primary", "write")
         try:
             rows, token = await self._write_with_retries(
-                operation, query, params, deadline, commits
+                operation, query, params, deadline, commits, retry_params
             )
         except BaseException as exc:
             self._counters.add("write_error")
@@ -265,7 +268,13 @@ class SessionRouter:
         ) from (None if isinstance(exc, _NoPrimaryYet) else exc)
 
     async def _write_with_retries(
-        self, operation: str, query: Query, params: Params | None, deadline: float, commits: bool
+        self,
+        operation: str,
+        query: Query,
+        params: Params | None,
+        deadline: float,
+        commits: bool,
+        retry_params: Params | None,
     ) -> tuple[Rows, str]:
         # the first attempt runs outside tenacity: setting up its retry state costs about as
         # much CPU as the write itself, and almost every write succeeds at once
@@ -276,6 +285,8 @@ class SessionRouter:
                 self._raise_write_failure(exc)
             self._count_write_retry(operation, exc)
         await asyncio.sleep(max(0.0, min(backoff(1), deadline - time.monotonic())))
+        if retry_params is not None:
+            params = retry_params
 
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome is not None else None

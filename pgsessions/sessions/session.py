@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +15,7 @@ from agents.memory.session_settings import (
 from ..router.lsn import format_lsn, parse_lsn
 from . import usage as _usage
 from .items import decode, encode_items, encode_metadata, utf8_safe
+from .opids import new_op_id
 from .schema import migrate_hint
 from .sql import statements
 
@@ -116,14 +116,25 @@ class PostgresSession:
             self._token = lsn
 
     async def _write(
-        self, operation: str, query: Any, params: Any, *, commits: bool = False
+        self,
+        operation: str,
+        query: Any,
+        params: Any,
+        *,
+        commits: bool = False,
+        retry_params: Any = None,
     ) -> list[tuple[Any, ...]]:
         with migrate_hint(self.router.config.schema):
             # the SDK's rule for every backend: a write in flight completes, then the
             # caller's own cancellation is re-raised (a failure meanwhile is retrieved)
             rows, token = await _await_mutation(
                 self.router.execute_write(
-                    operation, self.session_id, query, params, commits=commits
+                    operation,
+                    self.session_id,
+                    query,
+                    params,
+                    commits=commits,
+                    retry_params=retry_params,
                 )
             )
         self._note(token)
@@ -201,18 +212,22 @@ class PostgresSession:
         if not items:
             return
         batch = encode_items(items)
+        params = (
+            self.session_id,
+            new_op_id(),
+            batch.items,
+            batch.roles,
+            batch.types,
+            self._metadata,
+            False,
+        )
+        # a retry looks the operation id up before applying (migration 0007)
         await self._write(
             "add_items",
             self._sql.add_items,
-            (
-                self.session_id,
-                uuid.uuid4(),
-                batch.items,
-                batch.roles,
-                batch.types,
-                self._metadata,
-            ),
+            params,
             commits=True,
+            retry_params=(*params[:-1], True),
         )
 
     async def pop_item(
@@ -225,7 +240,7 @@ class PostgresSession:
         removes that turn's usage row (as AdvancedSQLiteSession does).
         """
         self._check_tenant(wrapper)
-        rows = await self._write("pop_item", self._sql.pop_item, (self.session_id, uuid.uuid4()))
+        rows = await self._write("pop_item", self._sql.pop_item, (self.session_id, new_op_id()))
         text = rows[0][0] if rows else None
         if text is None:
             return None
@@ -239,7 +254,7 @@ class PostgresSession:
         server added after the clear.
         """
         self._check_tenant(wrapper)
-        await self._write("clear_session", self._sql.clear_session, (self.session_id, uuid.uuid4()))
+        await self._write("clear_session", self._sql.clear_session, (self.session_id, new_op_id()))
 
     # compaction (the SDK's optional backend hook) -------------------------------------------
     async def _get_compaction_snapshot(
@@ -295,7 +310,7 @@ class PostgresSession:
                 self._sql.replace_suffix,
                 (
                     self.session_id,
-                    uuid.uuid4(),
+                    new_op_id(),
                     created,
                     expected,
                     prune_through,
@@ -341,7 +356,7 @@ class PostgresSession:
         rows = await self._write(
             "update_metadata",
             self._sql.update_metadata,
-            (self.session_id, uuid.uuid4(), text, bool(replace)),
+            (self.session_id, new_op_id(), text, bool(replace)),
         )
         result: dict[str, Any] = decode(rows[0][0])
         return result
@@ -368,7 +383,7 @@ class PostgresSession:
         if params is None:
             return
         await self._write(
-            "store_run_usage", self._sql.store_usage, (self.session_id, uuid.uuid4(), *params)
+            "store_run_usage", self._sql.store_usage, (self.session_id, new_op_id(), *params)
         )
 
     async def get_session_usage(self, branch_id: str | None = None) -> dict[str, int] | None:
