@@ -14,6 +14,7 @@ from agents.memory import Session, SessionSettings
 from pgsessions import PostgresSession, SessionRouter, migrate
 from pgsessions.router.errors import RouterClosedError
 from pgsessions.router.lsn import parse_lsn
+from pgsessions.sessions.opids import new_op_id
 from pgsessions.sessions.schema import quote_ident
 from pgsessions.sessions.sql import statements
 
@@ -545,3 +546,15 @@ async def test_old_operation_ids_are_pruned(db: SessionRouter) -> None:
     assert await fetch(db, "SELECT count(*) FROM {s}.ops WHERE session_id = 'prune'") == [(1,)]
     assert await fetch(db, "SELECT {s}.prune_ops()") == [(0,)]
     assert await s.get_items() == [msg(0)]
+
+
+def test_operation_ids_are_uuid7_ordered_by_time() -> None:
+    ids = [new_op_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert all(i.version == 7 and i.variant == uuid.RFC_4122 for i in ids)
+    # the first 48 bits are the Unix time in milliseconds, never decreasing
+    stamps = [i.int >> 80 for i in ids]
+    assert stamps == sorted(stamps)
+    import time
+
+    assert abs(stamps[-1] / 1000 - time.time()) < 5
