@@ -313,7 +313,7 @@ class SessionRouter:
             async with h.pool.connection(
                 wait=wait, as_primary=True, on_wait=self._on_pool_wait(h)
             ) as conn:
-                return await execution.write(
+                rows, token = await execution.write(
                     conn, query, params, self._deadline_for_statement(), commits
                 )
         except Exception as exc:
@@ -325,6 +325,8 @@ class SessionRouter:
                     # retry on fresh connections, not on the dead ones beside this one
                     await h.pool.recheck()
             raise
+        h.saw_flush(parse_lsn(token))
+        return rows, token
 
     async def _primary_for_write(self) -> Host:
         mon = self._monitor
@@ -466,25 +468,28 @@ class SessionRouter:
         on_replica = h.role == "replica"
         if on_replica:
             wait = min(wait, budget)
-        primary_lsn = self._monitor.primary_lsn
-        check_token = (
-            not on_replica
-            and token_lsn is not None
-            and (primary_lsn is None or token_lsn > primary_lsn)
-        )
+        # the primary's position as known: the last check's, or a write's token since
+        known = self._monitor.primary_lsn
+        known = h.seen_flush if known is None or h.seen_flush > known else known
+        check_token = not on_replica and token_lsn is not None and token_lsn > known
         async with h.pool.connection(
             wait=wait, as_primary=not on_replica, on_wait=self._on_pool_wait(h)
         ) as conn:
             left = budget - (time.monotonic() - start) if on_replica else budget
             with watchdog(conn, max(0.1, left)):
                 if plan.wait_lsn is not None:
-                    rows = await execution.read_if_replayed(conn, plan.wait_lsn, query, params)
+                    rows, seen = await execution.read_if_replayed(
+                        conn, plan.wait_lsn, query, params
+                    )
+                    if seen is not None:
+                        h.saw_replay(seen)  # later reads up to here skip the check
                     if rows is not None:
                         return rows
                     if not await execution.wait_replay(
                         conn, plan.wait_lsn, self.config.catch_up_wait
                     ):
                         raise _NotCaughtUp()
+                    h.saw_replay(plan.wait_lsn)
                 if check_token:
                     assert token_lsn is not None
                     rows, flush = await execution.read_with_primary_lsn(conn, query, params)
