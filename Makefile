@@ -74,7 +74,7 @@ demo: setup
 drill: setup
 	$(VENV)/bin/pgsessions drill all --sync
 
-# All contenders, one interleaved run (about 8 minutes); writes bench/results/latest.{json,md}.
+# All contenders, one interleaved run (about 11 minutes); writes bench/results/latest.{json,md}.
 bench: setup
 	$(VENV)/bin/pgsessions bench --save
 

@@ -360,7 +360,7 @@ def _target_lines(results: dict[str, Any]) -> list[str]:
     lines = []
     for t in results.get("targets", []):
         met = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
-        value = "-" if t["value"] is None else f"{t['value']:.2f}"
+        value = "-" if t["value"] is None else f"{t['value']:.3f}"
         lines.append(f"{t['target']}: {value} (target {t['bound']}): {met}")
     return lines
 
