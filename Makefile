@@ -81,7 +81,7 @@ drill: setup
 drill-patroni: setup patroni
 	$(VENV)/bin/pgsessions drill --patroni all --sync
 
-# All contenders, one interleaved run (about 8 minutes); writes bench/results/latest.{json,md}.
+# All contenders, one interleaved run (about 11 minutes); writes bench/results/latest.{json,md}.
 bench: setup
 	$(VENV)/bin/pgsessions bench --save
 

@@ -1,7 +1,10 @@
 """Benchmarks of pgsessions against its peers (issue 7): `pgsessions bench`, `python -m bench`.
 
 Modules: payloads (items), contenders (the five stores), harness (workloads, rounds, guard),
-run (one run as a dict), report (machine, ratios, tables), cli (options and main).
+wal (WAL bytes per add), servercpu (a server's CPU time from /proc), run (one run as a dict),
+report (machine, ratios, tables), cli (options and main).
 """
 
-WORKLOADS = ("turn", "history", "read-heavy", "runner")
+WORKLOADS = ("wal", "turn", "history", "read-heavy", "runner", "agent")
+#: the contenders of the agent workload (issue 16)
+AGENT_CONTENDERS = ("pgsessions-routed", "pgsessions-primary", "sqlalchemy")

@@ -33,7 +33,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--workload",
         action="append",
         choices=[*WORKLOADS, "all"],
-        help="workload to run (repeatable; default all: turn, history, read-heavy, runner)",
+        help="workload to run (repeatable; default all: wal, turn, history, read-heavy, "
+        "runner, agent)",
+    )
+    p.add_argument(
+        "--agent-sessions", type=int, default=256, help="sessions of the agent workload (256)"
+    )
+    p.add_argument(
+        "--agent-duration",
+        type=float,
+        default=6.0,
+        help="seconds per agent cell and round (6: each session makes a few turns)",
+    )
+    p.add_argument(
+        "--agent-pause",
+        type=float,
+        nargs=2,
+        default=[0.2, 2.0],
+        metavar=("MIN", "MAX"),
+        help="the agent workload's pause after each turn, uniform in seconds (0.2 2.0)",
     )
     p.add_argument(
         "--duration", type=float, default=2.0, help="seconds per cell and round (2; history: half)"
@@ -115,9 +133,13 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         warmup=args.warmup,
         turn_sessions=tuple(args.sessions),
         history_sizes=tuple(sorted(args.history_sizes)),
+        agent_sessions=args.agent_sessions,
+        agent_duration=args.agent_duration,
+        agent_pause=(min(args.agent_pause), max(args.agent_pause)),
     )
     if args.quick:
         cfg.duration, cfg.rounds, cfg.warmup = 1.5, 1, 0.5
+        cfg.agent_duration, cfg.wal_adds = 4.0, 100
         cfg.turn_sessions = cfg.turn_sessions[:1]
         cfg.history_sizes = tuple(s for s in cfg.history_sizes if s <= 10_000) or (100,)
     return cfg
@@ -126,9 +148,13 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 def estimate_seconds(cfg: BenchConfig, contenders: int) -> float:
     total = 0.0
     for w in cfg.workloads:
+        if w == "wal":
+            total += 10 * cfg.wal_adds * 2 * 0.003  # 5 rounds x 2 stores, a few ms per add
+            continue
         n = {"turn": len(cfg.turn_sessions), "history": len(cfg.history_sizes)}.get(w, 1)
-        d = cfg.duration / 2 if w == "history" else cfg.duration
-        total += n * (contenders + (1 if w == "runner" else 0)) * (cfg.rounds * d + cfg.warmup)
+        d = {"history": cfg.duration / 2, "agent": cfg.agent_duration}.get(w, cfg.duration)
+        k = {"runner": contenders + 1, "agent": min(contenders, 3)}.get(w, contenders)
+        total += n * k * (cfg.rounds * d + cfg.warmup)
     return total
 
 

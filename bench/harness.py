@@ -10,6 +10,7 @@ reorders or mangles an item, or raises, is marked failed whatever its speed.
 from __future__ import annotations
 
 import asyncio
+import random
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -18,7 +19,7 @@ from typing import Any
 
 import psycopg
 
-from . import WORKLOADS
+from . import AGENT_CONTENDERS, WORKLOADS
 from .contenders import BenchEnv, Contender
 from .payloads import Payloads, assistant_marker, check_seeded_tail, item_text, user_marker
 
@@ -43,6 +44,13 @@ class BenchConfig:
     reads_per_write: int = 9
     runner_sessions: int = 32
     limit: int = 50
+    #: the agent workload: sessions, seconds per cell and round, and the pause between a
+    #: session's write and its next read (uniform in this range, as a model call makes)
+    agent_sessions: int = 256
+    agent_duration: float = 6.0
+    agent_pause: tuple[float, float] = (0.2, 2.0)
+    #: WAL measurement: adds per contender and round
+    wal_adds: int = 400
 
 
 # ------------------------------------------------------------------------------ results
@@ -63,6 +71,8 @@ class RoundResult:
     p50: float
     p99: float
     errors: int
+    #: CPU seconds the primary's own processes spent over the round (agent workload)
+    server_cpu: float | None = None
 
     @property
     def tput(self) -> float:
@@ -71,6 +81,12 @@ class RoundResult:
     @property
     def cpu_per_op(self) -> float:
         return self.cpu / self.ops if self.ops else 0.0
+
+    @property
+    def server_cpu_per_1000(self) -> float | None:
+        if self.server_cpu is None or not self.ops:
+            return None
+        return 1000 * self.server_cpu / self.ops
 
 
 @dataclass
@@ -93,7 +109,14 @@ class Cell:
     def ok(self) -> bool:
         return self.errors == 0 and self.violations == 0 and not self.problems
 
+    def replica_share(self) -> float:
+        """Share of reads served by replicas (0 for a contender that reads the primary only)."""
+        total = sum(self.routing.values())
+        on_replicas = sum(n for k, n in self.routing.items() if k.startswith("replica/"))
+        return on_replicas / total if total else 0.0
+
     def as_dict(self) -> dict[str, Any]:
+        server = [r.server_cpu_per_1000 for r in self.rounds]
         return {
             "contender": self.contender,
             "ops_per_s": round(self.median("tput"), 1),
@@ -105,6 +128,12 @@ class Cell:
             "violations": self.violations,
             "problems": self.problems[:5],
             "reads_routed": dict(sorted(self.routing.items())),
+            "replica_read_share": round(self.replica_share(), 4),
+            "primary_cpu_s_per_1000": (
+                round(float(statistics.median(known)), 3)
+                if (known := [x for x in server if x is not None]) and len(known) == len(server)
+                else None
+            ),
             "rounds": [
                 {
                     "ops": r.ops,
@@ -113,6 +142,9 @@ class Cell:
                     "p50_ms": round(r.p50 * 1000, 3),
                     "p99_ms": round(r.p99 * 1000, 3),
                     "client_cpu_us_per_op": round(r.cpu_per_op * 1e6, 1),
+                    "primary_cpu_s_per_1000": (
+                        None if r.server_cpu_per_1000 is None else round(r.server_cpu_per_1000, 3)
+                    ),
                     "errors": r.errors,
                 }
                 for r in self.rounds
@@ -128,6 +160,8 @@ class SessionState:
     session: Any
     turns: int = 0
     step: int = 0
+    #: seeded items stored before the first turn (see payloads.check_seeded_tail)
+    seeded: int = 0
     #: an operation raised: the stored count is unknown, skip the final count check
     uncertain: bool = False
 
@@ -153,15 +187,31 @@ Op = Callable[[Any], Awaitable[str | None]]
 
 
 async def drive(
-    states: Sequence[Any], op: Op, duration: float, rec: Recorder | None
+    states: Sequence[Any],
+    op: Op,
+    duration: float,
+    rec: Recorder | None,
+    *,
+    pause: Callable[[], float] | None = None,
+    server_cpu: Callable[[], float] | None = None,
 ) -> RoundResult:
-    """Run ``op(state)`` in a loop, one task per state, for ``duration`` seconds."""
+    """Run ``op(state)`` in a loop, one task per state, for ``duration`` seconds.
+
+    ``pause``: seconds each state waits after each operation (and once before its first,
+    to spread the states out); not part of the latency. ``server_cpu``: a reading of the
+    server's CPU seconds, taken before and after.
+    """
     latencies: list[float] = []
     errors = 0
     deadline = time.perf_counter() + duration
 
+    async def rest() -> None:
+        if pause is not None:
+            await asyncio.sleep(max(0.0, min(pause(), deadline - time.perf_counter())))
+
     async def worker(state: Any) -> None:
         nonlocal errors
+        await rest()
         while time.perf_counter() < deadline:
             t0 = time.perf_counter()
             try:
@@ -177,10 +227,13 @@ async def drive(
             latencies.append(time.perf_counter() - t0)
             if problem is not None and rec is not None:
                 rec.violation(problem)
+            await rest()
 
+    server0 = server_cpu() if server_cpu is not None else None
     start, cpu0 = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker(s) for s in states))
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu0
+    server = server_cpu() - server0 if server_cpu is not None and server0 is not None else None
     latencies.sort()
     return RoundResult(
         ops=len(latencies),
@@ -189,6 +242,7 @@ async def drive(
         p50=percentile(latencies, 0.50),
         p99=percentile(latencies, 0.99),
         errors=errors,
+        server_cpu=server,
     )
 
 
@@ -429,6 +483,55 @@ class Bench:
 
         return await self.interleave(f"runner x{sessions}", [*by_name, NO_SESSION], run_cell)
 
+    async def agent(self, sessions: int, server_cpu: Callable[[], float] | None) -> dict[str, Cell]:
+        """Agent turns with think time: read the history, append the turn, then pause (as a
+        model call would) before the session's next read. Many sessions, each already holding
+        a full read window (``limit`` seeded items: conversations under way, so every read
+        returns what a model call would get). The primary's own CPU time is measured per
+        round when ``server_cpu`` can read it."""
+        limit = self.config.limit
+        by_name = {n: c for n, c in self._by_name().items() if n in AGENT_CONTENDERS}
+        pl = self.payloads
+        rng = random.Random(11)
+        low, high = self.config.agent_pause
+        for c in by_name.values():
+            for st in self.sessions_for(c, "agent", sessions):
+                if not st.seeded:
+                    await c.seed(st.sid, limit)
+                    st.seeded = limit
+        await wait_replicas_caught_up(self.env)
+
+        async def op(st: SessionState) -> str | None:
+            got = await st.session.get_items(limit=limit)
+            want = min(limit, st.seeded + 2 * st.turns)
+            if len(got) != want:
+                return f"{st.sid}: read {len(got)} items before turn {st.turns}, expected {want}"
+            if st.turns and not item_text(got[-1]).startswith(
+                assistant_marker(st.sid, st.turns - 1)
+            ):
+                return f"{st.sid}: the previous turn is missing (read-your-writes)"
+            await st.session.add_items(pl.turn(st.sid, st.turns))
+            st.turns += 1
+            return None
+
+        async def run_cell(name: str, duration: float, rec: Recorder | None) -> RoundResult:
+            states = self.sessions_for(by_name[name], "agent", sessions)
+            return await drive(
+                states,
+                op,
+                duration,
+                rec,
+                pause=lambda: rng.uniform(low, high),
+                server_cpu=server_cpu,
+            )
+
+        return await self.interleave(
+            f"agent x{sessions} (pause {low:g}-{high:g} s)",
+            list(by_name),
+            run_cell,
+            self.config.agent_duration,
+        )
+
     # guard ----------------------------------------------------------------------------
     async def verify_histories(self) -> None:
         """Read every benchmark conversation back in full: count, order and markers."""
@@ -444,7 +547,9 @@ class Bench:
                     except Exception as exc:
                         self.guard[c.name].append(f"final read of {st.sid}: {exc!r}")
                         break
-                    problem = check_history(items, st.sid, st.turns)
+                    problem = check_history(items[st.seeded :], st.sid, st.turns)
+                    if st.seeded and problem is None:
+                        problem = check_seeded_tail(items[: st.seeded], st.seeded, st.seeded)
                     if problem:
                         self.guard[c.name].append(f"final history of {st.sid}: {problem}")
                         break

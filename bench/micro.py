@@ -64,7 +64,7 @@ async def run(dsn: str, n: int) -> list[tuple[str, float, float]]:
 
             def add_params() -> tuple[Any, ...]:
                 b = encode_items(pl.turn("m", next(counter)))
-                return ("m1", uuid.uuid4(), b.items, b.roles, b.types, None)
+                return ("m1", uuid.uuid4(), b.items, b.roles, b.types, None, False)
 
             async def pipeline(stmts: list[tuple[str, Any]]) -> None:
                 async with conn.pipeline():
@@ -109,11 +109,11 @@ async def run(dsn: str, n: int) -> list[tuple[str, float, float]]:
                     lambda: router.execute_read("x", "m0", "SELECT 1"),
                 ),
                 (
-                    "psycopg: CALL add_items_committed(), 1 statement",
+                    "psycopg: CALL add_items_checked_committed(), 1 statement",
                     lambda: conn.execute(st.add_items, add_params()),
                 ),
                 (
-                    "router.execute_write(CALL add_items_committed())",
+                    "router.execute_write(CALL add_items_checked_committed())",
                     lambda: router.execute_write(
                         "add_items", "m1", st.add_items, add_params(), commits=True
                     ),

@@ -16,7 +16,15 @@ HEADLINE = "pgsessions-routed"
 FLOOR = "raw-floor"
 SQLALCHEMY = "sqlalchemy"
 
-UNITS = {"turn": "turns/s", "history": "reads/s", "read-heavy": "ops/s", "runner": "runs/s"}
+PRIMARY_ONLY = "pgsessions-primary"
+
+UNITS = {
+    "turn": "turns/s",
+    "history": "reads/s",
+    "read-heavy": "ops/s",
+    "runner": "runs/s",
+    "agent": "turns/s",
+}
 
 
 def _cpu_model() -> str:
@@ -117,7 +125,7 @@ def paired_ratio(a: dict[str, Any], b: dict[str, Any], metric: str) -> float | N
     ratios = [
         x[metric] / y[metric]
         for x, y in zip(a["rounds"], b["rounds"], strict=False)
-        if y[metric] > 0
+        if x.get(metric) is not None and y.get(metric)
     ]
     return round(float(statistics.median(ratios)), 3) if ratios else None
 
@@ -147,10 +155,19 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
 
+    wal = results.get("wal")
+    if wal is not None:
+        add("WAL bytes per add_items / the floor's statement", wal.get("ratio"), "<=", 1.10)
     if headline is not None:
         r = cell(results, "turn", headline, HEADLINE)
         f = cell(results, "turn", headline, FLOOR)
         s = cell(results, "turn", headline, SQLALCHEMY)
+        add(
+            f"turn x{headline}: routed client CPU per turn / raw floor",
+            paired_ratio(r, f, "client_cpu_us_per_op") if r and f else None,
+            "<=",
+            1.25,
+        )
         add(
             f"turn x{headline}: routed turns/s / raw floor",
             paired_ratio(r, f, "ops_per_s") if r and f else None,
@@ -168,6 +185,21 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             paired_ratio(r, f, "p99_ms") if r and f else None,
             "<=",
             1.5,
+        )
+    agent = results.get("workloads", {}).get("agent", [])
+    if agent:
+        n = agent[0]["param"]
+        r = cell(results, "agent", n, HEADLINE)
+        p = cell(results, "agent", n, PRIMARY_ONLY)
+        cpu = None
+        if r and p and r.get("primary_cpu_s_per_1000") is not None:
+            cpu = paired_ratio(r, p, "primary_cpu_s_per_1000")
+        add(f"agent x{n}: routed primary CPU per turn / primary-only", cpu, "<=", 0.6)
+        add(
+            f"agent x{n}: share of routed reads served by replicas",
+            r.get("replica_read_share") if r else None,
+            ">=",
+            0.95,
         )
     hist = results.get("workloads", {}).get("history", [])
     if len(hist) >= 2:
@@ -200,7 +232,7 @@ def _fmt_ratio(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}x"
 
 
-def _rows(block: dict[str, Any], statuses: dict[str, str]) -> list[list[str]]:
+def _rows(block: dict[str, Any], statuses: dict[str, str], agent: bool = False) -> list[list[str]]:
     rows = []
     for c in block["cells"]:
         status = "ok" if c["ok"] else "FAILED"
@@ -215,10 +247,16 @@ def _rows(block: dict[str, Any], statuses: dict[str, str]) -> list[list[str]]:
                 f"{c['p99_ms']:.2f}",
                 _fmt_ratio(c.get("p99_vs_routed")),
                 f"{c.get('client_cpu_us_per_op', 0):,.0f}",
+                *(_agent_columns(c) if agent else []),
                 status,
             ]
         )
     return rows
+
+
+def _agent_columns(c: dict[str, Any]) -> list[str]:
+    cpu = c.get("primary_cpu_s_per_1000")
+    return [f"{c.get('replica_read_share', 0):.0%}", "-" if cpu is None else f"{cpu:.2f}"]
 
 
 def _routing_lines(block: dict[str, Any]) -> list[str]:
@@ -238,7 +276,7 @@ def _statuses(results: dict[str, Any]) -> dict[str, str]:
     return {c["name"]: c["status"] for c in results.get("contenders", [])}
 
 
-def _header(unit: str) -> list[str]:
+def _header(unit: str, agent: bool = False) -> list[str]:
     return [
         "contender",
         unit,
@@ -247,7 +285,26 @@ def _header(unit: str) -> list[str]:
         "p99 ms",
         "p99 vs routed",
         "client CPU us/op",
+        *(["reads on replicas", "primary CPU s/1000 turns"] if agent else []),
         "check",
+    ]
+
+
+def _table_args(workload: str, b: dict[str, Any], statuses: dict[str, str]) -> Any:
+    agent = workload == "agent"
+    return _header(UNITS[workload], agent), _rows(b, statuses, agent)
+
+
+def _wal_lines(results: dict[str, Any]) -> list[str]:
+    wal = results.get("wal")
+    if not wal:
+        return []
+    return [
+        f"WAL bytes per add_items (user + ~1 KB assistant message, {wal['adds_per_round']} adds "
+        f"on {wal['sessions']} conversations per round, median of {len(wal['rounds'])} rounds): "
+        f"pgsessions {wal['pgsessions_bytes_per_add']:,.0f}, one hand-written statement "
+        f"(conversation upsert + message insert) {wal['floor_bytes_per_add']:,.0f}, "
+        f"ratio {wal['ratio']:.2f}x",
     ]
 
 
@@ -303,7 +360,7 @@ def _target_lines(results: dict[str, Any]) -> list[str]:
     lines = []
     for t in results.get("targets", []):
         met = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
-        value = "-" if t["value"] is None else f"{t['value']:.2f}"
+        value = "-" if t["value"] is None else f"{t['value']:.3f}"
         lines.append(f"{t['target']}: {value} (target {t['bound']}): {met}")
     return lines
 
@@ -320,9 +377,10 @@ def _contender_lines(results: dict[str, Any]) -> list[str]:
 def render_text(results: dict[str, Any]) -> str:
     statuses = _statuses(results)
     parts = ["", *_machine_lines(results), ""]
+    parts += _wal_lines(results) + ([""] if results.get("wal") else [])
     for workload, b in _blocks(results):
         parts.append(f"{workload}: {b['label']}")
-        parts.append(_table_text(_header(UNITS[workload]), _rows(b, statuses)))
+        parts.append(_table_text(*_table_args(workload, b, statuses)))
         parts += _routing_lines(b)
         parts.append("")
     share = results.get("runner_session_share")
@@ -344,7 +402,7 @@ def render_text(results: dict[str, Any]) -> str:
             "summary: value (paired ratio vs pgsessions-routed); history rows are p50 ms",
             _table_text(header, rows),
         ]
-    parts += ["", "targets (turn headline row, pgsessions-routed):"]
+    parts += ["", "targets (pgsessions-routed):"]
     parts += ["  " + x for x in _target_lines(results)]
     parts += ["", "contenders:"] + ["  " + x for x in _contender_lines(results)]
     return "\n".join(parts) + "\n"
@@ -423,11 +481,13 @@ def render_markdown(results: dict[str, Any]) -> str:
         "",
     ]
     parts += ["- " + x for x in _target_lines(results)] + [""]
+    if results.get("wal"):
+        parts += ["## wal", "", *_wal_lines(results), ""]
     for workload, b in _blocks(results):
         parts += [
             f"## {workload}: {b['label']}",
             "",
-            _table_md(_header(UNITS[workload]), _rows(b, statuses)),
+            _table_md(*_table_args(workload, b, statuses)),
             "",
         ]
         routing = _routing_lines(b)

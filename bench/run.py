@@ -10,7 +10,9 @@ from typing import Any
 
 from .contenders import BenchEnv, Contender, default_contenders
 from .harness import NO_SESSION, Bench, BenchConfig, Cell, Log
-from .report import add_ratios, machine_info, targets
+from .report import HEADLINE, add_ratios, machine_info, targets
+from .servercpu import server_cpu_probe
+from .wal import measure_wal
 
 
 def _block(param: int, label: str, cells: dict[str, Cell]) -> dict[str, Any]:
@@ -57,10 +59,20 @@ async def run_bench(
         active.append(c)
 
     workloads: dict[str, list[dict[str, Any]]] = {}
+    wal: dict[str, Any] | None = None
     bench = Bench(env, active, config, log)
     try:
         for w in config.workloads:
             log(f"{w}:")
+            if w == "wal":
+                pgs = next((c for c in active if c.name == HEADLINE), None)
+                if pgs is not None:
+                    wal = await measure_wal(env, pgs.session, adds=config.wal_adds)
+                    log(
+                        f"  WAL bytes per add: pgsessions {wal['pgsessions_bytes_per_add']:.0f},"
+                        f" floor statement {wal['floor_bytes_per_add']:.0f}"
+                    )
+                continue
             blocks = workloads.setdefault(w, [])
             if w == "turn":
                 for n in config.turn_sessions:
@@ -83,6 +95,15 @@ async def run_bench(
                 n = config.runner_sessions
                 label = f"{n} sessions; Runner.run with a scripted model, tracing off"
                 blocks.append(_block(n, label, await bench.runner(n)))
+            elif w == "agent":
+                n = config.agent_sessions
+                low, high = config.agent_pause
+                label = (
+                    f"{n} sessions; get_items + add_items, then a {low:g}-{high:g} s pause "
+                    "(a model call) before the session's next read"
+                )
+                probe = await server_cpu_probe(env.primary_dsn)
+                blocks.append(_block(n, label, await bench.agent(n, probe)))
             else:
                 raise ValueError(f"unknown workload {w!r}")
         log("checking every conversation's full history ...")
@@ -115,6 +136,8 @@ async def run_bench(
         "contenders": list(status.values()),
         "workloads": workloads,
     }
+    if wal is not None:
+        results["wal"] = wal
     runner_blocks = workloads.get("runner", [])
     if runner_blocks:
         cells = {c["contender"]: c for c in runner_blocks[0]["cells"]}

@@ -58,6 +58,10 @@ async def test_every_contender_runs_and_passes_the_guard(
         history_readers=2,
         read_heavy_sessions=4,
         runner_sessions=2,
+        agent_sessions=6,
+        agent_duration=0.6,
+        agent_pause=(0.01, 0.05),
+        wal_adds=20,
     )
     results = await run_bench(_env(cluster, tmp_path), cfg, log=lambda _: None)
 
@@ -68,18 +72,33 @@ async def test_every_contender_runs_and_passes_the_guard(
     for name in ran:
         assert status[name]["status"] == "ok", status[name]
 
-    assert set(results["workloads"]) == {"turn", "history", "read-heavy", "runner"}
+    assert set(results["workloads"]) == {"turn", "history", "read-heavy", "runner", "agent"}
     assert [b["param"] for b in results["workloads"]["history"]] == [100, 1000]
+    agent_names = ran & {"pgsessions-routed", "pgsessions-primary", "sqlalchemy"}
     for workload, blocks in results["workloads"].items():
         for block in blocks:
             names = {c["contender"] for c in block["cells"]}
-            assert names == (ran | {NO_SESSION} if workload == "runner" else ran)
+            want = {"runner": ran | {NO_SESSION}, "agent": agent_names}.get(workload, ran)
+            assert names == want
             for c in block["cells"]:
                 assert c["ok"], c
                 assert c["ops_per_s"] > 0 and c["p99_ms"] >= c["p50_ms"] > 0
                 assert len(c["rounds"]) == 1
                 assert "tput_vs_routed" in c
-    assert len(results["targets"]) == 4
+    # WAL per add: both stores wrote something, the ratio is theirs
+    wal = results["wal"]
+    assert wal["pgsessions_bytes_per_add"] > 0 and wal["floor_bytes_per_add"] > 0
+    assert len(wal["rounds"]) == 5
+    # the agent workload: every read of the routed contender counted, on the primary-only
+    # one none on a replica; the primary's CPU read from /proc (a local cluster)
+    agent = {c["contender"]: c for c in results["workloads"]["agent"][0]["cells"]}
+    assert agent["pgsessions-primary"]["replica_read_share"] == 0
+    assert sum(agent["pgsessions-routed"]["reads_routed"].values()) > 0
+    for c in agent.values():
+        assert c["primary_cpu_s_per_1000"] is not None and c["primary_cpu_s_per_1000"] > 0
+    names = [t["target"] for t in results["targets"]]
+    assert len(names) == 8 and names[0].startswith("WAL bytes per add_items")
+    assert all(t["value"] is not None for t in results["targets"]), results["targets"]
     for key in ("cpu_count", "postgresql", "load_avg_start", "load_avg_end"):
         assert key in results["machine"]
     assert results["machine"]["postgresql"]["fsync"] in ("on", "off")
@@ -89,6 +108,7 @@ async def test_every_contender_runs_and_passes_the_guard(
     for name in ran:
         assert name in text and name in md
     assert "| contender |" in md
+    assert "WAL bytes per add_items" in md and "primary CPU s/1000 turns" in md
 
 
 class _LossyFloorSession(FloorSession):
@@ -161,6 +181,26 @@ def test_guard_helpers() -> None:
 def test_cli_options(argv: list[str]) -> None:
     cfg = config_from_args(build_parser().parse_args(argv))
     assert cfg.rounds >= 1 and cfg.duration > 0
-    assert set(cfg.workloads) <= {"turn", "history", "read-heavy", "runner"}
+    assert set(cfg.workloads) <= {"wal", "turn", "history", "read-heavy", "runner", "agent"}
     if "--sessions" in argv:
         assert cfg.workloads == ("turn",) and tuple(cfg.turn_sessions) == (8, 2)
+
+
+def test_server_cpu_counts_live_and_reaped_children() -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from bench.servercpu import tree_cpu_seconds
+
+    me = os.getpid()
+    before = tree_cpu_seconds(me)
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"
+    child = subprocess.Popen([sys.executable, "-c", burn])
+    deadline = time.monotonic() + 10
+    while child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert child.wait(timeout=10) == 0
+    # the reaped child's 0.3 s now count in this process's cutime
+    assert tree_cpu_seconds(me) - before >= 0.25

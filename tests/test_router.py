@@ -214,6 +214,30 @@ async def test_paused_replay_reads_own_write_from_primary_then_back(
     assert rtr.stats()["reads_on_replicas"] == n0 + 5
 
 
+async def test_a_replay_check_lets_later_reads_skip_it(
+    cluster: LocalCluster, schema: str, store: Store
+) -> None:
+    """A read that checked a replica's replay position teaches the router that position: the
+    next read needing no more goes straight to a replica, before any monitor check."""
+    config = fast_config(cluster.dsns(), schema, check_interval=60.0)
+    async with SessionRouter(config) as r:
+        await store.create(r)
+        await asyncio.to_thread(cluster.wait_caught_up)
+        await r._monitor.refresh()  # the last check before the write
+        sid = f"learn-{uuid.uuid4().hex[:6]}"
+        op, _ = await store.add(r, sid)
+        before = r.stats()["reads"].get("replica", {})
+        assert await store.get(r, sid) == [op]
+        mid = r.stats()["reads"].get("replica", {})
+        # the monitor has not seen the write replayed: the first read checked (and waited)
+        assert mid.get("caught_up_wait", 0) == before.get("caught_up_wait", 0) + 1, mid
+        for _ in range(3):
+            assert await store.get(r, sid) == [op]
+        after = r.stats()["reads"].get("replica", {})
+        assert after.get("replica", 0) == mid.get("replica", 0) + 3, after
+        assert after.get("caught_up_wait", 0) == mid.get("caught_up_wait", 0)
+
+
 async def test_session_without_token_reads_no_older_than_previous_check(
     cluster: LocalCluster, schema: str, store: Store, rtr: SessionRouter
 ) -> None:

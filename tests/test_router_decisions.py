@@ -282,3 +282,23 @@ def test_health_idle_primary_is_not_lag() -> None:
     h = Health()
     assess(h, _probe(replay_ts=0.0), PRIMARY, 100, deque(), cfg())
     assert h.eligible and h.lag_seconds == 0.0
+
+
+def test_a_replay_position_seen_by_a_request_counts_until_the_host_is_forgotten() -> None:
+    from pgsessions.router.hosts import Host
+    from pgsessions.router.monitor import Probe
+
+    config = RouterConfig(hosts=["postgresql://app@db2:5432/agents"])
+    h = Host(config.host_list[0], config)
+    assert h.replay_lsn == -1
+    h.probe = Probe(up=True, in_recovery=True, replay_lsn=100)
+    assert h.replay_lsn == 100
+    h.saw_replay(150)
+    h.saw_replay(120)  # never lowers what was seen
+    assert h.replay_lsn == 150
+    h.probe = Probe(up=True, in_recovery=True, replay_lsn=200)
+    assert h.replay_lsn == 200  # a newer probe wins
+    h.saw_replay(250)
+    h.saw_flush(300)
+    h.forget_positions()  # a restart, a role change or a failed request
+    assert h.replay_lsn == 200 and h.seen_flush == -1

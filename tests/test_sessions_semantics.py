@@ -14,6 +14,7 @@ from agents.memory import Session, SessionSettings
 from pgsessions import PostgresSession, SessionRouter, migrate
 from pgsessions.router.errors import RouterClosedError
 from pgsessions.router.lsn import parse_lsn
+from pgsessions.sessions.opids import new_op_id
 from pgsessions.sessions.schema import quote_ident
 from pgsessions.sessions.sql import statements
 
@@ -305,8 +306,12 @@ async def test_a_replayed_batch_is_applied_once(db: SessionRouter) -> None:
     sql = statements(db.config.schema)
     op = uuid.uuid4()
     params = ("replay", op, ['{"n":1}', '{"n":2}'], ["user", None], [None, None], None)
-    rows1, _ = await db.execute_write("add_items", "replay", sql.add_items, params, commits=True)
-    rows2, _ = await db.execute_write("add_items", "replay", sql.add_items, params, commits=True)
+    rows1, _ = await db.execute_write(
+        "add_items", "replay", sql.add_items, (*params, False), commits=True
+    )
+    rows2, _ = await db.execute_write(
+        "add_items", "replay", sql.add_items, (*params, True), commits=True
+    )
     assert (rows1, rows2) == ([(True,)], [(False,)])
     s = PostgresSession("replay", db)
     assert await s.get_items() == [{"n": 1}, {"n": 2}]
@@ -320,7 +325,7 @@ async def test_a_replayed_batch_is_applied_once(db: SessionRouter) -> None:
 async def test_concurrent_replays_wait_for_the_original(db: SessionRouter) -> None:
     sql = statements(db.config.schema)
     op = uuid.uuid4()
-    params = ("replay-conc", op, ['{"n":1}'], [None], [None], None)
+    params = ("replay-conc", op, ['{"n":1}'], [None], [None], None, True)
     results = await asyncio.gather(
         *(
             db.execute_write("add_items", "replay-conc", sql.add_items, params, commits=True)
@@ -331,6 +336,71 @@ async def test_concurrent_replays_wait_for_the_original(db: SessionRouter) -> No
     assert await PostgresSession("replay-conc", db).get_items() == [{"n": 1}]
 
 
+@pytest.mark.parametrize("existing", [False, True])
+async def test_a_first_delivery_racing_its_retries_is_applied_once(
+    db: SessionRouter, existing: bool
+) -> None:
+    """The first delivery (no lookup) and retries (lookup after the row lock) at once: one
+    applies; the retries report False; a first delivery that a retry overtook is refused by
+    the unique index (its client gave up on it long ago), never applied a second time."""
+    sql = statements(db.config.schema)
+    sid = f"race-{existing}"
+    if existing:
+        await PostgresSession(sid, db).add_items([{"n": 0}])
+    for _ in range(5):
+        op = uuid.uuid4()
+        params = (sid, op, ['{"n":1}'], [None], [None], None)
+        results = await asyncio.gather(
+            *(
+                db.execute_write("add_items", sid, sql.add_items, (*params, k > 0), commits=True)
+                for k in range(6)
+            ),
+            return_exceptions=True,
+        )
+        applied = [r for r in results if not isinstance(r, BaseException) and r[0] == [(True,)]]
+        assert len(applied) == 1, results
+        for k, r in enumerate(results):
+            if isinstance(r, BaseException):
+                assert k == 0 and isinstance(r, psycopg.errors.UniqueViolation), results
+    want = [{"n": 0}] * existing + [{"n": 1}] * 5
+    assert await PostgresSession(sid, db).get_items() == want
+
+
+async def test_a_late_first_delivery_after_its_retry_is_not_applied(db: SessionRouter) -> None:
+    """The retry applied the batch before the first delivery reached the server (a proxy
+    held it): the late first delivery is refused, also once the batch was popped or cleared."""
+    sql = statements(db.config.schema)
+    s = PostgresSession("late", db)
+    for then in ("nothing", "pop", "clear"):
+        op = uuid.uuid4()
+        params = ("late", op, ['{"n":1}', '{"n":2}'], [None, None], [None, None], None)
+        retried, _ = await db.execute_write(
+            "add_items", "late", sql.add_items, (*params, True), commits=True
+        )
+        assert retried == [(True,)]
+        if then == "pop":
+            assert await s.pop_item() == {"n": 2}
+            assert await s.pop_item() == {"n": 1}  # the item carrying the operation id
+        elif then == "clear":
+            await s.clear_session()
+        before = await s.get_items()
+        try:
+            late, _ = await db.execute_write(
+                "add_items", "late", sql.add_items, (*params, False), commits=True
+            )
+        except psycopg.errors.UniqueViolation:
+            assert then == "nothing"
+        else:
+            assert then != "nothing" and late == [(False,)]
+        assert await s.get_items() == before
+        # and a retry of it too
+        again, _ = await db.execute_write(
+            "add_items", "late", sql.add_items, (*params, True), commits=True
+        )
+        assert again == [(False,)]
+        assert await s.get_items() == before
+
+
 async def test_a_replay_after_a_clear_is_not_applied_again(db: SessionRouter) -> None:
     """A batch committed, its reply lost, the session cleared, then the router resends it:
     the cleared items must not come back (clear_session keeps the operation ids)."""
@@ -339,12 +409,12 @@ async def test_a_replay_after_a_clear_is_not_applied_again(db: SessionRouter) ->
     op = uuid.uuid4()
     params = ("replay-clear", op, ['{"n":1}'], ["user"], [None], None)
     first, _ = await db.execute_write(
-        "add_items", s.session_id, sql.add_items, params, commits=True
+        "add_items", s.session_id, sql.add_items, (*params, False), commits=True
     )
     assert first == [(True,)]
     await s.clear_session()
     again, _ = await db.execute_write(
-        "add_items", s.session_id, sql.add_items, params, commits=True
+        "add_items", s.session_id, sql.add_items, (*params, True), commits=True
     )
     assert again == [(False,)]
     assert await s.get_items() == []
@@ -463,7 +533,9 @@ async def test_old_operation_ids_are_pruned(db: SessionRouter) -> None:
     await s.add_items([msg(0)])
     await s.add_items([msg(1)])
     await s.pop_item()
-    assert await fetch(db, "SELECT count(*) FROM {s}.ops WHERE session_id = 'prune'") == [(3,)]
+    # the pop's own id, and the id of the add whose item it removed (the other add's id
+    # stays on its message)
+    assert await fetch(db, "SELECT count(*) FROM {s}.ops WHERE session_id = 'prune'") == [(2,)]
     await fetch(
         db,
         "UPDATE {s}.ops SET created_at = now() - interval '2 hours'"
@@ -471,6 +543,18 @@ async def test_old_operation_ids_are_pruned(db: SessionRouter) -> None:
         " ORDER BY created_at LIMIT 1)",
     )
     assert await fetch(db, "SELECT {s}.prune_ops()") == [(1,)]
-    assert await fetch(db, "SELECT count(*) FROM {s}.ops WHERE session_id = 'prune'") == [(2,)]
+    assert await fetch(db, "SELECT count(*) FROM {s}.ops WHERE session_id = 'prune'") == [(1,)]
     assert await fetch(db, "SELECT {s}.prune_ops()") == [(0,)]
     assert await s.get_items() == [msg(0)]
+
+
+def test_operation_ids_are_uuid7_ordered_by_time() -> None:
+    ids = [new_op_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert all(i.version == 7 and i.variant == uuid.RFC_4122 for i in ids)
+    # the first 48 bits are the Unix time in milliseconds, never decreasing
+    stamps = [i.int >> 80 for i in ids]
+    assert stamps == sorted(stamps)
+    import time
+
+    assert abs(stamps[-1] / 1000 - time.time()) < 5

@@ -151,21 +151,8 @@ async def test_usage_command_prints_tables_and_json(
     assert run.returncode == 2 and "not a time: 'yesterday'" in run.stderr
 
 
-@pytest.mark.owner_sql
-async def test_largest_follows_an_active_at_index_when_the_schema_has_one(
-    data: SessionRouter,
-) -> None:
-    # what a later migration may do: index a per-minute bucket of updated_at instead of it
-    s = quote_ident(data.config.schema)
-    async with data.primary_connection() as conn:
-        await conn.execute(
-            f"ALTER TABLE {s}.conversations ADD COLUMN active_at timestamptz GENERATED ALWAYS"
-            " AS (date_bin('1 minute', updated_at, timestamptz '2000-01-01 00:00:00+00')) STORED"
-        )
-        await conn.execute(f"DROP INDEX IF EXISTS {s}.conversations_updated_idx")
-        await conn.execute(
-            f"CREATE INDEX conversations_active_idx ON {s}.conversations (active_at)"
-        )
+async def test_largest_reads_conversations_by_the_active_at_index(data: SessionRouter) -> None:
+    # migration 0007 indexes active_at (updated_at to the minute) instead of updated_at
     now = datetime.now(UTC)
     since, until = now - timedelta(days=7), now + timedelta(minutes=1)
     plan = await explain_report(data, "largest", since=since, until=until)

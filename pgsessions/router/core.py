@@ -211,6 +211,7 @@ class SessionRouter:
         *,
         commits: bool = False,
         setup: Setup | None = None,
+        retry_params: Params | None = None,
     ) -> tuple[Rows, str]:
         """Run one idempotent statement on the primary, then take the consistency token.
 
@@ -224,8 +225,10 @@ class SessionRouter:
         ``failover_timeout``; it must therefore be safe to apply twice (sessions/ makes it
         so with operation ids). ``setup`` (a statement and its parameters) runs first in the
         same transaction, on every attempt: e.g. ``set_config(..., true)`` for settings that
-        must not outlive the transaction on a pooled connection. Returns the statement's rows
-        and the token, which is also remembered for ``session_id``.
+        must not outlive the transaction on a pooled connection. ``retry_params``, when given,
+        replace ``params`` on the second and later attempts (a statement may take a cheaper
+        path when it knows it is a first delivery). Returns the statement's rows and the
+        token, which is also remembered for the session.
 
         Raises :class:`SplitBrainError` (nothing written), :class:`NoPrimaryError` (no
         primary within ``failover_timeout``), :class:`OverloadedError` (the primary is busy:
@@ -238,7 +241,7 @@ class SessionRouter:
         self._counters.emit("on_route", operation, "primary", "write")
         try:
             rows, token = await self._write_with_retries(
-                operation, query, params, deadline, commits, setup
+                operation, query, params, deadline, commits, setup, retry_params
             )
         except BaseException as exc:
             self._counters.add("write_error")
@@ -280,6 +283,7 @@ class SessionRouter:
         deadline: float,
         commits: bool,
         setup: Setup | None,
+        retry_params: Params | None,
     ) -> tuple[Rows, str]:
         # the first attempt runs outside tenacity: setting up its retry state costs about as
         # much CPU as the write itself, and almost every write succeeds at once
@@ -290,6 +294,8 @@ class SessionRouter:
                 self._raise_write_failure(exc)
             self._count_write_retry(operation, exc)
         await asyncio.sleep(max(0.0, min(backoff(1), deadline - time.monotonic())))
+        if retry_params is not None:
+            params = retry_params
 
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome is not None else None
@@ -324,7 +330,7 @@ class SessionRouter:
             async with h.pool.connection(
                 wait=wait, as_primary=True, on_wait=self._on_pool_wait(h)
             ) as conn:
-                return await execution.write(
+                rows, token = await execution.write(
                     conn, query, params, self._deadline_for_statement(), commits, setup
                 )
         except Exception as exc:
@@ -336,6 +342,8 @@ class SessionRouter:
                     # retry on fresh connections, not on the dead ones beside this one
                     await h.pool.recheck()
             raise
+        h.saw_flush(parse_lsn(token))
+        return rows, token
 
     async def _primary_for_write(self) -> Host:
         mon = self._monitor
@@ -481,27 +489,28 @@ class SessionRouter:
         on_replica = h.role == "replica"
         if on_replica:
             wait = min(wait, budget)
-        primary_lsn = self._monitor.primary_lsn
-        check_token = (
-            not on_replica
-            and token_lsn is not None
-            and (primary_lsn is None or token_lsn > primary_lsn)
-        )
+        # the primary's position as known: the last check's, or a write's token since
+        known = self._monitor.primary_lsn
+        known = h.seen_flush if known is None or h.seen_flush > known else known
+        check_token = not on_replica and token_lsn is not None and token_lsn > known
         async with h.pool.connection(
             wait=wait, as_primary=not on_replica, on_wait=self._on_pool_wait(h)
         ) as conn:
             left = budget - (time.monotonic() - start) if on_replica else budget
             with watchdog(conn, max(0.1, left)):
                 if plan.wait_lsn is not None:
-                    rows = await execution.read_if_replayed(
+                    rows, seen = await execution.read_if_replayed(
                         conn, plan.wait_lsn, query, params, setup
                     )
+                    if seen is not None:
+                        h.saw_replay(seen)  # later reads up to here skip the check
                     if rows is not None:
                         return rows
                     if not await execution.wait_replay(
                         conn, plan.wait_lsn, self.config.catch_up_wait
                     ):
                         raise _NotCaughtUp()
+                    h.saw_replay(plan.wait_lsn)
                 if check_token:
                     assert token_lsn is not None
                     rows, flush = await execution.read_with_primary_lsn(conn, query, params, setup)

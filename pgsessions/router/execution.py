@@ -116,8 +116,9 @@ async def read_with_primary_lsn(
 
 async def read_if_replayed(
     conn: Conn, lsn: int, query: Query, params: Params | None, setup: Setup | None = None
-) -> Rows | None:
-    """The query's rows if the replica had replayed ``lsn`` before it ran, else None.
+) -> tuple[Rows | None, int | None]:
+    """The query's rows if the replica had replayed ``lsn`` before it ran, else None; and
+    the replay position seen before the query (None when unknown).
 
     The replay check and the query go in one pipeline (one round trip instead of two, both
     prepared). They share an implicit transaction, but under read committed (the pools pin
@@ -140,8 +141,9 @@ async def read_if_replayed(
             raise
         if classify(exc, write=False) is not None:
             raise
-        return None
-    return rows if _replayed(row, lsn) else None
+        return None, None
+    seen = parse_lsn(row[0]) if row is not None and row[0] is not None else None
+    return (rows if seen is not None and seen >= lsn else None), seen
 
 
 async def wait_replay(conn: Conn, lsn: int, seconds: float) -> bool:

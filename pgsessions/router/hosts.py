@@ -24,6 +24,12 @@ class Host:
         #: monotonic time of the last failure seen on a request; 0 when none pending
         self.suspect_at = 0.0
         self.reads = 0
+        #: positions requests saw this server reach since the monitor last saw it change role
+        #: or go down, or a request failed on it: a replica's replay position (from a replay
+        #: check) and a primary's flush position (from a write's token). Lower bounds newer
+        #: than the last probe: a read they already cover needs no replay check.
+        self.seen_replay = -1
+        self.seen_flush = -1
 
     def __repr__(self) -> str:
         return f"Host({self.label}, role={self.role}, up={self.up}, usable={self.usable})"
@@ -46,8 +52,23 @@ class Host:
 
     @property
     def replay_lsn(self) -> int:
+        """The newest replay position known: the last probe's or one a request saw since."""
         p = self.probe
-        return p.replay_lsn if p is not None and p.replay_lsn is not None else -1
+        probed = p.replay_lsn if p is not None and p.replay_lsn is not None else -1
+        return probed if probed >= self.seen_replay else self.seen_replay
+
+    def saw_replay(self, lsn: int) -> None:
+        if lsn > self.seen_replay:
+            self.seen_replay = lsn
+
+    def saw_flush(self, lsn: int) -> None:
+        if lsn > self.seen_flush:
+            self.seen_flush = lsn
+
+    def forget_positions(self) -> None:
+        """After a restart, a role change or a failure: what was seen may not hold any more
+        (a replica restarted after a crash serves reads from an older position at first)."""
+        self.seen_replay = self.seen_flush = -1
 
 
 def host_table(config: RouterConfig) -> dict[str, Host]:

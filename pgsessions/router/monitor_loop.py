@@ -23,7 +23,7 @@ from .hosts import Host
 from .monitor import Probe, assess
 from .patroni import PatroniSource, PatroniView, leader_moved, replica_veto, veto
 from .pools import HostPool
-from .topology import HostState, Topology
+from .topology import HostState, Role, Topology
 
 log = logging.getLogger(__name__)
 
@@ -227,12 +227,16 @@ class Monitor:
         was_down = h.probe is not None and not h.probe.up
         h.probe = p
         if p.up:
-            h.role = "replica" if p.in_recovery else "primary"
+            role: Role = "replica" if p.in_recovery else "primary"
+            if role != h.role or was_down:
+                h.forget_positions()
+            h.role = role
             h.down_checks = 0
             if h.suspect_at and p.started >= h.suspect_at:
                 h.suspect_at = 0.0
         else:
             h.down_checks += 1
+            h.forget_positions()
         if h.role == "replica":
             primary_probe = self._primary_probe if not self.split else None
             assess(h.health, p, primary_probe, self.primary_lsn, self._history, self.config)
@@ -315,6 +319,7 @@ class Monitor:
 
     def mark_suspect(self, h: Host) -> None:
         """Keep requests off ``h`` until a check that starts from now finds it up."""
+        h.forget_positions()
         if not h.suspect_at:
             self.counters.add("ban")
         h.suspect_at = time.monotonic()

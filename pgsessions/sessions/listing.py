@@ -48,6 +48,10 @@ class SessionPage:
         return len(self.sessions)
 
 
+#: migration 0007's active_at of a timestamp parameter
+_ACTIVE_AT = "date_bin('1 minute', %s::timestamptz, timestamptz '2000-01-01 00:00:00+00')"
+
+
 def _encode_cursor(info: SessionInfo) -> str:
     raw = json.dumps([info.updated_at.isoformat(), info.session_id], ensure_ascii=True)
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
@@ -94,8 +98,11 @@ async def list_sessions(
     params: list[Any] = [tenant or ""]
     if after is not None:
         when, last_id = _decode_cursor(after)
+        # active_at (indexed) is updated_at to the minute: the first condition lets the
+        # index skip what the second leaves out anyway (migration 0007)
+        where.append(f"active_at <= {_ACTIVE_AT}")
         where.append("(updated_at, session_id) < (%s, %s)")
-        params += [when, last_id]
+        params += [when, when, last_id]
     if metadata is not None:
         where.append("metadata @> %s::jsonb")
         params.append(encode_metadata(metadata))
@@ -104,7 +111,8 @@ async def list_sessions(
         f" FROM {s}.conversations"
         + " WHERE "
         + " AND ".join(where)
-        + " ORDER BY updated_at DESC, session_id DESC LIMIT %s"
+        # the order of updated_at, read off the index on active_at minute by minute
+        + " ORDER BY active_at DESC, updated_at DESC, session_id DESC LIMIT %s"
     )
     params.append(limit + 1)
     setup = None if tenant is None else (statements(router.config.schema).set_tenant, (tenant,))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -18,6 +17,7 @@ from ..router.lsn import format_lsn, parse_lsn
 from . import usage as _usage
 from .ids import check_session_id, check_tenant
 from .items import decode, encode_items, encode_metadata
+from .opids import new_op_id
 from .schema import migrate_hint
 from .sql import statements
 from .tenants import TenantError, tenant_errors
@@ -179,6 +179,7 @@ class PostgresSession:
         *,
         tenant: str | None,
         commits: bool = False,
+        retry_params: Any = None,
     ) -> list[tuple[Any, ...]]:
         with migrate_hint(self.router.config.schema), tenant_errors(self.session_id, tenant):
             # the SDK's rule for every backend: a write in flight completes, then the
@@ -191,6 +192,7 @@ class PostgresSession:
                     params,
                     commits=commits,
                     setup=self._setup(tenant),
+                    retry_params=retry_params,
                 )
             )
         self._note(token)
@@ -291,19 +293,23 @@ class PostgresSession:
         batch = encode_items(items)
         if not batch:
             return
+        params = (
+            self.session_id,
+            new_op_id(),
+            batch.items,
+            batch.roles,
+            batch.types,
+            self._metadata,
+            False,
+        )
+        # a retry looks the operation id up before applying (migration 0007)
         await self._write(
             "add_items",
             self._sql.add_items,
-            (
-                self.session_id,
-                uuid.uuid4(),
-                batch.items,
-                batch.roles,
-                batch.types,
-                self._metadata,
-            ),
+            params,
             tenant=tenant,
             commits=True,
+            retry_params=(*params[:-1], True),
         )
 
     async def pop_item(
@@ -317,7 +323,7 @@ class PostgresSession:
         """
         tenant = self._tenant_for(wrapper)
         rows = await self._write(
-            "pop_item", self._sql.pop_item, (self.session_id, uuid.uuid4()), tenant=tenant
+            "pop_item", self._sql.pop_item, (self.session_id, new_op_id()), tenant=tenant
         )
         text = rows[0][0] if rows else None
         if text is None:
@@ -333,7 +339,7 @@ class PostgresSession:
         """
         tenant = self._tenant_for(wrapper)
         await self._write(
-            "clear_session", self._sql.clear_session, (self.session_id, uuid.uuid4()), tenant=tenant
+            "clear_session", self._sql.clear_session, (self.session_id, new_op_id()), tenant=tenant
         )
 
     # compaction (the SDK's optional backend hook) -------------------------------------------
@@ -399,7 +405,7 @@ class PostgresSession:
                 self._sql.replace_suffix,
                 (
                     self.session_id,
-                    uuid.uuid4(),
+                    new_op_id(),
                     created,
                     expected,
                     prune_through,
@@ -451,7 +457,7 @@ class PostgresSession:
         rows = await self._write(
             "update_metadata",
             self._sql.update_metadata,
-            (self.session_id, uuid.uuid4(), text, bool(replace)),
+            (self.session_id, new_op_id(), text, bool(replace)),
             tenant=self._tenant_for(None),
         )
         result: dict[str, Any] = decode(rows[0][0])
@@ -487,7 +493,7 @@ class PostgresSession:
         await self._write(
             "store_run_usage",
             self._sql.store_usage,
-            (self.session_id, uuid.uuid4(), *params),
+            (self.session_id, new_op_id(), *params),
             tenant=tenant,
         )
 

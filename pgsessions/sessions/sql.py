@@ -55,10 +55,11 @@ def statements(schema: str) -> Statements:
             "SELECT seq, item, created_at FROM {s}.messages WHERE session_id = %s"
             " ORDER BY seq DESC LIMIT %s) r) l) v WHERE NOT v.gone"
         ),
-        # a procedure that commits: one row (applied, token); see migration 0003
+        # a procedure that commits: one row (applied, token); the last parameter is true on
+        # a retry (it looks the operation id up first); see migrations 0003 and 0007
         add_items=q(
-            "CALL {s}.add_items_committed("
-            "%s, %s, %b::text[]::json[], %b::text[], %b::text[], %s::jsonb)"
+            "CALL {s}.add_items_checked_committed("
+            "%s, %s, %b::text[]::json[], %b::text[], %b::text[], %s::jsonb, %s)"
         ),
         # every write below takes a client operation id (migrations 0001 and 0004)
         pop_item=q("SELECT {s}.pop_item(%s, %s)::text"),
