@@ -59,7 +59,9 @@ BEGIN
         RETURN true;  -- nothing to apply (sessions never send an empty batch)
     END IF;
     IF p_recheck THEN
-        LOOP
+        -- bounded: a row that exists but stays invisible (another tenant's, under row-level
+        -- security) would loop forever; the upsert below then raises the policy violation
+        FOR attempt IN 1..3 LOOP
             PERFORM 1 FROM {schema}.conversations WHERE session_id = p_session FOR UPDATE;
             EXIT WHEN FOUND;
             -- waits for a delivery that is creating the conversation right now
