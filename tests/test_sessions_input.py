@@ -75,7 +75,7 @@ async def test_past_the_btree_limit_postgresql_itself_fails(db: SessionRouter) -
     2700 bytes) fails inside the database, after the statement was sent."""
     sql = statements(db.config.schema)
     sid = incompressible(3000, ASCII, seed=1)
-    params = (sid, uuid.uuid4(), ['{"n":1}'], ["user"], [None], None)
+    params = (sid, uuid.uuid4(), ['{"n":1}'], ["user"], [None], None, False)
     with pytest.raises(psycopg.errors.ProgramLimitExceeded):
         await db.execute_write("add_items", sid, sql.add_items, params, commits=True)
 
