@@ -65,7 +65,16 @@ async def require_pg_monitor(config: RouterConfig, hosts: Sequence[Host]) -> Non
             return None
         return row[0], bool(row[1])
 
-    answers = await asyncio.gather(*(ask(h) for h in up))
+    tasks = [asyncio.ensure_future(ask(h)) for h in up]
+    try:
+        answers = await asyncio.gather(*tasks)
+    except BaseException:
+        # a cancelled gather does not wait for its children: an open() cancelled here must
+        # not leave a probe running after it returns
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
     error = missing_pg_monitor(
         {h.label: a for h, a in zip(up, answers, strict=True) if a is not None}
     )
