@@ -63,16 +63,14 @@ REPORTS = tuple(_TEMPLATES)
 
 
 @lru_cache(maxsize=64)
-def report_sql(name: str, schema: str, active_at: bool = False) -> str:
-    """The statement of report ``name`` for tables in ``schema`` (``active_at``: the schema
-    indexes conversations by that column instead of ``updated_at``, see
-    :mod:`pgsessions.sessions.activity`)."""
+def report_sql(name: str, schema: str) -> str:
+    """The statement of report ``name`` for tables in ``schema``."""
     if name not in _TEMPLATES:
         raise ValueError(f"no report {name!r}: choose from {', '.join(REPORTS)}")
     return _TEMPLATES[name].format(
         s=quote_ident(schema),
         sums=_SUMS,
         range=_RANGE,
-        since=updated_since("c", "since", active_at),
-        until=updated_before("c", "until", active_at),
+        since=updated_since("c", "since"),
+        until=updated_before("c", "until"),
     )

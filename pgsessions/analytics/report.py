@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
-from ..sessions.activity import has_active_at
 from ..sessions.schema import migrate_hint
 from .queries import REPORTS, report_sql
 
@@ -92,11 +91,10 @@ async def usage_report(
     params = _params(since, until, top)
     out = UsageReport(since, until, top)
     where = _Where()
-    active_at = await has_active_at(router)
     router.add_observer(where)
     try:
         for name in reports:
-            query = report_sql(name, router.config.schema, active_at)
+            query = report_sql(name, router.config.schema)
             with migrate_hint(router.config.schema):
                 rows = await router.execute_read(f"usage_{name}", None, query, params)
             cols = columns(name)
@@ -113,7 +111,7 @@ async def explain_report(
     router: SessionRouter, name: str, *, since: datetime, until: datetime, top: int = 10
 ) -> str:
     """``EXPLAIN`` of report ``name`` where the router sends it (the plan as text)."""
-    query = "EXPLAIN " + report_sql(name, router.config.schema, await has_active_at(router))
+    query = "EXPLAIN " + report_sql(name, router.config.schema)
     with migrate_hint(router.config.schema):
         rows = await router.execute_read(f"usage_{name}", None, query, _params(since, until, top))
     return "\n".join(str(r[0]) for r in rows)

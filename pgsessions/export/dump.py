@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from ..sessions.activity import conversation_columns
 from ..sessions.items import encode_metadata
 from ..sessions.schema import migrate_hint, quote_ident
 from .records import header_line
@@ -25,14 +24,13 @@ PAGE = 500
 
 
 @lru_cache(maxsize=16)
-def conversation_sql(schema: str, tenant: bool = False) -> str:
-    """One conversation as ordered (kind, n, line) rows: the conversation, items, usage.
-    ``tenant``: the schema records tenants (migration 0006); the line carries it."""
+def conversation_sql(schema: str) -> str:
+    """One conversation as ordered (kind, n, line) rows: the conversation (with its tenant,
+    migration 0006), items, usage."""
     s = quote_ident(schema)
-    tenant_field = " 'tenant', c.tenant," if tenant else ""
     return (
         "SELECT 0 AS k, 0::bigint AS n, json_build_object("
-        f"'kind', 'conversation', 'session_id', c.session_id,{tenant_field}"
+        "'kind', 'conversation', 'session_id', c.session_id, 'tenant', c.tenant,"
         " 'created_at', c.created_at,"
         " 'updated_at', c.updated_at, 'metadata', c.metadata, 'next_seq', c.next_seq,"
         " 'item_count', c.item_count, 'user_turns', c.user_turns,"
@@ -85,11 +83,9 @@ async def session_ids(
         after = rows[-1][0]
 
 
-async def conversation_lines(
-    router: SessionRouter, session_id: str, *, tenant: bool = False
-) -> list[str]:
+async def conversation_lines(router: SessionRouter, session_id: str) -> list[str]:
     """The export lines of one conversation (empty when it does not exist)."""
-    query = conversation_sql(router.config.schema, tenant)
+    query = conversation_sql(router.config.schema)
     with migrate_hint(router.config.schema):
         rows = await router.execute_read("export", session_id, query, {"sid": session_id})
     # a json column may hold insignificant raw newlines (never inside a string: PostgreSQL
@@ -115,13 +111,11 @@ async def export_lines(
     conversation, or those whose metadata contains ``metadata``.
     """
     yield header_line(router.config.schema, datetime.now(UTC).isoformat())
-    with migrate_hint(router.config.schema):
-        tenant = "tenant" in await conversation_columns(router)
     if session_ids_ is not None:
         for sid in session_ids_:
-            for line in await conversation_lines(router, sid, tenant=tenant):
+            for line in await conversation_lines(router, sid):
                 yield line
         return
     async for sid in session_ids(router, metadata=metadata):
-        for line in await conversation_lines(router, sid, tenant=tenant):
+        for line in await conversation_lines(router, sid):
             yield line

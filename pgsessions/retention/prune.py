@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg import errors
 
-from ..sessions.activity import has_active_at, updated_before
+from ..sessions.activity import updated_before
 from ..sessions.schema import migrate_hint, quote_ident
 
 if TYPE_CHECKING:
@@ -51,9 +51,9 @@ class PruneSummary:
         return asdict(self)
 
 
-def _sql(schema: str, active_at: bool) -> dict[str, str]:
+def _sql(schema: str) -> dict[str, str]:
     s = quote_ident(schema)
-    expired = updated_before("c", "cutoff", active_at)
+    expired = updated_before("c", "cutoff")
     return {
         "candidates": (
             f"SELECT c.session_id FROM {s}.conversations c WHERE {expired}"
@@ -113,7 +113,7 @@ async def prune(
     t0 = time.monotonic()
     summary = PruneSummary()
     with migrate_hint(router.config.schema):
-        sql = _sql(router.config.schema, await has_active_at(router))
+        sql = _sql(router.config.schema)
         async with router.primary_connection() as conn:
             await conn.execute(f"SET lock_timeout = {int(lock_timeout * 1000)}")
             cur = await conn.execute("SELECT now() - %s::interval", (older_than,))
