@@ -15,7 +15,7 @@ import logging
 import socket
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -54,31 +54,40 @@ def abort_connection(conn: Conn) -> None:
     sock.close()  # closes the duplicate only
 
 
-@contextlib.contextmanager
-def watchdog(conn: Conn, seconds: float) -> Iterator[Callable[[], bool]]:
+class watchdog:
     """Cut ``conn`` if the block has not finished within ``seconds``.
 
-    Yields a function telling whether the watchdog fired; the block's error is then replaced
-    by :class:`StatementDeadlineError`.
+    ``with watchdog(conn, s) as fired:`` gives a function telling whether the watchdog
+    fired; the block's error is then replaced by :class:`StatementDeadlineError`. A class,
+    not a generator: it wraps every statement.
     """
-    fired = False
 
-    def fire() -> None:
-        nonlocal fired
-        fired = True
-        abort_connection(conn)
+    __slots__ = ("_conn", "_fired", "_handle", "_seconds")
 
-    handle = asyncio.get_running_loop().call_later(seconds, fire)
-    try:
-        yield lambda: fired
-    except psycopg.Error as exc:
-        if fired:
+    def __init__(self, conn: Conn, seconds: float) -> None:
+        self._conn = conn
+        self._seconds = seconds
+        self._fired = False
+        self._handle: asyncio.TimerHandle | None = None
+
+    def _fire(self) -> None:
+        self._fired = True
+        abort_connection(self._conn)
+
+    def fired(self) -> bool:
+        return self._fired
+
+    def __enter__(self) -> Callable[[], bool]:
+        self._handle = asyncio.get_running_loop().call_later(self._seconds, self._fire)
+        return self.fired
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        assert self._handle is not None
+        self._handle.cancel()
+        if self._fired and isinstance(exc, psycopg.Error):
             raise StatementDeadlineError(
-                f"no answer within {seconds:.1f}s: connection closed"
+                f"no answer within {self._seconds:.1f}s: connection closed"
             ) from exc
-        raise
-    finally:
-        handle.cancel()
 
 
 async def is_standby(conn: Conn, seconds: float) -> bool:
@@ -160,37 +169,16 @@ class HostPool:
     def stats(self) -> dict[str, int]:
         return dict(self.pool.get_stats())
 
-    @asynccontextmanager
-    async def connection(
+    def connection(
         self,
         *,
         wait: float,
         as_primary: bool,
         on_wait: Callable[[float], None] | None = None,
-    ) -> AsyncIterator[Conn]:
+    ) -> _Checkout:
         """Check out a connection (waiting at most ``wait`` seconds); with ``as_primary``
-        refuse one to a standby."""
-        t0 = time.monotonic()
-        self.in_flight += 1
-        try:
-            async with self.pool.connection(timeout=max(0.05, wait)) as conn:
-                if on_wait is not None:
-                    on_wait(time.monotonic() - t0)
-                if as_primary and _opened_on_standby.get(conn, True):
-                    if await is_standby(conn, self.config.connect_timeout):
-                        raise StandbyConnectionError(
-                            f"{self.label} is a standby: not used as the primary"
-                        )
-                    _opened_on_standby[conn] = False
-                try:
-                    yield conn
-                except psycopg.Error as exc:
-                    failure = prepared_statement_failure(exc)
-                    if failure is not None:
-                        raise PreparedStatementsError(self.label, failure) from exc
-                    raise
-        finally:
-            self.in_flight -= 1
+        refuse one to a standby. Use as ``async with pool.connection(...) as conn:``."""
+        return _Checkout(self, wait, as_primary, on_wait)
 
     @asynccontextmanager
     async def admin_connection(self, *, wait: float) -> AsyncIterator[Conn]:
@@ -203,3 +191,65 @@ class HostPool:
                 # the pool replaces a closed connection with a fresh one
                 with contextlib.suppress(psycopg.Error, OSError):
                     await conn.close()
+
+
+class _Checkout:
+    """``HostPool.connection()``: getconn/putconn around a block, without psycopg_pool's own
+    context manager (every request passes here: a class costs a fraction of two nested
+    generator-based ones). Connections are autocommit, and putconn rolls back or discards
+    one left in a transaction or broken."""
+
+    __slots__ = ("_as_primary", "_conn", "_host", "_on_wait", "_wait")
+
+    def __init__(
+        self,
+        host: HostPool,
+        wait: float,
+        as_primary: bool,
+        on_wait: Callable[[float], None] | None,
+    ) -> None:
+        self._host = host
+        self._wait = wait
+        self._as_primary = as_primary
+        self._on_wait = on_wait
+        self._conn: Conn | None = None
+
+    async def __aenter__(self) -> Conn:
+        host = self._host
+        t0 = time.monotonic()
+        host.in_flight += 1
+        try:
+            conn = await host.pool.getconn(timeout=max(0.05, self._wait))
+        except BaseException:
+            host.in_flight -= 1
+            raise
+        self._conn = conn
+        try:
+            if self._on_wait is not None:
+                self._on_wait(time.monotonic() - t0)
+            if self._as_primary and _opened_on_standby.get(conn, True):
+                if await is_standby(conn, host.config.connect_timeout):
+                    raise StandbyConnectionError(
+                        f"{host.label} is a standby: not used as the primary"
+                    )
+                _opened_on_standby[conn] = False
+        except BaseException:
+            await self._release()
+            raise
+        return conn
+
+    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        await self._release()
+        if isinstance(exc, psycopg.Error):
+            failure = prepared_statement_failure(exc)
+            if failure is not None:
+                raise PreparedStatementsError(self._host.label, failure) from exc
+
+    async def _release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            await self._host.pool.putconn(conn)
+        finally:
+            self._host.in_flight -= 1
