@@ -22,6 +22,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from .arrays import ADAPTERS
 from .config import PreparedStatements, RouterConfig
 from .dsn import host_label
 
@@ -51,6 +52,7 @@ def connect_kwargs(conninfo: str, config: RouterConfig) -> dict[str, Any]:
         "autocommit": True,
         "connect_timeout": max(1, round(config.connect_timeout)),
         "prepare_threshold": PREPARE_THRESHOLD if mode == "on" else None,
+        "context": ADAPTERS,
     }
     # the router's settings come last, so that they win over the DSN's own options
     own = conninfo_to_dict(conninfo).get("options")

@@ -7,6 +7,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..router.arrays import TextArray
+
 # json keeps the text as written: "\u0000" escapes (which jsonb refuses), large integers,
 # float repr and key order all come back as they went in.
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
@@ -18,14 +20,15 @@ _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 class EncodedBatch:
-    """A batch ready for ``add_items``: item texts and the extracted role/type columns."""
+    """A batch ready for ``add_items``: item texts and the extracted role/type columns, each
+    a binary ``text[]`` parameter."""
 
     __slots__ = ("items", "roles", "types")
 
     def __init__(self, items: list[str], roles: list[str | None], types: list[str | None]):
-        self.items = items
-        self.roles = roles
-        self.types = types
+        self.items = TextArray(items)
+        self.roles = TextArray(roles)
+        self.types = TextArray(types)
 
     def __len__(self) -> int:
         return len(self.items)
