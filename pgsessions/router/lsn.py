@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 #: what ``pg_lsn::text`` prints: two hex numbers of at most 32 bits each
 _LSN = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")
@@ -14,6 +15,18 @@ def parse_lsn(text: str) -> int:
     Only PostgreSQL's own form is accepted (no sign, prefix, underscore or space inside): a
     token may come from a cookie or a header. Raises ValueError naming the bad value.
     """
+    if not isinstance(text, str):
+        return _parse(text)
+    # a write's token is parsed by the router, its pool's host and the session: once here
+    return _parse_cached(text)
+
+
+@lru_cache(maxsize=1024)
+def _parse_cached(text: str) -> int:
+    return _parse(text)
+
+
+def _parse(text: object) -> int:
     m = _LSN.fullmatch(text.strip()) if isinstance(text, str) else None
     if m is None:
         raise ValueError(
