@@ -44,6 +44,7 @@ async def _cpu_per_call(f: Callable[[], Awaitable[Any]], n: int) -> tuple[float,
 async def run(dsn: str, n: int) -> list[tuple[str, float, float]]:
     """(label, client CPU us per call, wall us per call) for each building block."""
     from pgsessions import PostgresSession, RouterConfig, SessionRouter, migrate
+    from pgsessions.router.arrays import ADAPTERS
     from pgsessions.sessions.items import encode_items
     from pgsessions.sessions.sql import statements
 
@@ -53,7 +54,7 @@ async def run(dsn: str, n: int) -> list[tuple[str, float, float]]:
     pl = Payloads()
     out: list[tuple[str, float, float]] = []
     cfg = RouterConfig(hosts=[dsn], schema=schema, primary_pool_min=1, primary_pool_max=1)
-    conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+    conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True, context=ADAPTERS)
     floor = FloorContender()
     await floor.open(BenchEnv(dsn, [], workdir=Path("."), prefix=schema))
     try:

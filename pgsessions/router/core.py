@@ -194,6 +194,8 @@ class SessionRouter:
         raise OverloadedError(_overload_text(exc, self.config), h.label) from exc
 
     def _on_pool_wait(self, h: Host) -> Any:
+        if not self._counters.observers:
+            return None  # nobody to tell: the checkout skips the timing
         return lambda seconds: self._counters.emit("on_pool_wait", h.label, h.role, seconds)
 
     def _deadline_for_statement(self) -> float:
@@ -323,7 +325,7 @@ class SessionRouter:
         setup: Setup | None,
     ) -> tuple[Rows, str]:
         self._require_open()
-        h = await self._primary_for_write()
+        h = self._usable_primary() or await self._primary_for_write()
         assert h.pool is not None
         wait = min(self.config.pool_timeout, max(0.05, deadline - time.monotonic()))
         try:
@@ -344,6 +346,12 @@ class SessionRouter:
             raise
         h.saw_flush(parse_lsn(token))
         return rows, token
+
+    def _usable_primary(self) -> Host | None:
+        """The primary when it is known and usable and no split brain is seen (no I/O)."""
+        mon = self._monitor
+        h = self._hosts.get(mon.primary) if mon.primary and not mon.split else None
+        return h if h is not None and h.usable else None
 
     async def _primary_for_write(self) -> Host:
         mon = self._monitor
