@@ -238,6 +238,44 @@ async def test_a_replay_check_lets_later_reads_skip_it(
         assert after.get("caught_up_wait", 0) == mid.get("caught_up_wait", 0)
 
 
+async def test_a_read_reporting_its_replay_position_lets_later_reads_skip_the_check(
+    cluster: LocalCluster, schema: str, store: Store
+) -> None:
+    """A read without a replay check that returns its replica's replay position (the last
+    column, ``replay_column=True``) teaches the router that position too: another session's
+    read of a write replayed before it goes straight to that replica. Without the column the
+    same read would check first (``caught_up_wait``)."""
+    config = fast_config(cluster.dsns(), schema, check_interval=60.0)
+    query = (
+        f'SELECT count(*), pg_last_wal_replay_lsn()::text FROM "{schema}".items'
+        " WHERE session_id = %s"
+    )
+
+    async def count(r: SessionRouter, sid: str, replay_column: bool) -> int:
+        rows = await r.execute_read("get_items", sid, query, (sid,), replay_column=replay_column)
+        return int(rows[0][0])
+
+    for replay_column in (False, True):
+        async with SessionRouter(config) as r:
+            await store.create(r)  # raises the read floor past the monitor's positions
+            other = f"other-{uuid.uuid4().hex[:6]}"
+            await count(r, other, replay_column)  # checks once: learns the floor is replayed
+            sid = f"learn-col-{uuid.uuid4().hex[:6]}"
+            _, token = await store.add(r, sid)
+            await asyncio.to_thread(cluster.wait_caught_up)
+            replicas = [h for h in r._host_list if h.role == "replica"]
+            assert all(h.replay_lsn < parse_lsn(token) for h in replicas)  # not known yet
+            before = dict(r.stats()["reads"].get("replica", {}))
+            for _ in range(2):  # both replicas (least in flight, then the other)
+                assert await count(r, other, replay_column) == 0
+            mid = r.stats()["reads"].get("replica", {})
+            assert mid.get("replica", 0) == before.get("replica", 0) + 2, (replay_column, mid)
+            assert await count(r, sid, replay_column) == 1  # read-your-writes either way
+            after = r.stats()["reads"].get("replica", {})
+            checked = after.get("caught_up_wait", 0) - mid.get("caught_up_wait", 0)
+            assert checked == (0 if replay_column else 1), (replay_column, after)
+
+
 async def test_session_without_token_reads_no_older_than_previous_check(
     cluster: LocalCluster, schema: str, store: Store, rtr: SessionRouter
 ) -> None:

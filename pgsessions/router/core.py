@@ -377,6 +377,7 @@ class SessionRouter:
         *,
         token: str | None = None,
         setup: Setup | None = None,
+        replay_column: bool = False,
     ) -> Rows:
         """Run one read-only statement where it sees what it must.
 
@@ -389,7 +390,11 @@ class SessionRouter:
         at once elsewhere; a busy replica is skipped, a busy primary raises
         :class:`OverloadedError`. ``token`` must be a PostgreSQL LSN (ValueError naming it).
         ``setup`` runs first in the same implicit transaction (one pipeline), wherever the
-        read runs.
+        read runs. ``replay_column``: the query's first row ends with its own
+        ``pg_last_wal_replay_lsn()::text`` (NULL on a primary). Evaluated as the query ends,
+        it is a lower bound of the replica's position for any later statement: the router
+        keeps it, so that later reads up to there skip the replay check (the column stays in
+        the rows returned).
         """
         self._require_open()
         token_lsn = self._tokens.required(session_id, token)
@@ -425,6 +430,8 @@ class SessionRouter:
                 role = h.role
                 try:
                     rows = await self._read_once(plan, query, params, deadline, token_lsn, setup)
+                    if replay_column and rows and h.role == "replica":
+                        _saw_replay_column(h, rows[0])
                 except _NotCaughtUp:
                     allow_wait = False
                     continue
@@ -571,6 +578,13 @@ class SessionRouter:
             return
         if row is not None:
             self._floor_lsn = max(self._floor_lsn, parse_lsn(str(row[0])))
+
+
+def _saw_replay_column(h: Host, row: tuple[Any, ...]) -> None:
+    """Keep the replay position a read reported in its row's last column, for ``h``."""
+    text = row[-1] if row else None
+    if isinstance(text, str):
+        h.saw_replay(parse_lsn(text))
 
 
 def _overload_text(exc: BaseException, config: RouterConfig) -> str:

@@ -199,7 +199,13 @@ class PostgresSession:
         return rows
 
     async def _read(
-        self, operation: str, query: Any, params: Any, *, tenant: str | None
+        self,
+        operation: str,
+        query: Any,
+        params: Any,
+        *,
+        tenant: str | None,
+        replay_column: bool = False,
     ) -> list[tuple[Any, ...]]:
         with migrate_hint(self.router.config.schema), tenant_errors(None, tenant):
             return await self.router.execute_read(
@@ -209,6 +215,7 @@ class PostgresSession:
                 params,
                 token=self._own_token(),
                 setup=self._setup(tenant),
+                replay_column=replay_column,
             )
 
     # tenant seam ------------------------------------------------------------------------
@@ -264,7 +271,11 @@ class PostgresSession:
                 effective = None
         if self.ttl is None:
             rows = await self._read(
-                "get_items", self._sql.get_items, (self.session_id, effective), tenant=tenant
+                "get_items",
+                self._sql.get_items,
+                (self.session_id, effective),
+                tenant=tenant,
+                replay_column=True,
             )
         else:
             rows = await self._read(
@@ -272,6 +283,7 @@ class PostgresSession:
                 self._sql.get_items_ttl,
                 (self.ttl, self.session_id, effective),
                 tenant=tenant,
+                replay_column=True,
             )
         text = rows[0][0] if rows else None
         if text is None:

@@ -37,17 +37,20 @@ def statements(schema: str) -> Statements:
         return text.replace("{s}", s)
 
     return Statements(
-        # one row: the latest N items (LIMIT NULL = all) in order, as one JSON array text
+        # one row: the latest N items (LIMIT NULL = all) in order, as one JSON array text,
+        # then the server's replay position once they are read (NULL on a primary), from
+        # which the router learns how far a replica is (execute_read(replay_column=True))
         get_items=q(
-            "SELECT json_agg(t.item ORDER BY t.seq)::text FROM ("
+            "SELECT json_agg(t.item ORDER BY t.seq)::text, pg_last_wal_replay_lsn()::text FROM ("
             "SELECT seq, item FROM {s}.messages WHERE session_id = %s"
             " ORDER BY seq DESC LIMIT %s) t"
         ),
-        # get_items with a time-to-live (%s interval first): the latest N rows, without those
-        # before the newest idle gap longer than the TTL (counting the gap up to now), so an
-        # expired conversation reads as empty and one written again shows only the new items
+        # get_items with a time-to-live (%s interval first; the same columns): the latest N
+        # rows, without those before the newest idle gap longer than the TTL (counting the gap
+        # up to now), so an expired conversation reads as empty and one written again shows
+        # only the new items
         get_items_ttl=q(
-            "SELECT json_agg(v.item ORDER BY v.seq)::text FROM ("
+            "SELECT json_agg(v.item ORDER BY v.seq)::text, pg_last_wal_replay_lsn()::text FROM ("
             "SELECT l.seq, l.item, bool_or(l.gap) OVER (ORDER BY l.seq DESC"
             " ROWS UNBOUNDED PRECEDING) AS gone FROM ("
             "SELECT r.seq, r.item, lag(r.created_at, 1, now()) OVER (ORDER BY r.seq DESC)"
