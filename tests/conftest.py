@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from psycopg import sql
+from psycopg import errors, sql
 from psycopg.conninfo import make_conninfo
 
 from pgsessions.devcluster import LocalCluster
@@ -134,7 +134,23 @@ def schema(cluster: LocalCluster, app_roles: tuple[str, str] | None) -> Iterator
         with ThreadPoolExecutor(1) as pool:
             pool.submit(asyncio.run, _migrate_as_owner(cluster, name, *app_roles)).result()
     yield name
-    cluster.primary.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    drop_schema(cluster, name)
+
+
+def drop_schema(cluster: LocalCluster, name: str) -> None:
+    """DROP SCHEMA, failing within 30 s (naming who holds locks) instead of hanging the run
+    when a test left a transaction or a statement running."""
+    try:
+        cluster.primary.execute(
+            f"SET lock_timeout = '30s'; DROP SCHEMA IF EXISTS \"{name}\" CASCADE"
+        )
+    except errors.LockNotAvailable:
+        holders = cluster.primary.execute(
+            "SELECT pid, application_name, state, left(query, 120) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            " AND state <> 'idle' AND backend_type = 'client backend'"
+        )
+        pytest.fail(f"schema {name} stayed locked for 30 s; busy sessions: {holders}")
 
 
 @pytest.fixture
