@@ -116,17 +116,22 @@ def cell(results: dict[str, Any], workload: str, param: Any, name: str) -> dict[
     return None
 
 
+def round_ratios(a: dict[str, Any], b: dict[str, Any], metric: str) -> list[float]:
+    """a's metric / b's metric in each round where both have it."""
+    return [
+        x[metric] / y[metric]
+        for x, y in zip(a["rounds"], b["rounds"], strict=False)
+        if x.get(metric) is not None and y.get(metric)
+    ]
+
+
 def paired_ratio(a: dict[str, Any], b: dict[str, Any], metric: str) -> float | None:
     """Median over rounds of a's metric / b's metric in the same round.
 
     Cells of one round run back to back, so pairing them cancels most of the drift of a
     shared, noisy machine; the median then drops the rounds a burst of noise hit.
     """
-    ratios = [
-        x[metric] / y[metric]
-        for x, y in zip(a["rounds"], b["rounds"], strict=False)
-        if x.get(metric) is not None and y.get(metric)
-    ]
+    ratios = round_ratios(a, b, metric)
     return round(float(statistics.median(ratios)), 3) if ratios else None
 
 
@@ -144,16 +149,27 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     blocks = results.get("workloads", {}).get("turn", [])
     headline = blocks[0]["param"] if blocks else None
 
-    def add(name: str, value: float | None, op: str, bound: float) -> None:
+    def add(
+        name: str,
+        value: float | None,
+        op: str,
+        bound: float,
+        pair: tuple[dict[str, Any] | None, dict[str, Any] | None, str] | None = None,
+    ) -> None:
         met = None if value is None else (value >= bound if op == ">=" else value <= bound)
-        out.append(
-            {
-                "target": name,
-                "value": None if value is None else round(value, 3),
-                "bound": f"{op} {bound}",
-                "met": met,
-            }
-        )
+        target: dict[str, Any] = {
+            "target": name,
+            "value": None if value is None else round(value, 3),
+            "bound": f"{op} {bound}",
+            "met": met,
+        }
+        a, b, metric = pair if pair is not None else (None, None, "")
+        if a and b:
+            # the spread of the per-round ratios: how far one round's noise moves the value
+            ratios = round_ratios(a, b, metric)
+            if len(ratios) > 1:
+                target["rounds"] = [round(min(ratios), 3), round(max(ratios), 3)]
+        out.append(target)
 
     wal = results.get("wal")
     if wal is not None:
@@ -167,24 +183,28 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             paired_ratio(r, f, "client_cpu_us_per_op") if r and f else None,
             "<=",
             1.25,
+            (r, f, "client_cpu_us_per_op"),
         )
         add(
             f"turn x{headline}: routed turns/s / raw floor",
             paired_ratio(r, f, "ops_per_s") if r and f else None,
             ">=",
             0.95,
+            (r, f, "ops_per_s"),
         )
         add(
             f"turn x{headline}: routed turns/s / SQLAlchemySession",
             paired_ratio(r, s, "ops_per_s") if r and s else None,
             ">=",
             2.5,
+            (r, s, "ops_per_s"),
         )
         add(
             f"turn x{headline}: routed p99 / raw floor p99",
             paired_ratio(r, f, "p99_ms") if r and f else None,
             "<=",
             1.5,
+            (r, f, "p99_ms"),
         )
     agent = results.get("workloads", {}).get("agent", [])
     if agent:
@@ -194,7 +214,13 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         cpu = None
         if r and p and r.get("primary_cpu_s_per_1000") is not None:
             cpu = paired_ratio(r, p, "primary_cpu_s_per_1000")
-        add(f"agent x{n}: routed primary CPU per turn / primary-only", cpu, "<=", 0.6)
+        add(
+            f"agent x{n}: routed primary CPU per turn / primary-only",
+            cpu,
+            "<=",
+            0.6,
+            (r, p, "primary_cpu_s_per_1000") if cpu is not None else None,
+        )
         add(
             f"agent x{n}: share of routed reads served by replicas",
             r.get("replica_read_share") if r else None,
@@ -211,6 +237,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             paired_ratio(b, a, "p50_ms") if a and b else None,
             "<=",
             1.2,
+            (b, a, "p50_ms"),
         )
     return out
 
@@ -361,6 +388,9 @@ def _target_lines(results: dict[str, Any]) -> list[str]:
     for t in results.get("targets", []):
         met = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
         value = "-" if t["value"] is None else f"{t['value']:.3f}"
+        if t.get("rounds"):
+            lo, hi = t["rounds"]
+            value += f" (rounds {lo:.3f}-{hi:.3f})"
         lines.append(f"{t['target']}: {value} (target {t['bound']}): {met}")
     return lines
 

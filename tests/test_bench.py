@@ -22,7 +22,7 @@ from bench.contenders import (
 )
 from bench.harness import NO_SESSION, BenchConfig, check_history, percentile
 from bench.payloads import Payloads, check_seeded_tail
-from bench.report import render_markdown, render_text
+from bench.report import render_markdown, render_text, targets
 from bench.run import run_bench
 from pgsessions.devcluster import LocalCluster
 
@@ -158,6 +158,28 @@ async def test_seeding_through_the_api_matches_server_side_seeding(
     finally:
         await floor.close()
         await floor.drop()
+
+
+def test_targets_report_the_median_and_the_spread_of_per_round_ratios() -> None:
+    def c(name: str, values: list[float]) -> dict[str, Any]:
+        rounds = [{"ops_per_s": v, "p99_ms": 10.0, "client_cpu_us_per_op": v} for v in values]
+        return {"contender": name, "rounds": rounds}
+
+    block = {
+        "param": 32,
+        "cells": [
+            c("pgsessions-routed", [100.0, 90.0, 120.0]),
+            c("raw-floor", [100.0, 100.0, 100.0]),
+            c("sqlalchemy", [50.0, 45.0, 40.0]),
+        ],
+    }
+    out = {t["target"]: t for t in targets({"workloads": {"turn": [block]}})}
+    tput = out["turn x32: routed turns/s / raw floor"]
+    assert tput["value"] == 1.0 and tput["rounds"] == [0.9, 1.2] and tput["met"] is True
+    sqla = out["turn x32: routed turns/s / SQLAlchemySession"]
+    assert sqla["value"] == 2.0 and sqla["rounds"] == [2.0, 3.0] and sqla["met"] is False
+    text = render_text({"targets": list(out.values()), "workloads": {}, "contenders": []})
+    assert "1.000 (rounds 0.900-1.200)" in text
 
 
 def test_guard_helpers() -> None:
