@@ -1,4 +1,5 @@
-"""Small helpers shared by tests: polling with a deadline, and process checks."""
+"""Small helpers shared by tests: polling with a deadline, process checks, and the items and
+run results sessions are fed."""
 
 from __future__ import annotations
 
@@ -11,7 +12,12 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, cast
+
+from agents.result import RunResultBase
+from agents.run_context import RunContextWrapper
+from agents.usage import Usage
 
 if TYPE_CHECKING:
     from pgsessions.devcluster.patroni import PatroniCluster
@@ -101,3 +107,18 @@ def running_patroni() -> Iterator[PatroniCluster]:
         yield pc
     finally:
         pc.stop()
+
+
+def user(text: str) -> dict[str, Any]:
+    return {"role": "user", "content": text}
+
+
+def assistant(text: str) -> dict[str, Any]:
+    return {"role": "assistant", "content": text}
+
+
+def run_result(tokens: int) -> RunResultBase:
+    """What ``store_run_usage`` reads from a run: its context (usage) and last agent."""
+    usage = Usage(requests=1, input_tokens=tokens, output_tokens=1, total_tokens=tokens + 1)
+    wrapper = RunContextWrapper(context=None, usage=usage)
+    return cast(RunResultBase, SimpleNamespace(context_wrapper=wrapper, last_agent=None))

@@ -9,7 +9,6 @@ import json
 import subprocess
 import sys
 from datetime import timedelta
-from typing import Any
 
 import pytest
 
@@ -17,10 +16,7 @@ from pgsessions import PostgresSession, RouterConfig, SessionRouter, migrate
 from pgsessions.devcluster import LocalCluster
 from pgsessions.retention import prune
 from pgsessions.sessions.schema import quote_ident
-
-
-def user(text: str) -> dict[str, Any]:
-    return {"role": "user", "content": text}
+from tests.helpers import user
 
 
 async def backdate(router: SessionRouter, sids: list[str], age: str) -> None:

@@ -26,7 +26,7 @@ from agents.usage import Usage
 from pgsessions import PostgresSession, SessionRouter, TenantError, migrate
 from pgsessions.devcluster import LocalCluster
 from pgsessions.sessions.schema import quote_ident
-from tests.helpers import apoll
+from tests.helpers import apoll, assistant, user
 
 set_tracing_disabled(True)
 
@@ -35,14 +35,6 @@ set_tracing_disabled(True)
 async def db(router: SessionRouter) -> SessionRouter:
     await migrate(router)
     return router
-
-
-def user(text: str) -> dict[str, Any]:
-    return {"role": "user", "content": text}
-
-
-def assistant(text: str) -> dict[str, Any]:
-    return {"role": "assistant", "content": text}
 
 
 def reply(text: str, tokens: int = 10) -> ModelStep:

@@ -8,6 +8,7 @@ import pytest
 
 from pgsessions import PostgresSession, SessionRouter, list_sessions, migrate
 from pgsessions.sessions.schema import quote_ident
+from tests.helpers import user
 
 
 @pytest.fixture
@@ -23,10 +24,6 @@ async def primary_token(router: SessionRouter) -> str:
         row = await cur.fetchone()
         assert row is not None
         return str(row[0])
-
-
-def user(text: str) -> dict[str, Any]:
-    return {"role": "user", "content": text}
 
 
 async def all_ids(router: SessionRouter, **kwargs: Any) -> list[str]:

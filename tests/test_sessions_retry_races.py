@@ -14,15 +14,12 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from types import SimpleNamespace
-from typing import Any, TypeVar, cast
-
-from agents.result import RunResultBase
-from agents.usage import Usage
+from typing import Any, TypeVar
 
 from pgsessions import PostgresSession, RouterConfig, SessionRouter, migrate
 from pgsessions.devcluster import LocalCluster
 from pgsessions.devcluster.proxy import TcpProxy, command_complete
+from tests.helpers import assistant, run_result, user
 
 _T = TypeVar("_T")
 LOST_COMMIT = command_complete("COMMIT")
@@ -86,23 +83,6 @@ async def lost_reply(
     after = servers.a.stats()["retries"]["write"].get("connection", 0)
     assert after > before, "A did not retry"
     return result
-
-
-def user(text: str) -> dict[str, Any]:
-    return {"role": "user", "content": text}
-
-
-def assistant(text: str) -> dict[str, Any]:
-    return {"role": "assistant", "content": text}
-
-
-def run_result(tokens: int) -> RunResultBase:
-    """What store_run_usage reads from a run: its usage and last agent."""
-    usage = Usage(requests=1, input_tokens=tokens, output_tokens=1, total_tokens=tokens + 1)
-    return cast(
-        RunResultBase,
-        SimpleNamespace(context_wrapper=SimpleNamespace(usage=usage), last_agent=None),
-    )
 
 
 def sessions(servers: Servers, sid: str) -> tuple[PostgresSession, PostgresSession]:

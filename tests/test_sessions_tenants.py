@@ -12,13 +12,11 @@ import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
 import psycopg
 import pytest
 from agents import Agent, Runner, set_tracing_disabled
-from agents.result import RunResultBase
 from agents.run_context import RunContextWrapper
 from agents.testing import ModelStep, ScriptedModel, assistant_message
 from agents.usage import Usage
@@ -41,7 +39,7 @@ from pgsessions.devcluster.proxy import TcpProxy, command_complete
 from pgsessions.sessions import Migration, load_migrations, tenant_isolation
 from pgsessions.sessions.ids import MAX_SESSION_ID_BYTES, MAX_TENANT_BYTES
 
-from .helpers import apoll, poll
+from .helpers import apoll, assistant, poll, run_result, user
 
 set_tracing_disabled(True)
 
@@ -115,20 +113,6 @@ async def isolated(tenancy: Tenancy) -> Tenancy:
 async def app(isolated: Tenancy) -> AsyncIterator[SessionRouter]:
     async with SessionRouter(isolated.app_config()) as router:
         yield router
-
-
-def user(text: str) -> dict[str, Any]:
-    return {"role": "user", "content": text}
-
-
-def assistant(text: str) -> dict[str, Any]:
-    return {"role": "assistant", "content": text}
-
-
-def run_result(tokens: int) -> RunResultBase:
-    usage = Usage(requests=1, input_tokens=tokens, output_tokens=1, total_tokens=tokens + 1)
-    wrapper = RunContextWrapper(context=None, usage=usage)
-    return cast(RunResultBase, SimpleNamespace(context_wrapper=wrapper, last_agent=None))
 
 
 async def fill(router: SessionRouter) -> dict[str, PostgresSession]:

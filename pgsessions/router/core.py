@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, NoReturn
 
@@ -287,10 +287,13 @@ class SessionRouter:
         setup: Setup | None,
         retry_params: Params | None,
     ) -> tuple[Rows, str]:
+        def attempt(p: Params | None) -> Coroutine[Any, Any, tuple[Rows, str]]:
+            return self._attempt_write(operation, query, p, deadline, commits, setup)
+
         # the first attempt runs outside tenacity: setting up its retry state costs about as
         # much CPU as the write itself, and almost every write succeeds at once
         try:
-            return await self._attempt_write(operation, query, params, deadline, commits, setup)
+            return await attempt(params)
         except (_NoPrimaryYet, psycopg.Error) as exc:
             if not self._write_retryable(exc):
                 self._raise_write_failure(exc)
@@ -306,11 +309,9 @@ class SessionRouter:
         left = max(0.0, deadline - time.monotonic())
         retrying = write_retrying(left, self._write_retryable, before_sleep)
         try:
-            async for attempt in retrying:
-                with attempt:
-                    return await self._attempt_write(
-                        operation, query, params, deadline, commits, setup
-                    )
+            async for retry in retrying:
+                with retry:
+                    return await attempt(params)
         except (_NoPrimaryYet, psycopg.Error) as exc:
             self._raise_write_failure(exc)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -325,7 +326,7 @@ class SessionRouter:
         setup: Setup | None,
     ) -> tuple[Rows, str]:
         self._require_open()
-        h = self._usable_primary() or await self._primary_for_write()
+        h = await self._primary_for_write()
         assert h.pool is not None
         wait = min(self.config.pool_timeout, max(0.05, deadline - time.monotonic()))
         try:
@@ -346,12 +347,6 @@ class SessionRouter:
             raise
         h.saw_flush(parse_lsn(token))
         return rows, token
-
-    def _usable_primary(self) -> Host | None:
-        """The primary when it is known and usable and no split brain is seen (no I/O)."""
-        mon = self._monitor
-        h = self._hosts.get(mon.primary) if mon.primary and not mon.split else None
-        return h if h is not None and h.usable else None
 
     async def _primary_for_write(self) -> Host:
         mon = self._monitor

@@ -55,12 +55,9 @@ def abort_connection(conn: Conn) -> None:
 
 
 class watchdog:
-    """Cut ``conn`` if the block has not finished within ``seconds``.
-
-    ``with watchdog(conn, s) as fired:`` gives a function telling whether the watchdog
-    fired; the block's error is then replaced by :class:`StatementDeadlineError`. A class,
-    not a generator: it wraps every statement.
-    """
+    """Cut ``conn`` if the block has not finished within ``seconds``; the block's error is
+    then replaced by :class:`StatementDeadlineError`. A class, not a generator: it wraps
+    every statement."""
 
     __slots__ = ("_conn", "_fired", "_handle", "_seconds")
 
@@ -74,12 +71,8 @@ class watchdog:
         self._fired = True
         abort_connection(self._conn)
 
-    def fired(self) -> bool:
-        return self._fired
-
-    def __enter__(self) -> Callable[[], bool]:
+    def __enter__(self) -> None:
         self._handle = asyncio.get_running_loop().call_later(self._seconds, self._fire)
-        return self.fired
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         assert self._handle is not None
