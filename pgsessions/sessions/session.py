@@ -269,22 +269,12 @@ class PostgresSession:
                 return []
             if effective >= _MAX_LIMIT:
                 effective = None
+        params: tuple[Any, ...]
         if self.ttl is None:
-            rows = await self._read(
-                "get_items",
-                self._sql.get_items,
-                (self.session_id, effective),
-                tenant=tenant,
-                replay_column=True,
-            )
+            query, params = self._sql.get_items, (self.session_id, effective)
         else:
-            rows = await self._read(
-                "get_items",
-                self._sql.get_items_ttl,
-                (self.ttl, self.session_id, effective),
-                tenant=tenant,
-                replay_column=True,
-            )
+            query, params = self._sql.get_items_ttl, (self.ttl, self.session_id, effective)
+        rows = await self._read("get_items", query, params, tenant=tenant, replay_column=True)
         text = rows[0][0] if rows else None
         if text is None:
             return []
