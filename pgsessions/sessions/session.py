@@ -278,7 +278,7 @@ class PostgresSession:
         text = rows[0][0] if rows else None
         if text is None:
             return []
-        items: list[TResponseInputItem] = decode(text)
+        items: list[TResponseInputItem] = decode(f"[{text}]")
         return items
 
     async def add_items(
