@@ -5,6 +5,11 @@ their user + system time, plus the time of children already reaped (the postmast
 cutime/cstime), so a backend that exits between two readings is still counted. Works when
 the server runs on this machine and its data directory is readable (the bench's own
 cluster); otherwise :func:`server_cpu_probe` returns None and the figure is left out.
+
+:func:`client_backends_cpu_seconds` counts only the backends serving client connections,
+in nanoseconds (``/proc/PID/schedstat``) rather than clock ticks: the precise figure for
+what a statement costs, without the background work (autovacuum, checkpoints, WAL senders)
+that lands in whichever measurement happens to be running.
 """
 
 from __future__ import annotations
@@ -43,6 +48,28 @@ def tree_cpu_seconds(postmaster: int) -> float:
     return ticks / _TICK
 
 
+def client_backends_cpu_seconds(postmaster: int) -> float:
+    """CPU seconds of ``postmaster``'s live client backends (not WAL senders), from
+    ``/proc/PID/schedstat`` (nanoseconds). Backends that have exited are not counted: use
+    it across a measurement on connections that stay open."""
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        fields = _stat_fields(int(entry.name))
+        if fields is None or int(fields[1]) != postmaster:
+            continue
+        try:
+            title = Path(f"/proc/{entry.name}/cmdline").read_bytes()
+            run_ns = Path(f"/proc/{entry.name}/schedstat").read_text().split()[0]
+        except OSError:
+            continue
+        # a client backend's title names its client: "... 127.0.0.1(40154) idle", "[local]"
+        if (b"(" in title or b"[local]" in title) and b"walsender" not in title:
+            total += int(run_ns)
+    return total / 1e9
+
+
 async def postmaster_pid(dsn: str) -> int | None:
     """The postmaster's pid from its ``postmaster.pid`` (None when not readable here)."""
     try:
@@ -61,9 +88,14 @@ async def postmaster_pid(dsn: str) -> int | None:
     return pid if _stat_fields(pid) is not None else None
 
 
-async def server_cpu_probe(dsn: str) -> Callable[[], float] | None:
-    """A function returning the server's CPU seconds so far, or None when it cannot be read."""
+async def server_cpu_probe(
+    dsn: str, *, client_backends: bool = False
+) -> Callable[[], float] | None:
+    """A function returning the server's CPU seconds so far (``client_backends``: its
+    client backends' only), or None when it cannot be read."""
     pid = await postmaster_pid(dsn)
     if pid is None:
         return None
+    if client_backends:
+        return lambda: client_backends_cpu_seconds(pid)
     return lambda: tree_cpu_seconds(pid)

@@ -3,9 +3,12 @@
 WAL bytes (``pg_current_wal_insert_lsn()`` deltas) and the primary's own CPU time (its
 processes in /proc: see servercpu.py) per ``add_items`` (a user message and a ~1 KB
 assistant message), per ``get_items(limit=50)`` and per turn (both), for pgsessions with
-reads on the primary, next to the one-statement floor of bench/wal.py. One client, one call
-at a time; CPU is the least of 3 runs, WAL the median, so a busy shared machine barely moves
-the figures. It measures whichever ``pgsessions`` is imported, so two versions can be
+reads on the primary, next to the one-statement floor of bench/wal.py and the raw floor's
+read of the same 50 items. CPU is given twice: all the primary's processes (what a call
+costs the server, WAL senders included), then its client backends alone, in nanoseconds
+(what the statements cost, without background work such as autovacuum). One client, one
+call at a time; CPU is the least of 3 runs, WAL the median, so a busy shared machine
+barely moves the figures. It measures whichever ``pgsessions`` is imported, so two versions can be
 compared back to back on one cluster. Starts its own throw-away cluster (primary + 2
 replicas, fsync on) unless given ``--dsn`` (a primary on this machine, as a superuser).
 """
@@ -26,7 +29,7 @@ from psycopg import sql
 
 from .payloads import Payloads
 from .servercpu import server_cpu_probe
-from .wal import FLOOR_APPEND, FLOOR_DDL
+from .wal import FLOOR_APPEND, FLOOR_DDL, FLOOR_READ
 
 
 async def _lsn(conn: psycopg.AsyncConnection[Any]) -> int:
@@ -37,11 +40,13 @@ async def _lsn(conn: psycopg.AsyncConnection[Any]) -> int:
 
 
 async def run(dsn: str, n: int) -> dict[str, dict[str, float]]:
-    """{case: {"wal_bytes": ..., "primary_cpu_us": ...}} per call."""
+    """{case: {"wal_bytes": ..., "primary_cpu_us": ..., "backend_cpu_us": ...}} per call:
+    the primary's processes, and its client backends alone (see servercpu.py)."""
     from pgsessions import PostgresSession, RouterConfig, SessionRouter, migrate
 
     probe = await server_cpu_probe(dsn)
-    if probe is None:
+    backends = await server_cpu_probe(dsn, client_backends=True)
+    if probe is None or backends is None:
         raise SystemExit(f"cannot read the server's processes in /proc for {dsn}")
     schema = f"cost_{uuid.uuid4().hex[:6]}"
     floor = sql.Identifier(f"{schema}_floor")
@@ -50,6 +55,7 @@ async def run(dsn: str, n: int) -> dict[str, dict[str, float]]:
     for q in FLOOR_DDL:
         await admin.execute(sql.SQL(q).format(s=floor))
     append = sql.SQL(FLOOR_APPEND).format(s=floor)
+    floor_read = sql.SQL(FLOOR_READ).format(s=floor)
     fconn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
     cfg = RouterConfig(hosts=[dsn], schema=schema, read_from_replicas=False)
     out: dict[str, dict[str, float]] = {}
@@ -61,20 +67,23 @@ async def run(dsn: str, n: int) -> dict[str, dict[str, float]]:
             async def measure(case: str, f: Callable[[int], Awaitable[Any]]) -> None:
                 for _ in range(max(50, n // 10)):
                     await f(next(counter))
-                cpus, wals = [], []
+                cpus, backend_cpus, wals = [], [], []
                 for _ in range(3):
-                    c0, w0 = probe(), await _lsn(admin)
+                    c0, b0, w0 = probe(), backends(), await _lsn(admin)
                     for _ in range(n):
                         await f(next(counter))
                     wals.append((await _lsn(admin) - w0) / n)
                     cpus.append((probe() - c0) / n)
+                    backend_cpus.append((backends() - b0) / n)
                 out[case] = {
                     "wal_bytes": round(statistics.median(wals), 1),
                     "primary_cpu_us": round(min(cpus) * 1e6, 1),
+                    "backend_cpu_us": round(min(backend_cpus) * 1e6, 1),
                 }
                 print(
                     f"{case:34s} WAL {out[case]['wal_bytes']:7.0f} B"
-                    f"   primary CPU {out[case]['primary_cpu_us']:6.0f} us",
+                    f"   primary CPU {out[case]['primary_cpu_us']:6.0f} us"
+                    f"   of which backends {out[case]['backend_cpu_us']:6.0f} us",
                     flush=True,
                 )
 
@@ -97,7 +106,13 @@ async def run(dsn: str, n: int) -> dict[str, dict[str, float]]:
             await measure("pgsessions add_items", add)
             await measure("pgsessions get_items(50), primary", get)
             await measure("pgsessions turn, primary", turn)
+
+            async def floor_get(k: int) -> None:
+                cur = await fconn.execute(floor_read, {"sid": f"f{k % 20}", "limit": 50})
+                await cur.fetchall()
+
             await measure("floor statement add", floor_add)
+            await measure("floor statement get_items(50)", floor_get)
             async with router.primary_connection() as conn:
                 await conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
     finally:

@@ -226,3 +226,25 @@ def test_server_cpu_counts_live_and_reaped_children() -> None:
     assert child.wait(timeout=10) == 0
     # the reaped child's 0.3 s now count in this process's cutime
     assert tree_cpu_seconds(me) - before >= 0.25
+
+
+async def test_client_backend_cpu_counts_what_a_connection_runs(
+    cluster: LocalCluster,
+) -> None:
+    import psycopg
+
+    from bench.servercpu import server_cpu_probe
+
+    backends = await server_cpu_probe(cluster.primary.dsn, client_backends=True)
+    assert backends is not None
+    async with await psycopg.AsyncConnection.connect(cluster.primary.dsn, autocommit=True) as c:
+        await c.execute("SELECT 1")
+        before = backends()
+        # about 0.1-0.5 s of one backend's CPU, whatever the machine
+        await c.execute("SELECT count(*) FROM generate_series(1, 3000000)")
+        busy = backends() - before
+        idle_start = backends()
+        await c.execute("SELECT 1")
+        idle = backends() - idle_start
+    assert busy > 0.05
+    assert idle < busy / 10
