@@ -566,10 +566,12 @@ def test_status_watch_refreshes_until_interrupted(cluster: LocalCluster) -> None
     import subprocess
     import sys
 
-    cmd = [sys.executable, "-m", "pgsessions.cli", "status", "--watch", "--json"]
+    # -X faulthandler: if it hangs, SIGABRT makes it print every thread's stack (this test
+    # failed once in CI, a process still running 30 s after SIGINT, not reproduced since)
+    cmd = [sys.executable, "-X", "faulthandler", "-m", "pgsessions.cli", "status", "--watch"]
     hosts = ",".join(cluster.dsns())
     proc = subprocess.Popen(
-        [*cmd, "--interval", "0.2", "--hosts", hosts],
+        [*cmd, "--json", "--interval", "0.2", "--hosts", hosts],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -580,7 +582,15 @@ def test_status_watch_refreshes_until_interrupted(cluster: LocalCluster) -> None
         assert all(s["primary"] == cluster.primary.host for s in snaps)
         assert len({s["checked_at"] for s in snaps}) >= 2, "the snapshots never refreshed"
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            out, err = proc.communicate(timeout=10)
+            pytest.fail(
+                f"still running 30 s after SIGINT ({out.count(chr(10))} more snapshots);"
+                f" its threads:\n{err[-6000:]}"
+            )
     finally:
         if proc.poll() is None:
             proc.kill()
