@@ -566,8 +566,7 @@ def test_status_watch_refreshes_until_interrupted(cluster: LocalCluster) -> None
     import subprocess
     import sys
 
-    # -X faulthandler: if it hangs, SIGABRT makes it print every thread's stack (this test
-    # failed once in CI, a process still running 30 s after SIGINT, not reproduced since)
+    # -X faulthandler: if it hangs, SIGABRT makes it print every thread's stack
     cmd = [sys.executable, "-X", "faulthandler", "-m", "pgsessions.cli", "status", "--watch"]
     hosts = ",".join(cluster.dsns())
     proc = subprocess.Popen(
@@ -575,6 +574,9 @@ def test_status_watch_refreshes_until_interrupted(cluster: LocalCluster) -> None
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # a test run started in the background (`cmd &` without job control) ignores SIGINT,
+        # and an ignored signal stays ignored in children: Ctrl-C would never reach it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert proc.stdout is not None
