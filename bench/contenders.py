@@ -103,6 +103,13 @@ async def _admin(dsn: str, statements: list[sql.Composable | str], params: Any =
 
 
 # ------------------------------------------------------------------------------ raw floor
+#: the floor's read of a session's latest %s items from table {t}, in key {k} order
+FLOOR_READ = (
+    "SELECT coalesce(json_agg(item ORDER BY {k}), '[]'::json) FROM"
+    " (SELECT {k}, item FROM {t} WHERE session_id = %s ORDER BY {k} DESC LIMIT %s) t"
+)
+
+
 class FloorSession(SessionABC):
     """The raw floor: one statement to append, one to read, autocommit, no router."""
 
@@ -116,10 +123,7 @@ class FloorSession(SessionABC):
             "SELECT %s, x FROM json_array_elements(%s::json) WITH ORDINALITY AS u(x, n) "
             "ORDER BY n"
         ).format(t)
-        self._read = sql.SQL(
-            "SELECT coalesce(json_agg(item ORDER BY id), '[]'::json) FROM "
-            "(SELECT id, item FROM {} WHERE session_id = %s ORDER BY id DESC LIMIT %s) t"
-        ).format(t)
+        self._read = sql.SQL(FLOOR_READ).format(t=t, k=sql.Identifier("id"))
         self._pop = sql.SQL(
             "DELETE FROM {t} WHERE session_id = %s AND id = "
             "(SELECT max(id) FROM {t} WHERE session_id = %s) RETURNING item"

@@ -15,7 +15,7 @@ that lands in whichever measurement happens to be running.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -32,6 +32,16 @@ def _stat_fields(pid: int) -> list[str] | None:
     return text[text.rindex(")") + 2 :].split()
 
 
+def _children(postmaster: int) -> Iterator[tuple[int, list[str]]]:
+    """(pid, stat fields) of ``postmaster``'s live children."""
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        fields = _stat_fields(int(entry.name))
+        if fields is not None and int(fields[1]) == postmaster:
+            yield int(entry.name), fields
+
+
 def tree_cpu_seconds(postmaster: int) -> float:
     """User + system CPU seconds of ``postmaster``, its live children and its reaped ones."""
     own = _stat_fields(postmaster)
@@ -39,12 +49,7 @@ def tree_cpu_seconds(postmaster: int) -> float:
         raise ProcessLookupError(f"no process {postmaster}")
     # fields after the name: state=0 ppid=1 ... utime=11 stime=12 cutime=13 cstime=14
     ticks = sum(int(x) for x in own[11:15])
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        fields = _stat_fields(int(entry.name))
-        if fields is not None and int(fields[1]) == postmaster:
-            ticks += int(fields[11]) + int(fields[12])
+    ticks += sum(int(fields[11]) + int(fields[12]) for _, fields in _children(postmaster))
     return ticks / _TICK
 
 
@@ -53,15 +58,10 @@ def client_backends_cpu_seconds(postmaster: int) -> float:
     ``/proc/PID/schedstat`` (nanoseconds). Backends that have exited are not counted: use
     it across a measurement on connections that stay open."""
     total = 0
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        fields = _stat_fields(int(entry.name))
-        if fields is None or int(fields[1]) != postmaster:
-            continue
+    for pid, _ in _children(postmaster):
         try:
-            title = Path(f"/proc/{entry.name}/cmdline").read_bytes()
-            run_ns = Path(f"/proc/{entry.name}/schedstat").read_text().split()[0]
+            title = Path(f"/proc/{pid}/cmdline").read_bytes()
+            run_ns = Path(f"/proc/{pid}/schedstat").read_text().split()[0]
         except OSError:
             continue
         # a client backend's title names its client: "... 127.0.0.1(40154) idle", "[local]"
@@ -88,14 +88,9 @@ async def postmaster_pid(dsn: str) -> int | None:
     return pid if _stat_fields(pid) is not None else None
 
 
-async def server_cpu_probe(
-    dsn: str, *, client_backends: bool = False
-) -> Callable[[], float] | None:
-    """A function returning the server's CPU seconds so far (``client_backends``: its
-    client backends' only), or None when it cannot be read."""
+async def server_cpu_probe(dsn: str) -> Callable[[], float] | None:
+    """A function returning the server's CPU seconds so far, or None when it cannot be read."""
     pid = await postmaster_pid(dsn)
     if pid is None:
         return None
-    if client_backends:
-        return lambda: client_backends_cpu_seconds(pid)
     return lambda: tree_cpu_seconds(pid)

@@ -8,9 +8,10 @@ read of the same 50 items. CPU is given twice: all the primary's processes (what
 costs the server, WAL senders included), then its client backends alone, in nanoseconds
 (what the statements cost, without background work such as autovacuum). One client, one
 call at a time; CPU is the least of 3 runs, WAL the median, so a busy shared machine
-barely moves the figures. It measures whichever ``pgsessions`` is imported, so two versions can be
-compared back to back on one cluster. Starts its own throw-away cluster (primary + 2
-replicas, fsync on) unless given ``--dsn`` (a primary on this machine, as a superuser).
+barely moves the figures. It measures whichever ``pgsessions`` is imported, so two
+versions can be compared back to back on one cluster. Starts its own throw-away cluster
+(primary + 2 replicas, fsync on) unless given ``--dsn`` (a primary on this machine, as a
+superuser).
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from .contenders import FLOOR_READ
 from .payloads import Payloads
-from .servercpu import server_cpu_probe
-from .wal import FLOOR_APPEND, FLOOR_DDL, FLOOR_READ
+from .servercpu import client_backends_cpu_seconds, postmaster_pid, tree_cpu_seconds
+from .wal import FLOOR_APPEND, FLOOR_DDL
 
 
 async def _lsn(conn: psycopg.AsyncConnection[Any]) -> int:
@@ -44,9 +46,8 @@ async def run(dsn: str, n: int) -> dict[str, dict[str, float]]:
     the primary's processes, and its client backends alone (see servercpu.py)."""
     from pgsessions import PostgresSession, RouterConfig, SessionRouter, migrate
 
-    probe = await server_cpu_probe(dsn)
-    backends = await server_cpu_probe(dsn, client_backends=True)
-    if probe is None or backends is None:
+    pid = await postmaster_pid(dsn)
+    if pid is None:
         raise SystemExit(f"cannot read the server's processes in /proc for {dsn}")
     schema = f"cost_{uuid.uuid4().hex[:6]}"
     floor = sql.Identifier(f"{schema}_floor")
@@ -55,7 +56,9 @@ async def run(dsn: str, n: int) -> dict[str, dict[str, float]]:
     for q in FLOOR_DDL:
         await admin.execute(sql.SQL(q).format(s=floor))
     append = sql.SQL(FLOOR_APPEND).format(s=floor)
-    floor_read = sql.SQL(FLOOR_READ).format(s=floor)
+    floor_read = sql.SQL(FLOOR_READ).format(
+        t=sql.Identifier(f"{schema}_floor", "messages"), k=sql.Identifier("seq")
+    )
     fconn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
     cfg = RouterConfig(hosts=[dsn], schema=schema, read_from_replicas=False)
     out: dict[str, dict[str, float]] = {}
@@ -69,12 +72,13 @@ async def run(dsn: str, n: int) -> dict[str, dict[str, float]]:
                     await f(next(counter))
                 cpus, backend_cpus, wals = [], [], []
                 for _ in range(3):
-                    c0, b0, w0 = probe(), backends(), await _lsn(admin)
+                    c0, b0 = tree_cpu_seconds(pid), client_backends_cpu_seconds(pid)
+                    w0 = await _lsn(admin)
                     for _ in range(n):
                         await f(next(counter))
                     wals.append((await _lsn(admin) - w0) / n)
-                    cpus.append((probe() - c0) / n)
-                    backend_cpus.append((backends() - b0) / n)
+                    cpus.append((tree_cpu_seconds(pid) - c0) / n)
+                    backend_cpus.append((client_backends_cpu_seconds(pid) - b0) / n)
                 out[case] = {
                     "wal_bytes": round(statistics.median(wals), 1),
                     "primary_cpu_us": round(min(cpus) * 1e6, 1),
@@ -103,13 +107,13 @@ async def run(dsn: str, n: int) -> dict[str, dict[str, float]]:
                 items = json.dumps(pl.turn("f", k), separators=(",", ":"))
                 await fconn.execute(append, {"sid": f"f{k % 20}", "items": items})
 
+            async def floor_get(k: int) -> None:
+                cur = await fconn.execute(floor_read, (f"f{k % 20}", 50))
+                await cur.fetchall()
+
             await measure("pgsessions add_items", add)
             await measure("pgsessions get_items(50), primary", get)
             await measure("pgsessions turn, primary", turn)
-
-            async def floor_get(k: int) -> None:
-                cur = await fconn.execute(floor_read, {"sid": f"f{k % 20}", "limit": 50})
-                await cur.fetchall()
 
             await measure("floor statement add", floor_add)
             await measure("floor statement get_items(50)", floor_get)

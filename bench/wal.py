@@ -41,13 +41,6 @@ FLOOR_APPEND = (
     " FROM c, json_array_elements(%(items)s::json) WITH ORDINALITY AS u(x, n)"
 )
 
-# the raw floor's read (bench/contenders.py) against the tables above
-FLOOR_READ = (
-    "SELECT coalesce(json_agg(item ORDER BY seq), '[]'::json) FROM"
-    " (SELECT seq, item FROM {s}.messages WHERE session_id = %(sid)s ORDER BY seq DESC"
-    " LIMIT %(limit)s) t"
-)
-
 
 async def _insert_lsn(conn: psycopg.AsyncConnection[Any]) -> int:
     cur = await conn.execute("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn")

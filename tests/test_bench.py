@@ -233,10 +233,14 @@ async def test_client_backend_cpu_counts_what_a_connection_runs(
 ) -> None:
     import psycopg
 
-    from bench.servercpu import server_cpu_probe
+    from bench.servercpu import client_backends_cpu_seconds, postmaster_pid
 
-    backends = await server_cpu_probe(cluster.primary.dsn, client_backends=True)
-    assert backends is not None
+    pid = await postmaster_pid(cluster.primary.dsn)
+    assert pid is not None
+
+    def backends() -> float:
+        return client_backends_cpu_seconds(pid)
+
     async with await psycopg.AsyncConnection.connect(cluster.primary.dsn, autocommit=True) as c:
         await c.execute("SELECT 1")
         before = backends()

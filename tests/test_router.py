@@ -589,10 +589,8 @@ def test_status_watch_refreshes_until_interrupted(cluster: LocalCluster) -> None
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGABRT)
             out, err = proc.communicate(timeout=10)
-            pytest.fail(
-                f"still running 30 s after SIGINT ({out.count(chr(10))} more snapshots);"
-                f" its threads:\n{err[-6000:]}"
-            )
+            more = out.count("\n")
+            pytest.fail(f"still running 30 s after SIGINT ({more} more snapshots): {err[-6000:]}")
     finally:
         if proc.poll() is None:
             proc.kill()
