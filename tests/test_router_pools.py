@@ -4,6 +4,7 @@ cancelled open() leaves nothing behind."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections import Counter
@@ -111,6 +112,31 @@ async def test_settings_made_in_an_admin_block_never_reach_a_request(
             seen.add(pid)
             assert timeout != "1ms" and app != "admin-block"
         assert admin_pid not in seen
+
+
+async def test_an_admin_block_takes_no_pool_slot_and_logs_no_warning(
+    cluster: LocalCluster, schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Admin work (migrations, prune, the CLI) opens a connection of its own: a full pool
+    does not hold it up, and closing it afterwards makes psycopg_pool log nothing (closing a
+    pooled connection made it warn "discarding closed connection" on every migrate)."""
+    cfg = fast_config(
+        cluster.dsns()[:1], schema, name="admin-own", primary_pool_min=1, primary_pool_max=1
+    )
+    async with SessionRouter(cfg) as r:
+        with caplog.at_level(logging.WARNING, logger="psycopg"):
+            async with r.primary_connection() as held:  # nested: another one
+                async with r.primary_connection() as conn:
+                    pids = {held.info.backend_pid, conn.info.backend_pid}
+                    await conn.execute("SET application_name = 'admin-own'")
+            assert len(pids) == 2
+            await migrate(r)
+            rows, _ = await r.execute_write("probe", "s", "SELECT pg_backend_pid()")
+            assert rows[0][0] not in pids
+        (stats,) = r.pool_stats().values()
+        assert stats.get("connections_num") == 1 and stats.get("returns_bad", 0) == 0, stats
+        warnings = [rec.getMessage() for rec in caplog.records if rec.levelno >= logging.WARNING]
+        assert warnings == [], warnings
 
 
 async def test_cancelled_open_leaves_no_pool_and_no_task(cluster: LocalCluster) -> None:

@@ -556,7 +556,7 @@ class SessionRouter:
                     ) from None
                 await asyncio.sleep(backoff(attempt))
         assert h.pool is not None
-        async with h.pool.admin_connection(wait=self.config.pool_timeout) as conn:
+        async with h.pool.admin_connection() as conn:
             try:
                 yield conn
             finally:

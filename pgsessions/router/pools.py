@@ -174,16 +174,21 @@ class HostPool:
         return _Checkout(self, wait, as_primary, on_wait)
 
     @asynccontextmanager
-    async def admin_connection(self, *, wait: float) -> AsyncIterator[Conn]:
-        """A primary connection for arbitrary admin work; closed afterwards, never reused,
-        so nothing the block sets (SET, temporary tables, locks) reaches a later request."""
-        async with self.connection(wait=wait, as_primary=True) as conn:
-            try:
-                yield conn
-            finally:
-                # the pool replaces a closed connection with a fresh one
-                with contextlib.suppress(psycopg.Error, OSError):
-                    await conn.close()
+    async def admin_connection(self) -> AsyncIterator[Conn]:
+        """A primary connection of its own for arbitrary admin work, opened for the block and
+        closed afterwards, so nothing the block sets (SET, temporary tables, locks) reaches a
+        request. Outside the pool: it takes no request's slot, and the pool never sees (nor
+        warns about) a connection closed under it."""
+        conn = await RouterConnection.connect(self.dsn, **connect_kwargs(self.dsn, self.config))
+        try:
+            with watchdog(conn, self.config.connect_timeout + self.config.statement_timeout):
+                standby = await configure(conn, self.config, self.dsn)
+            if standby:
+                raise StandbyConnectionError(f"{self.label} is a standby: not used as the primary")
+            yield conn
+        finally:
+            with contextlib.suppress(psycopg.Error, OSError):
+                await conn.close()
 
 
 class _Checkout:
