@@ -238,17 +238,13 @@ async def test_client_backend_cpu_counts_what_a_connection_runs(
     pid = await postmaster_pid(cluster.primary.dsn)
     assert pid is not None
 
-    def backends() -> float:
-        return client_backends_cpu_seconds(pid)
-
     async with await psycopg.AsyncConnection.connect(cluster.primary.dsn, autocommit=True) as c:
         await c.execute("SELECT 1")
-        before = backends()
+        before = client_backends_cpu_seconds(pid)
         # about 0.1-0.5 s of one backend's CPU, whatever the machine
         await c.execute("SELECT count(*) FROM generate_series(1, 3000000)")
-        busy = backends() - before
-        idle_start = backends()
+        after = client_backends_cpu_seconds(pid)
         await c.execute("SELECT 1")
-        idle = backends() - idle_start
+        busy, idle = after - before, client_backends_cpu_seconds(pid) - after
     assert busy > 0.05
     assert idle < busy / 10

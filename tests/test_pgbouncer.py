@@ -207,6 +207,42 @@ def _only_primary(cluster: LocalCluster) -> LocalCluster:
     return view
 
 
+async def test_prepared_statements_in_an_admin_block_raise_the_same_named_error(
+    cluster: LocalCluster, schema: str
+) -> None:
+    """An admin block's connection is its own, outside the pool, and reports a lost prepared
+    statement the same way a request does."""
+    (b,) = start_bouncers(_only_primary(cluster), pool_size=2)
+    try:
+        cfg = RouterConfig(
+            hosts=[b.dsn], schema=schema, prepared_statements="on", check_interval=60
+        )
+        async with SessionRouter(cfg) as r:
+            query = "SELECT pg_backend_pid(), %s::int"
+            with pytest.raises(PreparedStatementsError, match="prepared_statements") as info:
+                async with (
+                    r.primary_connection() as conn,
+                    await psycopg.AsyncConnection.connect(b.dsn) as other,
+                ):
+                    for i in range(50):
+                        cur = await conn.execute(query, (i,))
+                        row = await cur.fetchone()
+                        assert row is not None
+                        if i < 5:
+                            continue
+                        # hold the server connection the statement was prepared on: the
+                        # next run goes to the other one (a pool of 2)
+                        for _ in range(20):
+                            cur = await other.execute("SELECT pg_backend_pid()")
+                            held = await cur.fetchone()
+                            if held is not None and held[0] == row[0]:
+                                await conn.execute(query, (i,))
+                            await other.rollback()
+            assert isinstance(info.value.__cause__, psycopg.Error)
+    finally:
+        stop_bouncers(cluster.base_dir, only=[b])
+
+
 async def test_statement_timeout_never_leaks_through_the_bouncer(
     cluster: LocalCluster, schema: str
 ) -> None:

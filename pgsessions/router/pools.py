@@ -124,9 +124,21 @@ class HostPool:
         return c.replica_pool_min, c.replica_pool_max
 
     async def _configure(self, conn: Conn) -> None:
+        _opened_on_standby[conn] = await self._setup(conn)
+
+    async def _setup(self, conn: Conn) -> bool:
+        """Every new connection's first step (pooled or admin); whether it is on a standby."""
         # nothing is SET here: session settings come as connect options (connect.py)
         with watchdog(conn, self.config.connect_timeout + self.config.statement_timeout):
-            _opened_on_standby[conn] = await configure(conn, self.config, self.dsn)
+            return await configure(conn, self.config, self.dsn)
+
+    def not_primary(self) -> StandbyConnectionError:
+        return StandbyConnectionError(f"{self.label} is a standby: not used as the primary")
+
+    def prepared_statements_error(self, exc: BaseException) -> PreparedStatementsError | None:
+        """What ``exc`` becomes when a pooler lost psycopg's prepared statements, or None."""
+        failure = prepared_statement_failure(exc)
+        return None if failure is None else PreparedStatementsError(self.label, failure)
 
     async def open(self, wait: bool) -> None:
         await self.pool.open(wait=wait, timeout=self.config.connect_timeout + 1.0)
@@ -181,11 +193,15 @@ class HostPool:
         warns about) a connection closed under it."""
         conn = await RouterConnection.connect(self.dsn, **connect_kwargs(self.dsn, self.config))
         try:
-            with watchdog(conn, self.config.connect_timeout + self.config.statement_timeout):
-                standby = await configure(conn, self.config, self.dsn)
-            if standby:
-                raise StandbyConnectionError(f"{self.label} is a standby: not used as the primary")
-            yield conn
+            if await self._setup(conn):
+                raise self.not_primary()
+            try:
+                yield conn
+            except psycopg.Error as exc:
+                translated = self.prepared_statements_error(exc)
+                if translated is not None:
+                    raise translated from exc
+                raise
         finally:
             with contextlib.suppress(psycopg.Error, OSError):
                 await conn.close()
@@ -227,9 +243,7 @@ class _Checkout:
                 self._on_wait(time.monotonic() - t0)
             if self._as_primary and _opened_on_standby.get(conn, True):
                 if await is_standby(conn, host.config.connect_timeout):
-                    raise StandbyConnectionError(
-                        f"{host.label} is a standby: not used as the primary"
-                    )
+                    raise host.not_primary()
                 _opened_on_standby[conn] = False
         except BaseException:
             await self._release()
@@ -239,9 +253,9 @@ class _Checkout:
     async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         await self._release()
         if isinstance(exc, psycopg.Error):
-            failure = prepared_statement_failure(exc)
-            if failure is not None:
-                raise PreparedStatementsError(self._host.label, failure) from exc
+            translated = self._host.prepared_statements_error(exc)
+            if translated is not None:
+                raise translated from exc
 
     async def _release(self) -> None:
         conn, self._conn = self._conn, None
