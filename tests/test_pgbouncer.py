@@ -107,7 +107,8 @@ async def test_usage_and_listing(brouter: SessionRouter) -> None:
     async def listed_in_two_pages() -> bool:
         # a listing is as fresh as the router's last check (no session token): poll
         page = await list_sessions(brouter, limit=2)
-        assert len(page) == 2 and page.next_cursor is not None
+        if len(page) < 2 or page.next_cursor is None:
+            return False  # the replica has not replayed the later sessions yet
         rest = await list_sessions(brouter, limit=10, after=page.next_cursor)
         return wanted <= {i.session_id for i in page} | {i.session_id for i in rest}
 
