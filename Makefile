@@ -49,8 +49,8 @@ $(VENV)/.installed-$(EXTRAS): pyproject.toml
 	@touch $@
 
 lint: setup
-	$(VENV)/bin/ruff check pgsessions tests bench
-	$(VENV)/bin/ruff format --check pgsessions tests bench
+	$(VENV)/bin/ruff check pgsessions tests bench examples
+	$(VENV)/bin/ruff format --check pgsessions tests bench examples
 	$(VENV)/bin/mypy
 
 test: lint pgbouncer patroni

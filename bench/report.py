@@ -23,6 +23,7 @@ UNITS = {
     "history": "reads/s",
     "read-heavy": "ops/s",
     "runner": "runs/s",
+    "threads": "turns/s",
     "agent": "turns/s",
 }
 
@@ -188,6 +189,12 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         add(f"{turn} turns/s / raw floor", ">=", 0.95, pair=(r, f, "ops_per_s"))
         add(f"{turn} turns/s / SQLAlchemySession", ">=", 2.5, pair=(r, s, "ops_per_s"))
         add(f"{turn} p99 / raw floor p99", "<=", 1.5, pair=(r, f, "p99_ms"))
+    threads = results.get("workloads", {}).get("threads", [])
+    if threads:
+        n = threads[0]["param"]
+        t, k = cell(results, "threads", n, "threads"), cell(results, "threads", n, "tasks")
+        name = f"threads x{n}: run_sync client CPU per turn / tasks on one loop"
+        add(name, "<=", 1.3, pair=(t, k, "client_cpu_us_per_op"))
     agent = results.get("workloads", {}).get("agent", [])
     if agent:
         n = agent[0]["param"]

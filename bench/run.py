@@ -12,6 +12,7 @@ from .contenders import BenchEnv, Contender, default_contenders
 from .harness import NO_SESSION, Bench, BenchConfig, Cell, Log
 from .report import HEADLINE, add_ratios, machine_info, targets
 from .servercpu import server_cpu_probe
+from .threads import threads_workload
 from .wal import measure_wal
 
 
@@ -95,6 +96,13 @@ async def run_bench(
                 n = config.runner_sessions
                 label = f"{n} sessions; Runner.run with a scripted model, tracing off"
                 blocks.append(_block(n, label, await bench.runner(n)))
+            elif w == "threads":
+                n = config.runner_sessions
+                label = (
+                    f"{n} conversations; Runner.run in {n} tasks on the router's loop vs "
+                    f"Runner.run_sync in {n} threads on SessionRouter.start"
+                )
+                blocks.append(_block(n, label, await threads_workload(bench, n)))
             elif w == "agent":
                 n = config.agent_sessions
                 low, high = config.agent_pause

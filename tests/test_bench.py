@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 import pgsessions
+from bench import WORKLOADS
 from bench.cli import build_parser, config_from_args
 from bench.contenders import (
     BenchEnv,
@@ -72,13 +73,24 @@ async def test_every_contender_runs_and_passes_the_guard(
     for name in ran:
         assert status[name]["status"] == "ok", status[name]
 
-    assert set(results["workloads"]) == {"turn", "history", "read-heavy", "runner", "agent"}
+    assert set(results["workloads"]) == {
+        "turn",
+        "history",
+        "read-heavy",
+        "runner",
+        "threads",
+        "agent",
+    }
     assert [b["param"] for b in results["workloads"]["history"]] == [100, 1000]
     agent_names = ran & {"pgsessions-routed", "pgsessions-primary", "sqlalchemy"}
     for workload, blocks in results["workloads"].items():
         for block in blocks:
             names = {c["contender"] for c in block["cells"]}
-            want = {"runner": ran | {NO_SESSION}, "agent": agent_names}.get(workload, ran)
+            want = {
+                "runner": ran | {NO_SESSION},
+                "agent": agent_names,
+                "threads": {"tasks", "threads"},
+            }.get(workload, ran)
             assert names == want
             for c in block["cells"]:
                 assert c["ok"], c
@@ -97,7 +109,8 @@ async def test_every_contender_runs_and_passes_the_guard(
     for c in agent.values():
         assert c["primary_cpu_s_per_1000"] is not None and c["primary_cpu_s_per_1000"] > 0
     names = [t["target"] for t in results["targets"]]
-    assert len(names) == 8 and names[0].startswith("WAL bytes per add_items")
+    assert len(names) == 9 and names[0].startswith("WAL bytes per add_items")
+    assert any(n.startswith("threads x2: run_sync client CPU") for n in names)
     assert all(t["value"] is not None for t in results["targets"]), results["targets"]
     for key in ("cpu_count", "postgresql", "load_avg_start", "load_avg_end"):
         assert key in results["machine"]
@@ -203,7 +216,7 @@ def test_guard_helpers() -> None:
 def test_cli_options(argv: list[str]) -> None:
     cfg = config_from_args(build_parser().parse_args(argv))
     assert cfg.rounds >= 1 and cfg.duration > 0
-    assert set(cfg.workloads) <= {"wal", "turn", "history", "read-heavy", "runner", "agent"}
+    assert set(cfg.workloads) <= set(WORKLOADS)
     if "--sessions" in argv:
         assert cfg.workloads == ("turn",) and tuple(cfg.turn_sessions) == (8, 2)
 

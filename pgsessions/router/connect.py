@@ -25,6 +25,7 @@ from psycopg.conninfo import conninfo_to_dict
 from .arrays import ADAPTERS
 from .config import PreparedStatements, RouterConfig
 from .dsn import host_label
+from .loops import track_connection
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +76,16 @@ class RouterConnection(psycopg.AsyncConnection[Any]):
         if conninfo in _refuses_options:
             kwargs.pop("options", None)
         try:
-            return await super().connect(conninfo, **kwargs)
+            conn = await super().connect(conninfo, **kwargs)
         except psycopg.OperationalError as exc:
             if "options" not in kwargs or not refuses_options(exc):
                 raise
             _refuses_options.add(conninfo)
             kwargs.pop("options")
             log.info("pgsessions: the server refused connect options: connecting without")
-            return await super().connect(conninfo, **kwargs)
+            conn = await super().connect(conninfo, **kwargs)
+        track_connection(conn)  # a forked child cuts itself off from it (loops.py)
+        return conn
 
 
 def apply_prepare_mode(

@@ -13,10 +13,13 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import os
+import threading
 import time
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import psycopg
 from psycopg.abc import Params, Query
@@ -37,6 +40,7 @@ from .errors import (
 from .events import RouterObserver
 from .execution import Rows, Setup
 from .hosts import Host, host_table
+from .loops import LoopThread, on_fork_in_child, running_loop
 from .lsn import parse_lsn
 from .monitor_loop import Monitor
 from .planner import ReadPlan, plan_read, required_position
@@ -45,6 +49,17 @@ from .privileges import require_pg_monitor
 from .retry import backoff, write_retrying
 from .tokens import TokenStore
 from .topology import Topology
+
+T = TypeVar("T")
+
+
+class _Floor:
+    """The admin floor every read needs (raised by migrations), shared with a served twin."""
+
+    __slots__ = ("lsn",)
+
+    def __init__(self) -> None:
+        self.lsn = 0
 
 
 class _NoPrimaryYet(Exception):
@@ -66,18 +81,39 @@ class SessionRouter:
     #: the drills' deliberately broken router turns this on (reads ignore positions)
     _skip_position_check = False
 
-    def __init__(self, config: RouterConfig | str | Sequence[str]) -> None:
+    def __init__(
+        self,
+        config: RouterConfig | str | Sequence[str],
+        *,
+        _parent: SessionRouter | None = None,
+    ) -> None:
         if not isinstance(config, RouterConfig):
             config = RouterConfig(hosts=list(config) if not isinstance(config, str) else config)
         self.config = config
         self._hosts: dict[str, Host] = host_table(config)
         self._host_list = tuple(self._hosts.values())
-        self._counters = Counters()
+        # a served twin (see _served) shares what makes reads consistent and what is counted
+        self._counters: Counters = _parent._counters if _parent is not None else Counters()
         self._monitor = Monitor(config, self._hosts, self._counters)
-        self._tokens = TokenStore(config.token_cache_size)
+        self._tokens: TokenStore = (
+            _parent._tokens if _parent is not None else TokenStore(config.token_cache_size)
+        )
         #: every read needs at least this position (raised by admin work, e.g. migrations)
-        self._floor_lsn = 0
+        self._floor: _Floor = _parent._floor if _parent is not None else _Floor()
         self._open = False
+        #: why calls are refused once closed (a stop, a fork, ...)
+        self._closed_why: str | None = None
+        #: the loop that opened the router: its pools, locks and tasks belong to it
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: set when the router runs on a loop thread of its own (start(), or a served twin)
+        self._thread: LoopThread | None = None
+        #: serves calls made on other loops than the owner's (opened at the first one)
+        self._twin: SessionRouter | None = None
+        self._twin_ready: concurrent.futures.Future[None] | None = None
+        self._twin_lock = threading.Lock()
+        self._pid = os.getpid()
+        self._fork_note: str | None = None
+        on_fork_in_child(self)
 
     def __repr__(self) -> str:
         return f"SessionRouter(name={self.config.name!r}, primary={self._monitor.primary!r})"
@@ -86,15 +122,22 @@ class SessionRouter:
     async def open(self) -> None:
         """Check every host once (roles, lag), open the pools and start the monitor.
 
-        Raises :class:`NoPrimaryError` when no host answers at all; a cluster without a
-        primary opens (reads work, writes wait for one). Raises
-        :class:`MissingPrivilegeError` when the role of a
-        host cannot see replication status (needs ``pg_monitor``; not checked with one host
-        or ``read_from_replicas=False``). A cancelled or failed ``open()`` leaves no pool,
+        The loop that runs ``open()`` becomes the router's owner: its calls take the direct
+        path. Calls awaited on any other loop, in any thread, are served by a loop thread of
+        the router's own (see :meth:`start`). Raises :class:`NoPrimaryError` when no host
+        answers at all; a cluster without a primary opens (reads work, writes wait for one).
+        Raises :class:`MissingPrivilegeError` when the role of a host cannot see replication
+        status (needs ``pg_monitor``; not checked with one host or
+        ``read_from_replicas=False``). A cancelled or failed ``open()`` leaves no pool,
         connection or task behind.
         """
         if self._open:
             return
+        self._check_process()
+        if self._fork_note is not None:
+            raise RouterClosedError(self._fork_note)
+        self._closed_why = None
+        self._loop = asyncio.get_running_loop()
         self._monitor.prepare()
         try:
             await self._monitor.refresh()
@@ -105,16 +148,55 @@ class SessionRouter:
             await asyncio.shield(self._monitor.stop())
             raise
         self._open = True
-        self._monitor.start()
+        self._monitor.start(on_loop_end=self._owner_loop_ended)
+
+    def _owner_loop_ended(self) -> None:
+        """The owner loop is shutting down (e.g. ``asyncio.run()`` ends) with the router
+        open: its pools are closed with it; calls from other loops go on (served twin)."""
+        self._loop = None
 
     async def close(self) -> None:
         """Stop the monitor and close every pool; returns promptly with requests in flight.
 
         Requests still running finish on their connection; new ones raise
-        :class:`RouterClosedError`.
+        :class:`RouterClosedError`. May be awaited on any loop.
         """
         self._open = False
-        await self._monitor.stop()
+        self._closed_why = self._closed_why or "the router was closed"
+        if self._pid != os.getpid():
+            return  # a forked child: the pools are the parent's, never touched here
+        twin, self._twin = self._twin, None
+        if twin is not None:
+            await twin.close()
+        here = running_loop()
+        thread = self._thread
+        if thread is not None and not thread.in_thread():
+            if thread.alive:
+                try:
+                    await thread.run(self._monitor.stop())
+                except RouterClosedError:
+                    pass
+            await asyncio.to_thread(thread.stop, 5.0)
+        elif here is self._loop or self._loop is None:
+            await self._monitor.stop()
+            if thread is not None:
+                thread.stop()
+        else:
+            await self._stop_on_owner_loop(self._loop)
+
+    async def _stop_on_owner_loop(self, owner: asyncio.AbstractEventLoop) -> None:
+        """close() awaited on another loop than the owner's: stop the monitor there if that
+        loop still runs (waiting at most 2 s: it may be blocked by its own thread)."""
+        self._monitor.stopping = True
+        if owner.is_closed() or not owner.is_running():
+            return
+        try:
+            fut = asyncio.run_coroutine_threadsafe(self._monitor.stop(), owner)
+        except RuntimeError:
+            return
+        done, _ = await asyncio.wait([asyncio.wrap_future(fut)], timeout=2.0)
+        if not done:
+            fut.cancel()
 
     async def __aenter__(self) -> SessionRouter:
         await self.open()
@@ -122,6 +204,172 @@ class SessionRouter:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    # sync applications ------------------------------------------------------------------
+    @classmethod
+    def start(
+        cls, config: RouterConfig | str | Sequence[str], *, timeout: float | None = None
+    ) -> SessionRouter:
+        """An open router served by an event loop thread of its own (named, daemon).
+
+        For sync code (Flask, Django, Celery, scripts): sessions of this router work from
+        any thread, with or without an event loop (``Runner.run_sync`` included). Close it
+        with :meth:`stop`, or use ``with SessionRouter.start(config) as router:``. Raises
+        what :meth:`open` raises (and the thread is gone).
+        """
+        router = cls(config)
+        thread = LoopThread(f"pgsessions-{router.config.name}")
+        thread.start()
+        router._thread = thread
+        try:
+            thread.call(router.open(), timeout)
+        except BaseException:
+            thread.stop(5.0)
+            raise
+        return router
+
+    def stop(self, timeout: float | None = 10.0) -> None:
+        """Close the router from sync code and join its loop thread (see :meth:`start`).
+
+        Calls in flight finish or raise :class:`RouterClosedError`; later calls raise it.
+        """
+        if running_loop() is not None and running_loop() is self._loop:
+            raise RuntimeError("stop() blocks: on the router's own loop, await close()")
+        thread = self._thread
+        if thread is None:
+            twin = self._twin
+            self._open = False
+            self._closed_why = self._closed_why or "the router was stopped"
+            self._twin = None
+            if twin is not None:
+                twin.stop(timeout)
+            if self._loop is not None and self._pid == os.getpid():
+                owner = self._loop
+                self._monitor.stopping = True
+                if owner.is_running() and not owner.is_closed():
+                    fut = asyncio.run_coroutine_threadsafe(self._monitor.stop(), owner)
+                    try:
+                        fut.result(min(timeout or 2.0, 2.0))
+                    except (concurrent.futures.TimeoutError, RuntimeError):
+                        fut.cancel()
+            return
+        if thread.alive and self._pid == os.getpid():
+            try:
+                thread.call(self.close(), timeout)
+            except (RouterClosedError, concurrent.futures.TimeoutError):
+                pass
+        self._open = False
+        self._closed_why = self._closed_why or "the router was stopped"
+        thread.stop(timeout)
+
+    def __enter__(self) -> SessionRouter:
+        if self._thread is None:
+            raise TypeError(
+                "`with` needs a router made by SessionRouter.start(config); "
+                "in async code use `async with SessionRouter(config)`"
+            )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def run_sync(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run a pgsessions coroutine (``migrate(router)``, ``session.get_items()``, a
+        report) from sync code and return its result. Not from async code: await it there.
+        """
+        if running_loop() is not None:
+            coro.close()
+            raise RuntimeError(
+                "run_sync() blocks the calling thread: in async code, await the coroutine"
+            )
+        try:
+            self._require_open()
+        except BaseException:
+            coro.close()
+            raise
+        thread = self._thread or self._served_sync()._thread
+        assert thread is not None
+        return thread.call(coro, timeout)
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The loop thread serving this router (started by :meth:`start`), or None."""
+        return self._thread.thread if self._thread is not None else None
+
+    # other loops -------------------------------------------------------------------------
+    async def _away(self, call: Callable[[SessionRouter], Coroutine[Any, Any, T]]) -> T:
+        """Run ``call(router)`` where this router serves a caller on another loop than its
+        owner's: on its own loop thread, or on its served twin's."""
+        self._require_open()
+        target = self if self._thread is not None else await self._served()
+        assert target._thread is not None
+        return await target._thread.run(call(target))
+
+    def _make_twin(self) -> SessionRouter:
+        with self._twin_lock:
+            twin = self._twin
+            if twin is None:
+                self._require_open()
+                twin = SessionRouter(self.config, _parent=self)
+                thread = LoopThread(f"pgsessions-{self.config.name}-served")
+                thread.start()
+                twin._thread = thread
+                self._twin = twin
+                self._twin_ready = thread.submit(twin.open())
+            return twin
+
+    def _twin_failed(self, twin: SessionRouter) -> None:
+        with self._twin_lock:
+            if self._twin is twin:
+                self._twin = None
+        if twin._thread is not None:
+            twin._thread.stop(5.0)
+
+    async def _served(self) -> SessionRouter:
+        """The twin serving calls from other loops: the same hosts, pools of its own on a
+        loop thread, this router's tokens, floor and counters (opened at first use)."""
+        twin = self._twin
+        if twin is not None and twin._open:
+            return twin
+        twin = self._make_twin()
+        ready = self._twin_ready
+        assert ready is not None
+        try:
+            await asyncio.shield(asyncio.wrap_future(ready))
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            self._twin_failed(twin)
+            raise
+        return twin
+
+    def _served_sync(self) -> SessionRouter:
+        twin = self._make_twin()
+        ready = self._twin_ready
+        assert ready is not None
+        try:
+            ready.result()
+        except BaseException:
+            self._twin_failed(twin)
+            raise
+        return twin
+
+    # fork --------------------------------------------------------------------------------
+    def _check_process(self) -> None:
+        if self._pid != os.getpid():
+            self._forked()
+
+    def _forked(self) -> None:
+        """In a forked child: refuse every call (the connections are the parent's)."""
+        self._fork_note = self._closed_why = (
+            f"this router was made in process {self._pid}, which then forked: its "
+            "connections belong to that process and are never used here. Open a router "
+            "in the child after the fork (gunicorn: post_fork or the worker's app start; "
+            "uWSGI: lazy-apps; multiprocessing: in the child's target)"
+        )
+        self._open = False
+        self._twin = None
+        self._thread = None
 
     @property
     def closed(self) -> bool:
@@ -170,7 +418,9 @@ class SessionRouter:
     # failures --------------------------------------------------------------------------
     def _require_open(self) -> None:
         if not self._open:
-            raise RouterClosedError("the router is not open: use `async with SessionRouter(...)`")
+            raise RouterClosedError(
+                self._closed_why or "the router is not open: use `async with SessionRouter(...)`"
+            )
 
     def _failed(self, h: Host, exc: BaseException) -> None:
         """A request on ``h`` failed with a retryable error that is not overload."""
@@ -237,6 +487,18 @@ class SessionRouter:
         not retried, nothing written) or the original psycopg error (data, constraint and
         programming errors are never retried).
         """
+        if running_loop() is not self._loop:
+            return await self._away(
+                lambda r: r.execute_write(
+                    operation,
+                    session_id,
+                    query,
+                    params,
+                    commits=commits,
+                    setup=setup,
+                    retry_params=retry_params,
+                )
+            )
         self._require_open()
         t0 = time.monotonic()
         deadline = t0 + self.config.failover_timeout
@@ -391,6 +653,18 @@ class SessionRouter:
         keeps it, so that later reads up to there skip the replay check (the column stays in
         the rows returned).
         """
+        if running_loop() is not self._loop:
+            return await self._away(
+                lambda r: r.execute_read(
+                    operation,
+                    session_id,
+                    query,
+                    params,
+                    token=token,
+                    setup=setup,
+                    replay_column=replay_column,
+                )
+            )
         self._require_open()
         token_lsn = self._tokens.required(session_id, token)
         t0 = time.monotonic()
@@ -403,7 +677,7 @@ class SessionRouter:
             while True:
                 self._require_open()
                 mon = self._monitor
-                need = required_position(token_lsn, mon.primary_lsn, self._floor_lsn)
+                need = required_position(token_lsn, mon.primary_lsn, self._floor.lsn)
                 plan = plan_read(
                     self._host_list,
                     mon.primary,
@@ -541,26 +815,33 @@ class SessionRouter:
         every later read through this router, so a table created here is never missing on
         the replica a read goes to.
         """
-        self._require_open()
-        deadline = time.monotonic() + self.config.failover_timeout
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                h = await self._primary_for_write()
-                break
-            except _NoPrimaryYet:
-                if time.monotonic() >= deadline:
-                    raise NoPrimaryError(
-                        "no writable primary within failover_timeout", self._monitor.host_states()
-                    ) from None
-                await asyncio.sleep(backoff(attempt))
+        if running_loop() is not self._loop:
+            # the primary is found where this caller is served; the block's connection is
+            # its own, opened and used on the caller's loop
+            h = await self._away(lambda r: r._primary_for_admin())
+        else:
+            h = await self._primary_for_admin()
         assert h.pool is not None
         async with h.pool.admin_connection() as conn:
             try:
                 yield conn
             finally:
                 await self._raise_floor(conn)
+
+    async def _primary_for_admin(self) -> Host:
+        self._require_open()
+        deadline = time.monotonic() + self.config.failover_timeout
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._primary_for_write()
+            except _NoPrimaryYet:
+                if time.monotonic() >= deadline:
+                    raise NoPrimaryError(
+                        "no writable primary within failover_timeout", self._monitor.host_states()
+                    ) from None
+                await asyncio.sleep(backoff(attempt))
 
     async def _raise_floor(self, conn: psycopg.AsyncConnection[Any]) -> None:
         if conn.closed or conn.pgconn.transaction_status != TransactionStatus.IDLE:
@@ -572,7 +853,7 @@ class SessionRouter:
         except psycopg.Error:
             return
         if row is not None:
-            self._floor_lsn = max(self._floor_lsn, parse_lsn(str(row[0])))
+            self._floor.lsn = max(self._floor.lsn, parse_lsn(str(row[0])))
 
 
 def _saw_replay_column(h: Host, row: tuple[Any, ...]) -> None:

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from .config import RouterConfig
@@ -56,9 +56,13 @@ class Monitor:
         self._patroni_leader: str | None = None
         self._patroni_source = PatroniSource(config.patroni, config.check_timeout)
         self._patroni_task: asyncio.Task[PatroniView | None] | None = None
+        self._on_loop_end: Callable[[], None] | None = None
 
     # lifecycle -------------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, on_loop_end: Callable[[], None] | None = None) -> None:
+        """Start the loop; ``on_loop_end`` is called if its task is cancelled from outside
+        (the event loop shutting down, as at the end of ``asyncio.run()``)."""
+        self._on_loop_end = on_loop_end
         self._task = asyncio.create_task(self._run(), name=f"pgsessions-monitor-{self.config.name}")
 
     def prepare(self) -> None:
@@ -108,6 +112,20 @@ class Monitor:
 
     # the loop --------------------------------------------------------------------------
     async def _run(self) -> None:
+        try:
+            await self._checks()
+        except asyncio.CancelledError:
+            if not self.stopping:
+                # cancelled from outside with the router open: the loop is ending. Close
+                # the pools with it (psycopg_pool's workers outlive one cancellation, and
+                # asyncio.run() would wait for them forever)
+                self._task = None
+                if self._on_loop_end is not None:
+                    self._on_loop_end()
+                await self.stop()
+            raise
+
+    async def _checks(self) -> None:
         assert self._wake is not None
         while not self.stopping:
             try:

@@ -9,6 +9,7 @@ never pins a session to the primary.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 
 from .lsn import format_lsn, parse_lsn
@@ -18,12 +19,16 @@ _MAX_CAPS = 10_000
 
 
 class TokenStore:
-    """Per-router tokens by session id, at most ``size`` sessions (least recently used go)."""
+    """Per-router tokens by session id, at most ``size`` sessions (least recently used go).
+
+    Thread-safe: a router and its served twin (calls from other event loops) share one.
+    """
 
     def __init__(self, size: int) -> None:
         self.size = size
         self._by_session: OrderedDict[str, int] = OrderedDict()
         self._caps: OrderedDict[int, int] = OrderedDict()
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._by_session)
@@ -34,15 +39,17 @@ class TokenStore:
 
     def remember(self, session_id: str, lsn: int) -> None:
         """Keep ``lsn`` for ``session_id`` if it is newer than what is known."""
-        old = self._by_session.get(session_id)
-        if old is None or lsn > old:
-            self._by_session[session_id] = lsn
-        self._by_session.move_to_end(session_id)
-        while len(self._by_session) > self.size:
-            self._by_session.popitem(last=False)
+        with self._lock:
+            old = self._by_session.get(session_id)
+            if old is None or lsn > old:
+                self._by_session[session_id] = lsn
+            self._by_session.move_to_end(session_id)
+            while len(self._by_session) > self.size:
+                self._by_session.popitem(last=False)
 
     def forget(self, session_id: str) -> None:
-        self._by_session.pop(session_id, None)
+        with self._lock:
+            self._by_session.pop(session_id, None)
 
     def required(self, session_id: str | None, token: str | None) -> int | None:
         """The newest of ``token`` (validated: ValueError naming it) and the session's
@@ -59,9 +66,10 @@ class TokenStore:
         """Record that ``lsn`` lies beyond the primary's ``primary_lsn``; True if new."""
         if lsn <= primary_lsn or self._caps.get(lsn) == primary_lsn:
             return False
-        self._caps[lsn] = primary_lsn
-        while len(self._caps) > _MAX_CAPS:
-            self._caps.popitem(last=False)
+        with self._lock:
+            self._caps[lsn] = primary_lsn
+            while len(self._caps) > _MAX_CAPS:
+                self._caps.popitem(last=False)
         return True
 
     def _capped(self, lsn: int) -> int:
