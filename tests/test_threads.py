@@ -272,3 +272,88 @@ async def test_fork_child_never_touches_the_parents_connections(
     stats = router.stats()
     assert stats["connections_lost"] == lost and not stats["retries"], stats
     assert pool_losses(router) == pooled_lost, router.pool_stats()
+
+
+def test_operations_across_sessions_from_sync_code(started: SessionRouter) -> None:
+    """migrate, listing, usage, export, import and prune: each a coroutine run from a
+    thread without a loop (``run_sync``) and from threads with loops of their own."""
+    from datetime import UTC, datetime, timedelta
+
+    from pgsessions import list_sessions
+    from pgsessions.analytics.report import usage_report
+    from pgsessions.export.dump import export_lines
+    from pgsessions.export.load import import_records
+    from pgsessions.export.records import read_export
+    from pgsessions.retention.prune import prune
+
+    from .helpers import run_result
+
+    for i in range(3):
+        s = PostgresSession(f"ops-{i}", started)
+        started.run_sync(s.add_items([user(f"hello {i}")]))
+        started.run_sync(s.store_run_usage(run_result(10 + i)))
+    page = asyncio.run(list_sessions(started, limit=10))
+    assert {p.session_id for p in page.sessions} >= {"ops-0", "ops-1", "ops-2"}
+    now = datetime.now(UTC)
+    report = started.run_sync(
+        usage_report(started, since=now - timedelta(hours=1), until=now + timedelta(hours=1))
+    )
+    by_session = {r["session_id"]: r for r in report.reports["by_session"]}
+    assert [by_session[f"ops-{i}"]["input_tokens"] for i in range(3)] == [10, 11, 12]
+
+    async def export() -> list[str]:
+        return [line async for line in export_lines(started, session_ids_=["ops-1"])]
+
+    lines = asyncio.run(export())
+    assert any("hello 1" in line for line in lines)
+    records = list(read_export(lines))
+    summary = started.run_sync(import_records(started, records, replace=True))
+    assert not summary.errors
+    pruned = started.run_sync(prune(started, older_than=timedelta(days=365)))
+    assert pruned.conversations_deleted == 0 and pruned.transactions >= 1
+    assert started.topology().primary is not None
+
+
+def test_cancelling_a_caller_on_another_loop(started: SessionRouter) -> None:
+    """A cancelled write settles (stored once, then the caller sees its cancellation); a
+    cancelled read is cancelled on the router's loop too."""
+    session = PostgresSession("cancelled", started)
+
+    async def cancel_write(text: str) -> None:
+        task = asyncio.ensure_future(session.add_items([user(text)]))
+        await asyncio.sleep(0)  # let it start
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    sent = [f"settled-{i}" for i in range(6)]
+    for text in sent:
+        asyncio.run(cancel_write(text))
+    got = contents(started.run_sync(session.get_items()))
+    # each cancelled write either never started or settled: stored at most once, in order
+    assert len(got) == len(set(got)) and got == [t for t in sent if t in got], got
+
+    async def cancel_read() -> None:
+        task = asyncio.ensure_future(session.get_items())
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancel_read())
+    assert poll(lambda: not any(started.stats()["in_flight"].values()), 5)
+
+
+def test_the_readmes_sync_example_runs(
+    router_config: RouterConfig, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("### Sync and threaded apps", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.setenv("PGSESSIONS_HOSTS", ",".join(router_config.host_list))
+    monkeypatch.setenv("PGSESSIONS_SCHEMA", router_config.schema)
+    exec(compile(code, "README.md (Sync and threaded apps)", "exec"), {})
+    assert capsys.readouterr().out.strip() == "Hi! 2"
+    assert poll(lambda: not pgsessions_threads(), 10), pgsessions_threads()

@@ -377,7 +377,13 @@ class SessionRouter:
 
     # observation ------------------------------------------------------------------------
     def topology(self) -> Topology:
-        """The monitor's latest snapshot (no I/O)."""
+        """The monitor's latest snapshot (no I/O): of the part of the router that serves
+        the caller (its served twin on another loop, or once the owner loop has ended)."""
+        twin = self._twin
+        if twin is not None and twin._open:
+            here = running_loop()
+            if self._loop is None or (here is not None and here is not self._loop):
+                return twin._monitor.topology
         return self._monitor.topology
 
     def add_observer(self, observer: RouterObserver) -> None:

@@ -102,6 +102,8 @@ class LoopThread:
         self._pid = os.getpid()
         #: seconds calls in flight get to finish once the loop is stopped
         self.grace = 5.0
+        self._stop_sent = False
+        self._stop_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"LoopThread({self.name!r}, alive={self.alive})"
@@ -194,8 +196,11 @@ class LoopThread:
             return True
         if timeout is not None:
             self.grace = min(self.grace, max(0.0, timeout - 2.5))
-        with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(self.loop.stop)
+        with self._stop_lock:
+            stop, self._stop_sent = not self._stop_sent, True
+        if stop:  # once: a second stop() would cut the loop's own shutdown short
+            with contextlib.suppress(RuntimeError):
+                self.loop.call_soon_threadsafe(self.loop.stop)
         if not self.in_thread():
             self._thread.join(timeout)
         return not self._thread.is_alive()
