@@ -70,7 +70,7 @@ def test_runtime_import_path_loads_no_tools() -> None:
         "import pgsessions.router, pgsessions.sessions, pgsessions.monitoring\n"
         "tools = ('pgsessions.devcluster', 'pgsessions.drills', 'pgsessions.demo')\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.startswith(tools))))\n"
-        "print(json.dumps('pgsessions.router.core' in sys.modules))\n"
+        "print(json.dumps('pgsessions.router.session_router' in sys.modules))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True

@@ -11,7 +11,7 @@ from pgsessions.router import RouterConfig
 from pgsessions.router.classify import classify, is_connection_loss
 from pgsessions.router.connect import connect_kwargs, prepared_statement_failure, refuses_options
 from pgsessions.router.dsn import split_hosts, strip_own_options
-from pgsessions.router.monitor import Probe, UnexpectedReply, parse_probe_row
+from pgsessions.router.probe import Probe, UnexpectedReply, parse_probe_row
 
 GOOD_PRIMARY = (False, "0/3000060", None, None, None, 1796172342.5, None)
 GOOD_REPLICA = (True, None, "0/3000060", "0/3000060", 1796172340.0, 1796172342.5, "streaming")

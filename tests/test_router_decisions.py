@@ -25,9 +25,10 @@ from pgsessions.router.classify import (
     is_connection_loss,
     is_overload,
 )
+from pgsessions.router.health import Health, assess
 from pgsessions.router.lsn import format_lsn, parse_lsn
-from pgsessions.router.monitor import Health, Probe, assess
 from pgsessions.router.planner import plan_read, required_position
+from pgsessions.router.probe import Probe
 from pgsessions.router.tokens import TokenStore
 
 
@@ -286,7 +287,7 @@ def test_health_idle_primary_is_not_lag() -> None:
 
 def test_a_replay_position_seen_by_a_request_counts_until_the_host_is_forgotten() -> None:
     from pgsessions.router.hosts import Host
-    from pgsessions.router.monitor import Probe
+    from pgsessions.router.probe import Probe
 
     config = RouterConfig(hosts=["postgresql://app@db2:5432/agents"])
     h = Host(config.host_list[0], config)

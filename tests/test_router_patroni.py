@@ -16,7 +16,7 @@ import pytest
 from pgsessions import RouterConfig, SessionRouter
 from pgsessions.devcluster.patroni import PatroniCluster
 from pgsessions.router.dsn import host_label
-from pgsessions.router.monitor import Health
+from pgsessions.router.health import Health
 from pgsessions.router.patroni import (
     PatroniSource,
     leader_moved,

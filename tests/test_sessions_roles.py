@@ -27,7 +27,7 @@ from pgsessions import (
 )
 from pgsessions.devcluster import LocalCluster
 from pgsessions.devcluster.cluster import DBNAME
-from pgsessions.router.monitor import NEEDS_PG_MONITOR
+from pgsessions.router.probe import NEEDS_PG_MONITOR
 from pgsessions.sessions import Migration, load_migrations
 
 from .helpers import apoll

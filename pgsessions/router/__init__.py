@@ -1,7 +1,7 @@
 """WHERE a statement runs: topology, pools, health monitor, replica choice, tokens, failover."""
 
 from .config import RouterConfig
-from .core import SessionRouter
+from .counters import RouterObserver
 from .errors import (
     MissingPrivilegeError,
     NoEligibleReplicaError,
@@ -12,7 +12,7 @@ from .errors import (
     RouterError,
     SplitBrainError,
 )
-from .events import RouterObserver
+from .session_router import SessionRouter
 from .topology import HostState, Topology
 
 __all__ = [

@@ -1,4 +1,5 @@
-"""Which failures the router may retry, and why (the ``reason`` label of retries).
+"""Which failures the router may retry, why (the ``reason`` label of retries), and the
+backoff between attempts.
 
 Retryable: a lost connection and SQLSTATE class ``08`` (but not an ``08P01`` protocol
 violation at ERROR severity: the connection is still there), ``57P01``-``57P03`` (shutdown,
@@ -13,8 +14,18 @@ SQLSTATE class ``53`` are :func:`is_overload`; the router never bans a host for 
 
 from __future__ import annotations
 
+import random
+from collections.abc import Awaitable, Callable
+
 import psycopg
 from psycopg_pool import PoolClosed, PoolTimeout, TooManyRequests
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_delay,
+    wait_random_exponential,
+)
 
 #: the host answered, but as a standby: rediscover before retrying a write
 READ_ONLY = "read_only"
@@ -90,3 +101,39 @@ def is_connection_loss(exc: BaseException) -> bool:
 def short_error(exc: BaseException) -> str:
     """A short label for metrics: the psycopg class name (never the message)."""
     return type(exc).__name__
+
+
+# retries ----------------------------------------------------------------------------
+#: first backoff is up to this many seconds; it doubles per attempt up to BACKOFF_MAX
+BACKOFF_FIRST = 0.02
+BACKOFF_MAX = 1.0
+
+
+def write_retrying(
+    deadline_seconds: float,
+    retryable: Callable[[BaseException], bool],
+    before_sleep: Callable[[RetryCallState], Awaitable[None] | None],
+) -> AsyncRetrying:
+    """Attempts until one succeeds, an error is not retryable, or the deadline has passed.
+
+    The backoff never sleeps past the deadline, so the last attempt runs at the deadline:
+    a write gives up after ``deadline_seconds`` (plus that attempt), never earlier.
+    """
+    jitter = wait_random_exponential(multiplier=BACKOFF_FIRST, max=BACKOFF_MAX)
+
+    def wait(state: RetryCallState) -> float:
+        left = deadline_seconds - (state.seconds_since_start or 0.0)
+        return max(0.0, min(jitter(state), left))
+
+    return AsyncRetrying(
+        stop=stop_after_delay(deadline_seconds),
+        wait=wait,
+        retry=retry_if_exception(retryable),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+
+
+def backoff(attempt: int) -> float:
+    """Backoff before read attempt ``attempt`` (1-based) when no host could serve it."""
+    return random.uniform(0, min(BACKOFF_MAX, BACKOFF_FIRST * 2**attempt))

@@ -181,7 +181,7 @@ class RouterConfig:
         return mode  # type: ignore[return-value]
 
     def _check_patroni(self) -> None:
-        from .patroni import check_patroni_url
+        from .dsn import check_patroni_url
 
         raw = self.patroni
         urls = [u.strip() for u in raw.split(",")] if isinstance(raw, str) else list(raw)

@@ -164,3 +164,13 @@ def redact(dsn: str) -> str:
     if "password" in params:
         params["password"] = "***"
     return with_own_options(make_conninfo("", **params), own)
+
+
+def check_patroni_url(url: str) -> str | None:
+    """What is wrong with a Patroni REST URL, or None."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "give an http:// or https:// URL of a member's REST API"
+    if parts.username or parts.password:
+        return "give it without credentials (GET /cluster needs none)"
+    return None

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from .config import RouterConfig
 from .dsn import host_label
-from .monitor import Health, Probe, Prober
+from .health import Health
 from .pools import HostPool
+from .probe import Probe, Prober
 from .topology import Role
 
 

@@ -1,278 +1,346 @@
-"""Health checks: one probe per host per check, lag arithmetic and hysteresis.
+"""The monitor loop: one check of every host per ``check_interval``, and what it concludes.
 
-Each check asks every host one query over a connection kept for the monitor: whether it is in
-recovery, the primary's WAL flush position and clock, and for a standby its replay and receive
-positions, last replay timestamp and walreceiver status (which only a role in pg_monitor may
-see: without it the replica is never eligible and says why). The checks of all hosts run
-concurrently, each bounded by ``check_timeout`` (a host that does not answer is down).
+A check probes all hosts concurrently, finds the primary (exactly one writable host),
+assesses each replica's lag and health, adjusts pools to roles and publishes an immutable
+:class:`Topology`. Requests that see a host fail ask for a check at once (single flight:
+concurrent askers share one check).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-import psycopg
-
-from .classify import short_error
 from .config import RouterConfig
-from .connect import RouterConnection, configure, connect_kwargs, prepared_statement_failure
-from .lsn import parse_lsn
-from .pools import abort_connection, watchdog
+from .counters import Counters
+from .health import assess, describe_hosts, resolve_primary
+from .hosts import Host
+from .patroni import PatroniSource, PatroniView, leader_moved, replica_veto, veto
+from .pools import HostPool
+from .probe import Probe
+from .topology import HostState, Role, Topology
 
-PROBE_SQL = """
-SELECT pg_is_in_recovery(),
-       CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_flush_lsn()::text END,
-       pg_last_wal_replay_lsn()::text,
-       pg_last_wal_receive_lsn()::text,
-       extract(epoch FROM pg_last_xact_replay_timestamp())::float8,
-       extract(epoch FROM clock_timestamp())::float8,
-       (SELECT coalesce(status, CASE WHEN pid IS NOT NULL THEN 'hidden' END)
-          FROM pg_stat_wal_receiver LIMIT 1)
-"""
-
-# What a standby's walreceiver status reads as when the role may not see it: PostgreSQL shows
-# such a role the walreceiver's pid but not its status (pg_read_all_stats, e.g. pg_monitor).
-HIDDEN_STATUS = "hidden"
-NEEDS_PG_MONITOR = "walreceiver status hidden: the router's role needs pg_monitor"
+log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Probe:
-    """What one host answered to one check."""
+class Monitor:
+    """What the router knows of the cluster, kept current by one background task."""
 
-    up: bool
-    in_recovery: bool | None = None
-    flush_lsn: int | None = None
-    replay_lsn: int | None = None
-    receive_lsn: int | None = None
-    replay_ts: float | None = None
-    server_now: float | None = None
-    wal_status: str | None = None
-    error: str | None = None
-    started: float = 0.0  # monotonic time the probe began
-
-
-def _lsn(text: object) -> int | None:
-    if text is None:
-        return None
-    if not isinstance(text, str):
-        raise ValueError(f"an LSN as text, got {type(text).__name__}")
-    return parse_lsn(text)
-
-
-def _epoch(value: object) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"a number, got {type(value).__name__}")
-    return float(value)
-
-
-class UnexpectedReply(ValueError):
-    """A probe's reply does not have the shape PROBE_SQL gives (e.g. a pooler ran another
-    client's prepared statement in its place)."""
-
-
-def parse_probe_row(row: object, started: float) -> Probe:
-    """The :class:`Probe` of one reply to PROBE_SQL; raise UnexpectedReply for anything else."""
-    if not isinstance(row, tuple) or len(row) != 7:
-        size = len(row) if isinstance(row, tuple) else type(row).__name__
-        raise UnexpectedReply(f"unexpected reply to the health check ({size} columns, not 7)")
-    in_recovery, flush, replay, receive, replay_ts, now, status = row
-    try:
-        if not isinstance(in_recovery, bool):
-            raise ValueError(f"pg_is_in_recovery() gave {type(in_recovery).__name__}")
-        if status is not None and not isinstance(status, str):
-            raise ValueError(f"walreceiver status gave {type(status).__name__}")
-        probe = Probe(
-            up=True,
-            in_recovery=in_recovery,
-            flush_lsn=_lsn(flush),
-            replay_lsn=_lsn(replay),
-            receive_lsn=_lsn(receive),
-            replay_ts=_epoch(replay_ts),
-            server_now=_epoch(now),
-            wal_status=status,
-            started=started,
-        )
-    except ValueError as exc:
-        raise UnexpectedReply(f"unexpected reply to the health check: {exc}") from None
-    if not in_recovery and probe.flush_lsn is None:
-        raise UnexpectedReply("unexpected reply to the health check: a primary without a position")
-    if probe.server_now is None:
-        raise UnexpectedReply("unexpected reply to the health check: no server clock")
-    return probe
-
-
-class Prober:
-    """Keeps one autocommit connection per host for health checks.
-
-    :meth:`probe` never raises (except on cancellation): whatever goes wrong with one host,
-    including a reply of the wrong shape, makes that host down for that check only.
-    """
-
-    def __init__(self, dsn: str, config: RouterConfig) -> None:
-        self.dsn = dsn
+    def __init__(self, config: RouterConfig, hosts: dict[str, Host], counters: Counters) -> None:
         self.config = config
-        self._conn: psycopg.AsyncConnection[Any] | None = None
-        #: set by abort(): a connection made after it is closed at once, never kept
-        self.aborted = False
+        self.hosts = hosts
+        self.counters = counters
+        self.primary: str | None = None
+        self.split: tuple[str, ...] = ()
+        #: the primary's WAL flush position at the last check
+        self.primary_lsn: int | None = None
+        self._primary_probe: Probe | None = None
+        self._history: deque[tuple[float, int]] = deque(maxlen=10_000)
+        self._primary_lost_at: float | None = None
+        self._had_primary: str | None = None
+        self.topology = Topology(hosts=tuple(HostState(host=lbl) for lbl in hosts))
+        self.stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self._refresh_task: asyncio.Task[None] | None = None
+        self._refresh_started = 0.0
+        self._wake: asyncio.Event | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._probes: tuple[asyncio.Future[Probe], ...] = ()
+        #: Patroni's latest view (RouterConfig.patroni), and the leader it named
+        self.patroni: PatroniView | None = None
+        self._patroni_leader: str | None = None
+        self._patroni_source = PatroniSource(config.patroni, config.check_timeout)
+        self._patroni_task: asyncio.Task[PatroniView | None] | None = None
+        self._on_loop_end: Callable[[], None] | None = None
 
-    async def probe(self) -> Probe:
-        started = time.monotonic()
-        budget = self.config.check_timeout
+    # lifecycle -------------------------------------------------------------------------
+    def start(self, on_loop_end: Callable[[], None] | None = None) -> None:
+        """Start the loop; ``on_loop_end`` is called if its task is cancelled from outside
+        (the event loop shutting down, as at the end of ``asyncio.run()``)."""
+        self._on_loop_end = on_loop_end
+        self._task = asyncio.create_task(self._run(), name=f"pgsessions-monitor-{self.config.name}")
+
+    def prepare(self) -> None:
+        self.stopping = False
+        self._wake = asyncio.Event()
+        for h in self.hosts.values():
+            h.prober.aborted = False
+
+    async def stop(self) -> None:
+        """Stop the loop and any check under way; close every pool and probe connection."""
+        self.stopping = True
+        if self._wake is not None:
+            self._wake.set()
+        for h in self.hosts.values():
+            h.prober.abort()
+        tasks = [
+            t
+            for t in (self._task, self._refresh_task, self._patroni_task, *self._probes)
+            if t is not None
+        ]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=2.0)
+        self._task = self._refresh_task = self._patroni_task = None
+        self._probes = ()
+        pools = [h.pool for h in self.hosts.values() if h.pool is not None]
+        for h in self.hosts.values():
+            h.pool = None
+        await asyncio.gather(*(p.close() for p in pools), return_exceptions=True)
+        await asyncio.gather(*(h.prober.reset() for h in self.hosts.values()))
+        if self._background:
+            for t in self._background:
+                t.cancel()
+            await asyncio.wait(self._background, timeout=2.0)
+
+    def tasks(self) -> list[asyncio.Future[Any]]:
+        """Tasks of this monitor still running (for tests of clean shutdown)."""
+        tasks = (
+            self._task,
+            self._refresh_task,
+            self._patroni_task,
+            *self._probes,
+            *self._background,
+        )
+        return [t for t in tasks if t is not None and not t.done()]
+
+    # the loop --------------------------------------------------------------------------
+    async def _run(self) -> None:
         try:
-            conn = self._conn
-            if conn is None or conn.closed:
-                self._conn = None
-                # a silent host must not hold the whole check: connecting is bounded by
-                # check_timeout too (cancelling a connection attempt is clean)
-                async with asyncio.timeout(min(self.config.connect_timeout, budget)):
-                    kwargs = connect_kwargs(self.dsn, self.config)
-                    kwargs["connect_timeout"] = max(2, round(self.config.connect_timeout))
-                    conn = await RouterConnection.connect(self.dsn, **kwargs)
-                    if self.aborted:  # the router closed while this connection was made
-                        await conn.close()
-                        return Probe(up=False, error="router closed", started=started)
-                    self._conn = conn
-                    await configure(conn, self.config, self.dsn)
-            with watchdog(conn, budget):
-                cur = await conn.execute(PROBE_SQL)
-                row = await cur.fetchone()
-            return parse_probe_row(row, started)
-        except Exception as exc:
-            # one host's failure, whatever it is, is that host's down check, never the round's
-            await self.reset()
-            return Probe(up=False, error=_describe(exc), started=started)
+            await self._checks()
+        except asyncio.CancelledError:
+            if not self.stopping:
+                # cancelled from outside with the router open: the loop is ending. Close
+                # the pools with it (psycopg_pool's workers outlive one cancellation, and
+                # asyncio.run() would wait for them forever)
+                self._task = None
+                if self._on_loop_end is not None:
+                    self._on_loop_end()
+                await self.stop()
+            raise
 
-    async def fetch_one(self, query: str) -> tuple[Any, ...] | None:
-        """One row of ``query`` on the kept probe connection, bounded by ``check_timeout``;
-        None when there is no connection (the host was down at the last check)."""
-        conn = self._conn
-        if conn is None or conn.closed:
-            return None
-        with watchdog(conn, self.config.check_timeout):
-            cur = await conn.execute(query)
-            return await cur.fetchone()
+    async def _checks(self) -> None:
+        assert self._wake is not None
+        while not self.stopping:
+            try:
+                await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("pgsessions monitor check failed")
+            if self.stopping:
+                break
+            try:
+                async with asyncio.timeout(self.config.check_interval):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            self._wake.clear()
 
-    async def reset(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None and not conn.closed:
-            abort_connection(conn)
-            with contextlib.suppress(psycopg.Error, OSError):
-                await conn.close()
+    def poke(self) -> None:
+        """Ask for a check now (after a request saw a host fail)."""
+        if self._wake is not None:
+            self._wake.set()
 
-    def abort(self) -> None:
-        """Cut the connection at once (close() of the router)."""
-        self.aborted = True
-        if self._conn is not None:
-            abort_connection(self._conn)
+    async def refresh(self, after: float | None = None) -> None:
+        """Check every host once, sharing a check under way (single flight).
 
+        With ``after``, only a check that started at or after that moment will do.
+        """
+        while not self.stopping:
+            task = self._refresh_task
+            if task is not None and not task.done():
+                started = self._refresh_started
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(task)
+                if after is None or started >= after:
+                    return
+                continue
+            self._refresh_started = time.monotonic()
+            task = asyncio.create_task(self._check_all())
+            self._refresh_task = task
+            await asyncio.shield(task)
+            return
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "no answer (timeout)"
-    if isinstance(exc, UnexpectedReply):
-        return str(exc)
-    failure = prepared_statement_failure(exc)
-    if failure is not None:
-        return f"prepared statements lost by a pooler ({failure}): set prepared_statements=off"
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    # libpq messages name host and port, never the password; keep them short
-    return f"{short_error(exc)}: {text[:160]}" if text else short_error(exc)
+    async def _check_all(self) -> None:
+        try:
+            await self._check_all_hosts()
+        except Exception:
+            log.exception("pgsessions: health check failed")
 
+    async def _check_all_hosts(self) -> None:
+        hosts = list(self.hosts.values())
+        await self._poll_patroni()
+        # kept so that stop() can wait for every probe, not only for the gather
+        self._probes = tuple(asyncio.ensure_future(h.prober.probe()) for h in hosts)
+        probes = await asyncio.gather(*self._probes)
+        if self.stopping:
+            return
+        now = time.monotonic()
+        by_label = {h.label: p for h, p in zip(hosts, probes, strict=True)}
+        old = self.primary
+        primary, split = resolve_primary(by_label, old)
+        if split and not self.split:
+            log.error("pgsessions: split brain, writable hosts %s: refusing writes", split)
+        self.split = split
+        if primary is not None and not split:
+            pp = by_label[primary]
+            self._primary_probe = pp
+            if pp.flush_lsn is not None:
+                self.primary_lsn = pp.flush_lsn
+                self._history.append((pp.started, pp.flush_lsn))
+                horizon = now - max(60.0, 4 * self.config.max_lag_seconds)
+                while self._history and self._history[0][0] < horizon:
+                    self._history.popleft()
+        elif primary is None:
+            self._primary_probe = None
+        self._note_primary_change(old, primary, now)
+        self.primary = primary
+        for h, p in zip(hosts, probes, strict=True):
+            await self._apply_probe(h, p)
+        self._publish()
+        if leader_moved(self.patroni, primary, list(self.hosts)) and self.patroni is not None:
+            if self.patroni.leader != self._patroni_leader:
+                self.poke()  # Patroni named a new leader: check again now, not an interval later
+            self._patroni_leader = self.patroni.leader
 
-@dataclass
-class Health:
-    """What the monitor remembers of one replica between checks (hysteresis, lag history)."""
+    async def _poll_patroni(self) -> None:
+        """Take Patroni's last finished answer and start the next poll: a slow REST API
+        (a member cut off from etcd answers late) never holds up a check after the first."""
+        if not self.config.patroni or self.stopping:
+            return
+        task = self._patroni_task
+        if task is None:  # the first check (e.g. a one-shot `pgsessions status`) waits for it
+            task = asyncio.ensure_future(self._patroni_source.fetch())
+            await asyncio.wait([task])
+            if self.stopping:
+                return
+        if task.done():
+            failed = task.cancelled() or task.exception() is not None
+            self.patroni = None if failed else task.result()
+            task = asyncio.ensure_future(self._patroni_source.fetch())
+        self._patroni_task = task
 
-    eligible: bool = False
-    healthy_since: float | None = None
-    ever_unhealthy: bool = False
-    failures: int = 0
-    lag_bytes: int | None = None
-    lag_seconds: float | None = None
-    reason: str | None = None
+    def _note_primary_change(self, old: str | None, new: str | None, now: float) -> None:
+        if old is not None and new != old and self._primary_lost_at is None:
+            self._primary_lost_at = now
+        if new is None or new == old:
+            return
+        lost_at, self._primary_lost_at = self._primary_lost_at, None
+        previous, self._had_primary = self._had_primary, new
+        if previous is None or previous == new:
+            return  # first primary, or the same server came back
+        seconds = now - lost_at if lost_at is not None else 0.0
+        self.counters.add("failover")
+        log.warning("pgsessions: new primary %s (was %s) after %.2fs", new, previous, seconds)
+        self.counters.emit("on_failover", seconds)
 
+    async def _apply_probe(self, h: Host, p: Probe) -> None:
+        was_down = h.probe is not None and not h.probe.up
+        h.probe = p
+        if p.up:
+            role: Role = "replica" if p.in_recovery else "primary"
+            if role != h.role or was_down:
+                h.forget_positions()
+            h.role = role
+            h.down_checks = 0
+            if h.suspect_at and p.started >= h.suspect_at:
+                h.suspect_at = 0.0
+        else:
+            h.down_checks += 1
+            h.forget_positions()
+        if h.role == "replica":
+            primary_probe = self._primary_probe if not self.split else None
+            assess(h.health, p, primary_probe, self.primary_lsn, self._history, self.config)
+            reason = replica_veto(self.patroni, h.label, list(self.hosts))
+            if reason is not None:
+                veto(h.health, reason)
+        else:
+            # a host seen as primary, down or unknown goes through hysteresis when it
+            # becomes a replica (e.g. an old primary rejoining)
+            h.health.eligible = False
+            h.health.ever_unhealthy = True
+            h.health.healthy_since = None
+            h.health.lag_bytes = h.health.lag_seconds = None
+            h.health.reason = None if p.up else (p.error or "down")
+        if self.stopping:
+            return
+        if p.up:
+            if h.pool is None:
+                h.pool = HostPool(h.dsn, h.label, h.role, self.config)
+                await h.pool.open(wait=False)
+            else:
+                await h.pool.set_role(h.role)
+                if was_down:
+                    # the host was down and is back: its pooled connections may be dead
+                    self.recheck_pool(h)
+        elif h.pool is not None and h.down_checks >= 2:
+            pool, h.pool = h.pool, None
+            self._spawn(pool.close())
 
-def lag_of(
-    probe: Probe, primary: Probe | None, primary_lsn: int | None, history: deque[tuple[float, int]]
-) -> tuple[int | None, float | None]:
-    """Lag bytes and seconds of a standby.
+    def recheck_pool(self, h: Host) -> None:
+        """Check the host's idle pooled connections once (single flight per pool)."""
+        if h.pool is not None and not self.stopping:
+            self._spawn(h.pool.recheck())
 
-    Bytes: the primary's flush position minus the replay position (None without a primary
-    position). Seconds: 0 when bytes <= 0 (an idle primary is not lag); otherwise the primary's
-    clock minus the last replayed commit's timestamp, capped by how long ago the monitor last
-    saw a primary position that the standby has now replayed (the first number alone jumps to
-    the whole idle time when a commit follows a quiet spell).
-    """
-    if primary_lsn is None or probe.replay_lsn is None:
-        return None, None
-    lag_bytes = primary_lsn - probe.replay_lsn
-    if lag_bytes <= 0:
-        return lag_bytes, 0.0
-    now = time.monotonic()
-    estimates: list[float] = []
-    if primary is not None and primary.server_now is not None and probe.replay_ts is not None:
-        estimates.append(max(0.0, primary.server_now - probe.replay_ts))
-    seen_at = None
-    for t, lsn in reversed(history):
-        if lsn <= probe.replay_lsn:
-            seen_at = t
-            break
-    if seen_at is not None:
-        estimates.append(max(0.0, now - seen_at))
-    elif history:
-        estimates.append(max(0.0, now - history[0][0]))
-    return lag_bytes, (min(estimates) if estimates else None)
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
+    def _publish(self) -> None:
+        checked_at = time.time()
+        states = []
+        for h in self.hosts.values():
+            p = h.probe
+            pool_stats = h.pool.stats() if h.pool is not None else {}
+            states.append(
+                HostState(
+                    host=h.label,
+                    role=h.role,
+                    up=h.up,
+                    eligible=h.health.eligible,
+                    banned=bool(h.suspect_at),
+                    lag_bytes=h.health.lag_bytes,
+                    lag_seconds=h.health.lag_seconds,
+                    replay_lsn=p.replay_lsn if p is not None else None,
+                    receive_lsn=p.receive_lsn if p is not None else None,
+                    streaming=(
+                        (p.wal_status == "streaming")
+                        if p is not None and p.up and h.role == "replica"
+                        else None
+                    ),
+                    in_flight=h.in_flight,
+                    pool_size=pool_stats.get("pool_size", 0),
+                    pool_available=pool_stats.get("pool_available", 0),
+                    pool_waiting=pool_stats.get("requests_waiting", 0),
+                    error=h.health.reason if h.role == "replica" else (p.error if p else None),
+                    checked_at=checked_at,
+                )
+            )
+        self.topology = Topology(
+            hosts=tuple(states),
+            primary=self.primary,
+            primary_lsn=self.primary_lsn,
+            checked_at=checked_at,
+            split_brain=self.split,
+        )
 
-def assess(
-    health: Health,
-    probe: Probe,
-    primary: Probe | None,
-    primary_lsn: int | None,
-    history: deque[tuple[float, int]],
-    config: RouterConfig,
-) -> None:
-    """Update ``health`` from one probe of a standby: lag, then rotation with hysteresis.
+    def host_states(self) -> dict[str, str]:
+        return describe_hosts({h.label: h.probe for h in self.hosts.values()})
 
-    A replica leaves rotation at the first check that finds it down, not streaming, or past
-    either lag threshold; it returns only once it has been healthy for ``healthy_for``
-    seconds (at once on its very first check, so a fresh router reads from replicas).
-    """
-    now = time.monotonic()
-    health.lag_bytes, health.lag_seconds = lag_of(probe, primary, primary_lsn, history)
-    if not probe.up:
-        reason: str | None = probe.error or "down"
-    elif not probe.in_recovery:
-        reason = "not a standby"
-    elif probe.wal_status == HIDDEN_STATUS:
-        reason = NEEDS_PG_MONITOR
-    elif probe.wal_status != "streaming":
-        reason = f"walreceiver {probe.wal_status or 'stopped'}"
-    elif primary is None:
-        reason = "no primary to measure lag against"
-    elif health.lag_bytes is None or health.lag_bytes > config.max_lag_bytes:
-        reason = f"lag {health.lag_bytes} bytes"
-    elif health.lag_seconds is None or health.lag_seconds > config.max_lag_seconds:
-        reason = f"lag {health.lag_seconds}s"
-    else:
-        reason = None
-    health.failures = 0 if probe.up else health.failures + 1
-    health.reason = reason
-    if reason is not None:
-        health.eligible = False
-        health.healthy_since = None
-        health.ever_unhealthy = True
-        return
-    if health.healthy_since is None:
-        health.healthy_since = now
-    if not health.eligible:
-        if not health.ever_unhealthy or now - health.healthy_since >= config.healthy_for:
-            health.eligible = True
+    def mark_suspect(self, h: Host) -> None:
+        """Keep requests off ``h`` until a check that starts from now finds it up."""
+        h.forget_positions()
+        if not h.suspect_at:
+            self.counters.add("ban")
+        h.suspect_at = time.monotonic()
+        if h.label == self.primary and self._primary_lost_at is None:
+            self._primary_lost_at = h.suspect_at
+        self.poke()

@@ -26,9 +26,8 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
-from .monitor import Health
+from .health import Health
 
 #: Patroni member states in which a replica may serve reads ("streaming" from Patroni 3.0.4)
 SERVING_STATES = ("running", "streaming")
@@ -50,16 +49,6 @@ class PatroniView:
 
     members: dict[str, PatroniMember]
     leader: str | None
-
-
-def check_patroni_url(url: str) -> str | None:
-    """What is wrong with a Patroni REST URL, or None."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return "give an http:// or https:// URL of a member's REST API"
-    if parts.username or parts.password:
-        return "give it without credentials (GET /cluster needs none)"
-    return None
 
 
 def parse_cluster(doc: Any) -> PatroniView:

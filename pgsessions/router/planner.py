@@ -19,11 +19,11 @@ with no primary to an answering standby.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import random
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-from .choice import least_in_flight
 from .config import RouterConfig
 
 
@@ -45,6 +45,7 @@ class PlannedHost(Protocol):
 
 
 H = TypeVar("H", bound=PlannedHost)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -115,3 +116,13 @@ def plan_read(
 
 def _in_flight(h: PlannedHost) -> int:
     return h.in_flight
+
+
+def least_in_flight(candidates: Sequence[T], in_flight: Callable[[T], int]) -> T:
+    """The candidate with the fewest requests in flight (random among equals)."""
+    if not candidates:
+        raise ValueError("no candidates")
+    if len(candidates) == 1:
+        return candidates[0]
+    low = min(in_flight(c) for c in candidates)
+    return random.choice([c for c in candidates if in_flight(c) == low])

@@ -16,9 +16,9 @@ from typing import Any
 
 from ..hostargs import NoHostsError, add_hosts_arguments, command_hosts
 from .config import RouterConfig
-from .core import SessionRouter
 from .errors import RouterError
 from .lsn import format_lsn
+from .session_router import SessionRouter
 from .topology import HostState, Topology
 
 COLUMNS = [

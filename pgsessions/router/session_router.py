@@ -27,9 +27,16 @@ from psycopg.pq import TransactionStatus
 from tenacity import RetryCallState
 
 from . import execution
-from .classify import classify, is_connection_loss, is_overload, short_error
+from .classify import (
+    backoff,
+    classify,
+    is_connection_loss,
+    is_overload,
+    short_error,
+    write_retrying,
+)
 from .config import RouterConfig
-from .counters import Counters
+from .counters import Counters, RouterObserver
 from .errors import (
     NoEligibleReplicaError,
     NoPrimaryError,
@@ -37,16 +44,14 @@ from .errors import (
     RouterClosedError,
     SplitBrainError,
 )
-from .events import RouterObserver
 from .execution import Rows, Setup
 from .hosts import Host, host_table
 from .loops import LoopThread, on_fork_in_child, running_loop
 from .lsn import parse_lsn
-from .monitor_loop import Monitor
+from .monitor import Monitor
 from .planner import ReadPlan, plan_read, required_position
 from .pools import watchdog
 from .privileges import require_pg_monitor
-from .retry import backoff, write_retrying
 from .tokens import TokenStore
 from .topology import Topology
 
