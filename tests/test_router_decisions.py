@@ -141,9 +141,23 @@ def test_split_brain_reads_stay_off_the_other_writable_host() -> None:
     assert plan.host.label in ("r1", "r2")
 
 
-def test_skip_position_check_serves_a_stale_replica() -> None:
-    plan = plan_read(cluster(90, 95), "p", 100, cfg(), skip_position_check=True)
+def test_the_drills_position_blind_planner_serves_a_stale_replica() -> None:
+    from pgsessions.drills.broken import TokenIgnoringRouter, position_blind
+
+    assert plan_read(cluster(90, 95), "p", 100, cfg(), allow_wait=False).host is not None
+    assert plan_read(cluster(90, 95), "p", 100, cfg(), allow_wait=False).reason != "replica"
+    plan = position_blind(plan_read)(cluster(90, 95), "p", 100, cfg(), allow_wait=False)
     assert plan.reason == "replica"
+    assert TokenIgnoringRouter._plan_read is not plan_read
+
+
+def test_newest_token_compares_positions_not_text() -> None:
+    from pgsessions.router.tokens import newest
+
+    assert newest([None, "0/9", "0/10", None]) == "0/10"  # 0x10 > 0x9, though "0/9" > "0/10"
+    assert newest([None, None]) is None
+    with pytest.raises(ValueError, match="not a PostgreSQL LSN"):
+        newest(["0/1", "nope"])
 
 
 # ------------------------------------------------------------------ tokens

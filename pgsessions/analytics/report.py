@@ -12,7 +12,7 @@ from ..sessions.schema import migrate_hint
 from .queries import REPORTS, report_sql
 
 if TYPE_CHECKING:
-    from ..router import SessionRouter
+    from ..router.protocol import Router
 
 _COLUMNS = {
     "by_day": ("day", "turns", "requests", "input_tokens", "output_tokens", "total_tokens",
@@ -71,6 +71,44 @@ class _Where:
         raise AttributeError(name)
 
 
+#: per report: the columns that identify a row (others are summed across clusters) and the
+#: order rows come in, as (column, descending) pairs
+_KEYS: dict[str, tuple[tuple[str, ...], tuple[tuple[str, bool], ...]]] = {
+    "by_day": (("day",), (("day", False),)),
+    "by_model": (("model",), (("total_tokens", True), ("model", False))),
+    "by_session": (("session_id",), (("total_tokens", True), ("session_id", False))),
+    "busiest": (("session_id",), (("turns", True), ("requests", True), ("session_id", False))),
+    "largest": (("session_id",), (("items", True), ("session_id", False))),
+}
+_RANKED = ("by_session", "busiest", "largest")
+
+
+def combine(
+    name: str, per_cluster: Sequence[list[dict[str, Any]]], top: int
+) -> list[dict[str, Any]]:
+    """One report from each cluster's rows: rows of the same key summed (a conversation
+    lives on one cluster, so ``sessions`` counts add up), in the report's order, rankings
+    cut to ``top``."""
+    if len(per_cluster) == 1:
+        return per_cluster[0]
+    keys, order = _KEYS[name]
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for rows in per_cluster:
+        for row in rows:
+            k = tuple(row[c] for c in keys)
+            if k not in merged:
+                merged[k] = dict(row)
+                continue
+            acc = merged[k]
+            for col, value in row.items():
+                if col not in keys and isinstance(value, int) and not isinstance(value, bool):
+                    acc[col] = (acc[col] or 0) + value
+    out = list(merged.values())
+    for col, desc in reversed(order):  # stable sorts, least significant first
+        out.sort(key=lambda r: r[col], reverse=desc)
+    return out[:top] if name in _RANKED else out
+
+
 def _params(since: datetime, until: datetime, top: int) -> dict[str, Any]:
     if until <= since:
         raise ValueError(f"the range is empty: until {until.isoformat()} <= since {since}")
@@ -80,7 +118,7 @@ def _params(since: datetime, until: datetime, top: int) -> dict[str, Any]:
 
 
 async def usage_report(
-    router: SessionRouter,
+    router: Router,
     *,
     since: datetime,
     until: datetime,
@@ -95,12 +133,15 @@ async def usage_report(
     try:
         for name in reports:
             query = report_sql(name, router.config.schema)
-            with migrate_hint(router.config.schema):
-                rows = await router.execute_read(f"usage_{name}", None, query, params)
             cols = columns(name)
-            out.reports[name] = [
-                {c: _plain(v) for c, v in zip(cols, row, strict=True)} for row in rows
-            ]
+            per_cluster = []
+            for cluster in router.clusters():
+                with migrate_hint(router.config.schema):
+                    rows = await cluster.execute_read(f"usage_{name}", None, query, params)
+                per_cluster.append(
+                    [{c: _plain(v) for c, v in zip(cols, row, strict=True)} for row in rows]
+                )
+            out.reports[name] = combine(name, per_cluster, top)
             out.served_by[name] = where.role
     finally:
         router.remove_observer(where)
@@ -108,7 +149,7 @@ async def usage_report(
 
 
 async def explain_report(
-    router: SessionRouter, name: str, *, since: datetime, until: datetime, top: int = 10
+    router: Router, name: str, *, since: datetime, until: datetime, top: int = 10
 ) -> str:
     """``EXPLAIN`` of report ``name`` where the router sends it (the plan as text)."""
     query = "EXPLAIN " + report_sql(name, router.config.schema)

@@ -12,7 +12,7 @@ from ..sessions import PostgresSession
 if TYPE_CHECKING:
     from agents.items import TResponseInputItem
 
-    from ..router import SessionRouter
+    from ..router.protocol import Router
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -85,7 +85,7 @@ class DemoStats:
 class TimedSession(PostgresSession):
     """A PostgresSession that records how long ``get_items`` and ``add_items`` take."""
 
-    def __init__(self, session_id: str, router: SessionRouter, stats: DemoStats) -> None:
+    def __init__(self, session_id: str, router: Router, stats: DemoStats) -> None:
         super().__init__(session_id, router)
         self.stats = stats
 

@@ -10,12 +10,12 @@ from .stats import DemoStats, percentile
 from .view import router_stats
 
 if TYPE_CHECKING:
-    from ..router import SessionRouter
+    from ..router.protocol import Router
 
 USAGE_KEYS = ("runs", "requests", "input_tokens", "output_tokens", "total_tokens")
 
 
-async def usage_from_db(router: SessionRouter, prefix: str) -> dict[str, int]:
+async def usage_from_db(router: Router, prefix: str) -> dict[str, int]:
     """Totals over this run's rows of ``usage_logs`` (read on the primary)."""
     query = sql.SQL(
         "SELECT count(*), coalesce(sum(requests), 0), coalesce(sum(input_tokens), 0), "
@@ -39,7 +39,7 @@ def _lat(values: list[float]) -> dict[str, Any]:
 
 
 async def summarize(
-    router: SessionRouter,
+    router: Router,
     stats: DemoStats,
     *,
     prefix: str,

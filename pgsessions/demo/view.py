@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from .stats import DemoStats, percentile
 
 if TYPE_CHECKING:
-    from ..router import SessionRouter
+    from ..router.protocol import Router
 
 
 def _ms(v: float | None) -> str:
@@ -22,7 +22,7 @@ def _lag(h: Any) -> str:
     return f"lag {max(h.lag_bytes, 0) / 1024:.0f}KiB{secs}"
 
 
-def router_stats(router: SessionRouter) -> dict[str, Any]:
+def router_stats(router: Router) -> dict[str, Any]:
     stats = getattr(router, "stats", None)
     return stats() if callable(stats) else {}
 
@@ -36,7 +36,7 @@ class LiveView:
         self.duration = duration
         self._prev_reads: dict[str, int] = {}
 
-    def frame(self, stats: DemoStats, router: SessionRouter, metrics_url: str | None) -> None:
+    def frame(self, stats: DemoStats, router: Router, metrics_url: str | None) -> None:
         elapsed = time.monotonic() - stats.started
         rs = router_stats(router)
         reads: dict[str, dict[str, int]] = rs.get("reads", {})

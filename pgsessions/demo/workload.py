@@ -14,7 +14,7 @@ from .agent import build_agent, scripted_turn, user_message
 from .stats import DemoStats, TimedSession
 
 if TYPE_CHECKING:
-    from ..router import SessionRouter
+    from ..router.protocol import Router
 
 
 class Conversations:
@@ -25,7 +25,7 @@ class Conversations:
 
     def __init__(
         self,
-        router: SessionRouter,
+        router: Router,
         stats: DemoStats,
         *,
         count: int = 200,

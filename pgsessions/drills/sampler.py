@@ -18,7 +18,7 @@ from ..router.lsn import parse_lsn
 from .ledger import Ledger
 
 if TYPE_CHECKING:
-    from ..router import SessionRouter
+    from ..router.protocol import Router
 
 _PROBE = (
     "SELECT pg_is_in_recovery(), "
@@ -130,7 +130,7 @@ def describe_host(state: Any) -> str:
 class TopologyWatcher:
     """Records each change of the router's topology snapshot as a ``topology`` event."""
 
-    def __init__(self, router: SessionRouter, ledger: Ledger, interval: float = 0.05) -> None:
+    def __init__(self, router: Router, ledger: Ledger, interval: float = 0.05) -> None:
         self.router = router
         self.ledger = ledger
         self.interval = interval

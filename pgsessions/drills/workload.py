@@ -16,9 +16,9 @@ from ..sessions import PostgresSession
 from .ledger import Ledger, current_read
 
 if TYPE_CHECKING:
-    from ..router import SessionRouter
+    from ..router.protocol import Router
 
-SessionFactory = Callable[[str, "SessionRouter"], PostgresSession]
+SessionFactory = Callable[[str, "Router"], PostgresSession]
 ITEMS_PER_BATCH = 2
 READ_LIMIT = 3 * ITEMS_PER_BATCH
 
@@ -75,7 +75,7 @@ class DrillWorkload:
 
     def __init__(
         self,
-        router: SessionRouter,
+        router: Router,
         ledger: Ledger,
         *,
         prefix: str,

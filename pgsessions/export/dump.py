@@ -17,7 +17,7 @@ from ..sessions.schema import migrate_hint, quote_ident
 from .records import header_line
 
 if TYPE_CHECKING:
-    from ..router import SessionRouter
+    from ..router.protocol import Router
 
 #: conversations listed per statement when exporting many
 PAGE = 500
@@ -65,25 +65,26 @@ def _list_sql(schema: str, with_metadata: bool) -> str:
 
 
 async def session_ids(
-    router: SessionRouter, *, metadata: Mapping[str, Any] | None = None, page: int = PAGE
+    router: Router, *, metadata: Mapping[str, Any] | None = None, page: int = PAGE
 ) -> AsyncIterator[str]:
-    """Every session id (or those whose metadata contains ``metadata``), in id order, in
-    keyset pages of ``page``."""
+    """Every session id (or those whose metadata contains ``metadata``), cluster by cluster,
+    in id order, in keyset pages of ``page``."""
     meta = encode_metadata(metadata)
     query = _list_sql(router.config.schema, meta is not None)
-    after = ""
-    while True:
-        params: list[Any] = [after] + ([meta] if meta is not None else []) + [page]
-        with migrate_hint(router.config.schema):
-            rows = await router.execute_read("export_list", None, query, params)
-        for (sid,) in rows:
-            yield sid
-        if len(rows) < page:
-            return
-        after = rows[-1][0]
+    for cluster in router.clusters():
+        after = ""
+        while True:
+            params: list[Any] = [after] + ([meta] if meta is not None else []) + [page]
+            with migrate_hint(router.config.schema):
+                rows = await cluster.execute_read("export_list", None, query, params)
+            for (sid,) in rows:
+                yield sid
+            if len(rows) < page:
+                break
+            after = rows[-1][0]
 
 
-async def conversation_lines(router: SessionRouter, session_id: str) -> list[str]:
+async def conversation_lines(router: Router, session_id: str) -> list[str]:
     """The export lines of one conversation (empty when it does not exist)."""
     query = conversation_sql(router.config.schema)
     with migrate_hint(router.config.schema):
@@ -100,7 +101,7 @@ def _one_line(text: str) -> str:
 
 
 async def export_lines(
-    router: SessionRouter,
+    router: Router,
     *,
     session_ids_: Sequence[str] | None = None,
     metadata: Mapping[str, Any] | None = None,

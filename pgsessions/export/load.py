@@ -22,7 +22,7 @@ from ..sessions.schema import migrate_hint, quote_ident
 from .records import ConversationRecord
 
 if TYPE_CHECKING:
-    from ..router import SessionRouter
+    from ..router.protocol import Router
 
 Outcome = Literal["imported", "unchanged", "replaced", "conflict", "error"]
 #: items sent per INSERT statement (a large conversation takes several, in one transaction)
@@ -210,7 +210,7 @@ async def _import_one(
 
 
 async def import_records(
-    router: SessionRouter,
+    router: Router,
     records: AsyncIterable[ConversationRecord] | Iterable[ConversationRecord],
     *,
     replace: bool = False,

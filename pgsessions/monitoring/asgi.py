@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 from .endpoint import JSON, Endpoint
 
 if TYPE_CHECKING:
-    from ..router import SessionRouter
+    from ..router.protocol import Router
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -20,7 +20,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def metrics_app(
-    router: SessionRouter | Sequence[SessionRouter] | None = None,
+    router: Router | Sequence[Router] | None = None,
     *,
     registry: CollectorRegistry | None = None,
 ) -> ASGIApp:

@@ -19,7 +19,8 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from .metrics import METRICS, SPECS, RouterMetrics, safe_host
 
 if TYPE_CHECKING:
-    from ..router import SessionRouter, Topology
+    from ..router import Topology
+    from ..router.protocol import Router
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +33,12 @@ _collectors: weakref.WeakKeyDictionary[CollectorRegistry, PgSessionsCollector] =
 _collectors_lock = threading.Lock()
 
 
-def router_is_open(router: SessionRouter) -> bool:
+def router_is_open(router: Router) -> bool:
     """Whether ``router`` is open (a closed router stops reporting)."""
     return not router.closed
 
 
-def pool_stats(router: SessionRouter, topology: Topology) -> dict[str, Mapping[str, int]]:
+def pool_stats(router: Router, topology: Topology) -> dict[str, Mapping[str, int]]:
     """``host:port`` -> psycopg_pool ``get_stats()``-style dict, for the hosts with a pool.
 
     Read live from ``router.pool_stats()``; should that fail (a pool replaced while we read
@@ -94,12 +95,12 @@ class PgSessionsCollector:
             if self._entries.get(metrics.name) is metrics:
                 del self._entries[metrics.name]
 
-    def get(self, router: SessionRouter) -> RouterMetrics | None:
+    def get(self, router: Router) -> RouterMetrics | None:
         with self._lock:
             m = self._entries.get(router.config.name)
         return m if m is not None and m.router is router and not m.detached else None
 
-    def active(self) -> list[tuple[RouterMetrics, SessionRouter]]:
+    def active(self) -> list[tuple[RouterMetrics, Router]]:
         """Instrumented routers that are alive, attached and open."""
         out = []
         with self._lock:
@@ -134,7 +135,7 @@ class PgSessionsCollector:
         return list(families.values())
 
 
-def _snapshot_families(name: str, router: SessionRouter) -> list[GaugeMetricFamily]:
+def _snapshot_families(name: str, router: Router) -> list[GaugeMetricFamily]:
     topo = router.topology()
 
     def gauge(metric: str) -> GaugeMetricFamily:
@@ -183,7 +184,7 @@ def collector_for(registry: CollectorRegistry) -> PgSessionsCollector:
         return c
 
 
-def instrument(router: SessionRouter, registry: CollectorRegistry | None = None) -> RouterMetrics:
+def instrument(router: Router, registry: CollectorRegistry | None = None) -> RouterMetrics:
     """Observe ``router`` and expose it in ``registry`` (default: :data:`REGISTRY`).
 
     Idempotent per router and registry. Several routers share a registry when their
@@ -199,7 +200,7 @@ def instrument(router: SessionRouter, registry: CollectorRegistry | None = None)
     return metrics
 
 
-def uninstrument(router: SessionRouter, registry: CollectorRegistry | None = None) -> None:
+def uninstrument(router: Router, registry: CollectorRegistry | None = None) -> None:
     """Stop observing ``router``; its series disappear from ``registry``."""
     collector = collector_for(registry if registry is not None else REGISTRY)
     metrics = collector.get(router)
@@ -208,6 +209,6 @@ def uninstrument(router: SessionRouter, registry: CollectorRegistry | None = Non
         collector.remove(metrics)
 
 
-def routers_in(registry: CollectorRegistry | None = None) -> list[SessionRouter]:
+def routers_in(registry: CollectorRegistry | None = None) -> list[Router]:
     """The open routers exposed by ``registry``."""
     return [r for _, r in collector_for(registry or REGISTRY).active()]

@@ -13,7 +13,7 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 from .collector import REGISTRY, instrument, known_primary, router_is_open, routers_in
 
 if TYPE_CHECKING:
-    from ..router import SessionRouter
+    from ..router.protocol import Router
 
 
 JSON = "application/json"
@@ -24,19 +24,19 @@ class Endpoint:
 
     def __init__(
         self,
-        routers: SessionRouter | Sequence[SessionRouter] | None = None,
+        routers: Router | Sequence[Router] | None = None,
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.registry = registry if registry is not None else REGISTRY
         if routers is None:
-            self._routers: list[SessionRouter] | None = None
+            self._routers: list[Router] | None = None
         else:
             self._routers = [routers] if not isinstance(routers, Sequence) else list(routers)
             for r in self._routers:
                 instrument(r, self.registry)
 
     @property
-    def routers(self) -> list[SessionRouter]:
+    def routers(self) -> list[Router]:
         return self._routers if self._routers is not None else routers_in(self.registry)
 
     def metrics(

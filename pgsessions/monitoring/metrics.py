@@ -22,7 +22,7 @@ from prometheus_client.metrics_core import Metric
 from ..router.dsn import host_label
 
 if TYPE_CHECKING:
-    from ..router import SessionRouter
+    from ..router.protocol import Router
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ class RouterMetrics:
     :meth:`detach` removes the observer and stops the router's reporting.
     """
 
-    def __init__(self, router: SessionRouter) -> None:
+    def __init__(self, router: Router) -> None:
         self.name = router.config.name
         self._router = weakref.ref(router)
         self.detached = False
@@ -243,7 +243,7 @@ class RouterMetrics:
         self._tokens_capped = self.tokens_capped.labels(self.name)
 
     @property
-    def router(self) -> SessionRouter | None:
+    def router(self) -> Router | None:
         """The router, or None once it has been garbage-collected."""
         return self._router()
 

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from .endpoint import JSON, Endpoint
 
 if TYPE_CHECKING:
-    from ..router import SessionRouter
+    from ..router.protocol import Router
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ class MetricsServer:
 
 
 def serve(
-    router: SessionRouter | Sequence[SessionRouter] | None,
+    router: Router | Sequence[Router] | None,
     host: str = "127.0.0.1",
     port: int = 9464,
     *,

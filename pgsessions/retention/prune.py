@@ -30,7 +30,7 @@ from ..sessions.activity import updated_before
 from ..sessions.schema import migrate_hint, quote_ident
 
 if TYPE_CHECKING:
-    from ..router import SessionRouter
+    from ..router.protocol import Router
 
 
 @dataclass
@@ -90,7 +90,7 @@ def _sql(schema: str) -> dict[str, str]:
 
 
 async def prune(
-    router: SessionRouter,
+    router: Router,
     *,
     older_than: timedelta,
     batch: int = 100,
@@ -112,6 +112,25 @@ async def prune(
         raise ValueError("batch and item_batch must be >= 1")
     t0 = time.monotonic()
     summary = PruneSummary()
+    for cluster in router.clusters():  # each cluster prunes its own conversations
+        await _prune_cluster(
+            cluster, summary, older_than, batch, item_batch, ops_older_than, lock_timeout, progress
+        )
+    summary.seconds = round(time.monotonic() - t0, 3)
+    return summary
+
+
+async def _prune_cluster(
+    router: Router,
+    summary: PruneSummary,
+    older_than: timedelta,
+    batch: int,
+    item_batch: int,
+    ops_older_than: timedelta,
+    lock_timeout: float,
+    progress: Callable[[PruneSummary], None] | None,
+) -> None:
+    """:func:`prune` on one cluster, adding to ``summary``."""
     with migrate_hint(router.config.schema):
         sql = _sql(router.config.schema)
         async with router.primary_connection() as conn:
@@ -120,7 +139,7 @@ async def prune(
             row = await cur.fetchone()
             assert row is not None
             cutoff: datetime = row[0]
-            summary.cutoff = cutoff.isoformat()
+            summary.cutoff = summary.cutoff or cutoff.isoformat()
             after = ""
             while True:
                 cur = await conn.execute(
@@ -143,8 +162,6 @@ async def prune(
                 summary.transactions += 1
                 if n < item_batch:
                     break
-    summary.seconds = round(time.monotonic() - t0, 3)
-    return summary
 
 
 async def _prune_one(

@@ -12,6 +12,7 @@ from .errors import (
     RouterError,
     SplitBrainError,
 )
+from .protocol import RouteKey, Router
 from .session_router import SessionRouter
 from .topology import HostState, Topology
 
@@ -22,6 +23,8 @@ __all__ = [
     "NoPrimaryError",
     "OverloadedError",
     "PreparedStatementsError",
+    "RouteKey",
+    "Router",
     "RouterClosedError",
     "RouterConfig",
     "RouterError",

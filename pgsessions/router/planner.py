@@ -75,13 +75,11 @@ def plan_read(
     *,
     excluded: Collection[str] = (),
     allow_wait: bool = True,
-    skip_position_check: bool = False,
 ) -> ReadPlan[H]:
     """Choose the host for one read attempt (see the table in the module docstring).
 
     ``excluded``: hosts that already failed this read. ``allow_wait``: False once a
-    caught-up wait has failed. ``skip_position_check`` exists for the drills' deliberately
-    broken router only.
+    caught-up wait has failed. ``required`` None: any replica will do.
     """
     prim = next((h for h in hosts if h.label == primary), None) if primary else None
     if prim is not None and (not prim.usable or prim.label in excluded):
@@ -97,7 +95,7 @@ def plan_read(
             h for h in hosts if h.role == "replica" and h.usable and h.label not in excluded
         ]
         served = "no_primary"
-    need = None if skip_position_check else required
+    need = required
     fresh = [h for h in candidates if need is None or h.replay_lsn >= need]
     if fresh:
         return ReadPlan(least_in_flight(fresh, _in_flight), served)

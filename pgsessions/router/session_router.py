@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import psycopg
 from psycopg.abc import Params, Query
@@ -52,7 +52,8 @@ from .monitor import Monitor
 from .planner import ReadPlan, plan_read, required_position
 from .pools import watchdog
 from .privileges import require_pg_monitor
-from .tokens import TokenStore
+from .protocol import KeyLike, Router, route_key
+from .tokens import TokenStore, newest
 from .topology import Topology
 
 T = TypeVar("T")
@@ -83,8 +84,8 @@ class SessionRouter:
     never the schema.
     """
 
-    #: the drills' deliberately broken router turns this on (reads ignore positions)
-    _skip_position_check = False
+    #: which host serves a read (pure); the drills' broken router wraps it from outside
+    _plan_read = staticmethod(plan_read)
 
     def __init__(
         self,
@@ -411,20 +412,36 @@ class SessionRouter:
         return {h.label: h.pool.stats() for h in self._host_list if h.pool is not None}
 
     # consistency tokens ----------------------------------------------------------------
-    def token_for(self, session_id: str) -> str | None:
-        """The newest token this router holds for ``session_id``."""
-        return self._tokens.get(session_id)
+    def token_for(self, key: KeyLike) -> str | None:
+        """The newest token this router holds for ``key`` (a RouteKey or a session id)."""
+        k = route_key(key)
+        return None if k is None else self._tokens.get(k)
 
-    def remember_token(self, session_id: str, token: str | None) -> None:
-        """Keep ``token`` for ``session_id`` if it is newer than what is known (bounded LRU).
+    def remember_token(self, key: KeyLike, token: str | None) -> None:
+        """Keep ``token`` for ``key`` if it is newer than what is known (bounded LRU).
 
         Raises ValueError naming ``token`` unless it is a PostgreSQL LSN (``'0/4000028'``).
         """
-        if token is not None:
-            self._tokens.remember(session_id, parse_lsn(token))
+        k = route_key(key)
+        if token is not None and k is not None:
+            self._tokens.remember(k, parse_lsn(token))
 
-    def forget_token(self, session_id: str) -> None:
-        self._tokens.forget(session_id)
+    def forget_token(self, key: KeyLike) -> None:
+        k = route_key(key)
+        if k is not None:
+            self._tokens.forget(k)
+
+    def newest_token(self, *tokens: str | None) -> str | None:
+        """The newest of ``tokens`` (None when all are None); ValueError naming a non-token."""
+        return newest(tokens)
+
+    def clusters(self) -> Sequence[SessionRouter]:
+        """The clusters this router reaches: one, itself."""
+        return (self,)
+
+    def cluster_for(self, key: KeyLike) -> SessionRouter:
+        """The router of the cluster holding ``key``: this one."""
+        return self
 
     # failures --------------------------------------------------------------------------
     def _require_open(self) -> None:
@@ -468,7 +485,7 @@ class SessionRouter:
     async def execute_write(
         self,
         operation: str,
-        session_id: str,
+        key: KeyLike,
         query: Query,
         params: Params | None = None,
         *,
@@ -502,7 +519,7 @@ class SessionRouter:
             return await self._away(
                 lambda r: r.execute_write(
                     operation,
-                    session_id,
+                    key,
                     query,
                     params,
                     commits=commits,
@@ -524,7 +541,9 @@ class SessionRouter:
             self._counters.emit("on_operation", operation, "primary", seconds, short_error(exc))
             raise
         self._counters.add("write")
-        self._tokens.remember(session_id, parse_lsn(token))
+        k = route_key(key)
+        if k is not None:
+            self._tokens.remember(k, parse_lsn(token))
         self._counters.emit("on_operation", operation, "primary", time.monotonic() - t0, None)
         return rows, token
 
@@ -639,7 +658,7 @@ class SessionRouter:
     async def execute_read(
         self,
         operation: str,
-        session_id: str | None,
+        key: KeyLike,
         query: Query,
         params: Params | None = None,
         *,
@@ -650,13 +669,14 @@ class SessionRouter:
         """Run one read-only statement where it sees what it must.
 
         The read requires the newest of: ``token`` and the token this router remembers for
-        ``session_id`` (the session's own writes), the primary's WAL flush position at the
-        monitor's last check (every write committed before it, from any server), and the
-        admin floor. A replica serves the read if the monitor has seen it replay that far;
-        otherwise the read waits up to ``catch_up_wait`` for the most advanced replica,
-        then goes to the primary. On a lost connection or a recovery conflict it is retried
-        at once elsewhere; a busy replica is skipped, a busy primary raises
-        :class:`OverloadedError`. ``token`` must be a PostgreSQL LSN (ValueError naming it).
+        ``key`` (a :class:`RouteKey` or a session id: the session's own writes), the
+        primary's WAL flush position at the monitor's last check (every write committed
+        before it, from any server), and the admin floor. A replica serves the read if the
+        monitor has seen it replay that far; otherwise the read waits up to
+        ``catch_up_wait`` for the most advanced replica, then goes to the primary. On a lost
+        connection or a recovery conflict it is retried at once elsewhere; a busy replica is
+        skipped, a busy primary raises :class:`OverloadedError`. ``token`` must be a
+        PostgreSQL LSN (ValueError naming it).
         ``setup`` runs first in the same implicit transaction (one pipeline), wherever the
         read runs. ``replay_column``: the query's first row ends with its own
         ``pg_last_wal_replay_lsn()::text`` (NULL on a primary). Evaluated as the query ends,
@@ -668,7 +688,7 @@ class SessionRouter:
             return await self._away(
                 lambda r: r.execute_read(
                     operation,
-                    session_id,
+                    key,
                     query,
                     params,
                     token=token,
@@ -677,7 +697,7 @@ class SessionRouter:
                 )
             )
         self._require_open()
-        token_lsn = self._tokens.required(session_id, token)
+        token_lsn = self._tokens.required(route_key(key), token)
         t0 = time.monotonic()
         deadline = t0 + self.config.failover_timeout
         excluded: set[str] = set()
@@ -689,14 +709,13 @@ class SessionRouter:
                 self._require_open()
                 mon = self._monitor
                 need = required_position(token_lsn, mon.primary_lsn, self._floor.lsn)
-                plan = plan_read(
+                plan = self._plan_read(
                     self._host_list,
                     mon.primary,
                     need,
                     self.config,
                     excluded=excluded,
                     allow_wait=allow_wait,
-                    skip_position_check=self._skip_position_check,
                 )
                 if plan.host is None:
                     self._no_host_for_read(plan, deadline)
@@ -885,3 +904,9 @@ def _overload_text(exc: BaseException, config: RouterConfig) -> str:
     if isinstance(exc, psycopg.Error) and getattr(exc, "sqlstate", None):
         return f"server out of resources ({exc.sqlstate}: {type(exc).__name__})"
     return f"no connection within pool_timeout={config.pool_timeout}s (pool exhausted)"
+
+
+if TYPE_CHECKING:
+
+    def _is_a_router(r: SessionRouter) -> Router:
+        return r  # mypy: SessionRouter implements the Router protocol

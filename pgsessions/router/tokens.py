@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Hashable, Iterable
 
 from .lsn import format_lsn, parse_lsn
 
@@ -19,25 +20,26 @@ _MAX_CAPS = 10_000
 
 
 class TokenStore:
-    """Per-router tokens by session id, at most ``size`` sessions (least recently used go).
+    """Per-router tokens by conversation (route key), at most ``size`` of them (least
+    recently used go).
 
     Thread-safe: a router and its served twin (calls from other event loops) share one.
     """
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._by_session: OrderedDict[str, int] = OrderedDict()
+        self._by_session: OrderedDict[Hashable, int] = OrderedDict()
         self._caps: OrderedDict[int, int] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._by_session)
 
-    def get(self, session_id: str) -> str | None:
+    def get(self, session_id: Hashable) -> str | None:
         lsn = self._by_session.get(session_id)
         return None if lsn is None else format_lsn(self._capped(lsn))
 
-    def remember(self, session_id: str, lsn: int) -> None:
+    def remember(self, session_id: Hashable, lsn: int) -> None:
         """Keep ``lsn`` for ``session_id`` if it is newer than what is known."""
         with self._lock:
             old = self._by_session.get(session_id)
@@ -47,11 +49,11 @@ class TokenStore:
             while len(self._by_session) > self.size:
                 self._by_session.popitem(last=False)
 
-    def forget(self, session_id: str) -> None:
+    def forget(self, session_id: Hashable) -> None:
         with self._lock:
             self._by_session.pop(session_id, None)
 
-    def required(self, session_id: str | None, token: str | None) -> int | None:
+    def required(self, session_id: Hashable | None, token: str | None) -> int | None:
         """The newest of ``token`` (validated: ValueError naming it) and the session's
         remembered token, each capped; None when neither exists."""
         best = self._capped(parse_lsn(token)) if token is not None else None
@@ -76,3 +78,16 @@ class TokenStore:
         if not self._caps:
             return lsn
         return self._caps.get(lsn, lsn)
+
+
+def newest(tokens: Iterable[str | None]) -> str | None:
+    """The newest of ``tokens`` as it was given (None when all are None); ValueError naming
+    one that is not a token."""
+    best: tuple[int, str] | None = None
+    for token in tokens:
+        if token is None:
+            continue
+        lsn = parse_lsn(token)
+        if best is None or lsn > best[0]:
+            best = (lsn, token)
+    return None if best is None else best[1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -17,7 +18,7 @@ from .sql import statements
 from .tenants import tenant_errors
 
 if TYPE_CHECKING:
-    from ..router import SessionRouter
+    from ..router.protocol import Router
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,11 @@ def _encode_cursor(info: SessionInfo) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
+def _order(row: tuple[Any, ...]) -> tuple[datetime, str]:
+    # the listing's order: updated_at, then session_id (both descending)
+    return row[2], row[0]
+
+
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
@@ -70,7 +76,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 async def list_sessions(
-    router: SessionRouter,
+    router: Router,
     *,
     limit: int = 50,
     after: str | None = None,
@@ -87,6 +93,8 @@ async def list_sessions(
     router's last check; pass a session's ``consistency_token`` to see at least its writes.
     ``tenant`` lists that tenant's conversations (tenant isolation must be on, as for
     ``PostgresSession(tenant=...)``); without it, the conversations stored without a tenant.
+    Over several clusters, each is asked for its next page and the pages are merged: the
+    cursor is one for all of them.
     """
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise ValueError(f"limit must be a positive int, got {limit!r}")
@@ -116,10 +124,20 @@ async def list_sessions(
     )
     params.append(limit + 1)
     setup = None if tenant is None else (statements(router.config.schema).set_tenant, (tenant,))
-    with migrate_hint(router.config.schema), tenant_errors(None, tenant):
-        rows = await router.execute_read(
+
+    async def page_of(cluster: Router) -> list[tuple[Any, ...]]:
+        return await cluster.execute_read(
             "list_sessions", None, query, params, token=consistency_token, setup=setup
         )
+
+    with migrate_hint(router.config.schema), tenant_errors(None, tenant):
+        clusters = router.clusters()
+        if len(clusters) == 1:
+            rows = await page_of(clusters[0])
+        else:
+            # each cluster's next page after the cursor, merged in the one global order
+            pages = await asyncio.gather(*(page_of(c) for c in clusters))
+            rows = sorted((r for p in pages for r in p), key=_order, reverse=True)
     infos = [
         SessionInfo(
             session_id=sid,

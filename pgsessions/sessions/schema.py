@@ -18,7 +18,7 @@ from ..router.lsn import parse_lsn
 from .tenants import TenantError, isolation_state, isolation_statements
 
 if TYPE_CHECKING:
-    from ..router import SessionRouter
+    from ..router.protocol import Router
 
 _FILE_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -120,7 +120,7 @@ def _lock_key(schema: str) -> str:
 
 
 async def migrate(
-    router: SessionRouter,
+    router: Router,
     *,
     migrations: Sequence[Migration] | str | Path | None = None,
     grant_to: str | None = None,
@@ -140,12 +140,27 @@ async def migrate(
     turning it on raises :class:`~pgsessions.sessions.tenants.TenantError` (and changes
     nothing) when those tables belong to a superuser or BYPASSRLS role. A migration applied
     while isolation is on runs with the owner seeing every tenant's rows (the tables are
-    unforced and forced again inside its transaction).
+    unforced and forced again inside its transaction). A router over several clusters
+    migrates each of them, one after the other, each under its own lock; the result lists
+    the versions applied on any of them.
     """
     if migrations is None or isinstance(migrations, str | Path):
         todo = load_migrations(migrations)
     else:
         todo = sorted(migrations, key=lambda mig: mig.version)
+    applied: set[str] = set()
+    for cluster in router.clusters():
+        applied.update(await _migrate_cluster(cluster, todo, grant_to, tenant_isolation))
+    return sorted(applied)
+
+
+async def _migrate_cluster(
+    router: Router,
+    todo: Sequence[Migration],
+    grant_to: str | None,
+    tenant_isolation: bool | None,
+) -> list[str]:
+    """:func:`migrate` on one cluster."""
     schema = router.config.schema
     qs = quote_ident(schema)
     lock = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
@@ -232,7 +247,7 @@ async def _readable_versions(conn: AsyncConnection[Any], qs: str) -> set[str] | 
     return {r[0] for r in await cur.fetchall()}
 
 
-async def _wait_until_reads_see(router: SessionRouter, lsn: int) -> None:
+async def _wait_until_reads_see(router: Router, lsn: int) -> None:
     """Return once reads without a token can no longer land on a replica older than ``lsn``.
 
     Such reads need a replica that has replayed the primary position of the router monitor's
@@ -255,7 +270,7 @@ async def _wait_until_reads_see(router: SessionRouter, lsn: int) -> None:
         await asyncio.sleep(min(0.02, config.check_interval / 4))
 
 
-async def applied_migrations(router: SessionRouter) -> list[str]:
+async def applied_migrations(router: Router) -> list[str]:
     """Versions recorded in ``schema_migrations`` (empty when the schema does not exist)."""
     qs = quote_ident(router.config.schema)
     async with router.primary_connection() as conn:

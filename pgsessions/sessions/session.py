@@ -13,7 +13,7 @@ from agents.memory.session_settings import (
     resolve_session_limit,
 )
 
-from ..router.lsn import format_lsn, parse_lsn
+from ..router.protocol import RouteKey
 from . import usage as _usage
 from .ids import check_session_id, check_tenant
 from .items import decode, encode_items, encode_metadata
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from agents.result import RunResultBase
     from agents.run_context import RunContextWrapper
 
-    from ..router import SessionRouter
+    from ..router.protocol import Router
 
 # PostgreSQL's LIMIT is a bigint; anything at or above this means "all"
 _MAX_LIMIT = 2**63 - 1
@@ -88,7 +88,7 @@ class PostgresSession:
     def __init__(
         self,
         session_id: str,
-        router: SessionRouter,
+        router: Router,
         *,
         session_settings: SessionSettings | dict[str, Any] | None = None,
         consistency_token: str | None = None,
@@ -107,10 +107,10 @@ class PostgresSession:
         self._sql = statements(router.config.schema)
         self._metadata = encode_metadata(metadata)
         self.ttl = _ttl(ttl if ttl is not None else router.config.session_ttl)
-        self._token: int | None = None
+        self._token: str | None = None
         if consistency_token is not None:
-            self._token = parse_lsn(consistency_token)
-            router.remember_token(self._token_key(self.tenant), consistency_token)
+            router.remember_token(self._key(self.tenant), consistency_token)  # validates it
+            self._token = consistency_token
 
     @property
     def session_id(self) -> str:
@@ -148,28 +148,18 @@ class PostgresSession:
         Hand it to another server (``PostgresSession(..., consistency_token=...)``) so that
         its reads see this session's writes.
         """
-        mine = self._token
-        theirs = self.router.token_for(self._token_key(self.tenant))
-        if theirs is not None and (mine is None or parse_lsn(theirs) > mine):
-            return theirs
-        return None if mine is None else format_lsn(mine)
+        return self.router.newest_token(self._token, self.router.token_for(self._key(self.tenant)))
 
-    def _token_key(self, tenant: str | None) -> str:
-        # the router remembers tokens per tenant and session id (an id has no U+0000)
-        return self.session_id if tenant is None else f"{tenant}\x00{self.session_id}"
+    def _key(self, tenant: str | None) -> RouteKey:
+        # what the router routes by and keeps this conversation's token under
+        return RouteKey(tenant, self.session_id)
 
     def _setup(self, tenant: str | None) -> tuple[Any, Any] | None:
         # the tenant is set for the statement's own transaction only, on every attempt
         return None if tenant is None else (self._sql.set_tenant, (tenant,))
 
-    def _own_token(self) -> str | None:
-        # the router adds the token it remembers for this session id itself
-        return None if self._token is None else format_lsn(self._token)
-
     def _note(self, token: str) -> None:
-        lsn = parse_lsn(token)
-        if self._token is None or lsn > self._token:
-            self._token = lsn
+        self._token = self.router.newest_token(self._token, token)
 
     async def _write(
         self,
@@ -187,7 +177,7 @@ class PostgresSession:
             rows, token = await _await_mutation(
                 self.router.execute_write(
                     operation,
-                    self._token_key(tenant),
+                    self._key(tenant),
                     query,
                     params,
                     commits=commits,
@@ -210,10 +200,10 @@ class PostgresSession:
         with migrate_hint(self.router.config.schema), tenant_errors(None, tenant):
             return await self.router.execute_read(
                 operation,
-                self._token_key(tenant),
+                self._key(tenant),
                 query,
                 params,
-                token=self._own_token(),
+                token=self._token,
                 setup=self._setup(tenant),
                 replay_column=replay_column,
             )

@@ -13,7 +13,7 @@ from psycopg import errors, sql
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
 
-    from ..router import SessionRouter
+    from ..router.protocol import Router
 
 #: the tables whose rows belong to a tenant (ops holds no tenant data the app role can read)
 TENANT_TABLES = ("conversations", "messages", "usage_logs")
@@ -105,7 +105,7 @@ async def isolation_state(conn: AsyncConnection[Any], schema: str) -> IsolationS
     )
 
 
-async def tenant_isolation(router: SessionRouter) -> bool:
+async def tenant_isolation(router: Router) -> bool:
     """Whether tenant isolation is on in the router's schema (read on the primary)."""
     async with router.primary_connection() as conn:
         state = await isolation_state(conn, router.config.schema)
