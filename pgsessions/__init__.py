@@ -10,55 +10,55 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .router import (
+    from .errors import (
+        ExportFormatError,
         MissingPrivilegeError,
         NoEligibleReplicaError,
         NoPrimaryError,
         OverloadedError,
         PreparedStatementsError,
-        RouteKey,
-        Router,
         RouterClosedError,
-        RouterConfig,
         RouterError,
-        SessionRouter,
         SplitBrainError,
+        TenantConflictError,
+        TenantError,
     )
+    from .router import RouteKey, Router, RouterConfig, SessionRouter
     from .sessions import (
         Migration,
         PostgresSession,
         SessionInfo,
         SessionPage,
-        TenantConflictError,
-        TenantError,
         list_sessions,
         migrate,
     )
 
 _WHERE = {
-    "MissingPrivilegeError": ".router",
-    "NoEligibleReplicaError": ".router",
-    "NoPrimaryError": ".router",
-    "OverloadedError": ".router",
-    "PreparedStatementsError": ".router",
+    "ExportFormatError": ".errors",
+    "MissingPrivilegeError": ".errors",
+    "NoEligibleReplicaError": ".errors",
+    "NoPrimaryError": ".errors",
+    "OverloadedError": ".errors",
+    "PreparedStatementsError": ".errors",
     "RouteKey": ".router",
     "Router": ".router",
-    "RouterClosedError": ".router",
-    "RouterError": ".router",
+    "RouterClosedError": ".errors",
+    "RouterError": ".errors",
     "RouterConfig": ".router",
     "SessionRouter": ".router",
-    "SplitBrainError": ".router",
+    "SplitBrainError": ".errors",
     "Migration": ".sessions",
     "PostgresSession": ".sessions",
     "SessionInfo": ".sessions",
     "SessionPage": ".sessions",
-    "TenantConflictError": ".sessions",
-    "TenantError": ".sessions",
+    "TenantConflictError": ".errors",
+    "TenantError": ".errors",
     "list_sessions": ".sessions",
     "migrate": ".sessions",
 }
 
 __all__ = [
+    "ExportFormatError",
     "Migration",
     "MissingPrivilegeError",
     "NoEligibleReplicaError",

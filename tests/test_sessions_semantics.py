@@ -12,7 +12,7 @@ import pytest
 from agents.memory import Session, SessionSettings
 
 from pgsessions import PostgresSession, SessionRouter, migrate
-from pgsessions.router.errors import RouterClosedError
+from pgsessions.errors import RouterClosedError
 from pgsessions.router.lsn import parse_lsn
 from pgsessions.sessions.opids import new_op_id
 from pgsessions.sessions.schema import quote_ident

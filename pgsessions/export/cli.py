@@ -146,9 +146,10 @@ def run_import_command(args: argparse.Namespace) -> int:
 async def _import(args: argparse.Namespace, hosts: list[str]) -> int:
     import psycopg
 
+    from ..errors import ExportFormatError
     from ..router import RouterError, SessionRouter
     from .load import ImportSummary, import_records
-    from .records import ConversationRecord, ExportFormatError, read_export
+    from .records import ConversationRecord, read_export
     from .sdk_sources import SourceStats, safe_url, sqlalchemy_records, sqlite_records
 
     stats = SourceStats()

@@ -24,15 +24,13 @@ from dataclasses import dataclass, field
 from json.decoder import scanstring  # type: ignore[attr-defined]
 from typing import Any
 
+from ..errors import ExportFormatError
+
 FORMAT = "pgsessions-export"
 VERSION = 1
 
 _decoder = json.JSONDecoder()
 _WS = " \t\n\r"
-
-
-class ExportFormatError(ValueError):
-    """A line of an export file is not what the format says (names the line number)."""
 
 
 @dataclass

@@ -1,8 +1,6 @@
 """WHERE a statement runs: topology, pools, health monitor, replica choice, tokens, failover."""
 
-from .config import RouterConfig
-from .counters import RouterObserver
-from .errors import (
+from ..errors import (
     MissingPrivilegeError,
     NoEligibleReplicaError,
     NoPrimaryError,
@@ -12,6 +10,8 @@ from .errors import (
     RouterError,
     SplitBrainError,
 )
+from .config import RouterConfig
+from .counters import RouterObserver
 from .protocol import RouteKey, Router
 from .session_router import SessionRouter
 from .topology import HostState, Topology

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import psycopg
 
-from .errors import RouterClosedError
+from ..errors import RouterClosedError
 
 T = TypeVar("T")
 

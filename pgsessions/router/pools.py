@@ -22,10 +22,10 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from ..errors import PreparedStatementsError
 from .classify import StandbyConnectionError, StatementDeadlineError
 from .config import RouterConfig
 from .connect import RouterConnection, configure, connect_kwargs, prepared_statement_failure
-from .errors import PreparedStatementsError
 
 log = logging.getLogger(__name__)
 

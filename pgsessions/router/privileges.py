@@ -15,8 +15,8 @@ from typing import LiteralString
 import psycopg
 from psycopg import sql
 
+from ..errors import MissingPrivilegeError
 from .config import RouterConfig
-from .errors import MissingPrivilegeError
 from .hosts import Host
 
 #: USAGE: the role has the privileges of pg_read_all_stats (directly, inherited through

@@ -26,6 +26,13 @@ from psycopg.abc import Params, Query
 from psycopg.pq import TransactionStatus
 from tenacity import RetryCallState
 
+from ..errors import (
+    NoEligibleReplicaError,
+    NoPrimaryError,
+    OverloadedError,
+    RouterClosedError,
+    SplitBrainError,
+)
 from . import execution
 from .classify import (
     backoff,
@@ -37,13 +44,6 @@ from .classify import (
 )
 from .config import RouterConfig
 from .counters import Counters, RouterObserver
-from .errors import (
-    NoEligibleReplicaError,
-    NoPrimaryError,
-    OverloadedError,
-    RouterClosedError,
-    SplitBrainError,
-)
 from .execution import Rows, Setup
 from .hosts import Host, host_table
 from .loops import LoopThread, on_fork_in_child, running_loop

@@ -14,9 +14,9 @@ import sys
 import time
 from typing import Any
 
+from ..errors import RouterError
 from ..hostargs import NoHostsError, add_hosts_arguments, command_hosts
 from .config import RouterConfig
-from .errors import RouterError
 from .lsn import format_lsn
 from .session_router import SessionRouter
 from .topology import HostState, Topology

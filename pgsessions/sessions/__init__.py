@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..errors import TenantConflictError, TenantError
 from .listing import SessionInfo, SessionPage, list_sessions
 from .schema import Migration, applied_migrations, load_migrations, migrate
-from .tenants import TenantConflictError, TenantError, tenant_isolation
+from .tenants import tenant_isolation
 
 if TYPE_CHECKING:
     from .session import PostgresSession

@@ -55,9 +55,10 @@ async def _migrate(
 ) -> int:
     import psycopg
 
+    from ..errors import TenantError
     from ..router import RouterConfig, RouterError, SessionRouter
     from .schema import applied_migrations, migrate
-    from .tenants import TenantError, tenant_isolation
+    from .tenants import tenant_isolation
 
     # migrating reads nothing from replicas: the owner role needs no pg_monitor for it
     overrides: dict[str, object] = {"hosts": hosts, "read_from_replicas": False}

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg import AsyncConnection, errors, sql
 
+from ..errors import TenantError
 from ..router.lsn import parse_lsn
-from .tenants import TenantError, isolation_state, isolation_statements
+from .tenants import isolation_state, isolation_statements
 
 if TYPE_CHECKING:
     from ..router.protocol import Router
@@ -137,7 +138,7 @@ async def migrate(
     :data:`APP_GRANTS`): run migrations as the schema owner, the application as that role.
     ``tenant_isolation`` True turns row-level security per tenant on (enabled and forced on
     conversations, messages and usage_logs), False turns it off, None leaves it as it is;
-    turning it on raises :class:`~pgsessions.sessions.tenants.TenantError` (and changes
+    turning it on raises :class:`~pgsessions.errors.TenantError` (and changes
     nothing) when those tables belong to a superuser or BYPASSRLS role. A migration applied
     while isolation is on runs with the owner seeing every tenant's rows (the tables are
     unforced and forced again inside its transaction). A router over several clusters

@@ -13,6 +13,7 @@ from agents.memory.session_settings import (
     resolve_session_limit,
 )
 
+from ..errors import TenantError
 from ..router.protocol import RouteKey
 from . import usage as _usage
 from .ids import check_session_id, check_tenant
@@ -20,7 +21,7 @@ from .items import decode, encode_items, encode_metadata
 from .opids import new_op_id
 from .schema import migrate_hint
 from .sql import statements
-from .tenants import TenantError, tenant_errors
+from .tenants import tenant_errors
 
 if TYPE_CHECKING:
     from agents.items import TResponseInputItem
@@ -75,7 +76,7 @@ class PostgresSession:
             context instead. Needs tenant isolation on in the schema (``pgsessions migrate
             --tenant-isolation on``): with it, PostgreSQL's row-level security lets the
             session see and change only its tenant's rows; without it a call with a tenant
-            raises :class:`~pgsessions.sessions.tenants.TenantError` (fail closed).
+            raises :class:`~pgsessions.errors.TenantError` (fail closed).
         ttl: time-to-live in seconds (or a timedelta); default ``RouterConfig.session_ttl``
             (None: forever). Items written before an idle gap longer than the TTL (counting
             up to now) are not read, like an expired key of the SDK's RedisSession: a
@@ -218,7 +219,7 @@ class PostgresSession:
         direct calls without a wrapper) pass None. Override it to take the tenant from the
         run context, e.g. ``return wrapper.context.tenant_id if wrapper else self.tenant``.
         A result of None means the session's ``tenant``; a tenant other than a non-None
-        ``tenant`` raises :class:`~pgsessions.sessions.tenants.TenantError`, so a session
+        ``tenant`` raises :class:`~pgsessions.errors.TenantError`, so a session
         bound to one tenant never acts for another.
         """
         return self.tenant

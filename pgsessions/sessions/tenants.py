@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg import errors, sql
 
+from ..errors import TenantConflictError, TenantError
+
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
 
@@ -17,27 +19,6 @@ if TYPE_CHECKING:
 
 #: the tables whose rows belong to a tenant (ops holds no tenant data the app role can read)
 TENANT_TABLES = ("conversations", "messages", "usage_logs")
-
-
-class TenantError(Exception):
-    """Tenant isolation refused the call, and nothing was written: a tenant was given but the
-    schema does not enforce isolation (off, or bypassed by a superuser or BYPASSRLS role),
-    isolation is on and no tenant was given, or ``resolve_tenant`` answered a tenant other
-    than the session's. When the database refused, its error is the cause."""
-
-
-class TenantConflictError(TenantError):
-    """The session id already belongs to another tenant. Session ids are unique across
-    tenants; nothing of the other tenant's session was read, changed or returned, and
-    nothing was written."""
-
-    def __init__(self, session_id: str, tenant: str | None) -> None:
-        self.session_id = session_id
-        self.tenant = tenant
-        super().__init__(
-            f"session id {session_id!r} belongs to another tenant than {tenant!r} (session ids "
-            "are unique across tenants): nothing was written"
-        )
 
 
 @contextmanager

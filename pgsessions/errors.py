@@ -1,4 +1,10 @@
-"""Errors the router raises to its callers."""
+"""Every error pgsessions raises of its own (psycopg's errors pass through unchanged).
+
+- :class:`RouterError` and its subclasses: where a statement could not run (no primary, split
+  brain, overload, a closed router, ...);
+- :class:`TenantError`: tenant isolation refused a call;
+- :class:`ExportFormatError`: a line of an export file is malformed.
+"""
 
 from __future__ import annotations
 
@@ -88,3 +94,30 @@ class MissingPrivilegeError(RouterError):
     def __init__(self, message: str, roles: list[str]) -> None:
         self.roles = list(roles)
         super().__init__(message)
+
+
+# sessions ---------------------------------------------------------------------------
+class TenantError(Exception):
+    """Tenant isolation refused the call, and nothing was written: a tenant was given but the
+    schema does not enforce isolation (off, or bypassed by a superuser or BYPASSRLS role),
+    isolation is on and no tenant was given, or ``resolve_tenant`` answered a tenant other
+    than the session's. When the database refused, its error is the cause."""
+
+
+class TenantConflictError(TenantError):
+    """The session id already belongs to another tenant. Session ids are unique across
+    tenants; nothing of the other tenant's session was read, changed or returned, and
+    nothing was written."""
+
+    def __init__(self, session_id: str, tenant: str | None) -> None:
+        self.session_id = session_id
+        self.tenant = tenant
+        super().__init__(
+            f"session id {session_id!r} belongs to another tenant than {tenant!r} (session ids "
+            "are unique across tenants): nothing was written"
+        )
+
+
+# export -----------------------------------------------------------------------------
+class ExportFormatError(ValueError):
+    """A line of an export file is not what the format says (names the line number)."""
