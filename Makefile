@@ -4,10 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PYTHON ?= python3
-EXTRAS ?= dev,bench,plot
+EXTRAS ?= dev,bench,plot,docs
 PYTEST_ARGS ?=
 
-.PHONY: setup postgres pgbouncer patroni lint test test-app-role demo drill drill-patroni bench clean
+.PHONY: setup postgres pgbouncer patroni lint package-check test test-app-role demo drill drill-patroni bench clean
 
 setup: postgres $(VENV)/.installed-$(EXTRAS)
 
@@ -53,6 +53,12 @@ lint: setup
 	$(VENV)/bin/ruff format --check pgsessions tests bench examples
 	$(VENV)/bin/mypy
 
+# What CI checks of the package (also part of `make test`): build the sdist and the wheel,
+# twine check them, install the wheel into a fresh venv outside the clone and run
+# `pgsessions --help` and a session round trip on the local cluster from there.
+package-check: setup
+	$(VENV)/bin/pytest -q tests/test_package.py -k wheel
+
 test: lint pgbouncer patroni
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 	@[ -n "$(PYTEST_ARGS)" ] || $(MAKE) --no-print-directory test-app-role
@@ -87,4 +93,4 @@ bench: setup
 
 clean:
 	-$(VENV)/bin/pgsessions cluster down 2>/dev/null
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info dist
