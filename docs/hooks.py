@@ -1,8 +1,11 @@
-"""mkdocs hooks (mkdocs.yml `hooks:`): adds the generated command-line reference, cli.md."""
+"""mkdocs hooks (mkdocs.yml `hooks:`): adds the generated command-line reference, cli.md, and
+drops the Sphinx roles (``:meth:`x` ``) of the docstrings from the API reference: the code keeps
+them for editors, the page shows the name."""
 
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,3 +23,10 @@ def _gen_cli() -> Any:
 def on_files(files: Files, config: Any) -> Files:
     files.append(File.generated(config, "cli.md", content=_gen_cli().render()))
     return files
+
+
+_ROLE = re.compile(r":(?:meth|class|func|attr|mod|exc|data|obj|const):(?=<code>)")
+
+
+def on_page_content(html: str, page: Any, config: Any, files: Files) -> str:
+    return _ROLE.sub("", html)
