@@ -1,13 +1,13 @@
-# pgsessions: make setup | test | lint | demo | drill | bench   (see README.md)
+# pgsessions: make setup | test | lint | docs | package-check | demo | drill | bench   (see README.md)
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PYTHON ?= python3
-EXTRAS ?= dev,bench,plot
+EXTRAS ?= dev,bench,plot,docs
 PYTEST_ARGS ?=
 
-.PHONY: setup postgres pgbouncer patroni lint test test-app-role demo drill drill-patroni bench clean
+.PHONY: setup postgres pgbouncer patroni lint docs package-check test test-app-role demo drill drill-patroni bench clean
 
 setup: postgres $(VENV)/.installed-$(EXTRAS)
 
@@ -49,11 +49,22 @@ $(VENV)/.installed-$(EXTRAS): pyproject.toml
 	@touch $@
 
 lint: setup
-	$(VENV)/bin/ruff check pgsessions tests bench examples
-	$(VENV)/bin/ruff format --check pgsessions tests bench examples
+	$(VENV)/bin/ruff check pgsessions tests bench examples docs/*.py
+	$(VENV)/bin/ruff format --check pgsessions tests bench examples docs/*.py
 	$(VENV)/bin/mypy
 
-test: lint pgbouncer patroni
+# The documentation site (mkdocs.yml, docs/) into site/; any warning (a broken link or anchor,
+# an API name mkdocstrings cannot find) fails the build.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir site
+
+# What CI checks of the package (also part of `make test`): build the sdist and the wheel,
+# twine check them, install the wheel into a fresh venv outside the clone and run
+# `pgsessions --help` and a session round trip on the local cluster from there.
+package-check: setup
+	$(VENV)/bin/pytest -q tests/test_package.py -k wheel
+
+test: lint docs pgbouncer patroni
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 	@[ -n "$(PYTEST_ARGS)" ] || $(MAKE) --no-print-directory test-app-role
 
@@ -87,4 +98,4 @@ bench: setup
 
 clean:
 	-$(VENV)/bin/pgsessions cluster down 2>/dev/null
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info site dist

@@ -464,7 +464,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     parts = [
         f"# Benchmark results ({results.get('date', '')[:10]})",
         "",
-        "Produced by `pgsessions bench` (see the Performance section of README.md for how to "
+        "Produced by `pgsessions bench` (see bench/README.md for how to "
         "reproduce). "
         "Ratios are contender / pgsessions-routed within this one interleaved run; the "
         "machine is shared, so compare ratios, not absolute numbers across runs.",

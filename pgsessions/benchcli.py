@@ -16,6 +16,12 @@ from typing import Any
 _REPO = Path(__file__).resolve().parent.parent
 
 
+_NEEDS_CLONE = (
+    "pgsessions bench needs the repository's bench/ directory, which the installed package "
+    "does not hold: run it from a clone after `make setup` (pip install -e '.[dev,bench,plot]')"
+)
+
+
 def _harness() -> ModuleType | None:
     """bench.cli from the clone this package lives in, or None outside a clone."""
     if (_REPO / "bench" / "cli.py").is_file():
@@ -28,25 +34,30 @@ def _harness() -> ModuleType | None:
 def _run(args: argparse.Namespace) -> int:
     harness = _harness()
     if harness is None:
-        print(
-            "pgsessions bench needs the repository's bench/ directory: run it from a clone "
-            "after `make setup` (pip install -e '.[dev,bench,plot]')",
-            file=sys.stderr,
-        )
+        print(_NEEDS_CLONE, file=sys.stderr)
         return 2
     return int(harness.main(args))
 
 
 def add_bench_command(sub: Any) -> None:
     """Add `bench` to the `pgsessions` sub-commands (``func`` returns the exit code)."""
+    summary = "benchmark pgsessions against SQLAlchemySession, SQLite and a raw psycopg floor"
+    harness = _harness()
+    if harness is None:
+        # outside a clone the options are unknown: take any arguments (also -h) as they come,
+        # so that every `pgsessions bench ...` gets the message rather than a usage error
+        p = sub.add_parser(
+            "bench", help=summary + " (in a clone)", prefix_chars="+", add_help=False
+        )
+        p.add_argument("ignored", nargs="*")
+        p.set_defaults(func=_run)
+        return
     p = sub.add_parser(
         "bench",
-        help="benchmark pgsessions against SQLAlchemySession, SQLite and a raw psycopg floor",
+        help=summary,
         description="Runs every contender on the same cluster (by default a fresh temporary "
         "local cluster, fsync on), interleaved in rounds, and prints ratios against "
         "pgsessions-routed. Exit code 1 when a contender fails the correctness guard.",
     )
-    harness = _harness()
-    if harness is not None:
-        harness.add_arguments(p)
+    harness.add_arguments(p)
     p.set_defaults(func=_run)

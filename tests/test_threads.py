@@ -344,16 +344,16 @@ def test_cancelling_a_caller_on_another_loop(started: SessionRouter) -> None:
     assert poll(lambda: not any(started.stats()["in_flight"].values()), 5)
 
 
-def test_the_readmes_sync_example_runs(
+def test_the_docs_sync_example_runs(
     router_config: RouterConfig, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme.split("### Sync and threaded apps", 1)[1]
+    page = (Path(__file__).resolve().parent.parent / "docs" / "sync-and-threads.md").read_text()
+    section = page.split("# Sync and threaded apps", 1)[1]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     monkeypatch.setenv("PGSESSIONS_HOSTS", ",".join(router_config.host_list))
     monkeypatch.setenv("PGSESSIONS_SCHEMA", router_config.schema)
-    exec(compile(code, "README.md (Sync and threaded apps)", "exec"), {})
+    exec(compile(code, "docs/sync-and-threads.md", "exec"), {})
     assert capsys.readouterr().out.strip() == "Hi! 2"
     assert poll(lambda: not pgsessions_threads(), 10), pgsessions_threads()

@@ -32,7 +32,7 @@ def add_usage_command(sub: Any) -> None:
         help="tokens and requests by day, model and session; largest and busiest sessions",
         description="Usage reports over a time range, read from a caught-up replica through "
         "the router (as fresh as its last health check). Every statement is bounded by the "
-        "range and index-backed; see the README for the SQL.",
+        "range and index-backed; see docs/backups-export-analytics.md for the SQL.",
     )
     add_hosts_arguments(p)
     add_schema_argument(p)

@@ -224,7 +224,7 @@ async def _migrate_cluster(
                         f"the tables of schema {schema!r} belong to "
                         f"{', '.join(state.bypassing)}, a superuser or BYPASSRLS role: the "
                         "write functions run as that owner and would see every tenant. Migrate "
-                        "as a plain owner role (README, Security); isolation stays off"
+                        "as a plain owner role (docs/security.md); isolation stays off"
                     )
                 for stmt in isolation_statements(schema, tenant_isolation):
                     await conn.execute(stmt)
