@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pgsessions.hostargs import NoHostsError, command_hosts, given_hosts
+from pgsessions.cli.common import NoHostsError, command_hosts, given_hosts
 
 from .helpers import processes_under
 
@@ -78,3 +78,50 @@ def test_runtime_import_path_loads_no_tools() -> None:
     loaded, core_loaded = done.stdout.splitlines()
     assert json.loads(core_loaded) is True  # the imports above really ran
     assert json.loads(loaded) == []
+
+
+def test_run_on_hosts_turns_failures_into_one_line_and_an_exit_code(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import argparse
+
+    from pgsessions.cli.common import run_on_hosts
+    from pgsessions.errors import NoPrimaryError
+
+    monkeypatch.delenv("PGSESSIONS_HOSTS", raising=False)
+    nothing = argparse.Namespace(hosts=None, local=False)
+    some = argparse.Namespace(hosts=["postgresql://u:secret@h1/db"], local=False)
+
+    async def ok(hosts: list[str]) -> int:
+        assert hosts == ["postgresql://u:secret@h1/db"]
+        return 0
+
+    async def bad_input(hosts: list[str]) -> int:
+        raise ValueError("--top must be positive")
+
+    async def no_primary(hosts: list[str]) -> int:
+        raise NoPrimaryError("no writable primary", {"h1:5432": "down"})
+
+    assert run_on_hosts("usage", nothing, ok) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pgsessions usage: no servers given") and err.count("pgsessions") == 1
+    assert run_on_hosts("usage", some, ok) == 0
+    assert run_on_hosts("usage", some, bad_input) == 2
+    assert capsys.readouterr().err == "pgsessions usage: --top must be positive\n"
+    assert run_on_hosts("prune", some, no_primary) == 1
+    assert capsys.readouterr().err.startswith("pgsessions prune: no writable primary")
+
+
+def test_every_command_module_is_in_the_static_table() -> None:
+    """A command module that fails to import breaks `pgsessions` loudly (no silent skip):
+    the table imports them all, and every module of pgsessions/cli/ is a command or shared."""
+    from pathlib import Path
+
+    import pgsessions.cli as cli
+
+    listed = {m.__name__.rsplit(".", 1)[1] for m, _ in cli.COMMANDS}
+    files = {p.stem for p in Path(cli.__file__).parent.glob("*.py")}
+    assert files - listed == {"__init__", "__main__", "common", "progress"}
+    names = set(cli.build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+    assert {"cluster", "migrate", "status", "demo", "drill", "bench", "serve-metrics"} <= names
+    assert {"export", "import", "usage", "prune"} <= names

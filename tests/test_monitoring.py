@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from pgsessions.cli.serve_metrics import add_serve_metrics_command
 from pgsessions.devcluster import LocalCluster
 from pgsessions.monitoring import (
     METRICS,
@@ -23,7 +24,6 @@ from pgsessions.monitoring import (
     serve,
     uninstrument,
 )
-from pgsessions.monitoring.cli import add_serve_metrics_command
 from pgsessions.router import RouterConfig, SessionRouter
 from tests.helpers import apoll
 from tests.test_monitoring_support import (  # noqa: F401 - fixtures
@@ -650,7 +650,7 @@ def test_cli_serve_metrics_serves(cluster: LocalCluster) -> None:
     port = pick_free_port()
     code = (
         "import argparse, signal, sys\n"
-        "from pgsessions.monitoring.cli import add_serve_metrics_command\n"
+        "from pgsessions.cli.serve_metrics import add_serve_metrics_command\n"
         "def stop(*_): raise KeyboardInterrupt\n"
         "signal.signal(signal.SIGTERM, stop)\n"
         "p = argparse.ArgumentParser(prog='pgsessions')\n"

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from pgsessions.cli.drill import add_drill_command, options_from_args
 from pgsessions.drills import DrillOptions, run_drill
-from pgsessions.drills.cli import add_drill_command, options_from_args
 from pgsessions.drills.ledger import Event, Ledger
 from pgsessions.drills.patroni_report import writable_windows
 from pgsessions.drills.patroni_scenarios import PATRONI_SCENARIOS, patroni_failover_budget

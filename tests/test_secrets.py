@@ -22,10 +22,10 @@ from prometheus_client import CollectorRegistry
 from psycopg.conninfo import make_conninfo
 
 from pgsessions import PostgresSession, RouterConfig, SessionRouter, migrate
+from pgsessions.cli.status import as_json, format_table
 from pgsessions.devcluster import LocalCluster
 from pgsessions.devcluster.ports import pick_free_port
 from pgsessions.monitoring.endpoint import Endpoint
-from pgsessions.router.status_cli import as_json, format_table
 from tests.test_router import wait_until
 
 

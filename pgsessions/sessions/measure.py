@@ -84,7 +84,7 @@ def main() -> None:
     elif os.environ.get("PGSESSIONS_HOSTS"):
         hosts = os.environ["PGSESSIONS_HOSTS"]
     else:
-        from ..devcluster.cli import ensure_local_cluster
+        from ..devcluster.local import ensure_local_cluster
 
         cluster, started = ensure_local_cluster()
         hosts = cluster.dsns()

@@ -7,21 +7,24 @@ The local cluster (pgsessions.devcluster) is imported only when `--local` is giv
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Iterator, Sequence
+import sys
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .router import RouterConfig
+    from ..router import RouterConfig
 
 
 class NoHostsError(ValueError):
     """No `--hosts`, no `PGSESSIONS_HOSTS` and no `--local`."""
 
     def __init__(self, command: str) -> None:
+        self.command = command
         super().__init__(
-            f"pgsessions {command}: no servers given: pass --hosts DSN ..., or set "
+            "no servers given: pass --hosts DSN ..., or set "
             "PGSESSIONS_HOSTS, or use --local for the local development cluster"
         )
 
@@ -53,7 +56,7 @@ def add_schema_argument(parser: Any) -> None:
 
 def command_config(hosts: list[str], schema: str | None) -> RouterConfig:
     """``RouterConfig.from_env`` for a command's hosts and ``--schema``."""
-    from .router import RouterConfig
+    from ..router import RouterConfig
 
     overrides: dict[str, object] = {"hosts": hosts}
     if schema:
@@ -63,7 +66,7 @@ def command_config(hosts: list[str], schema: str | None) -> RouterConfig:
 
 def given_hosts(hosts: Sequence[str] | None) -> list[str] | None:
     """``--hosts``, else ``PGSESSIONS_HOSTS``, split into DSNs; None when neither is set."""
-    from .router.dsn import split_hosts
+    from ..router.dsn import split_hosts
 
     if hosts:
         return split_hosts(list(hosts))
@@ -85,7 +88,63 @@ def command_hosts(
         return
     if not local:
         raise NoHostsError(command)
-    from .devcluster.cli import hosts_or_local_cluster
+    from ..devcluster.local import hosts_or_local_cluster
 
     with hosts_or_local_cluster(None, keep=keep) as found:
         yield found
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    return str(v)
+
+
+def print_status_table(
+    rows: list[dict[str, Any]],
+    cols: tuple[str, ...] = ("node", "port", "role", "streaming", "lag_bytes", "lag_seconds"),
+) -> None:
+    """``rows`` as an aligned table of ``cols`` (the local cluster's by default)."""
+    table = [list(cols)] + [[_fmt(r[c]) for c in cols] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+
+
+def fail(command: str, exc: BaseException, code: int = 2) -> int:
+    """Say what went wrong as ``pgsessions COMMAND: ...`` on stderr; return ``code``."""
+    print(f"pgsessions {command}: {exc}", file=sys.stderr)
+    return code
+
+
+def run_on_hosts(
+    command: str,
+    args: Any,
+    work: Callable[[list[str]], Coroutine[Any, Any, int]],
+    *,
+    errors: tuple[type[BaseException], ...] = (),
+    keep: bool = False,
+) -> int:
+    """The command's servers (``--hosts``, ``PGSESSIONS_HOSTS``, or the local cluster with
+    ``--local``), then ``work(hosts)`` run to its exit code.
+
+    No servers given, bad input (ValueError) or one of ``errors``: the message and exit
+    code 2; a router or database error ``work`` lets through: the message and exit code 1.
+    ``keep``: leave a local cluster this call started running.
+    """
+    import psycopg
+
+    from ..errors import RouterError
+
+    bad_input: tuple[type[BaseException], ...] = (ValueError, *errors)  # NoHostsError too
+    try:
+        with command_hosts(command, args.hosts, local=args.local, keep=keep) as hosts:
+            return asyncio.run(work(hosts))
+    except bad_input as exc:
+        return fail(command, exc)
+    except (RouterError, psycopg.Error) as exc:
+        return fail(command, exc, 1)

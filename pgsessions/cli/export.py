@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import time
@@ -11,14 +10,14 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from ..hostargs import (
-    NoHostsError,
+from .common import (
     add_hosts_arguments,
     add_schema_argument,
     command_config,
-    command_hosts,
+    fail,
+    run_on_hosts,
 )
-from ..progress import Progress
+from .progress import Progress
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -75,21 +74,26 @@ def run_export_command(args: argparse.Namespace) -> int:
             raise ValueError("--metadata must be a JSON object")
         if metadata is not None and args.session:
             raise ValueError("give --session or --metadata, not both")
-        with command_hosts("export", args.hosts, local=args.local) as hosts:
-            if args.output is None:
-                return asyncio.run(_export(args, hosts, metadata, sys.stdout))
-            with open(args.output, "w", encoding="utf-8", newline="\n") as out:
-                return asyncio.run(_export(args, hosts, metadata, out))
-    except (NoHostsError, ValueError, OSError) as exc:
-        print(f"pgsessions export: {exc}", file=sys.stderr)
-        return 2
+        out = open(args.output, "w", encoding="utf-8", newline="\n") if args.output else None
+    except (ValueError, OSError) as exc:
+        return fail("export", exc)
+    try:
+        return run_on_hosts(
+            "export",
+            args,
+            lambda hosts: _export(args, hosts, metadata, out or sys.stdout),
+            errors=(OSError,),
+        )
+    finally:
+        if out is not None:
+            out.close()
 
 
 async def _export(args: argparse.Namespace, hosts: list[str], metadata: Any, out: IO[str]) -> int:
     import psycopg
 
+    from ..export.dump import export_lines
     from ..router import RouterError, SessionRouter
-    from .dump import export_lines
 
     progress = Progress()
     counts = {"conversations": 0, "items": 0, "usage_rows": 0}
@@ -135,22 +139,19 @@ def _lines(path: Path) -> Iterator[str]:
 
 
 def run_import_command(args: argparse.Namespace) -> int:
-    try:
-        with command_hosts("import", args.hosts, local=args.local) as hosts:
-            return asyncio.run(_import(args, hosts))
-    except (NoHostsError, ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"pgsessions import: {exc}", file=sys.stderr)
-        return 2
+    return run_on_hosts(
+        "import", args, lambda hosts: _import(args, hosts), errors=(FileNotFoundError, RuntimeError)
+    )
 
 
 async def _import(args: argparse.Namespace, hosts: list[str]) -> int:
     import psycopg
 
     from ..errors import ExportFormatError
+    from ..export.load import ImportSummary, import_records
+    from ..export.records import ConversationRecord, read_export
+    from ..export.sdk_sources import SourceStats, safe_url, sqlalchemy_records, sqlite_records
     from ..router import RouterError, SessionRouter
-    from .load import ImportSummary, import_records
-    from .records import ConversationRecord, read_export
-    from .sdk_sources import SourceStats, safe_url, sqlalchemy_records, sqlite_records
 
     stats = SourceStats()
     tables = {"sessions_table": args.sessions_table, "messages_table": args.messages_table}

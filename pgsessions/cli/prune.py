@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from typing import Any
 
-from ..hostargs import (
-    NoHostsError,
+from .common import (
     add_hosts_arguments,
     add_schema_argument,
     command_config,
-    command_hosts,
+    fail,
+    run_on_hosts,
 )
 
 
@@ -44,19 +43,17 @@ def run_prune_command(args: argparse.Namespace) -> int:
     try:
         older = parse_duration(args.older_than)
         ops = parse_duration(args.ops_older_than)
-        with command_hosts("prune", args.hosts, local=args.local) as hosts:
-            return asyncio.run(_prune(args, hosts, older, ops))
-    except (NoHostsError, ValueError) as exc:
-        print(f"pgsessions prune: {exc}", file=sys.stderr)
-        return 2
+    except ValueError as exc:
+        return fail("prune", exc)
+    return run_on_hosts("prune", args, lambda hosts: _prune(args, hosts, older, ops))
 
 
 async def _prune(args: argparse.Namespace, hosts: list[str], older: Any, ops: Any) -> int:
     import psycopg
 
-    from ..progress import Progress
+    from ..retention.prune import PruneSummary, prune
     from ..router import RouterError, SessionRouter
-    from .prune import PruneSummary, prune
+    from .progress import Progress
 
     bar = Progress()
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from typing import Any
 
-from ..hostargs import NoHostsError, add_hosts_arguments, command_hosts
+from .common import add_hosts_arguments, run_on_hosts
 
 
 def add_migrate_command(subparsers: Any) -> None:
@@ -41,13 +40,10 @@ def add_migrate_command(subparsers: Any) -> None:
 
 
 def run_migrate_command(args: argparse.Namespace) -> int:
-    try:
-        with command_hosts("migrate", args.hosts, local=args.local) as hosts:
-            isolation = None if args.tenant_isolation is None else args.tenant_isolation == "on"
-            return asyncio.run(_migrate(hosts, args.schema, args.grant_to, isolation))
-    except NoHostsError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    isolation = None if args.tenant_isolation is None else args.tenant_isolation == "on"
+    return run_on_hosts(
+        "migrate", args, lambda hosts: _migrate(hosts, args.schema, args.grant_to, isolation)
+    )
 
 
 async def _migrate(
@@ -57,8 +53,8 @@ async def _migrate(
 
     from ..errors import TenantError
     from ..router import RouterConfig, RouterError, SessionRouter
-    from .schema import applied_migrations, migrate
-    from .tenants import tenant_isolation
+    from ..sessions.schema import applied_migrations, migrate
+    from ..sessions.tenants import tenant_isolation
 
     # migrating reads nothing from replicas: the owner role needs no pg_monitor for it
     overrides: dict[str, object] = {"hosts": hosts, "read_from_replicas": False}

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..hostargs import NoHostsError, add_hosts_arguments, command_hosts
+from .common import add_hosts_arguments, fail, run_on_hosts
 
 #: where ``--basic-auth-user``'s password comes from when no ``--basic-auth-password-file``
 PASSWORD_ENV = "PGSESSIONS_METRICS_PASSWORD"
@@ -80,21 +80,19 @@ def run_serve_metrics(args: argparse.Namespace) -> int:
         auth = basic_auth_from(args)
         if args.tls_key is not None and args.tls_cert is None:
             raise ValueError("--tls-key needs --tls-cert")
-        with command_hosts("serve-metrics", args.hosts, local=args.local) as hosts:
-            return asyncio.run(_serve(hosts, args, auth))
-    except NoHostsError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    except (ValueError, OSError) as exc:  # ssl.SSLError is an OSError
-        print(f"pgsessions serve-metrics: {exc}", file=sys.stderr)
-        return 2
+    except (ValueError, OSError) as exc:
+        return fail("serve-metrics", exc)
+    # ssl.SSLError (a bad certificate) is an OSError
+    return run_on_hosts(
+        "serve-metrics", args, lambda hosts: _serve(hosts, args, auth), errors=(OSError,)
+    )
 
 
 async def _serve(
     hosts: list[str] | str, args: argparse.Namespace, auth: tuple[str, str] | None
 ) -> int:
+    from ..monitoring.server import serve
     from ..router import RouterConfig, SessionRouter
-    from .server import serve
 
     if auth is not None and args.tls_cert is None:
         print(

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from typing import Any
 
-from ..hostargs import (
-    NoHostsError,
+from ..analytics.queries import REPORTS
+from .common import (
     add_hosts_arguments,
     add_schema_argument,
     command_config,
-    command_hosts,
+    fail,
+    print_status_table,
+    run_on_hosts,
 )
-from .queries import REPORTS
 
 TITLES = {
     "by_day": "tokens and requests by day (UTC)",
@@ -51,23 +51,20 @@ def add_usage_command(sub: Any) -> None:
 
 
 def run_usage_command(args: argparse.Namespace) -> int:
-    from .timerange import parse_instant
+    from ..analytics.timerange import parse_instant
 
     try:
         since, until = parse_instant(args.since), parse_instant(args.until)
-        with command_hosts("usage", args.hosts, local=args.local) as hosts:
-            return asyncio.run(_usage(args, hosts, since, until))
-    except (NoHostsError, ValueError) as exc:
-        print(f"pgsessions usage: {exc}", file=sys.stderr)
-        return 2
+    except ValueError as exc:
+        return fail("usage", exc)
+    return run_on_hosts("usage", args, lambda hosts: _usage(args, hosts, since, until))
 
 
 async def _usage(args: argparse.Namespace, hosts: list[str], since: Any, until: Any) -> int:
     import psycopg
 
-    from ..devcluster.cli import print_status_table
+    from ..analytics.report import columns, explain_report, usage_report
     from ..router import RouterError, SessionRouter
-    from .report import columns, explain_report, usage_report
 
     names = args.report or list(REPORTS)
     try:

@@ -4,92 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .archive import archive_settings, prepare_archive, start_archiving
-from .cluster import STATE_FILE, LocalCluster
-from .errors import ClusterError
-from .patroni import STATE_FILE as PATRONI_STATE
-from .patroni import PatroniCluster
-from .pgbouncer import Bouncer, load_bouncers, start_bouncers, stop_bouncers
-
-DEFAULT_DIR = Path(".pgsessions") / "cluster"
-
-
-def default_dir() -> Path:
-    return Path(os.environ.get("PGSESSIONS_CLUSTER_DIR") or DEFAULT_DIR)
-
-
-def ensure_local_cluster(
-    base_dir: Path | None = None,
-    *,
-    replicas: int = 2,
-    sync: bool = False,
-    tls: bool = False,
-    settings: dict[str, str] | None = None,
-) -> tuple[LocalCluster, bool]:
-    """The local cluster in ``base_dir``, started if it is not running.
-
-    Returns the cluster and whether this call started it (the caller stops what it started).
-    ``tls=True`` starts a TLS cluster whose superuser password is ``PGPASSWORD`` if set.
-    """
-    base = (base_dir or default_dir()).resolve()
-    if (base / STATE_FILE).exists():
-        existing = LocalCluster.load(base)
-        if tls and existing.tls is None:
-            raise ClusterError(f"a cluster without TLS is in {base}: `cluster down` it first")
-        if existing.is_running():
-            return existing, False
-        try:
-            existing.resume()
-            return existing, True
-        except ClusterError:
-            pass  # unusable leftovers: LocalCluster.start() below cleans the directory
-    password = (os.environ.get("PGPASSWORD") or None) if tls else None
-    cluster = LocalCluster(
-        replicas=replicas,
-        sync=sync,
-        base_dir=base,
-        keep=True,
-        tls=tls,
-        password=password,
-        settings=settings,
-    )
-    cluster.start()
-    return cluster, True
-
-
-@contextmanager
-def hosts_or_local_cluster(
-    hosts: Sequence[str] | None, *, keep: bool = False
-) -> Iterator[list[str]]:
-    """The DSNs a command should use: ``--hosts``, else ``PGSESSIONS_HOSTS``, else the local
-    cluster (started if it is not running, and then stopped on exit unless ``keep``)."""
-    from ..router.dsn import split_hosts
-
-    if hosts:
-        yield split_hosts(list(hosts))
-        return
-    env = os.environ.get("PGSESSIONS_HOSTS")
-    if env:
-        yield split_hosts(env)
-        return
-    cluster, started = ensure_local_cluster()
-    if started:
-        print(f"started the local cluster in {cluster.base_dir}", file=sys.stderr)
-    try:
-        yield cluster.dsns()
-    finally:
-        if started and not keep:
-            cluster.stop()
+from ..devcluster.archive import archive_settings, prepare_archive, start_archiving
+from ..devcluster.cluster import STATE_FILE, LocalCluster
+from ..devcluster.errors import ClusterError
+from ..devcluster.local import DEFAULT_DIR, default_dir, ensure_local_cluster
+from ..devcluster.patroni import STATE_FILE as PATRONI_STATE
+from ..devcluster.patroni import PatroniCluster
+from ..devcluster.pgbouncer import Bouncer, load_bouncers, start_bouncers, stop_bouncers
+from .common import print_status_table
 
 
 def add_cluster_command(sub: Any) -> None:
@@ -131,27 +60,6 @@ def add_cluster_command(sub: Any) -> None:
     down.add_argument("--dir", type=Path, default=None)
     down.add_argument("--keep-data", action="store_true", help="stop, but keep the data")
     p.set_defaults(func=run_cluster_command)
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.3f}"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    return str(v)
-
-
-def print_status_table(
-    rows: list[dict[str, Any]],
-    cols: tuple[str, ...] = ("node", "port", "role", "streaming", "lag_bytes", "lag_seconds"),
-) -> None:
-    """``rows`` as an aligned table of ``cols`` (the local cluster's by default)."""
-    table = [list(cols)] + [[_fmt(r[c]) for c in cols] for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
-    for row in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
 
 
 def _bouncers_for_up(cluster: LocalCluster, wanted: bool) -> list[Bouncer]:

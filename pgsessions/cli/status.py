@@ -15,11 +15,11 @@ import time
 from typing import Any
 
 from ..errors import RouterError
-from ..hostargs import NoHostsError, add_hosts_arguments, command_hosts
-from .config import RouterConfig
-from .lsn import format_lsn
-from .session_router import SessionRouter
-from .topology import HostState, Topology
+from ..router.config import RouterConfig
+from ..router.lsn import format_lsn
+from ..router.session_router import SessionRouter
+from ..router.topology import HostState, Topology
+from .common import add_hosts_arguments, run_on_hosts
 
 COLUMNS = [
     ("host", "host"),
@@ -119,13 +119,8 @@ async def _status(args: argparse.Namespace, hosts: list[str]) -> int:
 def run_status_command(args: argparse.Namespace) -> int:
     try:
         # a local cluster started just for this (--local) is left running: its status is the point
-        with command_hosts("status", args.hosts, local=args.local, keep=True) as hosts:
-            return asyncio.run(_status(args, hosts))
-    except NoHostsError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+        return run_on_hosts(
+            "status", args, lambda hosts: _status(args, hosts), errors=(RouterError,), keep=True
+        )
     except KeyboardInterrupt:  # --watch runs until interrupted: Ctrl-C is the normal end
         return 0
-    except (RouterError, ValueError) as exc:
-        print(f"pgsessions status: {exc}", file=sys.stderr)
-        return 2

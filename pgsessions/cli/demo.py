@@ -115,7 +115,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
     started = False
     if config is None:
         from ..devcluster import ClusterError
-        from ..devcluster.cli import default_dir, ensure_local_cluster
+        from ..devcluster.local import default_dir, ensure_local_cluster
 
         print(f"starting the local cluster in {default_dir()} ...", file=log_out, flush=True)
         t0 = time.monotonic()
@@ -148,7 +148,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        from .summary import format_summary
+        from ..demo.summary import format_summary
 
         print(format_summary(summary), file=log_out)
     return 0 if not summary["errors"] else 1
@@ -160,11 +160,11 @@ async def _demo(
     # the Agents SDK takes ~2 s to import: only a running demo pays for it, not `--help`
     import agents
 
+    from ..demo.stats import DemoStats
+    from ..demo.summary import summarize
+    from ..demo.view import LiveView
+    from ..demo.workload import Conversations
     from ..drills.runner import quiet_pool_logs
-    from .stats import DemoStats
-    from .summary import summarize
-    from .view import LiveView
-    from .workload import Conversations
 
     agents.set_tracing_disabled(True)
     quiet_pool_logs()

@@ -10,14 +10,56 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
+from ..drills.patroni_scenarios import PATRONI_SCENARIOS, patroni_failover_budget
+from ..drills.pitr import add_pitr_arguments, run_pitr_command
+from ..drills.report import format_scenario, format_summary
+from ..drills.scenarios import BREAKS, SCENARIOS
 from ..router.dsn import split_hosts
-from .patroni_cli import PATRONI_NAMES, add_patroni_arguments, patroni_options
-from .pitr import add_pitr_arguments, run_pitr_command
-from .report import format_scenario, format_summary
-from .scenarios import BREAKS, SCENARIOS
 
 if TYPE_CHECKING:
-    from .runner import DrillOptions
+    from ..drills.runner import DrillOptions
+
+
+PATRONI_NAMES = list(PATRONI_SCENARIOS)
+
+
+def add_patroni_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "Patroni",
+        "With --patroni each scenario runs on a fresh Patroni cluster (one etcd, three "
+        f"members; --sync: synchronous_mode): {', '.join(PATRONI_NAMES)}.",
+    )
+    g.add_argument(
+        "--patroni",
+        action="store_true",
+        help="Patroni moves the primary: run the Patroni scenarios instead",
+    )
+    g.add_argument(
+        "--patroni-rest",
+        action="store_true",
+        help="the router also reads Patroni's REST API (RouterConfig.patroni)",
+    )
+    g.add_argument("--ttl", type=int, default=10, help="Patroni's ttl (default 10)")
+    g.add_argument("--loop-wait", type=int, default=2, help="Patroni's loop_wait (default 2)")
+
+
+def patroni_options(args: argparse.Namespace) -> dict[str, Any]:
+    """DrillOptions keywords for --patroni; the router waits through Patroni's own timing."""
+    if not args.patroni:
+        if args.ttl != 10 or args.loop_wait != 2 or args.patroni_rest:
+            raise ValueError("--ttl, --loop-wait and --patroni-rest need --patroni")
+        return {}
+    if args.trigger or args.hosts:
+        raise ValueError("--patroni starts its own clusters: leave --hosts and --trigger out")
+    if args.ttl < 5 or args.loop_wait < 1 or args.ttl <= args.loop_wait:
+        raise ValueError("Patroni needs --ttl >= 5, --loop-wait >= 1 and ttl > loop_wait")
+    return {
+        "patroni": True,
+        "patroni_ttl": args.ttl,
+        "patroni_loop_wait": args.loop_wait,
+        "patroni_rest": args.patroni_rest,
+        "failover_timeout": max(20.0, patroni_failover_budget(args.ttl, args.loop_wait)),
+    }
 
 
 def add_drill_command(sub: Any) -> None:
@@ -98,7 +140,7 @@ def options_from_args(args: argparse.Namespace) -> DrillOptions:
             "--hosts needs --trigger: the drill never breaks servers it did not start "
             "(without --hosts it starts its own local clusters)"
         )
-    from .runner import DrillOptions
+    from ..drills.runner import DrillOptions
 
     patroni = patroni_options(args)
     table = PATRONI_NAMES if args.patroni else list(SCENARIOS)
@@ -133,16 +175,16 @@ def run_drill_command(args: argparse.Namespace) -> int:
         return 2
     if args.plot:
         if importlib.util.find_spec("matplotlib") is None:
-            from .plot import MISSING
+            from ..drills.plot import MISSING
 
             print(f"pgsessions drill: {MISSING}", file=sys.stderr)
             return 2
-    from .runner import quiet_pool_logs, run_drill  # loads the Agents SDK (~2 s)
+    from ..drills.runner import quiet_pool_logs, run_drill  # loads the Agents SDK (~2 s)
 
     quiet_pool_logs()
     reports = asyncio.run(run_drill(opts))
     if args.plot:
-        from .plot import plot_reports
+        from ..drills.plot import plot_reports
 
         plot_reports(reports, args.plot)
         print(f"timeline written to {args.plot}", file=sys.stderr)

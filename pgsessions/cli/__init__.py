@@ -1,28 +1,43 @@
-"""The `pgsessions` command: cluster, migrate, status, demo, drill, bench, serve-metrics,
-export, import, usage, prune."""
+"""The `pgsessions` command: one module per sub-command (cluster, migrate, status, demo,
+drill, bench, serve-metrics, export and import, usage, prune), listed in :data:`COMMANDS`;
+:mod:`.common` holds what they share (which hosts, the local cluster on request, tables)."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import signal
 import sys
 from collections.abc import Sequence
 from types import FrameType
 
-# (module, function adding the sub-command): each area owns its own command
-COMMANDS = [
-    ("pgsessions.devcluster.cli", "add_cluster_command"),
-    ("pgsessions.sessions.cli", "add_migrate_command"),
-    ("pgsessions.router.status_cli", "add_status_command"),
-    ("pgsessions.demo.cli", "add_demo_command"),
-    ("pgsessions.drills.cli", "add_drill_command"),
-    ("pgsessions.benchcli", "add_bench_command"),
-    ("pgsessions.monitoring.cli", "add_serve_metrics_command"),
-    ("pgsessions.export.cli", "add_export_commands"),
-    ("pgsessions.analytics.cli", "add_usage_command"),
-    ("pgsessions.retention.cli", "add_prune_command"),
-]
+from . import (
+    bench,
+    cluster,
+    demo,
+    drill,
+    export,
+    migrate,
+    prune,
+    serve_metrics,
+    status,
+    usage,
+)
+
+#: every sub-command: the module that defines it and the function that adds its parser.
+#: Each module imports only the standard library at import time (``--help`` stays fast) and
+#: loads what its command needs when it runs.
+COMMANDS = (
+    (cluster, cluster.add_cluster_command),
+    (migrate, migrate.add_migrate_command),
+    (status, status.add_status_command),
+    (demo, demo.add_demo_command),
+    (drill, drill.add_drill_command),
+    (bench, bench.add_bench_command),
+    (serve_metrics, serve_metrics.add_serve_metrics_command),
+    (export, export.add_export_commands),
+    (usage, usage.add_usage_command),
+    (prune, prune.add_prune_command),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,14 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
         "unless given --local.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module_name, func_name in COMMANDS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name and module_name.startswith(exc.name):
-                continue  # that area has not landed in this build
-            raise
-        getattr(module, func_name)(sub)
+    for _module, add in COMMANDS:
+        add(sub)
     return parser
 
 

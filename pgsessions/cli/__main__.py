@@ -1,0 +1,7 @@
+"""`python -m pgsessions.cli`: the `pgsessions` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
