@@ -13,7 +13,7 @@ import pytest
 from pgsessions.cli.drill import add_drill_command, options_from_args
 from pgsessions.drills import DrillOptions, run_drill
 from pgsessions.drills.ledger import Event, Ledger
-from pgsessions.drills.patroni_report import writable_windows
+from pgsessions.drills.patroni_deploy import writable_windows
 from pgsessions.drills.patroni_scenarios import PATRONI_SCENARIOS, patroni_failover_budget
 from pgsessions.drills.report import format_scenario, format_summary
 

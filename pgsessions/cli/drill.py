@@ -17,7 +17,7 @@ from ..drills.scenarios import BREAKS, SCENARIOS
 from ..router.dsn import split_hosts
 
 if TYPE_CHECKING:
-    from ..drills.runner import DrillOptions
+    from ..drills.options import DrillOptions
 
 
 PATRONI_NAMES = list(PATRONI_SCENARIOS)
@@ -140,7 +140,7 @@ def options_from_args(args: argparse.Namespace) -> DrillOptions:
             "--hosts needs --trigger: the drill never breaks servers it did not start "
             "(without --hosts it starts its own local clusters)"
         )
-    from ..drills.runner import DrillOptions
+    from ..drills.options import DrillOptions
 
     patroni = patroni_options(args)
     table = PATRONI_NAMES if args.patroni else list(SCENARIOS)

@@ -7,17 +7,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .options import DrillOptions
 from .scenarios import SCENARIOS
 
 if TYPE_CHECKING:
-    from .runner import DrillOptions, run_drill
+    from .runner import run_drill
 
 __all__ = ["SCENARIOS", "DrillOptions", "run_drill"]
 
 
 def __getattr__(name: str) -> Any:
     # the runner loads the Agents SDK (~2 s): only on first use, not for `pgsessions --help`
-    if name in ("DrillOptions", "run_drill"):
+    if name == "run_drill":
         from . import runner
 
         return getattr(runner, name)

@@ -10,23 +10,17 @@ the report can say when Patroni promoted (its ``/history``) and when pgsessions 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 
 from ..devcluster.patroni import PatroniCluster
-from ..router import RouterConfig
 from ..router.dsn import host_label
-from .ledger import Ledger
+from .options import DrillOptions
+from .patroni_deploy import PatroniDeployment, last_timeline
 from .scenarios import DrillContext, Scenario
-
-if TYPE_CHECKING:
-    from .runner import DrillOptions
 
 #: how long a scenario waits for Patroni to act (a loaded 2-core machine is slow)
 SETTLE_TIMEOUT = 90.0
@@ -41,146 +35,6 @@ def patroni_failover_budget(ttl: float, loop_wait: float, margin: float = 10.0) 
     8.5-10.6 s. ``ttl + loop_wait + margin`` covers it with room for a slow promotion.
     """
     return float(ttl + loop_wait + margin)
-
-
-@dataclass(slots=True)
-class RestSample:
-    t: float
-    leader: str | None  # the member Patroni calls leader with state running
-    states: dict[str, str]  # member -> "role/state"
-    timeline: int | None
-
-
-class PatroniWatch:
-    """Polls Patroni's ``/cluster`` from a thread; records each change as a ``patroni``
-    event in the ledger and keeps every distinct sample."""
-
-    def __init__(self, cluster: PatroniCluster, ledger: Ledger, interval: float = 0.1) -> None:
-        self.cluster = cluster
-        self.ledger = ledger
-        self.interval = interval
-        self.samples: list[RestSample] = []
-        self._first = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="drill-patroni", daemon=True)
-
-    def start(self) -> None:
-        self._sample()
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._sample()
-
-    def _sample(self) -> None:
-        t = self.ledger.now()
-        info = None
-        members = self.cluster.members
-        for i in range(len(members)):  # the member that answered last first
-            k = (self._first + i) % len(members)
-            info = self.cluster.rest(members[k].name, "cluster", timeout=0.5)
-            if isinstance(info, dict) and "members" in info:
-                self._first = k
-                break
-            info = None
-        if info is None:
-            s = RestSample(t, None, {}, None)
-        else:
-            rows = info.get("members", [])
-            states = {r.get("name", "?"): f"{r.get('role')}/{r.get('state')}" for r in rows}
-            leader = next(
-                (
-                    r.get("name")
-                    for r in rows
-                    if r.get("role") == "leader" and r.get("state") == "running"
-                ),
-                None,
-            )
-            tl = next((r.get("timeline") for r in rows if r.get("role") == "leader"), None)
-            s = RestSample(t, leader, states, tl)
-        last = self.samples[-1] if self.samples else None
-        if last is None or (last.leader, last.states, last.timeline) != (
-            s.leader,
-            s.states,
-            s.timeline,
-        ):
-            self.samples.append(s)
-            if last is not None:
-                what = ", ".join(f"{k} {v}" for k, v in sorted(s.states.items()))
-                self.ledger.event(
-                    "patroni", f"leader {s.leader or '-'} tl {s.timeline}: {what or 'no answer'}"
-                )
-
-    def leader_seen(self, after: float, other_than: str | None = None) -> float | None:
-        """When the REST API first showed a running leader (other than ``other_than``)."""
-        for s in self.samples:
-            if s.t >= after and s.leader is not None and s.leader != other_than:
-                return s.t
-        return None
-
-
-@dataclass
-class PatroniDeployment:
-    """A Patroni cluster brought by a drill scenario (see ``Scenario.deploy``)."""
-
-    cluster: PatroniCluster
-    #: the router also reads Patroni's /cluster (RouterConfig.patroni)
-    rest: bool = False
-    watch: PatroniWatch | None = None
-    leader_before: str | None = None
-    timeline_before: int = 1
-    #: scenario-specific figures for the report (seconds on the ledger's clock)
-    figures: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def node_dsns(self) -> dict[str, str]:
-        return {m.name: m.dsn for m in self.cluster.members}
-
-    @property
-    def router_hosts(self) -> list[str]:
-        return self.cluster.dsns()
-
-    def router_config(self, config: RouterConfig) -> RouterConfig:
-        if not self.rest:
-            return config
-        return dataclasses.replace(config, patroni=self.cluster.rest_urls())
-
-    def begin(self, ctx: DrillContext) -> PatroniCluster:
-        """Start watching and note who leads, just before the fault."""
-        self.watch = PatroniWatch(self.cluster, ctx.ledger)
-        self.watch.start()
-        leader = self.cluster.leader()
-        if leader is None:
-            raise RuntimeError("no Patroni leader before the fault")
-        self.leader_before = leader.name
-        self.timeline_before = _last_timeline(self.cluster.history())
-        ctx.old_primary = leader.name
-        return self.cluster
-
-    def stop(self) -> None:
-        if self.watch is not None:
-            self.watch.stop()
-        self.cluster.stop()
-
-    def add_to_report(self, report: dict[str, Any], ledger: Ledger, ctx: DrillContext) -> None:
-        from .patroni_report import patroni_figures
-
-        if self.watch is not None:
-            self.watch.stop()
-        report["patroni"] = patroni_figures(self, ledger, ctx)
-        failures = report["patroni"].pop("failures")
-        if failures:
-            report["failures"].extend(failures)
-            report["passed"] = False
-
-
-def _last_timeline(history: list[list[Any]]) -> int:
-    return int(history[-1][0]) + 1 if history else 1
 
 
 def _dep(ctx: DrillContext) -> PatroniDeployment:
@@ -251,7 +105,7 @@ async def _settled(ctx: DrillContext, other_than: str | None = None) -> str:
 
     def switch() -> list[list[Any]] | None:  # the new leader publishes it a loop later
         history = pc.history()
-        return history if _last_timeline(history) > dep.timeline_before else None
+        return history if last_timeline(history) > dep.timeline_before else None
 
     history = await _until(switch, SETTLE_TIMEOUT, "Patroni's /history to show the promotion")
     ctx.received[name] = int(history[-1][1])  # all WAL the promoted member had

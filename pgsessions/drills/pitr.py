@@ -166,7 +166,8 @@ async def run_pitr(opts: PitrOptions) -> dict[str, Any]:
     from ..router.lsn import parse_lsn
     from ..sessions import PostgresSession, migrate
     from .ledger import Ledger, LedgerObserver
-    from .runner import DrillOptions, make_router, quiet_pool_logs, router_config
+    from .options import DrillOptions
+    from .runner import make_router, quiet_pool_logs, router_config
     from .verify import load_stored
     from .workload import DrillWorkload
 

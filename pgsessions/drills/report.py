@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .patroni_report import patroni_lines
+from .patroni_deploy import patroni_lines
 
 
 def _s(v: float | None) -> str:

@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import sys
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..devcluster import LocalCluster
@@ -20,38 +18,11 @@ from ..router.dsn import host_label
 from ..sessions import migrate
 from .broken import DroppingSession, TokenIgnoringRouter
 from .ledger import Ledger, LedgerObserver, short_error
+from .options import DrillOptions
 from .sampler import NodeSampler, TopologyWatcher
 from .scenarios import SCENARIOS, TRIGGER, DrillContext, Scenario
 from .verify import analyse, find_writable, load_stored
 from .workload import DrillWorkload, SessionFactory
-
-
-@dataclass
-class DrillOptions:
-    """What ``pgsessions drill`` was asked to do."""
-
-    scenarios: list[str] = field(default_factory=lambda: list(SCENARIOS))
-    sync: bool = False
-    sessions: int = 24
-    warmup: float = 2.0
-    hold: float = 2.5
-    after: float = 1.5
-    hosts: list[str] = field(default_factory=list)
-    trigger: str | None = None
-    schema: str = "pgsessions_drill"
-    keep_cluster: bool = False
-    fsync: bool = True
-    break_router: str | None = None
-    check_interval: float = 0.2
-    failover_timeout: float = 20.0
-    recover_timeout: float = 45.0
-    #: Patroni scenarios (``--patroni``) and the Patroni cluster's timing
-    patroni: bool = False
-    patroni_ttl: int = 10
-    patroni_loop_wait: int = 2
-    #: the router also reads Patroni's REST API (RouterConfig.patroni)
-    patroni_rest: bool = False
-    log: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr))
 
 
 def router_config(hosts: list[str], opts: DrillOptions, name: str) -> RouterConfig:

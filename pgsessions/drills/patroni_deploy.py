@@ -1,4 +1,5 @@
-"""The Patroni figures of a drill: when Patroni promoted, when pgsessions wrote again.
+"""The Patroni cluster a drill scenario runs on: its deployment, a watch of its REST API,
+and the figures of the report: when Patroni promoted, when pgsessions wrote again.
 
 Times are seconds on the ledger's clock. Patroni's promotion time comes from its ``/history``
 (the new timeline's history file, written by PostgreSQL as it leaves recovery); the REST
@@ -8,13 +9,17 @@ API's view (``/cluster``, polled ten times a second) and the servers' own answer
 
 from __future__ import annotations
 
+import dataclasses
+import threading
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from ..devcluster.patroni import PatroniCluster
+from ..router import RouterConfig
 from .ledger import Ledger
 
 if TYPE_CHECKING:
-    from .patroni_scenarios import PatroniDeployment
     from .scenarios import DrillContext
 
 
@@ -209,3 +214,141 @@ def patroni_lines(p: dict[str, Any]) -> list[str]:
             f"{j['reads_served_after']} reads served by it since"
         )
     return lines
+
+
+@dataclass(slots=True)
+class RestSample:
+    t: float
+    leader: str | None  # the member Patroni calls leader with state running
+    states: dict[str, str]  # member -> "role/state"
+    timeline: int | None
+
+
+class PatroniWatch:
+    """Polls Patroni's ``/cluster`` from a thread; records each change as a ``patroni``
+    event in the ledger and keeps every distinct sample."""
+
+    def __init__(self, cluster: PatroniCluster, ledger: Ledger, interval: float = 0.1) -> None:
+        self.cluster = cluster
+        self.ledger = ledger
+        self.interval = interval
+        self.samples: list[RestSample] = []
+        self._first = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="drill-patroni", daemon=True)
+
+    def start(self) -> None:
+        self._sample()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def _sample(self) -> None:
+        t = self.ledger.now()
+        info = None
+        members = self.cluster.members
+        for i in range(len(members)):  # the member that answered last first
+            k = (self._first + i) % len(members)
+            info = self.cluster.rest(members[k].name, "cluster", timeout=0.5)
+            if isinstance(info, dict) and "members" in info:
+                self._first = k
+                break
+            info = None
+        if info is None:
+            s = RestSample(t, None, {}, None)
+        else:
+            rows = info.get("members", [])
+            states = {r.get("name", "?"): f"{r.get('role')}/{r.get('state')}" for r in rows}
+            leader = next(
+                (
+                    r.get("name")
+                    for r in rows
+                    if r.get("role") == "leader" and r.get("state") == "running"
+                ),
+                None,
+            )
+            tl = next((r.get("timeline") for r in rows if r.get("role") == "leader"), None)
+            s = RestSample(t, leader, states, tl)
+        last = self.samples[-1] if self.samples else None
+        if last is None or (last.leader, last.states, last.timeline) != (
+            s.leader,
+            s.states,
+            s.timeline,
+        ):
+            self.samples.append(s)
+            if last is not None:
+                what = ", ".join(f"{k} {v}" for k, v in sorted(s.states.items()))
+                self.ledger.event(
+                    "patroni", f"leader {s.leader or '-'} tl {s.timeline}: {what or 'no answer'}"
+                )
+
+    def leader_seen(self, after: float, other_than: str | None = None) -> float | None:
+        """When the REST API first showed a running leader (other than ``other_than``)."""
+        for s in self.samples:
+            if s.t >= after and s.leader is not None and s.leader != other_than:
+                return s.t
+        return None
+
+
+@dataclass
+class PatroniDeployment:
+    """A Patroni cluster brought by a drill scenario (see ``Scenario.deploy``)."""
+
+    cluster: PatroniCluster
+    #: the router also reads Patroni's /cluster (RouterConfig.patroni)
+    rest: bool = False
+    watch: PatroniWatch | None = None
+    leader_before: str | None = None
+    timeline_before: int = 1
+    #: scenario-specific figures for the report (seconds on the ledger's clock)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def node_dsns(self) -> dict[str, str]:
+        return {m.name: m.dsn for m in self.cluster.members}
+
+    @property
+    def router_hosts(self) -> list[str]:
+        return self.cluster.dsns()
+
+    def router_config(self, config: RouterConfig) -> RouterConfig:
+        if not self.rest:
+            return config
+        return dataclasses.replace(config, patroni=self.cluster.rest_urls())
+
+    def begin(self, ctx: DrillContext) -> PatroniCluster:
+        """Start watching and note who leads, just before the fault."""
+        self.watch = PatroniWatch(self.cluster, ctx.ledger)
+        self.watch.start()
+        leader = self.cluster.leader()
+        if leader is None:
+            raise RuntimeError("no Patroni leader before the fault")
+        self.leader_before = leader.name
+        self.timeline_before = last_timeline(self.cluster.history())
+        ctx.old_primary = leader.name
+        return self.cluster
+
+    def stop(self) -> None:
+        if self.watch is not None:
+            self.watch.stop()
+        self.cluster.stop()
+
+    def add_to_report(self, report: dict[str, Any], ledger: Ledger, ctx: DrillContext) -> None:
+        if self.watch is not None:
+            self.watch.stop()
+        report["patroni"] = patroni_figures(self, ledger, ctx)
+        failures = report["patroni"].pop("failures")
+        if failures:
+            report["failures"].extend(failures)
+            report["passed"] = False
+
+
+def last_timeline(history: list[list[Any]]) -> int:
+    return int(history[-1][0]) + 1 if history else 1

@@ -1,4 +1,4 @@
-"""Measure the session's hot statements on the primary: ``python -m pgsessions.sessions.measure``.
+"""Measure the session's hot statements on the primary: ``python -m bench.hot_statements``.
 
 Prints the median (and p90) time of ``add_items`` with 2 items of about 1 KB each and of
 ``get_items(limit=50)`` on a session holding 200 items, over ``--runs`` calls each. Hosts:
@@ -20,9 +20,9 @@ from typing import cast
 
 from agents.items import TResponseInputItem
 
-from ..router import RouterConfig, SessionRouter
-from .schema import migrate
-from .session import PostgresSession
+from pgsessions.router import RouterConfig, SessionRouter
+from pgsessions.sessions.schema import migrate
+from pgsessions.sessions.session import PostgresSession
 
 
 def _item(i: int, role: str) -> TResponseInputItem:
@@ -84,7 +84,7 @@ def main() -> None:
     elif os.environ.get("PGSESSIONS_HOSTS"):
         hosts = os.environ["PGSESSIONS_HOSTS"]
     else:
-        from ..devcluster.local import ensure_local_cluster
+        from pgsessions.devcluster.local import ensure_local_cluster
 
         cluster, started = ensure_local_cluster()
         hosts = cluster.dsns()
