@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ..router.settings import count, flag
 from .archive import archive_settings, prepare_archive, start_archiving
 from .cluster import STATE_FILE, LocalCluster
 from .errors import ClusterError
@@ -96,7 +97,9 @@ def add_cluster_command(sub: Any) -> None:
     p = sub.add_parser("cluster", help="start, inspect or stop the local replicated cluster")
     csub = p.add_subparsers(dest="cluster_cmd", required=True)
     up = csub.add_parser("up", help="start a primary + N streaming replicas and leave them running")
-    up.add_argument("--replicas", type=int, default=2, help="number of replicas (default 2)")
+    up.add_argument(
+        "--replicas", type=flag(count(0, 16)), default=2, help="number of replicas (default 2)"
+    )
     up.add_argument("--sync", action="store_true", help="synchronous replication (ANY 1)")
     up.add_argument(
         "--dir", type=Path, default=None, help=f"state directory (default {DEFAULT_DIR})"

@@ -11,6 +11,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from ..router.dsn import split_hosts
+from ..router.settings import count, flag, non_negative
 from .patroni_cli import PATRONI_NAMES, add_patroni_arguments, patroni_options
 from .pitr import add_pitr_arguments, run_pitr_command
 from .report import format_scenario, format_summary
@@ -47,10 +48,30 @@ def add_drill_command(sub: Any) -> None:
         action="store_true",
         help="synchronous replication: no acknowledged write may be lost",
     )
-    p.add_argument("--sessions", type=int, default=24, help="concurrent sessions (default 24)")
-    p.add_argument("--warmup", type=float, default=2.0, help="seconds of workload before the fault")
-    p.add_argument("--hold", type=float, default=2.5, help="how long a fault lasts (seconds)")
-    p.add_argument("--after", type=float, default=1.5, help="seconds of workload after recovery")
+    p.add_argument(
+        "--sessions",
+        type=flag(count(1, 10_000)),
+        default=24,
+        help="concurrent sessions (default 24)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=flag(non_negative(3600.0)),
+        default=2.0,
+        help="seconds of workload before the fault",
+    )
+    p.add_argument(
+        "--hold",
+        type=flag(non_negative(3600.0)),
+        default=2.5,
+        help="how long a fault lasts (seconds)",
+    )
+    p.add_argument(
+        "--after",
+        type=flag(non_negative(3600.0)),
+        default=1.5,
+        help="seconds of workload after recovery",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p.add_argument("--plot", metavar="FILE.png", help="draw a timeline (needs matplotlib)")
     p.add_argument(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..router.settings import count, flag
 from .patroni_scenarios import PATRONI_SCENARIOS, patroni_failover_budget
 
 PATRONI_NAMES = list(PATRONI_SCENARIOS)
@@ -26,8 +27,12 @@ def add_patroni_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="the router also reads Patroni's REST API (RouterConfig.patroni)",
     )
-    g.add_argument("--ttl", type=int, default=10, help="Patroni's ttl (default 10)")
-    g.add_argument("--loop-wait", type=int, default=2, help="Patroni's loop_wait (default 2)")
+    g.add_argument(
+        "--ttl", type=flag(count(5, 3600)), default=10, help="Patroni's ttl (default 10)"
+    )
+    g.add_argument(
+        "--loop-wait", type=flag(count(1, 3600)), default=2, help="Patroni's loop_wait (default 2)"
+    )
 
 
 def patroni_options(args: argparse.Namespace) -> dict[str, Any]:

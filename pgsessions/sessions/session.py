@@ -13,6 +13,7 @@ from agents.memory.session_settings import (
     resolve_session_limit,
 )
 
+from ..router.config import SETTINGS
 from ..router.lsn import format_lsn, parse_lsn
 from . import usage as _usage
 from .ids import check_session_id, check_tenant
@@ -38,10 +39,9 @@ def _ttl(value: float | timedelta | None) -> timedelta | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float | timedelta):
         raise TypeError(f"ttl must be seconds or a timedelta, got {value!r}")
-    ttl = value if isinstance(value, timedelta) else timedelta(seconds=value)
-    if ttl <= timedelta(0):
-        raise ValueError(f"ttl must be > 0, got {value!r}")
-    return ttl
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    SETTINGS["session_ttl"].check("ttl (seconds)", seconds)  # NaN, inf, <= 0, centuries
+    return value if isinstance(value, timedelta) else timedelta(seconds=value)
 
 
 def _no_branches(branch_id: str | None) -> None:
