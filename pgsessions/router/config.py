@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .dsn import check_dsn, scrub, split_hosts, strip_own_options
+from .dsn import check_dsn, shown, split_hosts, strip_own_options
 from .settings import INT64_MAX, MAX_CONNECTIONS, Range, count, non_negative, positive
 
 NoReplicaPolicy = Literal["primary", "wait", "error"]
@@ -119,7 +119,7 @@ class RouterConfig:
                     )
                 raise ValueError(
                     f"RouterConfig.hosts[{i}] is not a valid PostgreSQL DSN: {problem}{hint} "
-                    f"(DSN: {scrub(dsn)})"
+                    f"(DSN: {shown(dsn)})"
                 )
             conninfo, own = strip_own_options(dsn)
             mode = own.get("prepared_statements", self.prepared_statements)
