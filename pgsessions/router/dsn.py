@@ -52,8 +52,8 @@ def with_own_options(dsn: str, own: dict[str, str]) -> str:
 
 
 # a key=value password: quoted, or up to the next "key=" (an unquoted space is a mistake
-# whose tail could still be secret)
-_KV_PASSWORD = r"""('(?:[^'\\]|\\.)*'|[^\s&]*(?:\s+(?![\w.]+\s*=)[^\s&]+)*)"""
+# whose tail could still be secret); in a URL query it may swallow the next parameters
+_KV_PASSWORD = r"""('(?:[^'\\]|\\.)*'|\S*(?:\s+(?![\w.]+\s*=)\S+)*)"""
 _KV_PASSWORD_RE = re.compile(r"password\s*=\s*" + _KV_PASSWORD, re.IGNORECASE)
 _SECRET_RES = (
     re.compile(r"(password\s*=\s*)" + _KV_PASSWORD, re.IGNORECASE),
