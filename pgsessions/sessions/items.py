@@ -121,7 +121,7 @@ def encode_metadata(metadata: Mapping[str, Any] | None) -> str | None:
     except ValueError as exc:
         raise ValueError(f"metadata cannot be stored as JSON: {exc}") from None
     except RecursionError:
-        check_depth("metadata", value_depth(metadata))
+        check_depth("metadata", value_depth(dict(metadata)))
         raise
     check_text("metadata", text)
     if not utf8_safe(text):

@@ -12,7 +12,7 @@ for the envelopes readers add (a read's array, an export line, a web framework's
 
 from __future__ import annotations
 
-import re
+from itertools import accumulate, repeat
 from typing import Any
 
 #: deepest nesting accepted in an item, metadata, usage details or an import line's value
@@ -20,23 +20,22 @@ MAX_DEPTH = 128
 #: largest item accepted, in bytes of its JSON text (UTF-8)
 MAX_ITEM_BYTES = 32 * 2**20
 
-# a JSON string literal (escapes included): its brackets are text, not nesting
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_BRACKET = re.compile(r"[\[\]{}]")
+# outside its strings, JSON holds only brackets and these (numbers, literals, separators)
+_NOT_BRACKETS = str.maketrans(dict.fromkeys(",:0123456789.+-eEtruefalsn \t\r\n"))
+_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 
 
 def text_depth(text: str) -> int:
-    """The nesting depth of JSON ``text`` (iterative: any depth, no RecursionError)."""
-    if text.count("[") + text.count("{") <= 1:
-        return 1 if "[" in text or "{" in text else 0
-    depth = deepest = 0
-    for m in _BRACKET.finditer(_STRING.sub("", text)):
-        if m.group() in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        else:
-            depth -= 1
-    return deepest
+    """The nesting depth of JSON ``text`` (iterative, linear: any depth, no RecursionError).
+
+    Escaped backslashes, then escaped quotes, are dropped, so that every remaining ``"``
+    opens or closes a string; the text between them is dropped, and so is everything but
+    brackets. The depth is then the running count's peak.
+    """
+    unescaped = text.replace("\\\\", "").replace('\\"', "")
+    outside = "".join(unescaped.split('"')[0::2]).translate(_NOT_BRACKETS)
+    steps = map(_STEP.get, outside, repeat(0))  # anything else (invalid JSON): 0
+    return max(accumulate(steps), default=0)
 
 
 def value_depth(value: Any) -> int:
