@@ -182,3 +182,17 @@ def test_numeric_flags_refuse_bad_values(
         build_parser().parse_args([*argv, flag, raw])
     err = capsys.readouterr().err
     assert f"argument {flag}" in err and f"'{raw}': must be " in err
+
+
+async def test_call_arguments_use_the_same_ranges() -> None:
+    from datetime import timedelta
+
+    from pgsessions import SessionRouter, list_sessions
+    from pgsessions.retention import prune
+
+    router = SessionRouter(RouterConfig(hosts=HOSTS))  # never opened: refused before any I/O
+    for bad in (0, -1, True, 2.0, 10**30):
+        with pytest.raises(ValueError, match="limit must be an integer >= 1"):
+            await list_sessions(router, limit=bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="batch must be an integer >= 1"):
+            await prune(router, older_than=timedelta(days=1), batch=bad)  # type: ignore[arg-type]
