@@ -192,10 +192,20 @@ async def test_runner_reads_back_the_deepest_and_the_largest_accepted_items(
     await session.add_items([deepest, largest])  # type: ignore[list-item]
     with pytest.raises(ValueError, match="nested"):
         await session.add_items([{"role": "user", "content": "x", "extra": [deep]}])  # type: ignore[list-item]
-    agent, model = agent_with("read both")
+    agent, model = agent_with("read both", "streamed both")
     result = await Runner.run(agent, "still usable?", session=session)
     assert result.final_output == "read both"
     assert model.last_call is not None
     sent = list(model.last_call.input)
     assert sent[0] == deepest and sent[1] == largest
-    assert texts(await session.get_items())[-2:] == ["still usable?", "read both"]
+    streamed = Runner.run_streamed(agent, "and streamed?", session=session)
+    async for _ in streamed.stream_events():
+        pass
+    assert streamed.final_output == "streamed both"
+    assert list(model.last_call.input)[:2] == [deepest, largest]
+    assert texts(await session.get_items())[-4:] == [
+        "still usable?",
+        "read both",
+        "and streamed?",
+        "streamed both",
+    ]
