@@ -21,6 +21,7 @@ from typing import cast
 from agents.items import TResponseInputItem
 
 from pgsessions.router import RouterConfig, SessionRouter
+from pgsessions.router.settings import count, flag
 from pgsessions.sessions.schema import migrate
 from pgsessions.sessions.session import PostgresSession
 
@@ -75,7 +76,7 @@ async def measure(hosts: list[str] | str, runs: int) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hosts", nargs="+", default=None)
-    parser.add_argument("--runs", type=int, default=500)
+    parser.add_argument("--runs", type=flag(count(10)), default=500)
     args = parser.parse_args()
     cluster = None
     hosts: list[str] | str

@@ -68,7 +68,7 @@ def test_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     ("kwargs", "message"),
     [
         ({"hosts": []}, "hosts is empty"),
-        ({"check_interval": 0}, "check_interval must be > 0"),
+        ({"check_interval": 0}, "check_interval must be a finite number > 0"),
         ({"max_lag_bytes": -1}, "max_lag_bytes"),
         ({"no_replica_policy": "maybe"}, "no_replica_policy"),
         ({"schema": "x; drop table y"}, "schema"),
@@ -81,6 +81,6 @@ def test_bad_config_names_the_problem(kwargs: dict[str, object], message: str) -
 
 
 def test_failover_timeout_stays_under_the_op_id_retention() -> None:
-    with pytest.raises(ValueError, match="failover_timeout must be < 3600"):
+    with pytest.raises(ValueError, match=r"failover_timeout must be .* and < 3600"):
         RouterConfig(hosts=["host=h1"], failover_timeout=3600)
     assert RouterConfig(hosts=["host=h1"], failover_timeout=600).failover_timeout == 600

@@ -15,8 +15,15 @@ import pytest
 from pgsessions import PostgresSession, SessionRouter, migrate
 from pgsessions.devcluster import LocalCluster
 from pgsessions.export import export_lines, import_records, read_export
-from pgsessions.export.records import ExportFormatError, raw_fields
+from pgsessions.export.records import (
+    ConversationRecord,
+    ExportFormatError,
+    ItemRecord,
+    UsageRecord,
+    raw_fields,
+)
 from pgsessions.export.sdk_sources import SourceStats, sqlalchemy_records, sqlite_records
+from pgsessions.sessions.limits import MAX_DEPTH
 from pgsessions.sessions.schema import quote_ident
 from pgsessions.sessions.sql import statements
 
@@ -304,3 +311,58 @@ async def test_tenants_travel_with_their_conversations(db: SessionRouter) -> Non
                 ("conv-1", ""),
                 ("conv-2", ""),
             ], table
+
+
+def deep_value(depth: int) -> Any:
+    value: Any = 0
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_an_import_line_nested_too_deep_is_refused_before_parsing() -> None:
+    header = '{"kind": "header", "format": "pgsessions-export", "version": 1}'
+    line = '{"kind": "item", "session_id": "s", "item": ' + "[" * 10_000 + "]" * 10_000 + "}"
+    with pytest.raises(ExportFormatError, match="line 2: the line is nested 10001 levels deep"):
+        list(read_export([header, line]))
+
+
+@pytest.mark.owner_sql
+async def test_records_past_the_limits_are_refused_and_import_nothing(db: SessionRouter) -> None:
+    ok = ConversationRecord("limits-ok", items=[ItemRecord(1, json.dumps(deep_value(MAX_DEPTH)))])
+    deep_item = ConversationRecord(
+        "limits-item", items=[ItemRecord(1, json.dumps(deep_value(MAX_DEPTH + 1)))]
+    )
+    deep_meta = ConversationRecord("limits-meta", metadata=json.dumps({"a": deep_value(500)}))
+    deep_usage = ConversationRecord(
+        "limits-usage",
+        usage=[UsageRecord(1, None, 1, 1, 1, 2, input_tokens_details=json.dumps(deep_value(200)))],
+    )
+    summary = await import_records(db, [ok, deep_item, deep_meta, deep_usage])
+    assert summary.imported == 1
+    assert [e.split(":")[0] for e in summary.errors] == [
+        "'limits-item'",
+        "'limits-meta'",
+        "'limits-usage'",
+    ]
+    assert "nested 129 levels deep; at most 128" in summary.errors[0]
+    assert "nested 501 levels deep" in summary.errors[1]
+    assert "input_tokens_details is nested 200 levels deep" in summary.errors[2]
+    assert await PostgresSession("limits-ok", db).get_items() == [deep_value(MAX_DEPTH)]
+    for sid in ("limits-item", "limits-meta", "limits-usage"):
+        assert await PostgresSession(sid, db).get_metadata() is None
+
+
+def test_a_too_deep_sdk_item_makes_its_conversation_an_error(tmp_path: Path) -> None:
+    import asyncio
+
+    from agents import SQLiteSession
+
+    async def write() -> None:
+        s = SQLiteSession("deep", tmp_path / "sdk.db")
+        await s.add_items([{"role": "user", "content": "hi", "x": deep_value(300)}])  # type: ignore[list-item]
+        s.close()
+
+    asyncio.run(write())
+    (rec,) = sqlite_records(tmp_path / "sdk.db")
+    assert rec.error is not None and "item 0 is nested 301 levels deep" in rec.error

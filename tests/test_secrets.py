@@ -16,16 +16,18 @@ import traceback
 import uuid
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from prometheus_client import CollectorRegistry
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgsessions import PostgresSession, RouterConfig, SessionRouter, migrate
 from pgsessions.cli.status import as_json, format_table
 from pgsessions.devcluster import LocalCluster
 from pgsessions.devcluster.ports import pick_free_port
 from pgsessions.monitoring.endpoint import Endpoint
+from pgsessions.router.dsn import host_label, redact, scrub
 from tests.test_router import wait_until
 
 
@@ -206,3 +208,89 @@ def test_no_password_in_a_drill_report(tls_cluster: LocalCluster, secret: str) -
     [scenario] = report["scenarios"]
     assert scenario["scenario"] == "trigger" and "error" not in scenario, scenario
     assert scenario["writes"]["acknowledged"] > 0, scenario
+
+
+# malformed DSNs: no database needed ------------------------------------------------------------
+PIECES = ("Zq7", "Xk9", "Wm3", "Jp5")
+P = "Zq7@Xk9:Wm3/Jp5"  # '@', ':' and '/' in one password
+Q = quote(P, safe="")
+MALFORMED = [
+    f"postgresql://app:{P}@db1:5432/agents",
+    "postgresql://app:Zq7@Xk9@db1/agents",  # the report: split at the first '@'
+    "postgresql://app:Zq7@Xk9Wm3Jp5@db1:5432,db2:5433/agents",  # multi-host
+    "postgresql://app:Zq7/Xk9@db1/agents",  # '/' ends the authority: host app, port Zq7
+    "postgresql://app:Zq7/Xk9Wm3Jp5@db1:5432,db2:5433/agents",
+    f"postgresql://app@db1/agents?password={P}",
+    f"postgres://app:{P}@db1/agents, postgresql://app@db2/agents",  # one of a list
+    "postgresql://app:Zq7 Xk9@db1/agents",  # an unencoded space
+    "postgresql://app:Zq7%Xk9@db1/agents",  # a bad percent escape
+    "host=db1 password=Zq7 Xk9 port=5432",  # key=value, unquoted space
+    "host=db1 password='Zq7@Xk9:Wm3/Jp5",  # unterminated quote
+]
+WELL_FORMED = [
+    (f"postgresql://app:{Q}@db1:5432/agents", ["db1:5432"]),
+    (f"postgresql://app:{Q}@db1:5432,db2:5433/agents", ["db1:5432", "db2:5433"]),
+    ("postgresql://app:Zq7:Xk9@db1/agents", ["db1:5432"]),  # ':' needs no encoding
+    (f"postgresql://app@db1/agents?password={Q}", ["db1:5432"]),
+    (f"host=db1 password='{P}'", ["db1:5432"]),
+    (f"host=db1 password={P}", ["db1:5432"]),  # key=value needs no quoting for these
+    (f"host=db1,db2 port=1,2 password={P}", ["db1:1", "db2:2"]),
+]
+
+
+def assert_no_piece(*texts: str) -> None:
+    for text in texts:
+        for piece in PIECES:
+            assert piece not in text, f"{piece!r} of the password shows in: {text}"
+
+
+@pytest.mark.parametrize("dsn", MALFORMED)
+def test_a_malformed_dsn_is_refused_without_a_piece_of_its_password(dsn: str) -> None:
+    with pytest.raises(ValueError, match="is not a valid PostgreSQL DSN") as refused:
+        RouterConfig(hosts=dsn)
+    assert_no_piece(all_text(refused.value))
+    for part in dsn.split(", "):
+        assert_no_piece(host_label(part), redact(part), scrub(part))
+
+
+@pytest.mark.parametrize(("dsn", "labels"), WELL_FORMED)
+def test_a_password_with_at_colon_slash_never_shows(dsn: str, labels: list[str]) -> None:
+    config = RouterConfig(hosts=dsn)
+    assert [host_label(h) for h in config.host_list] == labels
+    assert_no_piece(repr(config), str(config), scrub(dsn))
+    assert_no_piece(*(redact(h) for h in config.host_list))
+    assert {conninfo_to_dict(h)["password"] for h in config.host_list} <= {P, "Zq7:Xk9"}
+
+
+async def test_a_password_with_at_colon_slash_stays_out_of_logs_and_metrics(
+    cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Against real servers (trust auth: the password travels but is not checked), in a
+    multi-host URL with the password percent-encoded and as key=value strings; a host that
+    is down makes the router log and count it."""
+    caplog.set_level(logging.DEBUG)
+    for name in ("pgsessions", "psycopg"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    nodes = [conninfo_to_dict(d) for d in cluster.dsns()]
+    hosts = ",".join(f"{n['host']}:{n['port']}" for n in nodes)
+    url = f"postgresql://{nodes[0]['user']}:{Q}@{hosts}/{nodes[0]['dbname']}"
+    down = make_conninfo(cluster.dsns()[0], port=str(pick_free_port()), password=P)
+    config = RouterConfig(
+        hosts=[url, down], check_interval=0.1, connect_timeout=1.0, schema="secrets_at"
+    )
+    seen = [repr(config), str(config)]
+    async with SessionRouter(config) as router:
+        endpoint = Endpoint(router, CollectorRegistry())
+        await migrate(router)
+        session = PostgresSession("secret-at", router)
+        await session.add_items([{"role": "user", "content": "hi"}])  # type: ignore[list-item]
+        assert await session.get_items() == [{"role": "user", "content": "hi"}]
+        await wait_until(lambda: any(not h.up for h in router.topology().hosts), 10, "down")
+        seen += [repr(router), repr(router.topology()), str(router.stats())]
+        seen += [endpoint.metrics()[0].decode(), format_table(router.topology())]
+        async with router.primary_connection() as conn:
+            await conn.execute("DROP SCHEMA secrets_at CASCADE")
+    formatter = logging.Formatter("%(name)s %(levelname)s %(message)s")
+    seen += [formatter.format(r) for r in caplog.records]
+    assert any("down" in t or "failed" in t for t in seen[-len(caplog.records) :])
+    assert_no_piece(*seen)

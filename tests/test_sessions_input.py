@@ -1,19 +1,25 @@
 """Bad input is refused before any I/O with an error naming the problem: session ids too long
-for the indexes that hold them, items that are not JSON objects."""
+for the indexes that hold them, items that are not JSON objects, JSON nested deeper or items
+larger than every reader can read back."""
 
 from __future__ import annotations
 
 import random
 import uuid
-from types import MappingProxyType
+from types import MappingProxyType, SimpleNamespace
 from typing import Any
 
 import psycopg
 import pytest
+from agents.usage import Usage
 
 from pgsessions import PostgresSession, SessionRouter, list_sessions, migrate
 from pgsessions.sessions.ids import MAX_SESSION_ID_BYTES, check_session_id, check_tenant
+from pgsessions.sessions.items import encode_item, encode_items, encode_metadata
+from pgsessions.sessions.limits import MAX_DEPTH, MAX_ITEM_BYTES, text_depth, value_depth
 from pgsessions.sessions.sql import statements
+from pgsessions.sessions.usage import usage_params
+from tests.helpers import run_result
 
 
 @pytest.fixture
@@ -152,3 +158,70 @@ async def test_compaction_refuses_non_objects_and_changes_nothing(db: SessionRou
     assert await s.get_items() == [msg(0), msg(1), msg(2)]
     assert await snapshot.replace_suffix(1, [msg(9)]) is True
     assert await s.get_items() == [msg(0), msg(9)]
+
+
+# nesting depth and size ------------------------------------------------------------------------
+def nested(depth: int) -> Any:
+    """A JSON value ``depth`` containers deep (dicts and lists in turn)."""
+    value: Any = "bottom"
+    for i in range(depth):
+        value = [value] if i % 2 else {"level": i, "next": value}
+    return value
+
+
+def item_of_depth(depth: int) -> dict[str, Any]:
+    """A user message item nested exactly ``depth`` deep (the item itself is one level)."""
+    return {"role": "user", "content": "deep", "extra": nested(depth - 1)}
+
+
+def test_depth_is_counted_in_containers() -> None:
+    assert value_depth(item_of_depth(MAX_DEPTH)) == MAX_DEPTH
+    assert text_depth(encode_item(item_of_depth(MAX_DEPTH))) == MAX_DEPTH
+    assert text_depth('{"a": "[[[{{{", "b": [1, {"c": []}]}') == 4
+    assert text_depth('"[\\"[" ') == 0
+    assert text_depth("[" * 50_000 + "]" * 50_000) == 50_000
+
+
+@pytest.mark.parametrize("depth", [MAX_DEPTH + 1, 982, 10_000])
+def test_items_past_the_depth_limit_are_refused_naming_depth_and_limit(depth: int) -> None:
+    assert encode_item(item_of_depth(MAX_DEPTH))  # the limit itself is accepted
+    with pytest.raises(ValueError, match=f"item 1 is nested {depth} levels deep; at most 128"):
+        encode_items([msg(0), item_of_depth(depth)])
+
+
+@pytest.mark.parametrize("depth", [MAX_DEPTH + 1, 10_000])
+def test_metadata_and_usage_details_past_the_depth_limit_are_refused(depth: int) -> None:
+    assert encode_metadata({"a": nested(MAX_DEPTH - 1)})
+    with pytest.raises(ValueError, match=f"metadata is nested {depth} levels deep; at most 128"):
+        encode_metadata({"a": nested(depth - 1)})
+    deep = SimpleNamespace(cached_tokens=0, extra=nested(depth - 1))
+    usage = Usage(requests=1, input_tokens=1, output_tokens=1, total_tokens=2)
+    usage.input_tokens_details = deep  # type: ignore[assignment]
+    result = run_result(1)
+    result.context_wrapper.usage = usage
+    with pytest.raises(ValueError, match=f"input_tokens_details is nested {depth} levels deep"):
+        usage_params(result)
+
+
+def test_an_item_past_the_size_limit_is_refused() -> None:
+    at_limit = {"role": "user", "content": ""}
+    at_limit["content"] = "x" * (MAX_ITEM_BYTES - len(encode_item(at_limit)))
+    assert len(encode_item(at_limit)) == MAX_ITEM_BYTES
+    at_limit["content"] += "é"  # 2 bytes of UTF-8, one character
+    with pytest.raises(ValueError, match=f"item 0 is {MAX_ITEM_BYTES + 2} bytes of JSON"):
+        encode_item(at_limit)
+
+
+async def test_a_too_deep_item_or_metadata_is_refused_before_any_write(db: SessionRouter) -> None:
+    s = PostgresSession(f"deep-{uuid.uuid4().hex[:6]}", db)
+    await s.add_items([msg(0)])
+    with pytest.raises(ValueError, match="item 1 is nested 982 levels deep"):
+        await s.add_items([msg(1), item_of_depth(982)])
+    with pytest.raises(ValueError, match="metadata is nested 10001 levels deep"):
+        await s.update_metadata({"a": nested(10_000)})
+    with pytest.raises(ValueError, match="metadata is nested 10001 levels deep"):
+        PostgresSession("deep-meta", db, metadata={"a": nested(10_000)})
+    assert await s.get_items() == [msg(0)]
+    assert await s.get_metadata() == {}
+    await s.add_items([item_of_depth(MAX_DEPTH)])
+    assert await s.get_items() == [msg(0), item_of_depth(MAX_DEPTH)]

@@ -11,6 +11,8 @@ from agents.memory import SessionSettings
 from agents.testing import ScriptedModel, assistant_message, function_call
 
 from pgsessions import PostgresSession, RouterConfig, SessionRouter, migrate
+from pgsessions.sessions.items import encode_item
+from pgsessions.sessions.limits import MAX_DEPTH, MAX_ITEM_BYTES, value_depth
 
 set_tracing_disabled(True)
 
@@ -172,3 +174,38 @@ async def test_two_session_ids_are_isolated(db: SessionRouter) -> None:
     await Runner.run(agent, "Who am I?", session=alice)
     assert texts(model.last_call.input) == ["I am Alice", "for alice", "Who am I?"]
     assert texts(await bob.get_items()) == ["I am Bob", "for bob"]
+
+
+async def test_runner_reads_back_the_deepest_and_the_largest_accepted_items(
+    db: SessionRouter,
+) -> None:
+    """What add_items accepts, the Runner can use: nothing stored makes the session unusable."""
+    deep: Any = "bottom"
+    for i in range(MAX_DEPTH - 1):
+        deep = [deep] if i % 2 else {"level": i, "next": deep}
+    deepest = {"role": "user", "content": "deep", "extra": deep}
+    largest = {"role": "assistant", "content": ""}
+    largest["content"] = "é" * ((MAX_ITEM_BYTES - len(encode_item(largest))) // 2)
+    assert value_depth(deepest) == MAX_DEPTH
+    assert MAX_ITEM_BYTES - 1 <= len(encode_item(largest).encode()) <= MAX_ITEM_BYTES
+    session = PostgresSession("runner-limits", db)
+    await session.add_items([deepest, largest])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="nested"):
+        await session.add_items([{"role": "user", "content": "x", "extra": [deep]}])  # type: ignore[list-item]
+    agent, model = agent_with("read both", "streamed both")
+    result = await Runner.run(agent, "still usable?", session=session)
+    assert result.final_output == "read both"
+    assert model.last_call is not None
+    sent = list(model.last_call.input)
+    assert sent[0] == deepest and sent[1] == largest
+    streamed = Runner.run_streamed(agent, "and streamed?", session=session)
+    async for _ in streamed.stream_events():
+        pass
+    assert streamed.final_output == "streamed both"
+    assert list(model.last_call.input)[:2] == [deepest, largest]
+    assert texts(await session.get_items())[-4:] == [
+        "still usable?",
+        "read both",
+        "and streamed?",
+        "streamed both",
+    ]

@@ -419,6 +419,85 @@ async def test_the_session_functions_by_hand_cannot_touch_another_tenant(
     await a_is_intact(app)
 
 
+async def test_another_tenants_operation_id_replays_nothing_of_its_result(
+    isolated: Tenancy, app: SessionRouter
+) -> None:
+    """Stored results (ops, migration 0009) are scoped like every other row: under tenant
+    A, B's operation ids of a pop, a metadata update and a usage row return nothing of B's;
+    under B they still replay B's own results. By hand, as the application role."""
+    await fill(app)
+    pop, meta, usage = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    calls = {  # in this order: the usage row needs B's user item, which the pop removes
+        "usage": ("SELECT {s}.store_usage('b-1', %s, 'm', 1, 1, 1, 2, NULL, NULL)", usage),
+        "meta": ("SELECT {s}.update_metadata('b-1', %s, '{{\"b\": \"secret\"}}', false)", meta),
+        "pop": ("SELECT {s}.pop_item('b-1', %s)", pop),
+    }
+
+    def run(conn: psycopg.Connection[Any], tenant: str, name: str) -> Any:
+        text, op = calls[name]
+        with conn.transaction():
+            conn.execute(isolated.q("SELECT {s}.set_tenant(%s)"), (tenant,))
+            return conn.execute(isolated.q(text), (op,)).fetchall()
+
+    with isolated.connect() as conn:
+        originals = {name: run(conn, "B", name) for name in calls}
+        assert originals["pop"] == [(user("B's question"),)]
+        assert originals["meta"] == [({"team": "red", "b": "secret"},)]
+        assert originals["usage"] == [(1,)]
+        assert run(conn, "A", "pop") == [(None,)]  # a pop of its own: nothing of A's there
+        assert run(conn, "A", "usage") == [(None,)]
+        with pytest.raises(errors.InsufficientPrivilege, match="row-level security"):
+            run(conn, "A", "meta")  # a write of its own, refused: B's conversation
+        for name in calls:  # B's replays still return B's results, and change nothing
+            assert run(conn, "B", name) == originals[name], name
+        with pytest.raises(errors.InsufficientPrivilege):
+            conn.execute(isolated.q("SELECT * FROM {s}.tenant_ops"))
+    await a_is_intact(app)
+    assert await PostgresSession("b-1", app, tenant="B").get_items() == []
+
+
+async def test_upgrading_keeps_each_tenants_recent_results(tenancy: Tenancy) -> None:
+    """Results stored before migration 0009 take their conversation's tenant: a retry that
+    straddles the upgrade still replays for its tenant, and only for it."""
+    before = [m for m in load_migrations() if m.version < "0009"]
+    async with SessionRouter(tenancy.owner_config()) as owner:
+        await migrate(owner, migrations=before, grant_to=tenancy.app, tenant_isolation=True)
+    tenancy.cluster.wait_caught_up()
+    async with SessionRouter(tenancy.app_config()) as router:
+        await fill(router)
+    op = uuid.uuid4()
+    pop = "SELECT {s}.pop_item('b-1', %s)"
+    with tenancy.connect() as conn:
+        with conn.transaction():
+            conn.execute(tenancy.q("SELECT {s}.set_tenant('B')"))
+            assert conn.execute(tenancy.q(pop), (op,)).fetchall() == [(user("B's question"),)]
+    async with SessionRouter(tenancy.owner_config()) as owner:
+        assert await migrate(owner) == ["0009"]
+        assert await tenant_isolation(owner)
+    with tenancy.connect() as conn:
+        for tenant, expected in (("B", user("B's question")), ("A", None)):
+            with conn.transaction():
+                conn.execute(tenancy.q("SELECT {s}.set_tenant(%s)"), (tenant,))
+                assert conn.execute(tenancy.q(pop), (op,)).fetchall() == [(expected,)], tenant
+
+
+async def test_prune_ops_removes_every_tenants_old_ids(
+    isolated: Tenancy, app: SessionRouter
+) -> None:
+    stores = await fill(app)
+    await stores["a"].pop_item()
+    await stores["b"].pop_item()
+    with psycopg.connect(isolated.dsns(isolated.owner)[0], autocommit=True) as conn:
+        count = isolated.q("SELECT tenant, count(*) FROM {s}.tenant_ops GROUP BY 1 ORDER BY 1")
+        assert [t for t, n in conn.execute(count).fetchall() if n] == ["A", "B"]
+        conn.execute(isolated.q("UPDATE {s}.tenant_ops SET created_at = now() - '2h'::interval"))
+    with isolated.connect() as conn:
+        (pruned,) = conn.execute(isolated.q("SELECT {s}.prune_ops()")).fetchone() or (0,)
+    assert pruned >= 2
+    with psycopg.connect(isolated.dsns(isolated.owner)[0], autocommit=True) as conn:
+        assert conn.execute(count).fetchall() == []
+
+
 # pooling, replicas, tokens, retries ---------------------------------------------------------
 async def test_a_pooled_connection_never_carries_a_tenant(isolated: Tenancy) -> None:
     """One connection for everything: A's writes and reads, then B's, then no tenant."""

@@ -33,6 +33,11 @@ def test_time_ranges_parse_or_name_the_problem() -> None:
     for bad in ("30", "d", "-3d", "yesterday", "30 days"):
         with pytest.raises(ValueError, match=repr(bad).replace("'", "'")[1:-1]):
             parse_instant(bad, NOW)
+    for huge in ("99999999999999d", "5300w"):  # past a century: refused, not OverflowError
+        with pytest.raises(ValueError, match=f"the duration '{huge}' in seconds must be"):
+            parse_instant(huge, NOW)
+        with pytest.raises(ValueError, match=f"the duration '{huge}'"):
+            parse_duration(huge)
 
 
 async def store_usage(

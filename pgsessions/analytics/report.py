@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
+from ..router.settings import INT64_MAX, count
 from ..sessions.schema import migrate_hint
 from .queries import REPORTS, report_sql
 
@@ -112,8 +113,7 @@ def combine(
 def _params(since: datetime, until: datetime, top: int) -> dict[str, Any]:
     if until <= since:
         raise ValueError(f"the range is empty: until {until.isoformat()} <= since {since}")
-    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-        raise ValueError(f"top must be a positive int, got {top!r}")
+    count(1, INT64_MAX).check("top", top)
     return {"since": since, "until": until, "top": top}
 
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
+from ..router.settings import non_negative
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+#: the longest duration taken: a century (a timedelta or a date past it overflows)
+_LONGEST = non_negative(100 * 365 * 86400.0)
 
 
 def parse_duration(text: str) -> timedelta:
@@ -14,7 +18,9 @@ def parse_duration(text: str) -> timedelta:
     m = _DURATION.match(text)
     if not m:
         raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 15m, 12h, 30d, 2w)")
-    return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+    seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    _LONGEST.check(f"the duration {text!r} in seconds", seconds)
+    return timedelta(seconds=seconds)
 
 
 def parse_instant(text: str, now: datetime | None = None) -> datetime:

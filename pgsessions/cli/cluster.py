@@ -18,6 +18,7 @@ from ..devcluster.local import DEFAULT_DIR, default_dir, ensure_local_cluster
 from ..devcluster.patroni import STATE_FILE as PATRONI_STATE
 from ..devcluster.patroni import PatroniCluster
 from ..devcluster.pgbouncer import Bouncer, load_bouncers, start_bouncers, stop_bouncers
+from ..router.settings import count, flag
 from .common import print_status_table
 
 
@@ -25,7 +26,9 @@ def add_cluster_command(sub: Any) -> None:
     p = sub.add_parser("cluster", help="start, inspect or stop the local replicated cluster")
     csub = p.add_subparsers(dest="cluster_cmd", required=True)
     up = csub.add_parser("up", help="start a primary + N streaming replicas and leave them running")
-    up.add_argument("--replicas", type=int, default=2, help="number of replicas (default 2)")
+    up.add_argument(
+        "--replicas", type=flag(count(0, 16)), default=2, help="number of replicas (default 2)"
+    )
     up.add_argument("--sync", action="store_true", help="synchronous replication (ANY 1)")
     up.add_argument(
         "--dir", type=Path, default=None, help=f"state directory (default {DEFAULT_DIR})"

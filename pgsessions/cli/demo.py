@@ -14,6 +14,7 @@ import uuid
 from typing import Any
 
 from ..router import RouterConfig, SessionRouter
+from ..router.settings import MAX_CONNECTIONS, count, flag, non_negative
 from ..sessions import migrate
 
 
@@ -30,20 +31,26 @@ def add_demo_command(sub: Any) -> None:
         ),
     )
     p.add_argument(
-        "--duration", type=float, default=30.0, help="seconds to run (0: until Ctrl-C; default 30)"
+        "--duration",
+        type=flag(non_negative()),
+        default=30.0,
+        help="seconds to run (0: until Ctrl-C; default 30)",
     )
     p.add_argument(
-        "--sessions", type=int, default=200, help="concurrent conversations (default 200)"
+        "--sessions",
+        type=flag(count(1, 100_000)),
+        default=200,
+        help="concurrent conversations (default 200)",
     )
     p.add_argument(
         "--think",
-        type=float,
+        type=flag(non_negative(3600.0)),
         default=1.5,
         help="mean think time between a user's turns, seconds (default 1.5)",
     )
     p.add_argument(
         "--pool",
-        type=int,
+        type=flag(count(1, MAX_CONNECTIONS)),
         help=(
             "primary pool size (default: sessions/5, between 10 and 40, on the local cluster; "
             "the configuration's own size with --hosts or PGSESSIONS_HOSTS)"
@@ -57,7 +64,7 @@ def add_demo_command(sub: Any) -> None:
     p.add_argument("--metrics-host", default="127.0.0.1")
     p.add_argument(
         "--metrics-port",
-        type=int,
+        type=flag(count(0, 65535)),
         default=9464,
         help="port for /metrics (default 9464; a free one if taken)",
     )

@@ -15,6 +15,7 @@ from ..drills.pitr import add_pitr_arguments, run_pitr_command
 from ..drills.report import format_scenario, format_summary
 from ..drills.scenarios import BREAKS, SCENARIOS
 from ..router.dsn import split_hosts
+from ..router.settings import count, flag, non_negative
 
 if TYPE_CHECKING:
     from ..drills.options import DrillOptions
@@ -39,8 +40,12 @@ def add_patroni_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="the router also reads Patroni's REST API (RouterConfig.patroni)",
     )
-    g.add_argument("--ttl", type=int, default=10, help="Patroni's ttl (default 10)")
-    g.add_argument("--loop-wait", type=int, default=2, help="Patroni's loop_wait (default 2)")
+    g.add_argument(
+        "--ttl", type=flag(count(5, 3600)), default=10, help="Patroni's ttl (default 10)"
+    )
+    g.add_argument(
+        "--loop-wait", type=flag(count(1, 3600)), default=2, help="Patroni's loop_wait (default 2)"
+    )
 
 
 def patroni_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -89,10 +94,30 @@ def add_drill_command(sub: Any) -> None:
         action="store_true",
         help="synchronous replication: no acknowledged write may be lost",
     )
-    p.add_argument("--sessions", type=int, default=24, help="concurrent sessions (default 24)")
-    p.add_argument("--warmup", type=float, default=2.0, help="seconds of workload before the fault")
-    p.add_argument("--hold", type=float, default=2.5, help="how long a fault lasts (seconds)")
-    p.add_argument("--after", type=float, default=1.5, help="seconds of workload after recovery")
+    p.add_argument(
+        "--sessions",
+        type=flag(count(1, 10_000)),
+        default=24,
+        help="concurrent sessions (default 24)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=flag(non_negative(3600.0)),
+        default=2.0,
+        help="seconds of workload before the fault",
+    )
+    p.add_argument(
+        "--hold",
+        type=flag(non_negative(3600.0)),
+        default=2.5,
+        help="how long a fault lasts (seconds)",
+    )
+    p.add_argument(
+        "--after",
+        type=flag(non_negative(3600.0)),
+        default=1.5,
+        help="seconds of workload after recovery",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p.add_argument("--plot", metavar="FILE.png", help="draw a timeline (needs matplotlib)")
     p.add_argument(

@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from ..router.settings import count, flag
 from .common import (
     add_hosts_arguments,
     add_schema_argument,
@@ -31,8 +32,15 @@ def add_prune_command(sub: Any) -> None:
     p.add_argument(
         "--ops-older-than", default="1h", help="operation ids older than this (default 1h)"
     )
-    p.add_argument("--batch", type=int, default=100, help="conversations per listing (100)")
-    p.add_argument("--item-batch", type=int, default=1000, help="items per transaction (1000)")
+    p.add_argument(
+        "--batch", type=flag(count(1, 100_000)), default=100, help="conversations per listing (100)"
+    )
+    p.add_argument(
+        "--item-batch",
+        type=flag(count(1, 1_000_000)),
+        default=1000,
+        help="items per transaction (1000)",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run_prune_command)
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..router.settings import count, flag
 from .common import add_hosts_arguments, fail, run_on_hosts
 
 #: where ``--basic-auth-user``'s password comes from when no ``--basic-auth-password-file``
@@ -27,7 +28,9 @@ def add_serve_metrics_command(subparsers: Any) -> None:
     )
     add_hosts_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=9464, help="port to listen on (default 9464)")
+    p.add_argument(
+        "--port", type=flag(count(0, 65535)), default=9464, help="port to listen on (default 9464)"
+    )
     p.add_argument("--name", default="default", help="router name label (default 'default')")
     p.add_argument(
         "--tls-cert", type=Path, metavar="PEM", help="serve HTTPS only, with this certificate"

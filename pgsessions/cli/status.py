@@ -18,6 +18,7 @@ from ..errors import RouterError
 from ..router.config import RouterConfig
 from ..router.lsn import format_lsn
 from ..router.session_router import SessionRouter
+from ..router.settings import flag, positive
 from ..router.topology import HostState, Topology
 from .common import add_hosts_arguments, run_on_hosts
 
@@ -48,7 +49,9 @@ def add_status_command(sub: Any) -> None:
     )
     add_hosts_arguments(p)
     p.add_argument("--watch", action="store_true", help="refresh until interrupted")
-    p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    p.add_argument(
+        "--interval", type=flag(positive(3600.0)), default=1.0, help="seconds between refreshes"
+    )
     p.add_argument("--json", action="store_true", help="print the topology as JSON")
     p.set_defaults(func=run_status_command)
 

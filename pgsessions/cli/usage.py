@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from ..analytics.queries import REPORTS
+from ..router.settings import count, flag
 from .common import (
     add_hosts_arguments,
     add_schema_argument,
@@ -38,7 +39,9 @@ def add_usage_command(sub: Any) -> None:
     add_schema_argument(p)
     p.add_argument("--since", default="7d", help="start: 7d (ago), 2026-11-01, ... (default 7d)")
     p.add_argument("--until", default="now", help="end (exclusive; default now)")
-    p.add_argument("--top", type=int, default=10, help="rows per ranking (default 10)")
+    p.add_argument(
+        "--top", type=flag(count(1, 10_000)), default=10, help="rows per ranking (default 10)"
+    )
     p.add_argument(
         "--report",
         action="append",

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import psycopg
 
 from ..sessions.items import utf8_safe
+from ..sessions.limits import MAX_ITEM_BYTES, check_text
 from ..sessions.schema import migrate_hint, quote_ident
 from .records import ConversationRecord
 
@@ -135,6 +136,24 @@ def check_session_id(session_id: str) -> None:
         raise ValueError(f"invalid session id {session_id!r}")
 
 
+def check_limits(rec: ConversationRecord) -> None:
+    """ValueError when a JSON text of ``rec`` is past what a session accepts (nested deeper
+    than MAX_DEPTH, an item larger than MAX_ITEM_BYTES): checked before any write."""
+    check_text("metadata", rec.metadata)
+    for it in rec.items:
+        check_text(f"item seq {it.seq}", it.item)
+        # at most 4 bytes of UTF-8 per character: most items need no encoding to tell
+        if len(it.item) > MAX_ITEM_BYTES // 4 and len(it.item.encode("utf-8")) > MAX_ITEM_BYTES:
+            raise ValueError(f"item seq {it.seq} is larger than {MAX_ITEM_BYTES} bytes of JSON")
+    for u in rec.usage:
+        for name, text in (
+            ("input_tokens_details", u.input_tokens_details),
+            ("output_tokens_details", u.output_tokens_details),
+        ):
+            if text is not None:
+                check_text(f"usage turn {u.user_turn_number} {name}", text)
+
+
 async def _write(conn: psycopg.AsyncConnection[Any], sql: _Sql, rec: ConversationRecord) -> bool:
     """Insert the conversation and everything in it; False when it already exists."""
     cur = await conn.execute(
@@ -240,6 +259,7 @@ async def import_records(
                     if rec.error is not None:
                         raise ValueError(rec.error)
                     check_session_id(rec.session_id)
+                    check_limits(rec)
                     outcome = await _import_one(conn, sql, rec.checked(), replace)
                 except (ValueError, psycopg.errors.DataError, psycopg.errors.IntegrityError) as e:
                     summary.errors.append(f"{rec.session_id!r}: {str(e).splitlines()[0]}")

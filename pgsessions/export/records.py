@@ -25,6 +25,7 @@ from json.decoder import scanstring  # type: ignore[attr-defined]
 from typing import Any
 
 from ..errors import ExportFormatError
+from ..sessions.limits import MAX_DEPTH, check_text
 
 FORMAT = "pgsessions-export"
 VERSION = 1
@@ -150,6 +151,15 @@ def _json_or_none(raw: dict[str, str], key: str) -> str | None:
     return None if text is None or text == "null" else text
 
 
+def _shallow(line: str, lineno: int) -> None:
+    """ExportFormatError unless every value of ``line`` is nested at most as deep as a
+    session accepts (checked before parsing: a parser would recurse that deep)."""
+    try:
+        check_text("the line", line, MAX_DEPTH + 1)
+    except ValueError as exc:
+        raise ExportFormatError(f"line {lineno}: {exc}") from None
+
+
 def read_export(lines: Iterable[str]) -> Iterator[ConversationRecord]:
     """The conversations of an export file's lines, each complete and checked.
 
@@ -176,6 +186,7 @@ def read_export(lines: Iterable[str]) -> Iterator[ConversationRecord]:
         line = line.rstrip("\r\n")
         if not line.strip():
             continue
+        _shallow(line, lineno)
         try:
             raw = raw_fields(line)
             kind = json.loads(raw.get("kind", "null"))

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..sessions.items import encode_items
+from ..sessions.limits import check_text
 from .records import ConversationRecord, ItemRecord, UsageRecord
 
 
@@ -43,11 +44,17 @@ def build_record(
     parsed: list[Any] = []
     stamps: list[str | None] = []
     skipped = 0
+    too_deep: str | None = None
     for data, stamp in rows:
         try:
+            if isinstance(data, str) and too_deep is None:
+                check_text(f"item {len(parsed)}", data)  # before json recurses that deep
             parsed.append(json.loads(data))
         except (json.JSONDecodeError, TypeError):
             skipped += 1
+            continue
+        except ValueError as exc:
+            too_deep = str(exc)
             continue
         stamps.append(_utc_text(stamp))
     rec = ConversationRecord(
@@ -56,6 +63,9 @@ def build_record(
         updated_at=_utc_text(updated_at),
         usage=usage or [],
     )
+    if too_deep is not None:
+        rec.error = f"cannot store an item: {too_deep}"
+        return rec, skipped
     try:
         batch = encode_items(parsed)
     except (TypeError, ValueError) as exc:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg import errors
 
+from ..router.settings import INT32_MAX, count
 from ..sessions.activity import updated_before
 from ..sessions.schema import migrate_hint, quote_ident
 
@@ -108,8 +109,8 @@ async def prune(
             "ops_older_than must be at least 1 hour: a write may be retried that long "
             "(RouterConfig.failover_timeout), and its operation id must still be there"
         )
-    if batch < 1 or item_batch < 1:
-        raise ValueError("batch and item_batch must be >= 1")
+    count(1, INT32_MAX).check("batch", batch)
+    count(1, INT32_MAX).check("item_batch", item_batch)
     t0 = time.monotonic()
     summary = PruneSummary()
     for cluster in router.clusters():  # each cluster prunes its own conversations

@@ -6,7 +6,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .dsn import check_dsn, scrub, split_hosts, strip_own_options
+from .dsn import check_dsn, shown, split_hosts, strip_own_options
+from .settings import INT64_MAX, MAX_CONNECTIONS, Range, count, non_negative, positive
 
 NoReplicaPolicy = Literal["primary", "wait", "error"]
 #: server-side prepared statements: ``auto`` prepares only on a connection that reaches
@@ -19,25 +20,30 @@ PREPARED_STATEMENTS_MODES = ("auto", "on", "off")
 #: retried for that long
 OP_ID_RETENTION_SECONDS = 3600.0
 
-
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a number") from None
-
-
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not an integer") from None
+#: every numeric setting of RouterConfig and what it may be (also ``PGSESSIONS_<NAME>``)
+SETTINGS: dict[str, Range] = {
+    "max_lag_bytes": count(0, INT64_MAX),
+    "max_lag_seconds": positive(),
+    "check_interval": positive(3600.0),
+    "healthy_for": non_negative(),
+    # a write retried after its operation id was pruned could be applied twice
+    "failover_timeout": Range(float, 0, OP_ID_RETENTION_SECONDS, low_open=True, high_open=True),
+    "catch_up_wait": non_negative(3600.0),
+    "primary_pool_min": count(0, MAX_CONNECTIONS),
+    "primary_pool_max": count(1, MAX_CONNECTIONS),
+    "replica_pool_min": count(0, MAX_CONNECTIONS),
+    "replica_pool_max": count(1, MAX_CONNECTIONS),
+    "connect_timeout": positive(),
+    "statement_timeout": positive(),
+    "check_timeout": positive(3600.0),
+    "pool_timeout": positive(),
+    "pool_max_waiting": count(0),
+    "token_cache_size": count(1),
+    # up to about a century (None: forever)
+    "session_ttl": positive(100 * 365 * 86_400.0),
+}
+#: pairs (minimum, maximum) that must be in order
+ORDERED = (("primary_pool_min", "primary_pool_max"), ("replica_pool_min", "replica_pool_max"))
 
 
 @dataclass(frozen=True)
@@ -113,7 +119,7 @@ class RouterConfig:
                     )
                 raise ValueError(
                     f"RouterConfig.hosts[{i}] is not a valid PostgreSQL DSN: {problem}{hint} "
-                    f"(DSN: {scrub(dsn)})"
+                    f"(DSN: {shown(dsn)})"
                 )
             conninfo, own = strip_own_options(dsn)
             mode = own.get("prepared_statements", self.prepared_statements)
@@ -122,47 +128,29 @@ class RouterConfig:
             self._prepare_modes[conninfo] = mode
         object.__setattr__(self, "_conninfos", tuple(conninfos))
         self._check_patroni()
-        for knob in (
-            "max_lag_seconds",
-            "check_interval",
-            "failover_timeout",
-            "connect_timeout",
-            "statement_timeout",
-            "check_timeout",
-            "pool_timeout",
-        ):
-            if getattr(self, knob) <= 0:
-                raise ValueError(f"RouterConfig.{knob} must be > 0, got {getattr(self, knob)!r}")
-        if self.failover_timeout >= OP_ID_RETENTION_SECONDS:
-            # a write retried after its operation id was pruned could be applied twice
+        for knob, rng in SETTINGS.items():
+            value = getattr(self, knob)
+            if not (knob == "session_ttl" and value is None):
+                rng.check(f"RouterConfig.{knob}", value)
+        for low, high in ORDERED:
+            if getattr(self, low) > getattr(self, high):
+                raise ValueError(
+                    f"RouterConfig.{low} ({getattr(self, low)!r}) must be <= {high} "
+                    f"({getattr(self, high)!r})"
+                )
+        if not isinstance(self.read_from_replicas, bool):
             raise ValueError(
-                f"RouterConfig.failover_timeout must be < {OP_ID_RETENTION_SECONDS:g} s (how "
-                f"long operation ids are kept), got {self.failover_timeout!r}"
+                f"RouterConfig.read_from_replicas must be True or False, "
+                f"got {self.read_from_replicas!r}"
             )
-        if self.session_ttl is not None and not self.session_ttl > 0:
-            raise ValueError(
-                f"RouterConfig.session_ttl must be > 0 or None, got {self.session_ttl!r}"
-            )
-        if self.healthy_for < 0 or self.catch_up_wait < 0:
-            raise ValueError("RouterConfig.healthy_for and catch_up_wait must be >= 0")
-        if self.token_cache_size < 1:
-            raise ValueError("RouterConfig.token_cache_size must be >= 1")
-        if self.pool_max_waiting < 0:
-            raise ValueError(
-                f"RouterConfig.pool_max_waiting must be >= 0, got {self.pool_max_waiting!r}"
-            )
-        if self.max_lag_bytes < 0:
-            raise ValueError("RouterConfig.max_lag_bytes must be >= 0")
-        if self.primary_pool_max < max(1, self.primary_pool_min):
-            raise ValueError("RouterConfig.primary_pool_max must be >= primary_pool_min and >= 1")
-        if self.replica_pool_max < max(1, self.replica_pool_min):
-            raise ValueError("RouterConfig.replica_pool_max must be >= replica_pool_min and >= 1")
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"RouterConfig.name must be a non-empty string, got {self.name!r}")
         if self.no_replica_policy not in ("primary", "wait", "error"):
             raise ValueError(
                 f"RouterConfig.no_replica_policy must be primary, wait or error, "
                 f"got {self.no_replica_policy!r}"
             )
-        if not self.schema.replace("_", "").isalnum():
+        if not isinstance(self.schema, str) or not self.schema.replace("_", "").isalnum():
             raise ValueError(f"RouterConfig.schema {self.schema!r} is not a plain identifier")
 
     @staticmethod
@@ -207,20 +195,17 @@ class RouterConfig:
     def from_env(cls, **overrides: object) -> RouterConfig:
         """Build a config from ``PGSESSIONS_*`` environment variables.
 
-        ``PGSESSIONS_HOSTS`` (required), ``PGSESSIONS_MAX_LAG_BYTES``,
-        ``PGSESSIONS_MAX_LAG_SECONDS``, ``PGSESSIONS_CHECK_INTERVAL``,
-        ``PGSESSIONS_FAILOVER_TIMEOUT``, ``PGSESSIONS_SCHEMA``,
-        ``PGSESSIONS_NO_REPLICA_POLICY``, ``PGSESSIONS_PREPARED_STATEMENTS`` (auto, on,
-        off), ``PGSESSIONS_SESSION_TTL`` (seconds), ``PGSESSIONS_PATRONI`` (comma-separated
-        REST URLs). Keyword arguments override the environment.
+        ``PGSESSIONS_HOSTS`` (required); every numeric setting as ``PGSESSIONS_<NAME>``
+        (``PGSESSIONS_CHECK_INTERVAL``, ``PGSESSIONS_PRIMARY_POOL_MAX``, ...: see
+        :data:`SETTINGS`, each checked against its range with a ValueError naming the
+        variable), ``PGSESSIONS_SESSION_TTL`` (seconds), ``PGSESSIONS_READ_FROM_REPLICAS``
+        (true/false), ``PGSESSIONS_SCHEMA``, ``PGSESSIONS_NO_REPLICA_POLICY``,
+        ``PGSESSIONS_PREPARED_STATEMENTS`` (auto, on, off), ``PGSESSIONS_PATRONI``
+        (comma-separated REST URLs). Keyword arguments override the environment.
         """
         hosts = os.environ.get("PGSESSIONS_HOSTS", "")
         kw: dict[str, object] = {
             "hosts": hosts,
-            "max_lag_bytes": _env_int("PGSESSIONS_MAX_LAG_BYTES", cls.max_lag_bytes),
-            "max_lag_seconds": _env_float("PGSESSIONS_MAX_LAG_SECONDS", cls.max_lag_seconds),
-            "check_interval": _env_float("PGSESSIONS_CHECK_INTERVAL", cls.check_interval),
-            "failover_timeout": _env_float("PGSESSIONS_FAILOVER_TIMEOUT", cls.failover_timeout),
             "schema": os.environ.get("PGSESSIONS_SCHEMA") or cls.schema,
             "no_replica_policy": os.environ.get("PGSESSIONS_NO_REPLICA_POLICY")
             or cls.no_replica_policy,
@@ -228,9 +213,23 @@ class RouterConfig:
             or cls.prepared_statements,
             "patroni": os.environ.get("PGSESSIONS_PATRONI", ""),
         }
-        if os.environ.get("PGSESSIONS_SESSION_TTL"):
-            kw["session_ttl"] = _env_float("PGSESSIONS_SESSION_TTL", 0.0)
+        for knob, rng in SETTINGS.items():
+            env = f"PGSESSIONS_{knob.upper()}"
+            raw = os.environ.get(env, "").strip()
+            if raw and knob not in overrides:
+                kw[knob] = rng.parse(env, raw)
+        raw = os.environ.get("PGSESSIONS_READ_FROM_REPLICAS", "").strip().lower()
+        if raw:
+            if raw not in _BOOLS:
+                raise ValueError(
+                    f"PGSESSIONS_READ_FROM_REPLICAS={raw!r} must be one of {', '.join(_BOOLS)}"
+                )
+            kw["read_from_replicas"] = _BOOLS[raw]
         kw.update(overrides)
         if not kw["hosts"]:
             raise ValueError("PGSESSIONS_HOSTS is not set: give comma-separated PostgreSQL DSNs")
         return cls(**kw)  # type: ignore[arg-type]
+
+
+_BOOLS = {"true": True, "1": True, "on": True, "yes": True}
+_BOOLS.update({"false": False, "0": False, "off": False, "no": False})

@@ -51,10 +51,18 @@ def with_own_options(dsn: str, own: dict[str, str]) -> str:
     return " ".join([dsn, *(f"{k}={v}" for k, v in own.items())]) if own else dsn
 
 
+# a key=value password: quoted, or up to the next "key=" (an unquoted space is a mistake
+# whose tail could still be secret); in a URL query it may swallow the next parameters
+_KV_PASSWORD = r"""('(?:[^'\\]|\\.)*'|\S*(?:\s+(?![\w.]+\s*=)\S+)*)"""
+_KV_PASSWORD_RE = re.compile(r"password\s*=\s*" + _KV_PASSWORD, re.IGNORECASE)
 _SECRET_RES = (
-    re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S*)", re.IGNORECASE),
-    re.compile(r"(://[^:/@\s]*:)([^@\s]*)(@)"),
+    re.compile(r"(password\s*=\s*)" + _KV_PASSWORD, re.IGNORECASE),
+    # up to the LAST '@' before the next URL or line: a password may hold an unencoded '@'
+    # (u:pw@rd@host) or space
+    re.compile(r"(://[^:/@\s]*:)((?:(?!://)[^\n])*)(@)"),
 )
+_QUOTED_RE = re.compile(r'"[^"]*"|\'[^\']*\'')
+_FRAGMENT_SPLIT_RE = re.compile(r"[@:/?#&\s]+")
 
 
 def scrub(text: str) -> str:
@@ -65,22 +73,88 @@ def scrub(text: str) -> str:
     return text
 
 
+def secrets_of(dsn: str) -> tuple[list[str], list[str]]:
+    """What in ``dsn`` could be a password, however malformed: (whole candidates: in a URL
+    everything between ``://`` and the last ``@``, each ``password=`` value; their pieces
+    between ``@ : / ? # &`` and spaces), longest first."""
+    found: list[str] = []
+    if _URL_RE.match(dsn):
+        rest = dsn.split("://", 1)[1]
+        if "@" in rest:
+            creds = rest[: rest.rfind("@")]
+            found.append(creds)
+            if ":" in creds:
+                found.append(creds.split(":", 1)[1])
+    for m in _KV_PASSWORD_RE.finditer(dsn):
+        value = m.group(1)
+        if value.startswith("'") and value.endswith("'") and len(value) >= 2:
+            value = re.sub(r"\\(.)", r"\1", value[1:-1])
+        found.append(value)
+    pieces = {p for secret in found for p in _FRAGMENT_SPLIT_RE.split(secret) if p}
+    return (
+        sorted({s for s in found if s}, key=len, reverse=True),
+        sorted(pieces, key=len, reverse=True),
+    )
+
+
 def scrub_secrets_of(dsn: str, text: str) -> str:
-    """``text`` (e.g. libpq's parse error about ``dsn``) with whatever ``dsn`` holds as a
-    password replaced by ``***``: libpq quotes the offending token, which may be the
-    password itself (``invalid percent-encoded token: "s3cr%t"``)."""
-    for rx in _SECRET_RES:
-        for m in rx.finditer(dsn):
-            secret = m.group(2)
-            if secret.startswith("'") and secret.endswith("'") and len(secret) >= 2:
-                secret = secret[1:-1]
-            if secret:
-                text = text.replace(secret, "***")
+    """``text`` (e.g. libpq's parse error about ``dsn``) with whatever ``dsn`` could hold as
+    a password replaced by ``***``: libpq quotes the offending token, which may be the
+    password or a piece of it (``invalid percent-encoded token: "s3cr%t"``, a host name
+    ``"rd@host"`` made of a password's tail). A quoted token holding any piece goes whole."""
+    whole, pieces = secrets_of(dsn)
+
+    def token(m: re.Match[str]) -> str:
+        inner = m.group()[1:-1]
+        return "***" if any(p in inner for p in pieces) else m.group()
+
+    if pieces:
+        text = _QUOTED_RE.sub(token, text)
+    for secret in whole:
+        text = text.replace(secret, "***")
     return scrub(text)
 
 
+def ambiguous_url(dsn: str) -> str | None:
+    """Why a URL DSN cannot be told apart from its password, or None.
+
+    A well-formed URL has at most one unencoded ``@``, with no ``/`` before it. Anything
+    else (``postgresql://u:pw@rd@host/db``, ``postgresql://u:p/w@host/db``) libpq splits
+    where the password's own characters are, so a piece of the password would become the
+    host, port or database name, and show in labels, logs and errors.
+    """
+    if not _URL_RE.match(dsn):
+        return None
+    rest = dsn.split("://", 1)[1]
+    if rest.count("@") > 1:
+        return "more than one '@' in the URL"
+    if "@" in rest and "/" in rest[: rest.index("@")]:
+        return "a '/' before the URL's '@'"
+    return None
+
+
+def shown(dsn: str) -> str:
+    """``dsn`` as an error message may show it: URL credentials and passwords hidden, and
+    nothing but the scheme of a URL that cannot be split safely (:func:`ambiguous_url`)."""
+    if _URL_RE.match(dsn):
+        scheme, rest = dsn.split("://", 1)
+        if ambiguous_url(dsn) is not None:
+            return f"{scheme}://***"
+        if "@" in rest:
+            rest = f"***@{rest[rest.rfind('@') + 1 :]}"
+        return scrub_secrets_of(dsn, f"{scheme}://{rest}")
+    return scrub_secrets_of(dsn, dsn)
+
+
 def check_dsn(dsn: str) -> str | None:
-    """None when libpq can parse ``dsn`` (without pgsessions' own options), else why not."""
+    """None when libpq can parse ``dsn`` (without pgsessions' own options) unambiguously,
+    else why not (never showing what could be a password)."""
+    problem = ambiguous_url(dsn)
+    if problem is not None:
+        return (
+            f"{problem}: percent-encode '@' as %40 and '/' as %2F in the user name, the "
+            "password and the database name"
+        )
     try:
         conninfo_to_dict(strip_own_options(dsn)[0])
     except Exception as exc:  # psycopg.ProgrammingError; keep whatever libpq said
@@ -101,7 +175,9 @@ def split_hosts(hosts: str | list[str] | tuple[str, ...]) -> list[str]:
     out: list[str] = []
     for p in parts:
         base, own = strip_own_options(p)
-        if _is_multihost(base):
+        if ambiguous_url(base) is not None:
+            out.append(p)  # left whole: check_dsn refuses it without splitting the password
+        elif _is_multihost(base):
             out.extend(with_own_options(d, own) for d in expand_multihost(base))
         else:
             out.append(p)
@@ -142,9 +218,13 @@ def expand_multihost(dsn: str) -> list[str]:
 
 
 def host_label(dsn: str) -> str:
-    """``host:port`` of a DSN: safe for logs and metric labels (no user, no password)."""
+    """``host:port`` of a DSN: safe for logs and metric labels (no user, no password, and
+    nothing of a malformed DSN that could be a piece of one)."""
+    base = strip_own_options(dsn)[0]
+    if ambiguous_url(base) is not None:
+        return "<invalid dsn>"
     try:
-        params = conninfo_to_dict(strip_own_options(dsn)[0])
+        params = conninfo_to_dict(base)
     except Exception:
         return "<invalid dsn>"
     host = str(params.get("host") or params.get("hostaddr") or "localhost")
@@ -155,8 +235,11 @@ def host_label(dsn: str) -> str:
 
 
 def redact(dsn: str) -> str:
-    """The DSN with any password replaced by ``***``."""
+    """The DSN with any password replaced by ``***`` (``<invalid dsn>`` when it cannot be
+    parsed unambiguously)."""
     base, own = strip_own_options(dsn)
+    if ambiguous_url(base) is not None:
+        return "<invalid dsn>"
     try:
         params = conninfo_to_dict(base)
     except Exception:

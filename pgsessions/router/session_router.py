@@ -1,12 +1,15 @@
 """SessionRouter: the face of the router; each job it delegates lives in its own module.
 
+- :mod:`.protocol`: the Router protocol it implements (what sessions use of a router);
+- :mod:`.loops`: which event loop runs a call (the owner loop, a loop thread), and fork;
 - :mod:`.hosts`: the host table (one record per server);
-- :mod:`.monitor_loop`: the monitor loop (checks, primary discovery, topology);
-- :mod:`.monitor`: one probe of one host, lag arithmetic and replica health (pure);
-- :mod:`.tokens`: consistency tokens per session, validation and caps;
+- :mod:`.monitor`: the monitor loop (checks, primary discovery, topology);
+- :mod:`.probe`, :mod:`.health`: one probe of one host; lag, replica health, who is
+  the primary (pure);
+- :mod:`.tokens`: consistency tokens per conversation, validation and caps;
 - :mod:`.planner`: which host serves a read (pure);
 - :mod:`.execution`: one statement attempt on one connection;
-- :mod:`.classify`, :mod:`.retry`: which failures are retried, and the backoff;
+- :mod:`.classify`: which failures are retried, and the backoff;
 - :mod:`.counters`: the counters behind ``stats()`` and the observers (metrics).
 """
 

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..router.arrays import TextArray
+from .limits import MAX_ITEM_BYTES, check_depth, check_text, value_depth
 
 # json keeps the text as written: "\u0000" escapes (which jsonb refuses), large integers,
 # float repr and key order all come back as they went in.
@@ -38,7 +39,9 @@ def encode_item(item: Any, index: int = 0) -> str:
     """One item as JSON text.
 
     Raises TypeError (not a dict, or not serialisable: set, bytes, objects) or ValueError
-    (NaN, infinity, circular reference) naming ``index``.
+    (NaN, infinity, circular reference, nested deeper than
+    :data:`~pgsessions.sessions.limits.MAX_DEPTH`, larger than
+    :data:`~pgsessions.sessions.limits.MAX_ITEM_BYTES`) naming ``index``.
     """
     if not isinstance(item, dict):
         # the SDK's items are JSON objects (TypedDicts); anything else is a caller's mistake
@@ -50,9 +53,16 @@ def encode_item(item: Any, index: int = 0) -> str:
     except ValueError as exc:  # NaN/inf (PostgreSQL json refuses them), circular references
         raise ValueError(f"item {index} cannot be stored as JSON: {exc}") from None
     except RecursionError:
-        raise ValueError(f"item {index} is nested too deeply to encode") from None
+        check_depth(f"item {index}", value_depth(item))
+        raise  # not nested past the limit: the caller's own stack is that deep
+    check_text(f"item {index}", text)
     if not utf8_safe(text):
         text = _encode_ascii(item)  # lone surrogates travel as \udXXX escapes
+    size = len(text) if text.isascii() else len(text.encode("utf-8"))
+    if size > MAX_ITEM_BYTES:
+        raise ValueError(
+            f"item {index} is {size} bytes of JSON; at most {MAX_ITEM_BYTES} are allowed"
+        )
     return text
 
 
@@ -97,7 +107,8 @@ def encode_metadata(metadata: Mapping[str, Any] | None) -> str | None:
     """Conversation metadata as JSON text for a ``jsonb`` column (None stays None).
 
     jsonb cannot hold U+0000 and does not keep number precision beyond numeric; metadata is
-    meant for small filterable labels, so U+0000 is refused with ValueError.
+    meant for small filterable labels, so U+0000 is refused with ValueError, and so is
+    nesting deeper than :data:`~pgsessions.sessions.limits.MAX_DEPTH`.
     """
     if metadata is None:
         return None
@@ -109,6 +120,10 @@ def encode_metadata(metadata: Mapping[str, Any] | None) -> str | None:
         raise TypeError(f"metadata is not JSON-serialisable: {exc}") from None
     except ValueError as exc:
         raise ValueError(f"metadata cannot be stored as JSON: {exc}") from None
+    except RecursionError:
+        check_depth("metadata", value_depth(dict(metadata)))
+        raise
+    check_text("metadata", text)
     if not utf8_safe(text):
         raise ValueError("metadata cannot contain lone surrogates (PostgreSQL jsonb refuses them)")
     if _NUL_ESCAPE.search(text):

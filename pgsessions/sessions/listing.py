@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from ..router.settings import INT64_MAX, count
 from .ids import check_tenant
 from .items import decode, encode_metadata
 from .schema import migrate_hint, quote_ident
@@ -96,8 +97,7 @@ async def list_sessions(
     Over several clusters, each is asked for its next page and the pages are merged: the
     cursor is one for all of them.
     """
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ValueError(f"limit must be a positive int, got {limit!r}")
+    count(1, INT64_MAX - 1).check("limit", limit)  # limit + 1 rows are asked for
     if tenant is not None:
         check_tenant(tenant)
     s = quote_ident(router.config.schema)

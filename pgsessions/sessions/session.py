@@ -14,6 +14,7 @@ from agents.memory.session_settings import (
 )
 
 from ..errors import TenantError
+from ..router.config import SETTINGS
 from ..router.protocol import RouteKey
 from . import usage as _usage
 from .ids import check_session_id, check_tenant
@@ -39,10 +40,9 @@ def _ttl(value: float | timedelta | None) -> timedelta | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float | timedelta):
         raise TypeError(f"ttl must be seconds or a timedelta, got {value!r}")
-    ttl = value if isinstance(value, timedelta) else timedelta(seconds=value)
-    if ttl <= timedelta(0):
-        raise ValueError(f"ttl must be > 0, got {value!r}")
-    return ttl
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    SETTINGS["session_ttl"].check("ttl (seconds)", seconds)  # NaN, inf, <= 0, centuries
+    return value if isinstance(value, timedelta) else timedelta(seconds=value)
 
 
 def _no_branches(branch_id: str | None) -> None:

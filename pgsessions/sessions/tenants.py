@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
     from ..router.protocol import Router
 
-#: the tables whose rows belong to a tenant (ops holds no tenant data the app role can read)
+#: the tables whose rows belong to a tenant under row-level security (stored operation
+#: results are scoped by the ops view over tenant_ops instead, migration 0009)
 TENANT_TABLES = ("conversations", "messages", "usage_logs")
 
 

@@ -5,18 +5,25 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from .limits import check_depth, check_text, value_depth
+
 if TYPE_CHECKING:
     from agents.result import RunResultBase
 
 UsageParams = tuple[str | None, int, int, int, int, str | None, str | None]
 
 
-def _details(value: Any) -> str | None:
+def _details(what: str, value: Any) -> str | None:
     if value is None:
         return None
     dump = getattr(value, "model_dump", None)
     data = dump() if callable(dump) else dict(vars(value))
-    return json.dumps(data, default=str)
+    try:
+        text = json.dumps(data, default=str)
+    except RecursionError:
+        check_depth(what, value_depth(data))
+        raise
+    return check_text(what, text)
 
 
 def _model_name(result: RunResultBase) -> str | None:
@@ -39,8 +46,8 @@ def usage_params(result: RunResultBase) -> UsageParams | None:
         usage.input_tokens or 0,
         usage.output_tokens or 0,
         usage.total_tokens or 0,
-        _details(usage.input_tokens_details),
-        _details(usage.output_tokens_details),
+        _details("usage input_tokens_details", usage.input_tokens_details),
+        _details("usage output_tokens_details", usage.output_tokens_details),
     )
 
 
