@@ -43,7 +43,7 @@ from .helpers import apoll, assistant, poll, run_result, user
 
 set_tracing_disabled(True)
 
-TABLES = ("conversations", "messages", "usage_logs")
+TABLES = ("conversations", "messages", "usage_logs", "branches")
 
 
 @dataclass(frozen=True)
@@ -116,15 +116,20 @@ async def app(isolated: Tenancy) -> AsyncIterator[SessionRouter]:
 
 
 async def fill(router: SessionRouter) -> dict[str, PostgresSession]:
-    """Tenant A: a-secret (items, usage, metadata) and a-other; tenant B: b-1."""
+    """Tenant A: a-secret (items, usage, metadata, a branch) and a-other; tenant B: b-1
+    (with a branch); both conversations are on main again."""
     a = PostgresSession("a-secret", router, tenant="A", metadata={"team": "red"})
     await a.add_items([user("A's secret question"), assistant("A's secret answer")])
     await a.store_run_usage(run_result(100))
+    await a.create_branch_from_turn(1, "a-branch")
+    await a.switch_to_branch("main")
     a2 = PostgresSession("a-other", router, tenant="A", metadata={"team": "red"})
     await a2.add_items([user("A again")])
     b = PostgresSession("b-1", router, tenant="B", metadata={"team": "red"})
     await b.add_items([user("B's question")])
     await b.store_run_usage(run_result(7))
+    await b.create_branch_from_turn(1, "b-branch")
+    await b.switch_to_branch("main")
     return {"a": a, "a2": a2, "b": b}
 
 

@@ -83,7 +83,8 @@ def migrate_hint(schema: str) -> Iterator[None]:
 APP_GRANTS = (
     "GRANT USAGE ON SCHEMA {schema} TO {role}",
     "GRANT EXECUTE ON ALL ROUTINES IN SCHEMA {schema} TO {role}",
-    "GRANT SELECT ON {schema}.conversations, {schema}.messages, {schema}.usage_logs TO {role}",
+    "GRANT SELECT ON {schema}.conversations, {schema}.messages, {schema}.usage_logs,"
+    " {schema}.branches TO {role}",
     # so that servers starting as this role may call migrate(): a no-op once up to date
     "GRANT SELECT ON {schema}.schema_migrations TO {role}",
 )

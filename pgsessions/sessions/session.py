@@ -15,6 +15,7 @@ from agents.memory.session_settings import (
 
 from ..router.lsn import format_lsn, parse_lsn
 from . import usage as _usage
+from .branches import BranchMethods
 from .ids import check_session_id, check_tenant
 from .items import decode, encode_items, encode_metadata
 from .opids import new_op_id
@@ -44,15 +45,7 @@ def _ttl(value: float | timedelta | None) -> timedelta | None:
     return ttl
 
 
-def _no_branches(branch_id: str | None) -> None:
-    if branch_id is not None:
-        raise ValueError(
-            f"branch_id={branch_id!r}: pgsessions has no conversation branches (it accepts "
-            "branch_id only so that code written for AdvancedSQLiteSession runs unchanged)"
-        )
-
-
-class PostgresSession:
+class PostgresSession(BranchMethods):
     """Conversation history of one session id, stored in PostgreSQL through a router.
 
     Implements the SDK's ``agents.memory.Session`` protocol. Writes go to the primary;
@@ -247,9 +240,14 @@ class PostgresSession:
 
     # the Session protocol -----------------------------------------------------------------
     async def get_items(
-        self, limit: int | None = None, *, wrapper: RunContextWrapper[Any] | None = None
+        self,
+        limit: int | None = None,
+        branch_id: str | None = None,
+        *,
+        wrapper: RunContextWrapper[Any] | None = None,
     ) -> list[TResponseInputItem]:
-        """The latest ``limit`` items in chronological order.
+        """The latest ``limit`` items of the current branch (or of ``branch_id``: [] for one
+        that does not exist) in chronological order.
 
         ``limit=None`` uses ``session_settings.limit`` (None: all items); 0 returns [] without
         a round trip; a limit above the history returns all of it. One statement whose cost
@@ -271,9 +269,11 @@ class PostgresSession:
                 effective = None
         params: tuple[Any, ...]
         if self.ttl is None:
-            query, params = self._sql.get_items, (self.session_id, effective)
+            query = self._sql.get_items
+            params = (self.session_id, self.session_id, branch_id, effective)
         else:
-            query, params = self._sql.get_items_ttl, (self.ttl, self.session_id, effective)
+            query = self._sql.get_items_ttl
+            params = (self.ttl, self.session_id, self.session_id, branch_id, effective)
         rows = await self._read("get_items", query, params, tenant=tenant, replay_column=True)
         text = rows[0][0] if rows else None
         if text is None:
@@ -500,14 +500,13 @@ class PostgresSession:
         )
 
     async def get_session_usage(self, branch_id: str | None = None) -> dict[str, int] | None:
-        """Sums over all stored turns: requests, input_tokens, output_tokens, total_tokens,
-        total_turns; None when nothing is stored. ``branch_id`` exists for code written for
-        the SDK's AdvancedSQLiteSession: pgsessions has no branches, so it must be None."""
-        _no_branches(branch_id)
+        """Sums over the stored turns of ``branch_id`` (None: of every branch, as
+        AdvancedSQLiteSession): requests, input_tokens, output_tokens, total_tokens,
+        total_turns; None when nothing is stored."""
         rows = await self._read(
             "get_session_usage",
             self._sql.session_usage,
-            (self.session_id,),
+            (self.session_id, branch_id, branch_id),
             tenant=self._tenant_for(None),
         )
         return _usage.session_usage(rows)
@@ -516,19 +515,17 @@ class PostgresSession:
         self, user_turn_number: int | None = None, branch_id: str | None = None
     ) -> list[dict[str, Any]] | dict[str, Any]:
         """One turn's usage as a dict ({} when not stored), or with no argument the list of
-        all turns, each with ``user_turn_number``, in turn order. ``branch_id``: as in
-        :meth:`get_session_usage`, must be None."""
-        _no_branches(branch_id)
+        all turns, each with ``user_turn_number``, in turn order; of ``branch_id``, or of the
+        current branch when None."""
         tenant = self._tenant_for(None)
+        ids = (self.session_id, self.session_id, branch_id)
         if user_turn_number is None:
-            rows = await self._read(
-                "get_turn_usage", self._sql.turn_usage_all, (self.session_id,), tenant=tenant
-            )
+            rows = await self._read("get_turn_usage", self._sql.turn_usage_all, ids, tenant=tenant)
             return _usage.all_turns(rows)
         rows = await self._read(
             "get_turn_usage",
             self._sql.turn_usage_one,
-            (self.session_id, user_turn_number),
+            (*ids, user_turn_number),
             tenant=tenant,
         )
         return _usage.one_turn(rows)

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from ..router import SessionRouter
 
 #: the tables whose rows belong to a tenant (ops holds no tenant data the app role can read)
-TENANT_TABLES = ("conversations", "messages", "usage_logs")
+TENANT_TABLES = ("conversations", "messages", "usage_logs", "branches")
 
 
 class TenantError(Exception):
