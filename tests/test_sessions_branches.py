@@ -1,0 +1,775 @@
+"""Conversation branches, turn structure and tool usage (issue 28) against real servers.
+
+Part one adapts the branch, structure and tool-usage tests of the SDK's own
+``tests/extensions/memory/test_advanced_sqlite_session.py`` (openai-agents 0.24) to
+PostgresSession: the same calls and assertions, where the SDK reads ``_current_branch_id``
+this reads ``await session.current_branch()`` (the current branch lives in the database).
+Left out, with the reason:
+
+- custom table names, structure-table ownership and the SQLite ``PRAGMA`` checks: SQLite
+  file layout, no counterpart (the schema name is RouterConfig.schema);
+- ``session.close()``-then-store error swallowing: PostgresSession raises database errors
+  from store_run_usage on purpose (documented), and has no close();
+- SessionSettings and plain get_items tests: covered for PostgresSession by
+  tests/test_sdk_parity.py and tests/test_sessions_semantics.py;
+- the SDK's in-process generation/turn-ordering tests (a clear racing a queued append on one
+  session object): here every write is one statement under the conversation row's lock, so
+  the multi-server tests below stand for them.
+
+Part two is what no SDK session has: two routers on one conversation, concurrent branch
+operations, retries, prefix sharing, and the migration of existing rows to ``main``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, cast
+
+import pytest
+from agents import Agent, Runner, TResponseInputItem, function_tool
+from agents.extensions.memory import AdvancedSQLiteSession
+from agents.result import RunResultBase
+from agents.run_context import RunContextWrapper
+from agents.usage import Usage
+from openai.types.responses.response_usage import OutputTokensDetails
+
+from pgsessions import PostgresSession
+from pgsessions.router import RouterConfig, SessionRouter
+from pgsessions.sessions import migrate
+
+from .helpers import assistant, user
+
+pytestmark = pytest.mark.asyncio
+
+
+@pytest.fixture
+async def db(router: SessionRouter) -> SessionRouter:
+    await migrate(router)
+    return router
+
+
+def result_with(usage: Usage | None = None) -> RunResultBase:
+    """The SDK test file's create_mock_run_result: a run result carrying ``usage``."""
+    from types import SimpleNamespace
+
+    if usage is None:
+        usage = Usage(
+            requests=1,
+            input_tokens=50,
+            output_tokens=30,
+            total_tokens=80,
+            output_tokens_details=OutputTokensDetails(reasoning_tokens=5),
+        )
+    wrapper = RunContextWrapper(context=None, usage=usage)
+    return cast(RunResultBase, SimpleNamespace(context_wrapper=wrapper, last_agent=None))
+
+
+def three_turns(prefix: str = "") -> list[list[TResponseInputItem]]:
+    words = ("First", "Second", "Third")
+    return [
+        [
+            cast(TResponseInputItem, user(f"{prefix}{w} question")),
+            cast(TResponseInputItem, assistant(f"{prefix}{w} answer")),
+        ]
+        for w in words
+    ]
+
+
+# part one: the SDK's tests ---------------------------------------------------------------
+async def test_message_structure_tracking(db: SessionRouter) -> None:
+    session = PostgresSession("structure_test", db)
+    items: list[Any] = [
+        {"role": "user", "content": "What's 2+2?"},
+        {"type": "function_call", "name": "calculator", "arguments": '{"expression": "2+2"}'},
+        {"type": "function_call_output", "output": "4"},
+        {"role": "assistant", "content": "The answer is 4"},
+        {"type": "reasoning", "summary": [{"text": "Simple math", "type": "summary_text"}]},
+    ]
+    await session.add_items(items)
+    turns = await session.get_conversation_by_turns()
+    assert len(turns) == 1
+    kinds = [item["type"] for item in turns[1]]
+    assert len(kinds) == 5
+    assert {"user", "function_call", "function_call_output", "assistant", "reasoning"} <= set(kinds)
+
+
+async def test_tool_usage_tracking(db: SessionRouter) -> None:
+    session = PostgresSession("tools_test", db)
+    items: list[Any] = [
+        {"role": "user", "content": "Search for cats"},
+        {"type": "function_call", "name": "web_search", "arguments": '{"query": "cats"}'},
+        {"type": "function_call_output", "output": "Found cat information"},
+        {"type": "function_call", "name": "calculator", "arguments": '{"expression": "1+1"}'},
+        {"type": "function_call_output", "output": "2"},
+        {"role": "assistant", "content": "I found information about cats and 1+1=2"},
+    ]
+    await session.add_items(items)
+    usage = await session.get_tool_usage()
+    assert len(usage) == 2
+    assert {u[0] for u in usage} == {"web_search", "calculator"}
+
+
+TOOL_SEARCH_OUTPUT: dict[str, Any] = {
+    "type": "tool_search_output",
+    "id": "tso_memory",
+    "execution": "server",
+    "status": "completed",
+    "tools": [
+        {
+            "type": "function",
+            "name": "lookup_account",
+            "description": "Look up an account.",
+            "parameters": {
+                "type": "object",
+                "properties": {"account_id": {"type": "string"}},
+                "required": ["account_id"],
+            },
+            "defer_loading": True,
+        }
+    ],
+}
+
+
+async def test_tool_usage_preserves_namespaces_and_tool_search(db: SessionRouter) -> None:
+    session = PostgresSession("tools_namespace_test", db)
+    items: list[Any] = [
+        {"role": "user", "content": "Look up the same account in multiple systems"},
+        {
+            "type": "function_call",
+            "name": "lookup_account",
+            "namespace": "crm",
+            "arguments": '{"account_id": "acct_123"}',
+            "call_id": "crm-call",
+        },
+        {
+            "type": "function_call",
+            "name": "lookup_account",
+            "namespace": "billing",
+            "arguments": '{"account_id": "acct_123"}',
+            "call_id": "billing-call",
+        },
+        {
+            "type": "tool_search_call",
+            "id": "tsc_memory",
+            "arguments": {"paths": ["crm"], "query": "lookup_account"},
+            "execution": "server",
+            "status": "completed",
+        },
+        TOOL_SEARCH_OUTPUT,
+    ]
+    await session.add_items(items)
+    by_tool = {name: n for name, n, _turn in await session.get_tool_usage()}
+    assert by_tool["crm.lookup_account"] == 1
+    assert by_tool["billing.lookup_account"] == 1
+    assert by_tool["tool_search"] == 1
+
+
+async def test_tool_usage_counts_tool_search_output_without_call(db: SessionRouter) -> None:
+    session = PostgresSession("tools_tool_search_output_only_test", db)
+    await session.add_items([cast(Any, user("Look up customer_42")), TOOL_SEARCH_OUTPUT])
+    by_tool = {name: n for name, n, _turn in await session.get_tool_usage()}
+    assert by_tool["tool_search"] == 1
+
+
+async def test_tool_usage_bare_name_for_deferred_top_level_calls(db: SessionRouter) -> None:
+    session = PostgresSession("tools_deferred_top_level_test", db)
+    items: list[Any] = [
+        {"role": "user", "content": "What is the weather?"},
+        {"type": "function_call", "name": "get_weather", "arguments": "{}", "call_id": "w1"},
+        {
+            "type": "function_call",
+            "name": "get_weather",
+            "namespace": "get_weather",
+            "arguments": "{}",
+            "call_id": "w2",
+        },
+    ]
+    await session.add_items(items)
+    by_tool = {name: n for name, n, _turn in await session.get_tool_usage()}
+    assert by_tool["get_weather"] == 2
+    assert "get_weather.get_weather" not in by_tool
+
+
+async def test_tool_usage_collapses_reserved_same_name_namespace(db: SessionRouter) -> None:
+    session = PostgresSession("tools_deferred_top_level_namespace_test", db)
+    items: list[Any] = [
+        {"role": "user", "content": "What is the weather?"},
+        {
+            "type": "function_call",
+            "name": "lookup_account",
+            "namespace": "lookup_account",
+            "arguments": "{}",
+            "call_id": "lookup-call",
+        },
+    ]
+    await session.add_items(items)
+    by_tool = {name: n for name, n, _turn in await session.get_tool_usage()}
+    assert by_tool["lookup_account"] == 1
+    assert "lookup_account.lookup_account" not in by_tool
+
+
+async def test_branching_functionality(db: SessionRouter) -> None:
+    session = PostgresSession("branching_test", db)
+    for turn in three_turns():
+        await session.add_items(turn)
+    assert len(await session.get_items()) == 6
+
+    assert await session.create_branch_from_turn(2, "test_branch") == "test_branch"
+    assert await session.current_branch() == "test_branch"
+    branch_items = await session.get_items()
+    assert [i.get("content") for i in branch_items] == ["First question", "First answer"]
+
+    await session.switch_to_branch("main")
+    assert await session.current_branch() == "main"
+    assert len(await session.get_items()) == 6
+
+    branches = await session.list_branches()
+    assert [b["branch_id"] for b in branches] == ["main", "test_branch"]
+
+    await session.delete_branch("test_branch")
+    after = await session.list_branches()
+    assert [b["branch_id"] for b in after] == ["main"]
+
+
+async def test_get_conversation_turns(db: SessionRouter) -> None:
+    session = PostgresSession("conversation_turns_test", db)
+    await session.add_items([cast(Any, user("Hello there")), cast(Any, assistant("Hi!"))])
+    await session.add_items(
+        [cast(Any, user("How are you doing today?")), cast(Any, assistant("Well, thanks!"))]
+    )
+    turns = await session.get_conversation_turns()
+    assert len(turns) == 2
+    assert turns[0]["turn"] == 1
+    assert turns[0]["content"] == "Hello there"
+    assert turns[0]["full_content"] == "Hello there"
+    assert turns[0]["can_branch"] is True
+    assert "timestamp" in turns[0]
+    assert turns[1]["turn"] == 2
+    assert turns[1]["content"] == "How are you doing today?"
+    assert turns[1]["can_branch"] is True
+
+
+async def test_find_turns_by_content(db: SessionRouter) -> None:
+    session = PostgresSession("find_turns_test", db)
+    for q, a in (
+        ("Tell me about cats", "Cats are great pets"),
+        ("What about dogs?", "Dogs are also great pets"),
+        ("Tell me about cats again", "Cats are wonderful companions"),
+    ):
+        await session.add_items([cast(Any, user(q)), cast(Any, assistant(a))])
+    assert [t["turn"] for t in await session.find_turns_by_content("cats")] == [1, 3]
+    assert [t["turn"] for t in await session.find_turns_by_content("dogs")] == [2]
+    assert await session.find_turns_by_content("elephants") == []
+
+
+async def test_create_branch_from_content(db: SessionRouter) -> None:
+    session = PostgresSession("branch_from_content_test", db)
+    for q, a in (
+        ("First question about math", "Math answer"),
+        ("Second question about science", "Science answer"),
+        ("Another math question", "Another math answer"),
+    ):
+        await session.add_items([cast(Any, user(q)), cast(Any, assistant(a))])
+    assert await session.create_branch_from_content("math", "math_branch") == "math_branch"
+    assert await session.current_branch() == "math_branch"
+    assert await session.get_items() == []
+    with pytest.raises(ValueError, match="No user turns found containing 'nonexistent'"):
+        await session.create_branch_from_content("nonexistent", "error_branch")
+
+
+async def test_branch_specific_operations(db: SessionRouter) -> None:
+    session = PostgresSession("branch_specific_test", db)
+    await session.add_items(
+        [cast(Any, user("Main branch question")), cast(Any, assistant("Main branch answer"))]
+    )
+    await session.store_run_usage(
+        result_with(Usage(requests=1, input_tokens=50, output_tokens=30, total_tokens=80))
+    )
+    await session.create_branch_from_turn(1, "test_branch")
+    await session.add_items(
+        [cast(Any, user("Branch question")), cast(Any, assistant("Branch answer"))]
+    )
+    await session.store_run_usage(
+        result_with(Usage(requests=1, input_tokens=40, output_tokens=20, total_tokens=60))
+    )
+
+    main_items = await session.get_items(branch_id="main")
+    assert len(main_items) == 2
+    assert main_items[0].get("content") == "Main branch question"
+    assert len(await session.get_items()) == 2
+
+    main_turns = await session.get_conversation_turns(branch_id="main")
+    assert len(main_turns) == 1
+    assert main_turns[0]["content"] == "Main branch question"
+    assert len(await session.get_conversation_turns()) == 1
+
+    main_usage = await session.get_session_usage(branch_id="main")
+    assert main_usage is not None and main_usage["total_turns"] == 1
+    all_usage = await session.get_session_usage()
+    assert all_usage is not None and all_usage["total_turns"] == 2
+
+
+async def test_branch_error_handling(db: SessionRouter) -> None:
+    session = PostgresSession("branch_error_test", db)
+    with pytest.raises(ValueError, match="Turn 5 does not contain a user message"):
+        await session.create_branch_from_turn(5, "error_branch")
+    with pytest.raises(ValueError, match="Branch 'nonexistent' does not exist"):
+        await session.switch_to_branch("nonexistent")
+    with pytest.raises(ValueError, match="Branch 'nonexistent' does not exist"):
+        await session.delete_branch("nonexistent")
+    with pytest.raises(ValueError, match="Cannot delete the 'main' branch"):
+        await session.delete_branch("main")
+    with pytest.raises(ValueError, match="Branch ID cannot be empty"):
+        await session.delete_branch("")
+    with pytest.raises(ValueError, match="Branch ID cannot be empty"):
+        await session.delete_branch("   ")
+
+
+async def test_branch_deletion_with_force(db: SessionRouter) -> None:
+    session = PostgresSession("force_delete_test", db)
+    await session.add_items([cast(Any, user("Main question"))])
+    await session.add_items([cast(Any, user("Second question"))])
+    await session.create_branch_from_turn(2, "temp_branch")
+    assert await session.current_branch() == "temp_branch"
+    await session.add_items([cast(Any, user("Branch question"))])
+    assert "temp_branch" in [b["branch_id"] for b in await session.list_branches()]
+    with pytest.raises(ValueError, match="Cannot delete current branch"):
+        await session.delete_branch("temp_branch")
+    await session.delete_branch("temp_branch", force=True)
+    assert await session.current_branch() == "main"
+    assert [b["branch_id"] for b in await session.list_branches()] == ["main"]
+
+
+async def test_get_items_with_parameters(db: SessionRouter) -> None:
+    session = PostgresSession("get_items_params_test", db)
+    items: list[Any] = [
+        user("First question"),
+        assistant("First answer"),
+        user("Second question"),
+        assistant("Second answer"),
+    ]
+    await session.add_items(items)
+    limited = await session.get_items(limit=2)
+    assert [i.get("content") for i in limited] == ["Second question", "Second answer"]
+    assert len(await session.get_items(branch_id="main")) == 4
+    assert len(await session.get_items()) == 4
+    await session.create_branch_from_turn(2, "test_branch")
+    await session.add_items([cast(Any, user("Branch question")), cast(Any, assistant("B"))])
+    assert len(await session.get_items(branch_id="test_branch")) == 4
+    assert len(await session.get_items(branch_id="main")) == 4
+
+
+async def test_conversation_structure_with_multiple_turns(db: SessionRouter) -> None:
+    session = PostgresSession("multi_turn_test", db)
+    await session.add_items([cast(Any, user("Hello")), cast(Any, assistant("Hi!"))])
+    turn_2: list[Any] = [
+        user("How are you?"),
+        {"type": "function_call", "name": "mood_check", "arguments": "{}"},
+        {"type": "function_call_output", "output": "I'm good"},
+        assistant("I'm doing well!"),
+    ]
+    await session.add_items(turn_2)
+    await session.add_items([cast(Any, user("Goodbye")), cast(Any, assistant("See you!"))])
+    turns = await session.get_conversation_by_turns()
+    assert len(turns) == 3
+    assert [i["type"] for i in turns[1]] == ["user", "assistant"]
+    assert len(turns[2]) == 4
+    assert {"user", "function_call", "function_call_output", "assistant"} == {
+        i["type"] for i in turns[2]
+    }
+    assert len(turns[3]) == 2
+
+
+async def test_empty_session_operations(db: SessionRouter) -> None:
+    session = PostgresSession("empty_test", db)
+    assert await session.get_items() == []
+    assert await session.get_conversation_by_turns() == {}
+    assert await session.get_tool_usage() == []
+    assert await session.get_session_usage() is None
+    assert await session.get_conversation_turns() == []
+    assert await session.list_branches() == []
+
+
+async def test_session_isolation(db: SessionRouter) -> None:
+    one, two = PostgresSession("session_1", db), PostgresSession("session_2", db)
+    await one.add_items([cast(Any, user("Session 1 message"))])
+    await two.add_items([cast(Any, user("Session 2 message"))])
+    assert [i.get("content") for i in await one.get_items()] == ["Session 1 message"]
+    assert [i.get("content") for i in await two.get_items()] == ["Session 2 message"]
+    assert len(await one.get_conversation_by_turns()) == 1
+    assert len(await two.get_conversation_by_turns()) == 1
+
+
+async def test_advanced_tool_name_extraction(db: SessionRouter) -> None:
+    session = PostgresSession("advanced_tool_names_test", db)
+    items: list[Any] = [
+        user("Use various tools"),
+        {"type": "mcp_call", "server_label": "filesystem", "name": "read_file", "arguments": ""},
+        {
+            "type": "mcp_approval_request",
+            "server_label": "database",
+            "name": "execute_query",
+            "arguments": "{}",
+        },
+        {"type": "computer_call", "arguments": "{}"},
+        {"type": "file_search_call", "arguments": "{}"},
+        {"type": "web_search_call", "arguments": "{}"},
+        {"type": "code_interpreter_call", "arguments": "{}"},
+        {"type": "function_call", "name": "calculator", "arguments": "{}"},
+        {"type": "custom_tool_call", "name": "custom_tool", "arguments": "{}"},
+    ]
+    await session.add_items(items)
+    names = [i["tool_name"] for i in (await session.get_conversation_by_turns())[1]]
+    for expected in (
+        "filesystem.read_file",
+        "database.execute_query",
+        "computer_call",
+        "file_search_call",
+        "web_search_call",
+        "code_interpreter_call",
+        "calculator",
+        "custom_tool",
+    ):
+        assert expected in names
+
+
+async def test_branch_usage_tracking(db: SessionRouter) -> None:
+    session = PostgresSession("branch_usage_test", db)
+    await session.add_items([cast(Any, user("Main question"))])
+    await session.store_run_usage(
+        result_with(Usage(requests=1, input_tokens=50, output_tokens=30, total_tokens=80))
+    )
+    await session.create_branch_from_turn(1, "usage_branch")
+    await session.add_items([cast(Any, user("Branch question"))])
+    await session.store_run_usage(
+        result_with(Usage(requests=2, input_tokens=100, output_tokens=60, total_tokens=160))
+    )
+    main = await session.get_session_usage(branch_id="main")
+    assert main is not None
+    assert (main["requests"], main["total_tokens"], main["total_turns"]) == (1, 80, 1)
+    branch = await session.get_session_usage(branch_id="usage_branch")
+    assert branch is not None
+    assert (branch["requests"], branch["total_tokens"], branch["total_turns"]) == (2, 160, 1)
+    total = await session.get_session_usage()
+    assert total is not None
+    assert (total["requests"], total["total_tokens"], total["total_turns"]) == (3, 240, 2)
+    turns = await session.get_turn_usage(branch_id="usage_branch")
+    assert isinstance(turns, list) and len(turns) == 1 and turns[0]["requests"] == 2
+
+
+async def test_tool_name_extraction(db: SessionRouter) -> None:
+    session = PostgresSession("tool_names_test", db)
+    items: list[Any] = [
+        user("Use tools please"),
+        {"type": "function_call", "name": "search_web", "arguments": "{}"},
+        {"type": "function_call_output", "tool_name": "search_web", "output": "result"},
+        {"type": "function_call", "name": "calculator", "arguments": "{}"},
+    ]
+    await session.add_items(items)
+    names = [i["tool_name"] for i in (await session.get_conversation_by_turns())[1]]
+    assert "search_web" in names and "calculator" in names
+
+
+@function_tool
+async def lookup(query: str) -> str:
+    """A test tool for tool call tracking."""
+    return f"Tool result for: {query}"
+
+
+async def test_tool_execution_integration(db: SessionRouter) -> None:
+    from agents.items import ModelResponse
+    from agents.models.interface import Model
+
+    class TwoSteps(Model):
+        """A tool call, then a text answer (the SDK test's FakeModel script)."""
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        async def get_response(self, *args: Any, **kwargs: Any) -> ModelResponse:
+            from openai.types.responses import (
+                ResponseFunctionToolCall,
+                ResponseOutputMessage,
+                ResponseOutputText,
+            )
+
+            self.calls += 1
+            out: Any
+            if self.calls == 1:
+                out = ResponseFunctionToolCall(
+                    type="function_call",
+                    name="lookup",
+                    arguments='{"query": "test query"}',
+                    call_id="call_123",
+                )
+            else:
+                out = ResponseOutputMessage(
+                    id="m",
+                    type="message",
+                    role="assistant",
+                    status="completed",
+                    content=[ResponseOutputText(type="output_text", text="done", annotations=[])],
+                )
+            return ModelResponse(output=[out], usage=Usage(), response_id=None)
+
+        def stream_response(self, *args: Any, **kwargs: Any) -> Any:
+            raise NotImplementedError
+
+    session = PostgresSession("tool_integration_test", db)
+    agent = Agent(name="test", model=TwoSteps(), tools=[lookup])
+    result = await Runner.run(agent, "Please use the test tool", session=session)
+    assert "Tool result for: test query" in str(result.new_items)
+    usage = await session.get_tool_usage()
+    assert ("lookup", 1, 1) in usage
+
+
+async def test_same_answers_as_advanced_sqlite_session(db: SessionRouter) -> None:
+    """One script on both sessions: every branch, structure and usage read agrees (the
+    timestamps aside)."""
+    ours = PostgresSession("parity", db)
+    theirs = AdvancedSQLiteSession(session_id="parity", create_tables=True)
+    try:
+        for s in (ours, theirs):
+            for turn in three_turns():
+                await s.add_items(turn)
+            await s.store_run_usage(result_with())
+            await s.create_branch_from_turn(2, "alt")
+            await s.add_items([cast(Any, user("Other second")), cast(Any, assistant("B"))])
+            await s.store_run_usage(result_with())
+        assert await ours.get_items() == await theirs.get_items()
+        assert await ours.get_items(branch_id="main") == await theirs.get_items(branch_id="main")
+        assert await ours.get_conversation_by_turns() == await theirs.get_conversation_by_turns()
+        assert await ours.get_tool_usage() == await theirs.get_tool_usage()
+        assert await ours.get_session_usage() == await theirs.get_session_usage()
+        assert await ours.get_turn_usage() == await theirs.get_turn_usage()
+        assert await ours.get_turn_usage(3, branch_id="main") == await theirs.get_turn_usage(
+            3, branch_id="main"
+        )
+
+        def strip(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [{k: v for k, v in t.items() if k != "timestamp"} for t in turns]
+
+        assert strip(await ours.get_conversation_turns()) == strip(
+            await theirs.get_conversation_turns()
+        )
+
+        def shape(branches: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+            # sorted: theirs orders by a created_at of whole seconds, ties in any order
+            return sorted(
+                (b["branch_id"], b["message_count"], b["user_turns"], b["is_current"])
+                for b in branches
+            )
+
+        assert shape(await ours.list_branches()) == shape(await theirs.list_branches())
+        popped = [await ours.pop_item(), await ours.pop_item(), await ours.pop_item()]
+        assert popped == [await theirs.pop_item(), await theirs.pop_item(), await theirs.pop_item()]
+        assert await ours.get_items() == await theirs.get_items()
+        assert await ours.get_items(branch_id="main") == await theirs.get_items(branch_id="main")
+        assert await ours.get_turn_usage() == await theirs.get_turn_usage()
+    finally:
+        theirs.close()
+
+
+# part two: across servers ----------------------------------------------------------------
+async def test_a_branch_id_is_never_reused(db: SessionRouter) -> None:
+    session = PostgresSession("reuse", db)
+    await session.add_items([cast(Any, user("q1")), cast(Any, user("q2"))])
+    await session.create_branch_from_turn(2, "b")
+    await session.delete_branch("b", force=True)
+    with pytest.raises(ValueError, match="Branch ID 'b' has already been used"):
+        await session.create_branch_from_turn(2, "b")
+    with pytest.raises(ValueError, match="Branch ID 'main' has already been used"):
+        await session.create_branch_from_turn(1, "main")
+    await session.clear_session()
+    await session.add_items([cast(Any, user("again"))])
+    with pytest.raises(ValueError, match="already been used"):
+        await session.create_branch_from_turn(1, "b")
+    first = await session.create_branch_from_turn(1)
+    await session.switch_to_branch("main")
+    second = await session.create_branch_from_turn(1)
+    assert first.startswith("branch_from_turn_1_") and second != first
+
+
+async def test_next_turn_on_another_server_continues_on_the_switched_branch(
+    db: SessionRouter, router_config: RouterConfig
+) -> None:
+    a = PostgresSession("two-servers", db)
+    for turn in three_turns():
+        await a.add_items(turn)
+    async with SessionRouter(router_config) as other:
+        b = PostgresSession("two-servers", other, consistency_token=a.consistency_token)
+        await a.create_branch_from_turn(3, "retry")
+        b2 = PostgresSession("two-servers", other, consistency_token=a.consistency_token)
+        assert len(await b2.get_items()) == 4
+        await b2.add_items([cast(Any, user("Third, edited")), cast(Any, assistant("ok"))])
+        # server A reads its own session object: the branch server B wrote to
+        a2 = PostgresSession("two-servers", db, consistency_token=b2.consistency_token)
+        contents = [i.get("content") for i in await a2.get_items()]
+        assert contents[-2:] == ["Third, edited", "ok"] and len(contents) == 6
+        assert len(await a2.get_items(branch_id="main")) == 6
+        await b2.switch_to_branch("main")
+        a3 = PostgresSession("two-servers", db, consistency_token=b2.consistency_token)
+        assert [i.get("content") for i in await a3.get_items()][-1] == "Third answer"
+        assert await b.current_branch() == "main"
+
+
+async def test_concurrent_branch_operations_end_in_a_state_one_of_them_chose(
+    db: SessionRouter, router_config: RouterConfig
+) -> None:
+    base = PostgresSession("race", db)
+    for turn in three_turns():
+        await base.add_items(turn)
+    async with SessionRouter(router_config) as other:
+        for round_ in range(5):
+            a = PostgresSession("race", db)
+            b = PostgresSession("race", other)
+            names = (f"a{round_}", f"b{round_}")
+            # each branches from the conversation's current branch as it finds it: the one
+            # that runs second may find the other's branch current, and too short for turn 3
+            outcomes = await asyncio.gather(
+                a.create_branch_from_turn(2, names[0]),
+                b.create_branch_from_turn(3, names[1]),
+                return_exceptions=True,
+            )
+            made = [o for o in outcomes if isinstance(o, str)]
+            assert made and all(
+                isinstance(o, str) or "does not contain a user message" in str(o) for o in outcomes
+            ), outcomes
+            check = PostgresSession("race", db, consistency_token=b.consistency_token)
+            check._note(a.consistency_token or "0/0")
+            current = await check.current_branch()
+            branches = {x["branch_id"]: x for x in await check.list_branches()}
+            assert set(made) <= set(branches)
+            assert current in made
+            # the current branch's items are that branch's, whole (never a mix)
+            assert len(await check.get_items()) == branches[current]["message_count"]
+            expected = 2 if current == names[0] else 4
+            assert branches[current]["message_count"] == expected or len(made) == 2
+            await check.switch_to_branch("main")
+        # two servers switching at once: one of the two targets, nothing else
+        a = PostgresSession("race", db)
+        b = PostgresSession("race", other)
+        live = [x["branch_id"] for x in await base.list_branches() if x["branch_id"] != "main"]
+        first, second = live[0], live[-1]
+        await asyncio.gather(a.switch_to_branch(first), b.switch_to_branch(second))
+        check = PostgresSession("race", db, consistency_token=b.consistency_token)
+        check._note(a.consistency_token or "0/0")
+        assert await check.current_branch() in (first, second)
+
+
+async def test_one_id_raced_by_two_servers_is_created_once(
+    db: SessionRouter, router_config: RouterConfig
+) -> None:
+    base = PostgresSession("race-one-id", db)
+    await base.add_items([cast(Any, user("q1")), cast(Any, user("q2"))])
+    async with SessionRouter(router_config) as other:
+        a = PostgresSession("race-one-id", db)
+        b = PostgresSession("race-one-id", other)
+        outcomes = await asyncio.gather(
+            a.create_branch_from_turn(2, "same"),
+            b.create_branch_from_turn(1, "same"),
+            return_exceptions=True,
+        )
+    assert sorted(type(o).__name__ for o in outcomes) == ["ValueError", "str"]
+
+
+async def test_a_retried_branch_write_applies_once(db: SessionRouter) -> None:
+    """The op id: a replay of create_branch returns the original's id and creates nothing."""
+    session = PostgresSession("retry", db)
+    await session.add_items([cast(Any, user("q1")), cast(Any, user("q2"))])
+    op = __import__("uuid").uuid4()
+    params = (session.session_id, op, None, 2, "branch_from_turn_2_x")
+    first = await session._write("create_branch", session._sql.create_branch, params, tenant=None)
+    await session.switch_to_branch("main")
+    again = await session._write("create_branch", session._sql.create_branch, params, tenant=None)
+    assert first == again == [("branch_from_turn_2_x",)]
+    assert len(await session.list_branches()) == 2
+    assert await session.current_branch() == "main"
+
+
+async def test_popping_shared_items_leaves_the_other_branches_whole(db: SessionRouter) -> None:
+    session = PostgresSession("pop-shared", db)
+    for turn in three_turns():
+        await session.add_items(turn)
+    await session.create_branch_from_turn(3, "child")  # shares main's first 4 items
+    await session.switch_to_branch("main")
+    # main pops its own items, two of which the child shares: the child keeps them
+    for _ in range(4):
+        await session.pop_item()
+    assert len(await session.get_items()) == 2
+    child = await session.get_items(branch_id="child")
+    assert [i.get("content") for i in child] == [
+        "First question",
+        "First answer",
+        "Second question",
+        "Second answer",
+    ]
+    # the child pops a shared item: main is untouched
+    await session.switch_to_branch("child")
+    assert (await session.pop_item() or {}).get("content") == "Second answer"
+    await session.add_items([cast(Any, assistant("Second answer, edited"))])
+    assert [i.get("content") for i in await session.get_items()][-1] == "Second answer, edited"
+    assert len(await session.get_items(branch_id="main")) == 2
+
+
+async def test_branches_share_their_prefix(db: SessionRouter) -> None:
+    """10 branches of a 1,000-item conversation store each of its items once."""
+    session = PostgresSession("storage", db)
+    items: list[Any] = []
+    for n in range(500):
+        items += [user(f"question {n}"), assistant(f"answer {n}")]
+    await session.add_items(items)
+    for n in range(10):
+        await session.switch_to_branch("main")
+        await session.create_branch_from_turn(400 + n, f"b{n}")
+        await session.add_items([cast(Any, user(f"edited {n}")), cast(Any, assistant("ok"))])
+    s = db.config.schema
+    async with db.primary_connection() as conn:
+        cur = await conn.execute(
+            f'SELECT count(*) FROM "{s}".messages WHERE session_id = %s', (session.session_id,)
+        )
+        row = await cur.fetchone()
+    assert row is not None and row[0] == 1000 + 10 * 2
+    views = {b["branch_id"]: b["message_count"] for b in await session.list_branches()}
+    assert views["main"] == 1000
+    assert views["b3"] == 2 * (403 - 1) + 2
+
+
+@pytest.mark.owner_sql
+async def test_migration_makes_existing_rows_branch_main(router: SessionRouter) -> None:
+    from pgsessions.sessions.schema import load_migrations
+
+    before = [m for m in load_migrations() if m.version < "0010"]
+    await migrate(router, migrations=before)
+    old = PostgresSession("old", router)
+    await old.add_items([cast(Any, user("q1")), cast(Any, assistant("a1"))])
+    await old.store_run_usage(result_with())
+    assert "0010" in await migrate(router)
+    session = PostgresSession("old", router, consistency_token=old.consistency_token)
+    branches = await session.list_branches()
+    assert [(b["branch_id"], b["message_count"], b["is_current"]) for b in branches] == [
+        ("main", 2, True)
+    ]
+    assert await session.get_turn_usage(1, branch_id="main") != {}
+    await session.create_branch_from_turn(1, "new")
+    assert await session.get_items() == []
+
+
+async def test_cancelled_branch_write_settles(db: SessionRouter) -> None:
+    """Cancelled while in flight, create_branch still completes (like add_items), then the
+    cancellation is re-raised."""
+    session = PostgresSession("cancel", db)
+    await session.add_items([cast(Any, user("q1"))])
+    task = asyncio.ensure_future(session.create_branch_from_turn(1, "c"))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    deadline = time.monotonic() + 10
+    names: list[str] = []
+    while time.monotonic() < deadline:
+        names = [b["branch_id"] for b in await session.list_branches()]
+        if "c" in names:
+            break
+    assert "c" in names
