@@ -773,3 +773,71 @@ async def test_cancelled_branch_write_settles(db: SessionRouter) -> None:
         if "c" in names:
             break
     assert "c" in names
+
+
+async def test_runner_integration_with_usage_tracking(db: SessionRouter) -> None:
+    """The SDK test's Runner turns with store_run_usage after each, then on a branch."""
+    from agents.testing import ScriptedModel
+
+    from .test_sessions_usage import step
+
+    session = PostgresSession("integration_test", db)
+    agent = Agent(name="test", model=ScriptedModel([step("San Francisco", 5, 2)]))
+    first = await Runner.run(agent, "What city is the Golden Gate Bridge in?", session=session)
+    assert first.final_output == "San Francisco"
+    await session.store_run_usage(first)
+    agent = Agent(name="test", model=ScriptedModel([step("California", 7, 1)]))
+    second = await Runner.run(agent, "What state is it in?", session=session)
+    await session.store_run_usage(second)
+    assert len(await session.get_conversation_by_turns()) == 2
+    usage = await session.get_session_usage()
+    assert usage is not None and usage["total_turns"] == 2
+    # edit the second question and rerun it on a branch
+    await session.create_branch_from_turn(2, "edited")
+    agent = Agent(name="test", model=ScriptedModel([step("Also California", 9, 3)]))
+    third = await Runner.run(agent, "Which state, again?", session=session)
+    await session.store_run_usage(third)
+    assert [t["full_content"] for t in await session.get_conversation_turns()] == [
+        "What city is the Golden Gate Bridge in?",
+        "Which state, again?",
+    ]
+    edited = await session.get_turn_usage(2)
+    assert isinstance(edited, dict) and edited["input_tokens"] == 9
+    main = await session.get_turn_usage(2, branch_id="main")
+    assert isinstance(main, dict) and main["input_tokens"] == 7
+
+
+async def test_concurrent_adds_on_a_branch_all_land_on_it(db: SessionRouter) -> None:
+    session = PostgresSession("branch-concurrent", db)
+    await session.add_items([cast(Any, user("q1")), cast(Any, user("q2"))])
+    await session.create_branch_from_turn(2, "b")
+
+    async def batch(worker: int) -> None:
+        await session.add_items([cast(Any, user(f"w{worker}-{n}")) for n in range(10)])
+
+    await asyncio.gather(*(batch(w) for w in range(8)))
+    got = await session.get_items()
+    assert len(got) == 1 + 80
+    assert len(await session.get_items(branch_id="main")) == 2
+
+
+@pytest.mark.owner_sql
+async def test_a_conversation_deleted_by_maintenance_takes_its_branches(
+    db: SessionRouter,
+) -> None:
+    """prune and import delete conversation rows directly: the branches go with them, so a
+    conversation written again under that id does not find them."""
+    session = PostgresSession("deleted", db)
+    await session.add_items([cast(Any, user("q1")), cast(Any, user("q2"))])
+    await session.create_branch_from_turn(2, "old")
+    async with db.primary_connection() as conn:
+        await conn.execute(
+            f'DELETE FROM "{db.config.schema}".conversations WHERE session_id = %s',
+            (session.session_id,),
+        )
+    again = PostgresSession("deleted", db)
+    await again.add_items([cast(Any, user("new q1"))])
+    assert [b["branch_id"] for b in await again.list_branches()] == ["main"]
+    assert await again.get_items(branch_id="old") == []
+    with pytest.raises(ValueError, match="Branch 'old' does not exist"):
+        await again.switch_to_branch("old")

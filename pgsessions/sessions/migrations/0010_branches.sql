@@ -52,6 +52,20 @@ BEGIN
 END
 $$;
 
+-- However a conversation goes (clear_session, prune, an import that replaces it), its branches
+-- become tombstones with it: a conversation written again under the same id starts its seqs
+-- anew and must not find old branches sharing them.
+CREATE FUNCTION {schema}.conversation_gone() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE {schema}.branches SET deleted_at = now()
+     WHERE session_id = OLD.session_id AND deleted_at IS NULL;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER conversation_gone AFTER DELETE ON {schema}.conversations
+    FOR EACH ROW EXECUTE FUNCTION {schema}.conversation_gone();
+
 -- The branch a call acts on: p_branch, or the conversation's current one ('main' without one).
 CREATE FUNCTION {schema}.branch_of(p_session text, p_branch text) RETURNS text
 LANGUAGE sql STABLE AS $$
@@ -279,35 +293,6 @@ BEGIN
     END IF;
     UPDATE {schema}.ops SET result = v_item WHERE session_id = p_session AND op_id = p_op;
     RETURN v_item;
-END
-$$;
-
--- clear_session as in 0007; the conversation's branches become tombstones (ids stay taken).
-CREATE OR REPLACE FUNCTION {schema}.clear_session(p_session text, p_op uuid) RETURNS boolean
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    INSERT INTO {schema}.ops (session_id, op_id) VALUES (p_session, p_op)
-        ON CONFLICT DO NOTHING;
-    IF NOT FOUND THEN
-        RETURN false;
-    END IF;
-    PERFORM 1 FROM {schema}.conversations WHERE session_id = p_session FOR UPDATE;
-    PERFORM {schema}.keep_add_ops(p_session);
-    UPDATE {schema}.branches SET deleted_at = now()
-     WHERE session_id = p_session AND deleted_at IS NULL;
-    DELETE FROM {schema}.conversations WHERE session_id = p_session;
-    RETURN true;
-END
-$$;
-
-CREATE OR REPLACE FUNCTION {schema}.clear_session(p_session text) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    PERFORM 1 FROM {schema}.conversations WHERE session_id = p_session FOR UPDATE;
-    PERFORM {schema}.keep_add_ops(p_session);
-    UPDATE {schema}.branches SET deleted_at = now()
-     WHERE session_id = p_session AND deleted_at IS NULL;
-    DELETE FROM {schema}.conversations WHERE session_id = p_session;
 END
 $$;
 
