@@ -841,3 +841,101 @@ async def test_a_conversation_deleted_by_maintenance_takes_its_branches(
     assert await again.get_items(branch_id="old") == []
     with pytest.raises(ValueError, match="Branch 'old' does not exist"):
         await again.switch_to_branch("old")
+
+
+# export / import ---------------------------------------------------------------------------
+async def branched(router: SessionRouter, sid: str) -> PostgresSession:
+    """main with three turns, 'alt' from turn 2 with a turn of its own and usage, 'gone'
+    deleted, and 'alt' current; main popped once after branching (a row copied to alt)."""
+    session = PostgresSession(sid, router)
+    for turn in three_turns():
+        await session.add_items(turn)
+    await session.create_branch_from_turn(2, "gone")
+    await session.switch_to_branch("main")
+    await session.create_branch_from_turn(3, "alt")
+    await session.add_items([cast(Any, user("Third, edited")), cast(Any, assistant("ok"))])
+    await session.store_run_usage(result_with())
+    await session.delete_branch("gone")
+    await session.switch_to_branch("main")
+    for _ in range(3):
+        await session.pop_item()
+    await session.switch_to_branch("alt")
+    return session
+
+
+async def views(session: PostgresSession) -> dict[str, list[Any]]:
+    out = {}
+    for b in await session.list_branches():
+        out[b["branch_id"]] = await session.get_items(branch_id=b["branch_id"])
+    return out
+
+
+@pytest.mark.owner_sql
+async def test_export_and_import_carry_branches(db: SessionRouter) -> None:
+    from pgsessions.export import export_lines, import_records, read_export
+
+    session = await branched(db, "exported")
+    before = await views(session)
+    usage = await session.get_turn_usage(branch_id="alt")
+    lines = [line async for line in export_lines(db, session_ids_=["exported"])]
+    kinds = [__import__("json").loads(line)["kind"] for line in lines[1:]]
+    assert kinds.count("branch") == 2  # alt, and gone's tombstone
+    await session.clear_session()
+    summary = await import_records(db, read_export(lines))
+    assert (summary.imported, summary.errors) == (1, [])
+    again = [line async for line in export_lines(db, session_ids_=["exported"])]
+    assert again[1:] == lines[1:]
+    restored = PostgresSession("exported", db)
+    assert await views(restored) == before
+    assert await restored.current_branch() == "alt"
+    assert await restored.get_turn_usage(branch_id="alt") == usage
+    with pytest.raises(ValueError, match="already been used"):
+        await restored.create_branch_from_turn(1, "gone")
+    again_summary = await import_records(db, read_export(lines))
+    assert (again_summary.imported, again_summary.unchanged) == (0, 1)
+
+
+@pytest.mark.owner_sql
+async def test_an_advanced_sqlite_session_file_imports_with_all_its_branches(
+    db: SessionRouter, tmp_path: Any
+) -> None:
+    from pgsessions.export import import_records
+    from pgsessions.export.sdk_sources import sqlite_records
+
+    path = tmp_path / "advanced.db"
+    theirs = AdvancedSQLiteSession(session_id="adv", db_path=path, create_tables=True)
+    try:
+        for turn in three_turns():
+            await theirs.add_items(turn)
+        await theirs.store_run_usage(result_with())
+        await theirs.create_branch_from_turn(2, "b1")
+        await theirs.add_items([cast(Any, user("b1 q")), cast(Any, assistant("b1 a"))])
+        await theirs.store_run_usage(result_with())
+        await theirs.create_branch_from_turn(2, "b2")  # from b1: shares b1's prefix
+        await theirs.add_items([cast(Any, user("b2 q"))])
+        await theirs.switch_to_branch("main")
+        await theirs.create_branch_from_turn(3, "b3")
+        await theirs.create_branch_from_turn(1, "doomed")
+        await theirs.add_items([cast(Any, user("doomed q"))])  # theirs: no item, no branch
+        await theirs.switch_to_branch("main")
+        await theirs.delete_branch("doomed")
+        expected = {
+            b["branch_id"]: await theirs.get_items(branch_id=b["branch_id"])
+            for b in await theirs.list_branches()
+        }
+        usage = {b: await theirs.get_turn_usage(branch_id=b) for b in expected}
+    finally:
+        theirs.close()
+    assert set(expected) == {"main", "b1", "b2", "b3"}
+    records = list(sqlite_records(path))
+    summary = await import_records(db, records)
+    assert (summary.imported, summary.errors) == (1, [])
+    ours = PostgresSession("adv", db)
+    got = await views(ours)
+    assert got == expected
+    assert {b: await ours.get_turn_usage(branch_id=b) for b in expected} == usage
+    # each message once: main's 6, b1's 2, b2's 1 (b3 shares main's first 4)
+    [rec] = records
+    assert len(rec.items) == 9
+    with pytest.raises(ValueError, match="already been used"):
+        await ours.create_branch_from_turn(1, "doomed")
