@@ -939,3 +939,35 @@ async def test_an_advanced_sqlite_session_file_imports_with_all_its_branches(
     assert len(rec.items) == 9
     with pytest.raises(ValueError, match="already been used"):
         await ours.create_branch_from_turn(1, "doomed")
+
+
+@pytest.mark.owner_sql
+async def test_the_readme_example_runs(router_config: RouterConfig) -> None:
+    """The Branches section's example, as written, against this test's schema."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Branches\n", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    env = {
+        **os.environ,
+        "PGSESSIONS_HOSTS": ",".join(router_config.hosts),
+        "PGSESSIONS_SCHEMA": router_config.schema,
+    }
+    run = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines()[:3] == [
+        "['What is the capital of France?', 'How many people live in its metro area?']",
+        "4",
+        "['main', 'metro-area']",
+    ]
