@@ -448,9 +448,7 @@ async def test_latest_n_is_an_index_scan(db: SessionRouter) -> None:
         " FROM generate_series(1, 50) g, generate_series(1, 2000) n",
     )
     await fetch(db, "ANALYZE {s}.messages")
-    plan = await fetch(
-        db, "EXPLAIN " + statements(db.config.schema).get_items, "s7", "s7", None, 50
-    )
+    plan = await fetch(db, "EXPLAIN " + statements(db.config.schema).get_items, "s7", None, 50)
     text = "\n".join(r[0] for r in plan)
     assert "Index Scan Backward using messages_pkey" in text, text
     assert "Sort" not in text.split("Index Scan")[1], text
@@ -473,7 +471,7 @@ async def test_latest_n_is_an_index_scan(db: SessionRouter) -> None:
 
     async def scan(session_id: str) -> dict[str, Any]:
         query = "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + statements(db.config.schema).get_items
-        [[doc]] = await fetch(db, query, session_id, session_id, None, 50)
+        [[doc]] = await fetch(db, query, session_id, None, 50)
         # the index scans of the plan (a bitmap scan and a sort would not be the plan
         # wanted); main's items are the scan that returns rows (a branch's shared prefix,
         # migration 0010, is a second one that never runs for main)

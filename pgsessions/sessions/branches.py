@@ -181,7 +181,7 @@ class BranchMethods:
         rows = await self._read(
             "branch_structure",
             self._sql.branch_rows,
-            (self.session_id, self.session_id, branch_id, users_only),
+            (self.session_id, branch_id, users_only),
             tenant=self._tenant_for(None),
         )
         text = rows[0][0] if rows else None

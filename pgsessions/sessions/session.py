@@ -270,10 +270,10 @@ class PostgresSession(BranchMethods):
         params: tuple[Any, ...]
         if self.ttl is None:
             query = self._sql.get_items
-            params = (self.session_id, self.session_id, branch_id, effective)
+            params = (self.session_id, branch_id, effective)
         else:
             query = self._sql.get_items_ttl
-            params = (self.ttl, self.session_id, self.session_id, branch_id, effective)
+            params = (self.ttl, self.session_id, branch_id, effective)
         rows = await self._read("get_items", query, params, tenant=tenant, replay_column=True)
         text = rows[0][0] if rows else None
         if text is None:

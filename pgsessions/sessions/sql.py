@@ -51,7 +51,7 @@ def statements(schema: str) -> Statements:
         # (about a quarter of the statement's server CPU at 50 items of 1 KB)
         get_items=q(
             "SELECT string_agg(t.item::text, ',' ORDER BY t.seq), pg_last_wal_replay_lsn()::text"
-            " FROM {s}.branch_items(%s, {s}.branch_of(%s, %s), %s::bigint) t"
+            " FROM {s}.branch_items(%s, %s, %s::bigint) t"
         ),
         # get_items with a time-to-live (%s interval first; the same columns): the latest N
         # rows, without those before the newest idle gap longer than the TTL (counting the gap
@@ -64,8 +64,8 @@ def statements(schema: str) -> Statements:
             " ROWS UNBOUNDED PRECEDING) AS gone FROM ("
             "SELECT r.seq, r.item, lag(r.created_at, 1, now()) OVER (ORDER BY r.seq DESC)"
             " - r.created_at > %s::interval AS gap FROM ("
-            "SELECT seq, item, created_at FROM {s}.branch_items(%s, {s}.branch_of(%s, %s),"
-            " %s::bigint)) r) l) v WHERE NOT v.gone"
+            "SELECT seq, item, created_at FROM {s}.branch_items(%s, %s, %s::bigint)) r) l) v"
+            " WHERE NOT v.gone"
         ),
         # a procedure that commits: one row (applied, token); the last parameter is true on
         # a retry (it looks the operation id up first); see migrations 0003 and 0007
@@ -144,7 +144,7 @@ def statements(schema: str) -> Statements:
             "SELECT json_agg(json_build_array(t.role, t.type, t.item,"
             " to_char(t.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'))"
             " ORDER BY t.seq)::text"
-            " FROM {s}.branch_items(%s, {s}.branch_of(%s, %s), NULL) t"
+            " FROM {s}.branch_items(%s, %s, NULL) t"
             " WHERE NOT %s::boolean OR t.role = 'user'"
         ),
     )

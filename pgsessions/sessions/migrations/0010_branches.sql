@@ -76,29 +76,36 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- The latest p_limit items of a branch's view (NULL: all), newest first, each with the branch
--- that stores it (src). Runs as the caller (reads obey row-level security). A deleted branch
--- has no view.
+-- that stores it (src); p_branch NULL: the current branch. Runs as the caller (reads obey
+-- row-level security). A deleted branch has no view. The branch and its row are looked up
+-- once (cur), then each segment is one backward range scan of the primary key.
 CREATE FUNCTION {schema}.branch_items(p_session text, p_branch text, p_limit bigint)
 RETURNS TABLE (seq bigint, item json, role text, type text, created_at timestamptz, src text)
 LANGUAGE sql STABLE AS $$
+    WITH cur AS MATERIALIZED (
+        SELECT k.id, d.anc, d.upto, d.deleted_at
+          FROM (SELECT coalesce(p_branch,
+                                (SELECT c.current_branch FROM {schema}.conversations c
+                                  WHERE c.session_id = p_session),
+                                'main') AS id) k
+          LEFT JOIN {schema}.branches d ON d.session_id = p_session AND d.branch_id = k.id
+    )
     SELECT u.seq, u.item, u.role, u.type, u.created_at, u.src FROM (
         (SELECT m.seq, m.item, m.role, m.type, m.created_at, m.branch_id AS src
            FROM {schema}.messages m
-          WHERE m.session_id = p_session AND m.branch_id = p_branch
-            AND NOT EXISTS (SELECT 1 FROM {schema}.branches d
-                             WHERE d.session_id = p_session AND d.branch_id = p_branch
-                               AND d.deleted_at IS NOT NULL)
+          WHERE m.session_id = p_session
+            AND m.branch_id = (SELECT cur.id FROM cur WHERE cur.deleted_at IS NULL)
           ORDER BY m.seq DESC LIMIT p_limit)
         UNION ALL
         (SELECT x.seq, x.item, x.role, x.type, x.created_at, x.src
-           FROM {schema}.branches b
-          CROSS JOIN LATERAL unnest(b.anc, b.upto) AS s(anc, upto)
+           FROM cur
+          CROSS JOIN LATERAL unnest(cur.anc, cur.upto) AS s(anc, upto)
           CROSS JOIN LATERAL (
                 SELECT m.seq, m.item, m.role, m.type, m.created_at, m.branch_id AS src
                   FROM {schema}.messages m
                  WHERE m.session_id = p_session AND m.branch_id = s.anc AND m.seq <= s.upto
                  ORDER BY m.seq DESC LIMIT p_limit) x
-          WHERE b.session_id = p_session AND b.branch_id = p_branch AND b.deleted_at IS NULL)
+          WHERE cur.deleted_at IS NULL)
     ) u ORDER BY u.seq DESC LIMIT p_limit
 $$;
 
