@@ -971,3 +971,18 @@ async def test_the_readme_example_runs(router_config: RouterConfig) -> None:
         "4",
         "['main', 'metro-area']",
     ]
+
+
+@pytest.mark.owner_sql
+async def test_the_branch_bench_runs(cluster: Any) -> None:
+    """bench/branches.py, small: the shape of its result, never the speed."""
+    from bench.branches import run
+
+    result = await run(cluster.primary.dsn, items=200, branch_at=100, rounds=1, calls=1)
+    assert set(result["ratios"]) == {
+        "pgsessions all",
+        "pgsessions 50",
+        "AdvancedSQLiteSession all",
+        "AdvancedSQLiteSession 50",
+    }
+    assert all(ms > 0 for ms in result["ms"].values())
