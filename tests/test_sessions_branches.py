@@ -986,3 +986,38 @@ async def test_the_branch_bench_runs(cluster: Any) -> None:
         "AdvancedSQLiteSession 50",
     }
     assert all(ms > 0 for ms in result["ms"].values())
+
+
+@pytest.mark.owner_sql
+async def test_prune_takes_branches_with_their_conversation(db: SessionRouter) -> None:
+    """An expired conversation goes with all its branches; their tombstones go once older
+    than the cutoff, while a live conversation keeps its tombstones (ids stay taken)."""
+    from datetime import timedelta
+
+    from pgsessions.retention.prune import prune
+
+    old = PostgresSession("expired", db)
+    await old.add_items([cast(Any, user("q1")), cast(Any, user("q2"))])
+    await old.create_branch_from_turn(2, "b")
+    await old.add_items([cast(Any, user("on b"))])
+    live = PostgresSession("live", db)
+    await live.add_items([cast(Any, user("q1"))])
+    await live.create_branch_from_turn(1, "gone")
+    await live.delete_branch("gone", force=True)
+    s = db.config.schema
+    async with db.primary_connection() as conn:
+        await conn.execute(
+            f"UPDATE \"{s}\".conversations SET updated_at = now() - interval '3 days'"
+            " WHERE session_id = 'expired'"
+        )
+    first = await prune(db, older_than=timedelta(days=1))
+    assert first.conversations_deleted == 1 and first.items_deleted == 3
+    async with db.primary_connection() as conn:
+        await conn.execute(f"UPDATE \"{s}\".branches SET deleted_at = now() - interval '3 days'")
+    second = await prune(db, older_than=timedelta(days=1))
+    assert second.branch_tombstones_deleted == 1  # expired's b; live's tombstone stays
+    with pytest.raises(ValueError, match="already been used"):
+        await live.create_branch_from_turn(1, "gone")
+    again = PostgresSession("expired", db)
+    await again.add_items([cast(Any, user("new"))])
+    assert await again.create_branch_from_turn(1, "b") == "b"
