@@ -1021,3 +1021,51 @@ async def test_prune_takes_branches_with_their_conversation(db: SessionRouter) -
     again = PostgresSession("expired", db)
     await again.add_items([cast(Any, user("new"))])
     assert await again.create_branch_from_turn(1, "b") == "b"
+
+
+async def test_usage_reports_by_branch_and_by_tool(db: SessionRouter) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from pgsessions.analytics.report import usage_report
+
+    session = PostgresSession("reports", db)
+    calls: list[Any] = [
+        user("look it up"),
+        {"type": "function_call", "name": "lookup", "namespace": "crm", "arguments": "{}"},
+        {"type": "function_call_output", "output": "x"},
+        {"type": "web_search_call", "id": "ws", "status": "completed"},
+    ]
+    await session.add_items(calls)
+    await session.store_run_usage(result_with())
+    await session.create_branch_from_turn(1, "retry")
+    await session.add_items(calls[:2])
+    await session.store_run_usage(
+        result_with(Usage(requests=2, input_tokens=5, output_tokens=5, total_tokens=10))
+    )
+    from pgsessions.router.lsn import parse_lsn
+
+    from .helpers import apoll
+
+    written = parse_lsn(session.consistency_token or "0/0")
+
+    async def checked_since() -> bool:  # reads without a token see writes before a check
+        lsn = db.topology().primary_lsn
+        return lsn is not None and lsn >= written
+
+    assert await apoll(checked_since)
+    now = datetime.now(UTC)
+    probe = PostgresSession("reports", db)
+    expected = {"crm.lookup": 2, "web_search_call": 1}
+    assert {n: c for n, c, _t in await probe.get_tool_usage("main")} == {
+        "crm.lookup": 1,
+        "web_search_call": 1,
+    }
+    report = await usage_report(
+        db,
+        since=now - timedelta(hours=1),
+        until=now + timedelta(minutes=1),
+        reports=["by_branch", "by_tool"],
+    )
+    by_branch = {r["branch"]: r for r in report.reports["by_branch"]}
+    assert (by_branch["main"]["total_tokens"], by_branch["retry"]["total_tokens"]) == (80, 10)
+    assert {r["tool"]: r["calls"] for r in report.reports["by_tool"]} == expected
