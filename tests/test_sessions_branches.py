@@ -1069,3 +1069,41 @@ async def test_usage_reports_by_branch_and_by_tool(db: SessionRouter) -> None:
     by_branch = {r["branch"]: r for r in report.reports["by_branch"]}
     assert (by_branch["main"]["total_tokens"], by_branch["retry"]["total_tokens"]) == (80, 10)
     assert {r["tool"]: r["calls"] for r in report.reports["by_tool"]} == expected
+
+
+async def test_compaction_replaces_the_current_branch_own_items_only(db: SessionRouter) -> None:
+    """The SDK's compaction hook on a branch: the branch's own newest items are replaced,
+    main is untouched; items another branch shares are never replaced (it declines)."""
+    session = PostgresSession("compact", db)
+    for turn in three_turns():
+        await session.add_items(turn)
+    await session.create_branch_from_turn(3, "b")
+    await session.add_items([cast(Any, user("b question")), cast(Any, assistant("b answer"))])
+    summary = cast(Any, {"type": "compaction", "encrypted_content": "summary"})
+
+    snap = await session._get_compaction_snapshot(2)
+    assert snap is not None and [i.get("content") for i in snap.items] == [
+        "b question",
+        "b answer",
+    ]
+    assert await snap.replace_suffix(0, [summary]) is True
+    assert (await session.get_items())[-1] == summary
+    assert len(await session.get_items()) == 5
+    assert len(await session.get_items(branch_id="main")) == 6
+
+    # the snapshot reaches into main's items, which b shares: declined, nothing changes
+    snap = await session._get_compaction_snapshot(3)
+    assert snap is not None
+    assert await snap.replace_suffix(0, [summary]) is False
+    # and on main, the items b shares cannot be replaced either
+    await session.switch_to_branch("main")
+    snap = await session._get_compaction_snapshot(3)
+    assert snap is not None
+    assert await snap.replace_suffix(0, [summary]) is False
+    # its newest two are main's alone: those can
+    snap = await session._get_compaction_snapshot(2)
+    assert snap is not None
+    assert await snap.replace_suffix(0, [summary]) is True
+    assert len(await session.get_items()) == 5
+    assert (await session.get_items(branch_id="b"))[-1] == summary  # b's own summary
+    assert len(await session.get_items(branch_id="b")) == 5

@@ -103,13 +103,14 @@ def statements(schema: str) -> Statements:
             " ORDER BY user_turn_number"
         ),
         # the conversation's identity (created_at) and its latest N rows as [[seq, item], ...]
-        # (of the current branch: replace_suffix refuses once the conversation has branches)
+        # (of the current branch: replace_suffix refuses to delete rows another branch shares)
         compaction_snapshot=q(
             "SELECT c.created_at, (SELECT json_agg(json_build_array(t.seq, t.item)"
             " ORDER BY t.seq)::text FROM {s}.branch_items(c.session_id, c.current_branch,"
             " %s::bigint) t) FROM {s}.conversations c WHERE c.session_id = %s"
         ),
-        # the oldest rows after seq %s and before seq %s, as [[seq, item], ...]
+        # the oldest rows of main after seq %s and before seq %s, as [[seq, item], ...]
+        # (a pruned prefix must be main's: replace_suffix refuses one on another branch)
         compaction_prefix=q(
             "SELECT json_agg(json_build_array(t.seq, t.item) ORDER BY t.seq)::text FROM ("
             "SELECT seq, item FROM {s}.messages WHERE session_id = %s AND branch_id = 'main'"

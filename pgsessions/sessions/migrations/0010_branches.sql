@@ -484,8 +484,9 @@ BEGIN
 END
 $$;
 
--- Compaction replaces the newest items of 'main' only, and only while no branch shares them:
--- on a branched conversation it refuses (false), and the SDK keeps the history as it is.
+-- Compaction on the current branch: as in 0007, when the items it deletes (the suffix, and
+-- a pruned prefix) are the branch's own rows and no live branch shares them; otherwise it
+-- refuses (false) and the SDK keeps the history as it is.
 CREATE OR REPLACE FUNCTION {schema}.replace_suffix(
     p_session        text,
     p_op             uuid,
@@ -502,6 +503,8 @@ DECLARE
     v_created timestamptz;
     v_branch  text;
     v_current bigint[];
+    v_own     boolean;
+    v_low     bigint;
     v_removed bigint := 0;
     v_count   bigint;
     first_seq bigint;
@@ -516,23 +519,33 @@ BEGIN
      WHERE session_id = p_session AND op_id = p_op;
     SELECT c.created_at, c.current_branch INTO v_created, v_branch FROM {schema}.conversations c
      WHERE c.session_id = p_session FOR UPDATE;
-    IF NOT FOUND OR v_created <> p_created OR coalesce(cardinality(p_expected), 0) = 0
-       OR v_branch <> 'main'
-       OR EXISTS (SELECT 1 FROM {schema}.branches b
-                   WHERE b.session_id = p_session AND b.deleted_at IS NULL) THEN
+    IF NOT FOUND OR v_created <> p_created OR coalesce(cardinality(p_expected), 0) = 0 THEN
         RETURN false;
     END IF;
-    SELECT array_agg(t.seq ORDER BY t.seq) INTO v_current
-      FROM (SELECT m.seq FROM {schema}.messages m
-             WHERE m.session_id = p_session AND m.branch_id = 'main'
-             ORDER BY m.seq DESC LIMIT cardinality(p_expected)) t;
-    IF v_current IS DISTINCT FROM p_expected THEN
+    SELECT array_agg(t.seq ORDER BY t.seq), bool_and(t.src = v_branch) INTO v_current, v_own
+      FROM {schema}.branch_items(p_session, v_branch, cardinality(p_expected)) t;
+    IF v_current IS DISTINCT FROM p_expected OR NOT v_own THEN
+        RETURN false;
+    END IF;
+    v_low := p_expected[1];
+    IF p_prune_through IS NOT NULL THEN
+        -- the prefix must be the branch's own too: a branch's oldest items are its parent's
+        IF EXISTS (SELECT 1 FROM {schema}.branches b
+                    WHERE b.session_id = p_session AND b.branch_id = v_branch) THEN
+            RETURN false;
+        END IF;
+        v_low := 0;
+    END IF;
+    IF EXISTS (SELECT 1 FROM {schema}.branches b
+                CROSS JOIN LATERAL unnest(b.anc, b.upto) AS s(anc, upto)
+                WHERE b.session_id = p_session AND b.deleted_at IS NULL
+                  AND s.anc = v_branch AND s.upto >= v_low) THEN
         RETURN false;
     END IF;
     IF p_prune_through IS NOT NULL THEN
         WITH gone AS (
             DELETE FROM {schema}.messages
-             WHERE session_id = p_session AND branch_id = 'main'
+             WHERE session_id = p_session AND branch_id = v_branch
                AND seq <= least(p_prune_through, p_expected[1] - 1)
             RETURNING op
         ), kept AS (
@@ -544,7 +557,7 @@ BEGIN
     END IF;
     WITH gone AS (
         DELETE FROM {schema}.messages
-         WHERE session_id = p_session AND branch_id = 'main' AND seq >= p_expected[1]
+         WHERE session_id = p_session AND branch_id = v_branch AND seq >= p_expected[1]
         RETURNING op
     ), kept AS (
         INSERT INTO {schema}.ops (session_id, op_id)
@@ -559,8 +572,8 @@ BEGIN
            updated_at = now()
      WHERE session_id = p_session
     RETURNING next_seq - n INTO first_seq;
-    INSERT INTO {schema}.messages (session_id, seq, item, role, type)
-    SELECT p_session, first_seq + t.ord - 1, t.item, t.role, t.type
+    INSERT INTO {schema}.messages (session_id, branch_id, seq, item, role, type)
+    SELECT p_session, v_branch, first_seq + t.ord - 1, t.item, t.role, t.type
       FROM unnest(p_items, p_roles, p_types) WITH ORDINALITY AS t(item, role, type, ord);
     UPDATE {schema}.ops SET result = 'true'::json
      WHERE session_id = p_session AND op_id = p_op;
