@@ -151,9 +151,17 @@ class BranchMethods:
 
     # reads ----------------------------------------------------------------------------
     async def current_branch(self) -> str:
-        """The conversation's current branch (``main`` for a new conversation)."""
-        branches = await self.list_branches()
-        return next((b["branch_id"] for b in branches if b["is_current"]), "main")
+        """The conversation's current branch (``main`` for a new conversation), as stored
+        with it: where this server's and every other server's next turn goes. (The SDK's
+        AdvancedSQLiteSession keeps it in ``_current_branch_id``, per object.)"""
+        rows = await self._read(
+            "current_branch",
+            self._sql.current_branch,
+            (self.session_id,),
+            tenant=self._tenant_for(None),
+        )
+        branch: str = rows[0][0] if rows else "main"
+        return branch
 
     async def list_branches(self) -> list[dict[str, Any]]:
         """Every branch of the conversation, oldest first ([] when it does not exist): dicts

@@ -31,6 +31,7 @@ class Statements:
     delete_branch: LiteralString
     list_branches: LiteralString
     branch_rows: LiteralString
+    current_branch: LiteralString
 
 
 @lru_cache(maxsize=64)
@@ -139,6 +140,7 @@ def statements(schema: str) -> Statements:
             " AS u FROM {s}.branch_items(c.session_id, b.branch_id, NULL) t) k"
             " WHERE c.session_id = %s ORDER BY b.created_at, b.ord, b.branch_id"
         ),
+        current_branch=q("SELECT {s}.branch_of(%s, NULL)"),
         # a branch's whole view as [[role, type, item, created_at], ...] in order (NULL when
         # empty); the last parameter true keeps only the user items
         branch_rows=q(
