@@ -1114,3 +1114,35 @@ async def test_compaction_replaces_the_current_branch_own_items_only(db: Session
     assert len(await session.get_items()) == 5
     assert (await session.get_items(branch_id="b"))[-1] == summary  # b's own summary
     assert len(await session.get_items(branch_id="b")) == 5
+
+
+@pytest.mark.owner_sql
+async def test_deleting_a_parent_keeps_what_its_children_share(db: SessionRouter) -> None:
+    session = PostgresSession("family", db)
+    for turn in three_turns():
+        await session.add_items(turn)
+    await session.create_branch_from_turn(3, "parent")
+    await session.add_items([cast(Any, user("p1")), cast(Any, assistant("p2"))])
+    await session.add_items([cast(Any, user("p3")), cast(Any, assistant("p4"))])
+    await session.create_branch_from_turn(4, "child")  # shares parent's p1, p2
+    await session.add_items([cast(Any, user("c1"))])
+    child = [i.get("content") for i in await session.get_items()]
+    assert child[-3:] == ["p1", "p2", "c1"] and len(child) == 7
+    await session.switch_to_branch("main")
+    await session.delete_branch("parent")
+
+    async def stored() -> int:
+        async with db.primary_connection() as conn:
+            cur = await conn.execute(
+                f'SELECT count(*) FROM "{db.config.schema}".messages WHERE session_id = %s',
+                (session.session_id,),
+            )
+            row = await cur.fetchone()
+        return int(row[0]) if row else -1
+
+    assert [i.get("content") for i in await session.get_items(branch_id="child")] == child
+    assert await session.get_items(branch_id="parent") == []
+    assert await stored() == 6 + 2 + 1  # parent's p3, p4 went; p1, p2 stay for the child
+    await session.delete_branch("child")
+    assert await stored() == 6  # nothing shares parent's rows any more
+    assert [b["branch_id"] for b in await session.list_branches()] == ["main"]
