@@ -46,6 +46,7 @@ from pgsessions.router import RouterConfig, SessionRouter
 from pgsessions.sessions import migrate
 
 from .helpers import assistant, user
+from .test_sessions_tenants import tenancy  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.asyncio
 
@@ -1146,3 +1147,54 @@ async def test_deleting_a_parent_keeps_what_its_children_share(db: SessionRouter
     await session.delete_branch("child")
     assert await stored() == 6  # nothing shares parent's rows any more
     assert [b["branch_id"] for b in await session.list_branches()] == ["main"]
+
+
+@pytest.mark.owner_sql
+async def test_upgrading_an_isolated_schema_isolates_branches(tenancy: Any) -> None:  # noqa: F811
+    """Tenant isolation on before 0010: the migration (as the owner, no new grant) gives the
+    app role the new table and functions, and branches obey the tenant policies at once."""
+    from psycopg import sql
+
+    from pgsessions.sessions.schema import load_migrations
+    from pgsessions.sessions.tenants import tenant_isolation
+
+    before = [m for m in load_migrations() if m.version < "0010"]
+    async with SessionRouter(tenancy.owner_config()) as owner:
+        await migrate(owner, migrations=before)
+        # isolation on and `migrate --grant-to` as they were before 0010 (today's lists
+        # name branches too)
+        async with owner.primary_connection() as conn:
+            for text in (
+                "ALTER TABLE {s}.conversations ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY",
+                "ALTER TABLE {s}.messages ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY",
+                "ALTER TABLE {s}.usage_logs ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY",
+                "GRANT USAGE ON SCHEMA {s} TO {r}",
+                "GRANT EXECUTE ON ALL ROUTINES IN SCHEMA {s} TO {r}",
+                "GRANT SELECT ON {s}.conversations, {s}.messages, {s}.usage_logs,"
+                " {s}.schema_migrations TO {r}",
+            ):
+                await conn.execute(
+                    sql.SQL(text).format(
+                        s=sql.Identifier(tenancy.schema), r=sql.Identifier(tenancy.app)
+                    )
+                )
+    tenancy.cluster.wait_caught_up()
+    async with SessionRouter(tenancy.app_config()) as app:
+        a = PostgresSession("shared-id", app, tenant="A")
+        await a.add_items([cast(Any, user("A's q1")), cast(Any, user("A's q2"))])
+        async with SessionRouter(tenancy.owner_config()) as owner:
+            assert await migrate(owner) == ["0010"]
+            assert await tenant_isolation(owner)
+        tenancy.cluster.wait_caught_up()
+        a = PostgresSession("shared-id", app, tenant="A")
+        await a.create_branch_from_turn(2, "a-only")
+        assert [b["branch_id"] for b in await a.list_branches()] == ["main", "a-only"]
+        b = PostgresSession("other", app, tenant="B")
+        await b.add_items([cast(Any, user("B's q"))])
+        await b.create_branch_from_turn(1, "b-only")
+        spy = PostgresSession("shared-id", app, tenant="B")
+        assert await spy.list_branches() == []
+        assert await spy.get_items(branch_id="a-only") == []
+        with pytest.raises(ValueError, match="does not exist"):
+            await spy.switch_to_branch("a-only")
+        assert len(await a.get_items(branch_id="main")) == 2
