@@ -48,7 +48,9 @@ def _ttl(value: float | timedelta | None) -> timedelta | None:
 class PostgresSession(BranchMethods):
     """Conversation history of one session id, stored in PostgreSQL through a router.
 
-    Implements the SDK's ``agents.memory.Session`` protocol. Writes go to the primary;
+    Implements the SDK's ``agents.memory.Session`` protocol and the branch, structure and
+    usage methods of the SDK's ``AdvancedSQLiteSession`` (:class:`.branches.BranchMethods`):
+    history calls act on the conversation's current branch. Writes go to the primary;
     history reads go wherever the router finds the session's writes replayed (see
     :attr:`consistency_token`). The tables must exist: run ``await pgsessions.migrate(router)``
     once at startup; no statement here creates or checks tables.
@@ -284,7 +286,8 @@ class PostgresSession(BranchMethods):
     async def add_items(
         self, items: list[TResponseInputItem], *, wrapper: RunContextWrapper[Any] | None = None
     ) -> None:
-        """Append ``items`` in order, all or nothing, in one round trip to the primary.
+        """Append ``items`` to the current branch in order, all or nothing, in one round trip
+        to the primary.
 
         ``[]`` does nothing. Every item is encoded before any I/O: one that is not a dict (a
         JSON object) or not JSON serialisable raises TypeError (NaN/infinity: ValueError)
@@ -317,7 +320,8 @@ class PostgresSession(BranchMethods):
     async def pop_item(
         self, *, wrapper: RunContextWrapper[Any] | None = None
     ) -> TResponseInputItem | None:
-        """Remove and return the newest item; None when the session is empty or unknown.
+        """Remove and return the newest item of the current branch; None when it is empty or
+        the session unknown. Other branches that share the item keep it.
 
         Concurrent callers each get a different item; a retried call returns the item the
         first attempt removed. Popping the user item that opened the current turn also
@@ -334,7 +338,8 @@ class PostgresSession(BranchMethods):
         return item
 
     async def clear_session(self, *, wrapper: RunContextWrapper[Any] | None = None) -> None:
-        """Delete the conversation: its items, metadata and usage rows. No-op when unknown.
+        """Delete the conversation: every branch's items, metadata and usage rows (branch ids
+        stay taken). No-op when unknown.
 
         Carries an operation id: a retry after a lost reply does not delete what another
         server added after the clear.
