@@ -1198,3 +1198,24 @@ async def test_upgrading_an_isolated_schema_isolates_branches(tenancy: Any) -> N
         with pytest.raises(ValueError, match="does not exist"):
             await spy.switch_to_branch("a-only")
         assert len(await a.get_items(branch_id="main")) == 2
+
+
+async def test_branch_reads_are_served_by_replicas(db: SessionRouter, cluster: Any) -> None:
+    session = PostgresSession("on-replicas", db)
+    for turn in three_turns():
+        await session.add_items(turn)
+    await session.create_branch_from_turn(2, "b")
+    await asyncio.to_thread(cluster.wait_caught_up)
+    await db._monitor.refresh()  # a check that saw every write above replayed
+
+    def reads(role: str) -> int:
+        return sum(db.stats()["reads"].get(role, {}).values())
+
+    replica, primary = reads("replica"), reads("primary")
+    assert len(await session.get_items()) == 2
+    assert len(await session.get_items(branch_id="main")) == 6
+    assert len(await session.list_branches()) == 2
+    assert len(await session.get_conversation_turns()) == 1
+    assert await session.current_branch() == "b"
+    assert reads("replica") == replica + 5
+    assert reads("primary") == primary
