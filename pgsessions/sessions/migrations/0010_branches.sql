@@ -109,11 +109,19 @@ LANGUAGE sql STABLE AS $$
     ) u ORDER BY u.seq DESC LIMIT p_limit
 $$;
 
--- The number of user items in a branch's view: its current user turn.
+-- The current user turn of a branch: the number of user items in its view. A conversation
+-- without live branches keeps all its rows on main: its counter (user_turns, kept across a
+-- compaction as before 0010) answers without reading the history.
 CREATE FUNCTION {schema}.branch_user_turns(p_session text, p_branch text) RETURNS integer
 LANGUAGE sql STABLE AS $$
-    SELECT count(*)::integer FROM {schema}.branch_items(p_session, p_branch, NULL) t
-     WHERE t.role = 'user'
+    SELECT CASE
+        WHEN p_branch = 'main' AND NOT EXISTS (
+            SELECT 1 FROM {schema}.branches b
+             WHERE b.session_id = p_session AND b.deleted_at IS NULL)
+        THEN (SELECT c.user_turns FROM {schema}.conversations c WHERE c.session_id = p_session)
+        ELSE (SELECT count(*)::integer FROM {schema}.branch_items(p_session, p_branch, NULL) t
+               WHERE t.role = 'user')
+    END
 $$;
 
 -- Errors the session turns into ValueError (the SDK's messages): SQLSTATE 22023 with this
