@@ -73,7 +73,8 @@ test: lint docs pgbouncer patroni
 APP_ROLE_TESTS := tests/test_sessions_semantics.py tests/test_sessions_roundtrip.py \
 	tests/test_sessions_usage.py tests/test_sessions_listing.py tests/test_sdk_compaction.py \
 	tests/test_sessions_concurrency.py tests/test_sdk_parity.py tests/test_sessions_runner.py \
-	tests/test_router.py tests/test_router_many_servers.py tests/test_sessions_input.py
+	tests/test_router.py tests/test_router_many_servers.py tests/test_sessions_input.py \
+	tests/test_sessions_branches.py
 test-app-role: setup
 	PGSESSIONS_TEST_ROLE=app $(VENV)/bin/pytest -q $(APP_ROLE_TESTS)
 

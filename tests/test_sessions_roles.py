@@ -192,6 +192,7 @@ def test_migrate_command_grants_exactly_what_sessions_need(
         " ORDER BY 1, 2"
     )
     assert cluster.primary.execute(on_relations, {"s": qs}) == [
+        ("branches", "SELECT"),
         ("conversations", "SELECT"),
         ("messages", "SELECT"),
         ("schema_migrations", "SELECT"),

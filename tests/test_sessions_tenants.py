@@ -6,6 +6,7 @@ primary and on replicas) through the library and by hand."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import signal
@@ -43,7 +44,7 @@ from .helpers import apoll, assistant, poll, run_result, user
 
 set_tracing_disabled(True)
 
-TABLES = ("conversations", "messages", "usage_logs")
+TABLES = ("conversations", "messages", "usage_logs", "branches")
 
 
 @dataclass(frozen=True)
@@ -116,15 +117,20 @@ async def app(isolated: Tenancy) -> AsyncIterator[SessionRouter]:
 
 
 async def fill(router: SessionRouter) -> dict[str, PostgresSession]:
-    """Tenant A: a-secret (items, usage, metadata) and a-other; tenant B: b-1."""
+    """Tenant A: a-secret (items, usage, metadata, a branch) and a-other; tenant B: b-1
+    (with a branch); both conversations are on main again."""
     a = PostgresSession("a-secret", router, tenant="A", metadata={"team": "red"})
     await a.add_items([user("A's secret question"), assistant("A's secret answer")])
     await a.store_run_usage(run_result(100))
+    await a.create_branch_from_turn(1, "a-branch")
+    await a.switch_to_branch("main")
     a2 = PostgresSession("a-other", router, tenant="A", metadata={"team": "red"})
     await a2.add_items([user("A again")])
     b = PostgresSession("b-1", router, tenant="B", metadata={"team": "red"})
     await b.add_items([user("B's question")])
     await b.store_run_usage(run_result(7))
+    await b.create_branch_from_turn(1, "b-branch")
+    await b.switch_to_branch("main")
     return {"a": a, "a2": a2, "b": b}
 
 
@@ -463,16 +469,19 @@ async def test_upgrading_keeps_each_tenants_recent_results(tenancy: Tenancy) -> 
     async with SessionRouter(tenancy.owner_config()) as owner:
         await migrate(owner, migrations=before, grant_to=tenancy.app, tenant_isolation=True)
     tenancy.cluster.wait_caught_up()
-    async with SessionRouter(tenancy.app_config()) as router:
-        await fill(router)
+    # written through the 0008 schema's own functions (this version's sessions need 0010)
+    add = "SELECT {s}.add_items('b-1', %s, %s::json[], ARRAY['user'], ARRAY['message'], NULL)"
     op = uuid.uuid4()
     pop = "SELECT {s}.pop_item('b-1', %s)"
     with tenancy.connect() as conn:
         with conn.transaction():
             conn.execute(tenancy.q("SELECT {s}.set_tenant('B')"))
+            conn.execute(tenancy.q(add), (uuid.uuid4(), [json.dumps(user("B's question"))]))
+        with conn.transaction():
+            conn.execute(tenancy.q("SELECT {s}.set_tenant('B')"))
             assert conn.execute(tenancy.q(pop), (op,)).fetchall() == [(user("B's question"),)]
     async with SessionRouter(tenancy.owner_config()) as owner:
-        assert await migrate(owner) == ["0009"]
+        assert await migrate(owner) == ["0009", "0010"]
         assert await tenant_isolation(owner)
     with tenancy.connect() as conn:
         for tenant, expected in (("B", user("B's question")), ("A", None)):

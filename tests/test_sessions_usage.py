@@ -82,11 +82,13 @@ async def test_same_shapes_as_advanced_sqlite_session(db: SessionRouter) -> None
         assert await ours.get_turn_usage() == await theirs.get_turn_usage()
         assert await ours.get_turn_usage(2) == await theirs.get_turn_usage(2)
         assert await ours.get_turn_usage(7) == await theirs.get_turn_usage(7)
-        # code written for theirs passes branch_id: None works, a branch is refused clearly
+        # branch_id as theirs: None is every branch (session) or the current one (turns)
         assert await ours.get_session_usage(branch_id=None) == await theirs.get_session_usage()
         assert await ours.get_turn_usage(1, branch_id=None) == await theirs.get_turn_usage(1)
-        with pytest.raises(ValueError, match="no conversation branches"):
-            await ours.get_turn_usage(branch_id="alt")
+        assert await ours.get_turn_usage(branch_id="alt") == await theirs.get_turn_usage(
+            branch_id="alt"
+        )
+        assert await ours.get_session_usage("alt") == await theirs.get_session_usage("alt")
     finally:
         theirs.close()
 

@@ -33,6 +33,36 @@ _TEMPLATES = {
         " count(DISTINCT session_id) AS sessions"
         " FROM {s}.usage_logs WHERE {range} GROUP BY 1 ORDER BY total_tokens DESC, 1"
     ),
+    # per conversation branch (migration 0010), most tokens first
+    "by_branch": (
+        "SELECT branch_id AS branch, {sums}, count(DISTINCT session_id) AS sessions"
+        " FROM {s}.usage_logs WHERE {range} GROUP BY 1 ORDER BY total_tokens DESC, 1"
+        " LIMIT %(top)s"
+    ),
+    # tool calls added in the range, by tool (named as AdvancedSQLiteSession.get_tool_usage
+    # names them), in conversations written since the start (their messages by primary key)
+    "by_tool": (
+        "SELECT coalesce(t.tool, '(unnamed)') AS tool, count(*) AS calls,"
+        " count(DISTINCT t.session_id) AS sessions FROM ("
+        "SELECT m.session_id, CASE"
+        " WHEN m.type IN ('mcp_call', 'mcp_approval_request')"
+        " AND m.item->>'server_label' IS NOT NULL"
+        " THEN concat_ws('.', m.item->>'server_label', nullif(m.item->>'name', ''))"
+        " WHEN m.type = 'tool_search_call' THEN 'tool_search'"
+        " WHEN m.type IN ('computer_call', 'file_search_call', 'web_search_call',"
+        " 'code_interpreter_call', 'shell_call', 'apply_patch_call') THEN m.type"
+        " WHEN m.item->>'namespace' <> '' AND m.item->>'namespace' <> m.item->>'name'"
+        " THEN (m.item->>'namespace') || '.' || (m.item->>'name')"
+        " ELSE m.item->>'name' END AS tool"
+        " FROM (SELECT c.session_id FROM {s}.conversations c WHERE {since}) c"
+        " JOIN {s}.messages m ON m.session_id = c.session_id"
+        " WHERE m.created_at >= %(since)s AND m.created_at < %(until)s"
+        " AND m.role IS DISTINCT FROM 'user' AND m.role IS DISTINCT FROM 'assistant'"
+        " AND m.type IN ('tool_call', 'function_call', 'computer_call', 'file_search_call',"
+        " 'web_search_call', 'code_interpreter_call', 'tool_search_call', 'custom_tool_call',"
+        " 'mcp_call', 'mcp_approval_request', 'shell_call', 'apply_patch_call')) t"
+        " GROUP BY 1 ORDER BY calls DESC, 1 LIMIT %(top)s"
+    ),
     # the sessions that used the most tokens
     "by_session": (
         "SELECT session_id, {sums} FROM {s}.usage_logs WHERE {range}"

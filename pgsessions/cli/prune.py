@@ -91,7 +91,8 @@ async def _prune(args: argparse.Namespace, hosts: list[str], older: Any, ops: An
         f"{summary.usage_rows_deleted} usage rows); kept "
         f"{summary.conversations_kept_written_again} written again meanwhile; skipped "
         f"{summary.conversations_skipped_locked} locked; "
-        f"{summary.op_ids_deleted} operation ids; {summary.transactions} transactions in "
+        f"{summary.op_ids_deleted} operation ids, {summary.branch_tombstones_deleted} branch "
+        f"tombstones; {summary.transactions} transactions in "
         f"{summary.seconds:.2f}s"
     )
     return 0

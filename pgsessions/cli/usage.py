@@ -21,6 +21,8 @@ from .common import (
 TITLES = {
     "by_day": "tokens and requests by day (UTC)",
     "by_model": "by model",
+    "by_branch": "by conversation branch",
+    "by_tool": "tool calls by tool",
     "by_session": "sessions using the most tokens",
     "busiest": "busiest sessions (most turns)",
     "largest": "largest conversations active in the range",
@@ -30,7 +32,8 @@ TITLES = {
 def add_usage_command(sub: Any) -> None:
     p = sub.add_parser(
         "usage",
-        help="tokens and requests by day, model and session; largest and busiest sessions",
+        help="tokens and requests by day, model, branch and session; tool calls by tool; "
+        "largest and busiest sessions",
         description="Usage reports over a time range, read from a caught-up replica through "
         "the router (as fresh as its last health check). Every statement is bounded by the "
         "range and index-backed; see docs/backups-export-analytics.md for the SQL.",

@@ -90,10 +90,10 @@ class TimedSession(PostgresSession):
         self.stats = stats
 
     async def get_items(
-        self, limit: int | None = None, *, wrapper: Any = None
+        self, limit: int | None = None, branch_id: str | None = None, *, wrapper: Any = None
     ) -> list[TResponseInputItem]:
         t0 = time.monotonic()
-        items = await super().get_items(limit, wrapper=wrapper)
+        items = await super().get_items(limit, branch_id, wrapper=wrapper)
         self.stats.record("get_items", time.monotonic() - t0)
         return items
 

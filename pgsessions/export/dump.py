@@ -26,7 +26,7 @@ PAGE = 500
 @lru_cache(maxsize=16)
 def conversation_sql(schema: str) -> str:
     """One conversation as ordered (kind, n, line) rows: the conversation (with its tenant,
-    migration 0006), items, usage."""
+    migration 0006, and current branch, 0010), items, usage, branches (tombstones too)."""
     s = quote_ident(schema)
     return (
         "SELECT 0 AS k, 0::bigint AS n, json_build_object("
@@ -36,22 +36,32 @@ def conversation_sql(schema: str) -> str:
         " 'item_count', c.item_count, 'user_turns', c.user_turns,"
         f" 'items', (SELECT count(*) FROM {s}.messages m WHERE m.session_id = c.session_id),"
         f" 'usage_rows', (SELECT count(*) FROM {s}.usage_logs u"
-        " WHERE u.session_id = c.session_id))::text"
+        " WHERE u.session_id = c.session_id), 'current_branch', c.current_branch,"
+        f" 'branches', (SELECT count(*) FROM {s}.branches b"
+        " WHERE b.session_id = c.session_id))::text"
         f" FROM {s}.conversations c WHERE c.session_id = %(sid)s"
         " UNION ALL"
         " SELECT 1, m.seq, json_build_object("
         "'kind', 'item', 'session_id', m.session_id, 'seq', m.seq, 'role', m.role,"
-        " 'type', m.type, 'created_at', m.created_at, 'item', m.item)::text"
+        " 'type', m.type, 'branch', m.branch_id, 'created_at', m.created_at, 'item', m.item)::text"
         f" FROM {s}.messages m WHERE m.session_id = %(sid)s"
         " UNION ALL"
         " SELECT 2, u.user_turn_number, json_build_object("
-        "'kind', 'usage', 'session_id', u.session_id, 'user_turn_number', u.user_turn_number,"
+        "'kind', 'usage', 'session_id', u.session_id, 'branch', u.branch_id,"
+        " 'user_turn_number', u.user_turn_number,"
         " 'model', u.model, 'requests', u.requests, 'input_tokens', u.input_tokens,"
         " 'output_tokens', u.output_tokens, 'total_tokens', u.total_tokens,"
         " 'input_tokens_details', u.input_tokens_details,"
         " 'output_tokens_details', u.output_tokens_details, 'created_at', u.created_at)::text"
         f" FROM {s}.usage_logs u WHERE u.session_id = %(sid)s"
-        " ORDER BY 1, 2"
+        " UNION ALL"
+        " SELECT 3, 0, json_build_object("
+        "'kind', 'branch', 'session_id', b.session_id, 'branch_id', b.branch_id,"
+        " 'parent_id', b.parent_id, 'from_turn', b.from_turn, 'anc', b.anc, 'upto', b.upto,"
+        " 'created_at', b.created_at, 'deleted_at', b.deleted_at)::text"
+        f" FROM {s}.branches b WHERE b.session_id = %(sid)s"
+        # the line breaks ties: one seq in two branches (a row copied when popped)
+        " ORDER BY 1, 2, 3"
     )
 
 

@@ -66,68 +66,105 @@ class _Sql:
     delete_conversation: str
     insert_items: str
     insert_usage: str
+    insert_branch: str
+    delete_branches: str
 
 
 @lru_cache(maxsize=16)
 def _sql(schema: str) -> _Sql:
     s = quote_ident(schema)
     return _Sql(
-        # (metadata equal, items digest, usage equal) of the existing conversation, locked
+        # (metadata and branches equal, items digest, usage equal) of the existing
+        # conversation, locked; items of branch main as seq:item, others as branch/seq:item
         lock=(
-            "SELECT c.metadata = %(meta)s::jsonb,"
-            " (SELECT coalesce(md5(string_agg(m.seq::text || ':' || m.item::text, E'\\n'"
-            f" ORDER BY m.seq)), '') FROM {s}.messages m WHERE m.session_id = c.session_id),"
+            "SELECT c.metadata = %(meta)s::jsonb AND c.current_branch = %(current)s"
+            " AND (SELECT coalesce(json_agg(json_build_array(b.branch_id, b.parent_id,"
+            " b.from_turn, b.anc, b.upto, b.deleted_at IS NULL)"
+            " ORDER BY b.branch_id COLLATE \"C\"), '[]') FROM"
+            f" {s}.branches b WHERE b.session_id = c.session_id)::jsonb = %(branches)s::jsonb,"
+            " (SELECT coalesce(md5(string_agg(CASE WHEN m.branch_id = 'main' THEN ''"
+            " ELSE m.branch_id || '/' END || m.seq::text || ':' || m.item::text, E'\\n'"
+            " ORDER BY m.branch_id <> 'main', m.branch_id COLLATE \"C\", m.seq)), '')"
+            f" FROM {s}.messages m WHERE m.session_id = c.session_id),"
             " (SELECT coalesce(json_agg(json_build_array(u.user_turn_number, u.model,"
             " u.requests, u.input_tokens, u.output_tokens, u.total_tokens,"
-            " u.input_tokens_details, u.output_tokens_details)"
-            f" ORDER BY u.user_turn_number), '[]') FROM {s}.usage_logs u"
+            " u.input_tokens_details, u.output_tokens_details, u.branch_id)"
+            " ORDER BY u.branch_id COLLATE \"C\", u.user_turn_number), '[]')"
+            f" FROM {s}.usage_logs u"
             " WHERE u.session_id = c.session_id)::jsonb = %(usage)s::jsonb"
             f" FROM {s}.conversations c WHERE c.session_id = %(sid)s FOR UPDATE OF c"
         ),
         insert_conversation=(
             f"INSERT INTO {s}.conversations (session_id, created_at, updated_at, metadata,"
-            " next_seq, item_count, user_turns)"
+            " next_seq, item_count, user_turns, current_branch)"
             " VALUES (%s, coalesce(%s::timestamptz, now()), coalesce(%s::timestamptz, now()),"
-            " %s::jsonb, %s, %s, %s) ON CONFLICT (session_id) DO NOTHING RETURNING 1"
+            " %s::jsonb, %s, %s, %s, %s) ON CONFLICT (session_id) DO NOTHING RETURNING 1"
         ),
         delete_conversation=f"DELETE FROM {s}.conversations WHERE session_id = %s",
         insert_items=(
-            f"INSERT INTO {s}.messages (session_id, seq, item, role, type, created_at)"
-            " SELECT %s, t.seq, t.item::json, t.role, t.type, coalesce(t.created_at, now())"
-            " FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[],"
-            " %s::text[]::timestamptz[]) AS t(seq, item, role, type, created_at)"
+            f"INSERT INTO {s}.messages (session_id, seq, item, role, type, created_at, branch_id)"
+            " SELECT %s, t.seq, t.item::json, t.role, t.type, coalesce(t.created_at, now()),"
+            " t.branch FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[],"
+            " %s::text[]::timestamptz[], %s::text[]) AS t(seq, item, role, type, created_at,"
+            " branch)"
         ),
         insert_usage=(
             f"INSERT INTO {s}.usage_logs (session_id, user_turn_number, model, requests,"
             " input_tokens, output_tokens, total_tokens, input_tokens_details,"
-            " output_tokens_details, created_at)"
+            " output_tokens_details, created_at, branch_id)"
             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb,"
-            " coalesce(%s::timestamptz, now()))"
+            " coalesce(%s::timestamptz, now()), %s)"
         ),
+        # a tombstone left by an earlier clear or delete of the same id gives way to the record
+        insert_branch=(
+            f"INSERT INTO {s}.branches AS b (session_id, branch_id, parent_id, from_turn, anc,"
+            " upto, created_at, deleted_at)"
+            " VALUES (%s, %s, %s, %s, %s::text[], %s::bigint[], coalesce(%s::timestamptz, now()),"
+            " %s::timestamptz) ON CONFLICT (session_id, branch_id) DO UPDATE SET"
+            " parent_id = excluded.parent_id, from_turn = excluded.from_turn,"
+            " anc = excluded.anc, upto = excluded.upto, created_at = excluded.created_at,"
+            " deleted_at = excluded.deleted_at"
+        ),
+        delete_branches=f"DELETE FROM {s}.branches WHERE session_id = %s",
     )
 
 
 def items_digest(rec: ConversationRecord) -> str:
-    """md5 of ``seq:item`` lines, as the lock statement computes it in SQL ('' when none)."""
+    """md5 of ``seq:item`` lines (``branch/seq:item`` outside main), as the lock statement
+    computes it in SQL ('' when none)."""
     if not rec.items:
         return ""
-    text = "\n".join(f"{it.seq}:{it.item}" for it in rec.items)
+    ordered = sorted(
+        rec.items, key=lambda it: (it.branch != "main", it.branch.encode("utf-8"), it.seq)
+    )
+    text = "\n".join(
+        f"{'' if it.branch == 'main' else it.branch + '/'}{it.seq}:{it.item}" for it in ordered
+    )
     return hashlib.md5(text.encode("utf-8"), usedforsecurity=False).hexdigest()
 
 
 def usage_json(rec: ConversationRecord) -> str:
     """The usage rows as the JSON array the lock statement compares (details kept raw)."""
     rows = []
-    for u in rec.usage:
+    for u in sorted(rec.usage, key=lambda u: (u.branch.encode("utf-8"), u.user_turn_number)):
         head = json.dumps(
             [u.user_turn_number, u.model, u.requests, u.input_tokens, u.output_tokens],
             ensure_ascii=False,
         )[:-1]
         rows.append(
             f"{head},{u.total_tokens},{u.input_tokens_details or 'null'},"
-            f"{u.output_tokens_details or 'null'}]"
+            f"{u.output_tokens_details or 'null'},{json.dumps(u.branch, ensure_ascii=False)}]"
         )
     return "[" + ",".join(rows) + "]"
+
+
+def branches_json(rec: ConversationRecord) -> str:
+    """The branch rows as the JSON array the lock statement compares."""
+    rows = [
+        [b.branch_id, b.parent_id, b.from_turn, b.anc, b.upto, b.deleted_at is None]
+        for b in sorted(rec.branches, key=lambda b: b.branch_id.encode("utf-8"))
+    ]
+    return json.dumps(rows, ensure_ascii=False)
 
 
 def check_session_id(session_id: str) -> None:
@@ -166,10 +203,25 @@ async def _write(conn: psycopg.AsyncConnection[Any], sql: _Sql, rec: Conversatio
             rec.next_seq,
             len(rec.items),
             rec.user_turns,
+            rec.current_branch,
         ),
     )
     if await cur.fetchone() is None:
         return False
+    for b in rec.branches:
+        await conn.execute(
+            sql.insert_branch,
+            (
+                rec.session_id,
+                b.branch_id,
+                b.parent_id,
+                b.from_turn,
+                b.anc,
+                b.upto,
+                b.created_at,
+                b.deleted_at,
+            ),
+        )
     for i in range(0, len(rec.items), CHUNK):
         part = rec.items[i : i + CHUNK]
         await conn.execute(
@@ -181,6 +233,7 @@ async def _write(conn: psycopg.AsyncConnection[Any], sql: _Sql, rec: Conversatio
                 [it.role for it in part],
                 [it.type for it in part],
                 [it.created_at for it in part],
+                [it.branch for it in part],
             ),
         )
     for u in rec.usage:
@@ -197,6 +250,7 @@ async def _write(conn: psycopg.AsyncConnection[Any], sql: _Sql, rec: Conversatio
                 u.input_tokens_details,
                 u.output_tokens_details,
                 u.created_at,
+                u.branch,
             ),
         )
     return True
@@ -213,7 +267,14 @@ async def _import_one(
         if await _write(conn, sql, rec):
             return "imported"
         cur = await conn.execute(
-            sql.lock, {"meta": rec.metadata, "usage": usage_json(rec), "sid": rec.session_id}
+            sql.lock,
+            {
+                "meta": rec.metadata,
+                "usage": usage_json(rec),
+                "sid": rec.session_id,
+                "current": rec.current_branch,
+                "branches": branches_json(rec),
+            },
         )
         row = await cur.fetchone()
         if row is None:  # deleted between the insert attempt and the lock: try once more
@@ -224,6 +285,7 @@ async def _import_one(
         if not replace:
             return "conflict"
         await conn.execute(sql.delete_conversation, (rec.session_id,))
+        await conn.execute(sql.delete_branches, (rec.session_id,))
         await _write(conn, sql, rec)
         return "replaced"
 

@@ -1,6 +1,6 @@
-"""The export format: one JSON object per line, a conversation line followed by its items and
-usage rows. Values that PostgreSQL stores as ``json`` or ``jsonb`` are carried as raw JSON
-text (never parsed into Python floats), so an item comes back byte for byte.
+"""The export format: one JSON object per line, a conversation line followed by its items,
+usage rows and branches. Values that PostgreSQL stores as ``json`` or ``jsonb`` are carried
+as raw JSON text (never parsed into Python floats), so an item comes back byte for byte.
 
 Line kinds (keys in this order; ``item`` last on item lines)::
 
@@ -8,12 +8,18 @@ Line kinds (keys in this order; ``item`` last on item lines)::
     {"kind": "conversation", "session_id": ..., ["tenant": ...,] "created_at": ...,
      "updated_at": ...,
      "metadata": {...}, "next_seq": N, "item_count": n, "user_turns": u, "items": n,
-     "usage_rows": k}                        (tenant: only from schemas that record tenants)
-    {"kind": "item", "session_id": ..., "seq": 1, "role": ..., "type": ...,
+     "usage_rows": k, "current_branch": ..., "branches": b}
+                                             (tenant: only from schemas that record tenants)
+    {"kind": "item", "session_id": ..., "seq": 1, "role": ..., "type": ..., "branch": ...,
      "created_at": ..., "item": <the stored JSON text>}
-    {"kind": "usage", "session_id": ..., "user_turn_number": 1, "model": ..., "requests": ...,
-     "input_tokens": ..., "output_tokens": ..., "total_tokens": ...,
+    {"kind": "usage", "session_id": ..., "branch": ..., "user_turn_number": 1, "model": ...,
+     "requests": ..., "input_tokens": ..., "output_tokens": ..., "total_tokens": ...,
      "input_tokens_details": ..., "output_tokens_details": ..., "created_at": ...}
+    {"kind": "branch", "session_id": ..., "branch_id": ..., "parent_id": ..., "from_turn": t,
+     "anc": [...], "upto": [...], "created_at": ..., "deleted_at": ...}
+
+Version 2 added the branches (migration 0010): ``branch`` (default ``main``),
+``current_branch`` and the branch lines. Version 1 files read as one branch, ``main``.
 """
 
 from __future__ import annotations
@@ -28,7 +34,9 @@ from ..errors import ExportFormatError
 from ..sessions.limits import MAX_DEPTH, check_text
 
 FORMAT = "pgsessions-export"
-VERSION = 1
+VERSION = 2
+#: versions read_export accepts
+READABLE = (1, 2)
 
 _decoder = json.JSONDecoder()
 _WS = " \t\n\r"
@@ -41,6 +49,22 @@ class ItemRecord:
     role: str | None = None
     type: str | None = None
     created_at: str | None = None
+    #: the branch that stores it (migration 0010)
+    branch: str = "main"
+
+
+@dataclass
+class BranchRecord:
+    """A branch: its view is its own items plus, for each ancestor ``anc[i]``, that branch's
+    items with seq <= ``upto[i]`` (see migration 0010); ``deleted_at`` marks a tombstone."""
+
+    branch_id: str
+    parent_id: str
+    from_turn: int
+    anc: list[str]
+    upto: list[int]
+    created_at: str | None = None
+    deleted_at: str | None = None
 
 
 @dataclass
@@ -54,6 +78,7 @@ class UsageRecord:
     input_tokens_details: str | None = None  #: JSON text or None
     output_tokens_details: str | None = None
     created_at: str | None = None
+    branch: str = "main"
 
 
 @dataclass
@@ -70,19 +95,37 @@ class ConversationRecord:
     user_turns: int | None = None
     items: list[ItemRecord] = field(default_factory=list)
     usage: list[UsageRecord] = field(default_factory=list)
+    current_branch: str = "main"
+    branches: list[BranchRecord] = field(default_factory=list)
     #: why this conversation cannot be imported (set by a source that could not read it)
     error: str | None = None
 
     def checked(self) -> ConversationRecord:
-        """Self, after checking that seqs increase and fit under ``next_seq``."""
-        last = 0
+        """Self, after checking that seqs increase (per branch), fit under ``next_seq``, and
+        that the branches named exist."""
+        lasts: dict[str, int] = {}
         for it in self.items:
-            if it.seq <= last:
+            before = lasts.get(it.branch, 0)
+            if it.seq <= before:
                 raise ExportFormatError(
-                    f"conversation {self.session_id!r}: item seq {it.seq} after {last} "
-                    "(seqs must increase)"
+                    f"conversation {self.session_id!r}: item seq {it.seq} after {before} "
+                    f"in branch {it.branch!r} (seqs must increase)"
                 )
-            last = it.seq
+            lasts[it.branch] = it.seq
+        last = max(lasts.values(), default=0)
+        known = {"main"} | {b.branch_id for b in self.branches}
+        for b in self.branches:
+            if len(b.anc) != len(b.upto) or not set(b.anc) <= known:
+                raise ExportFormatError(
+                    f"conversation {self.session_id!r}: branch {b.branch_id!r} names unknown "
+                    "ancestors or has unmatched bounds"
+                )
+        named = {it.branch for it in self.items} | {u.branch for u in self.usage}
+        if not named | {self.current_branch} <= known:
+            raise ExportFormatError(
+                f"conversation {self.session_id!r}: items, usage or current_branch name a "
+                "branch without a branch line"
+            )
         if self.next_seq is None:
             self.next_seq = last + 1
         elif self.next_seq <= last:
@@ -146,6 +189,11 @@ def _value(raw: dict[str, str], key: str, kinds: tuple[type, ...], lineno: int) 
     return value
 
 
+def _optional(raw: dict[str, str], key: str, lineno: int) -> Any:
+    """A string member that older versions of the format lack (None when absent)."""
+    return _value(raw, key, (str,), lineno) if key in raw else None
+
+
 def _json_or_none(raw: dict[str, str], key: str) -> str | None:
     text = raw.get(key)
     return None if text is None or text == "null" else text
@@ -167,17 +215,22 @@ def read_export(lines: Iterable[str]) -> Iterator[ConversationRecord]:
     file that ends inside a conversation (a truncated export imports nothing of it).
     """
     current: ConversationRecord | None = None
-    expect_items = expect_usage = 0
+    expect_items = expect_usage = expect_branches = 0
     seen_header = False
 
     def finish(lineno: int) -> ConversationRecord | None:
         if current is None:
             return None
-        if len(current.items) != expect_items or len(current.usage) != expect_usage:
+        if (
+            len(current.items) != expect_items
+            or len(current.usage) != expect_usage
+            or len(current.branches) != expect_branches
+        ):
             raise ExportFormatError(
                 f"line {lineno}: conversation {current.session_id!r} has "
-                f"{len(current.items)}/{expect_items} items and "
-                f"{len(current.usage)}/{expect_usage} usage rows (truncated file?)"
+                f"{len(current.items)}/{expect_items} items, "
+                f"{len(current.usage)}/{expect_usage} usage rows and "
+                f"{len(current.branches)}/{expect_branches} branches (truncated file?)"
             )
         return current.checked()
 
@@ -196,7 +249,7 @@ def read_export(lines: Iterable[str]) -> Iterator[ConversationRecord]:
             if json.loads(raw.get("format", "null")) != FORMAT:
                 raise ExportFormatError(f"line {lineno}: not a {FORMAT} file")
             version = json.loads(raw.get("version", "null"))
-            if version != VERSION:
+            if version not in READABLE:
                 raise ExportFormatError(f"line {lineno}: format version {version} unsupported")
             seen_header = True
             continue
@@ -214,9 +267,11 @@ def read_export(lines: Iterable[str]) -> Iterator[ConversationRecord]:
                 updated_at=_value(raw, "updated_at", (str,), lineno),
                 next_seq=_value(raw, "next_seq", (int,), lineno),
                 user_turns=_value(raw, "user_turns", (int,), lineno),
+                current_branch=_optional(raw, "current_branch", lineno) or "main",
             )
             expect_items = _value(raw, "items", (int,), lineno)
             expect_usage = _value(raw, "usage_rows", (int,), lineno)
+            expect_branches = _value(raw, "branches", (int,), lineno) if "branches" in raw else 0
             continue
         session_id = _value(raw, "session_id", (str,), lineno)
         if current is None or session_id != current.session_id:
@@ -233,6 +288,19 @@ def read_export(lines: Iterable[str]) -> Iterator[ConversationRecord]:
                     role=_value(raw, "role", (str,), lineno),
                     type=_value(raw, "type", (str,), lineno),
                     created_at=_value(raw, "created_at", (str,), lineno),
+                    branch=_optional(raw, "branch", lineno) or "main",
+                )
+            )
+        elif kind == "branch":
+            current.branches.append(
+                BranchRecord(
+                    branch_id=_value(raw, "branch_id", (str,), lineno),
+                    parent_id=_value(raw, "parent_id", (str,), lineno),
+                    from_turn=_value(raw, "from_turn", (int,), lineno),
+                    anc=_value(raw, "anc", (list,), lineno),
+                    upto=_value(raw, "upto", (list,), lineno),
+                    created_at=_value(raw, "created_at", (str,), lineno),
+                    deleted_at=_optional(raw, "deleted_at", lineno),
                 )
             )
         elif kind == "usage":
@@ -247,6 +315,7 @@ def read_export(lines: Iterable[str]) -> Iterator[ConversationRecord]:
                     input_tokens_details=_json_or_none(raw, "input_tokens_details"),
                     output_tokens_details=_json_or_none(raw, "output_tokens_details"),
                     created_at=_value(raw, "created_at", (str,), lineno),
+                    branch=_optional(raw, "branch", lineno) or "main",
                 )
             )
         else:

@@ -1,8 +1,9 @@
 """Conversations stored by the Agents SDK's own backends, as import records.
 
-- ``SQLiteSession`` (and ``AdvancedSQLiteSession``): tables ``agent_sessions`` and
-  ``agent_messages`` (``message_data`` is ``json.dumps(item)``, ordered by ``id``); the
-  advanced session's ``turn_usage`` rows of branch ``main`` come along as usage rows.
+- ``SQLiteSession``: tables ``agent_sessions`` and ``agent_messages`` (``message_data`` is
+  ``json.dumps(item)``, ordered by ``id``).
+- ``AdvancedSQLiteSession`` (the same file with ``message_structure``): every branch, with
+  its ``turn_usage`` rows, a shared prefix stored once (see :mod:`.sdk_branches`).
 - ``SQLAlchemySession``: the same two tables in any database SQLAlchemy reaches, ordered by
   ``(created_at, id)`` as the SDK reads them.
 
@@ -22,6 +23,7 @@ from typing import Any
 from ..sessions.items import encode_items
 from ..sessions.limits import check_text
 from .records import ConversationRecord, ItemRecord, UsageRecord
+from .sdk_branches import branched_record, has_structure, reserved_ids, structure_rows
 
 
 def _utc_text(value: Any) -> str | None:
@@ -114,12 +116,20 @@ def sqlite_records(
             f"SELECT session_id, created_at, updated_at FROM {st} ORDER BY session_id"
         ).fetchall()
         for sid, created, updated in sessions:
-            rows = conn.execute(
-                f"SELECT message_data, created_at FROM {mt} WHERE session_id = ? ORDER BY id",
-                (sid,),
-            ).fetchall()
             usage = _sqlite_usage(conn, sid) if has_usage else []
-            rec, skipped = build_record(str(sid), created, updated, rows, usage)
+            structure = structure_rows(conn, mt, sid) if has_structure(tables) else []
+            if structure:
+                reserved = reserved_ids(conn, sid, tables)
+                rec, skipped = branched_record(
+                    str(sid), created, updated, structure, usage, reserved
+                )
+            else:
+                rows = conn.execute(
+                    f"SELECT message_data, created_at FROM {mt} WHERE session_id = ? ORDER BY id",
+                    (sid,),
+                ).fetchall()
+                main = [u for u in usage if u.branch == "main"]
+                rec, skipped = build_record(str(sid), created, updated, rows, main)
             if stats is not None:
                 stats.skipped_rows += skipped
             yield rec
@@ -130,8 +140,8 @@ def sqlite_records(
 def _sqlite_usage(conn: sqlite3.Connection, sid: str) -> list[UsageRecord]:
     rows = conn.execute(
         "SELECT user_turn_number, requests, input_tokens, output_tokens, total_tokens,"
-        " input_tokens_details, output_tokens_details, created_at FROM turn_usage"
-        " WHERE session_id = ? AND branch_id = 'main' ORDER BY user_turn_number",
+        " input_tokens_details, output_tokens_details, created_at, branch_id FROM turn_usage"
+        " WHERE session_id = ? ORDER BY branch_id, user_turn_number",
         (sid,),
     ).fetchall()
     return [
@@ -145,8 +155,9 @@ def _sqlite_usage(conn: sqlite3.Connection, sid: str) -> list[UsageRecord]:
             input_tokens_details=in_d,
             output_tokens_details=out_d,
             created_at=_utc_text(stamp),
+            branch=str(branch),
         )
-        for turn, req, inp, out, tot, in_d, out_d, stamp in rows
+        for turn, req, inp, out, tot, in_d, out_d, stamp, branch in rows
     ]
 
 

@@ -11,7 +11,8 @@ invisible to sessions whose TTL is at most ``older_than``. For each expired conv
    conversation written again meanwhile stays, with only its new items, and its counters
    recomputed under its row lock.
 
-Then old operation ids are pruned (``prune_ops``) in batches. Every statement runs with a
+Then the branch tombstones (migration 0010) of conversations that are gone, deleted before
+the cutoff, and old operation ids (``prune_ops``) are pruned in batches. Every statement runs with a
 short ``lock_timeout``: prune waits for no writer; what it cannot lock now, the next run does.
 """
 
@@ -45,6 +46,7 @@ class PruneSummary:
     items_deleted: int = 0
     usage_rows_deleted: int = 0
     op_ids_deleted: int = 0
+    branch_tombstones_deleted: int = 0
     transactions: int = 0
     seconds: float = 0.0
 
@@ -87,6 +89,14 @@ def _sql(schema: str) -> dict[str, str]:
             " WHERE c.session_id = %(sid)s"
         ),
         "ops": f"SELECT {s}.prune_ops(%s::interval, %s)",
+        # a conversation deleted for good frees its branch ids (a live one keeps them)
+        "tombstones": (
+            f"DELETE FROM {s}.branches b USING (SELECT d.session_id, d.branch_id"
+            f" FROM {s}.branches d WHERE d.deleted_at < %(cutoff)s AND NOT EXISTS ("
+            f"SELECT 1 FROM {s}.conversations c WHERE c.session_id = d.session_id)"
+            " LIMIT %(batch)s FOR UPDATE SKIP LOCKED) old"
+            " WHERE b.session_id = old.session_id AND b.branch_id = old.branch_id"
+        ),
     }
 
 
@@ -155,6 +165,12 @@ async def _prune_cluster(
                 if len(ids) < batch:
                     break
                 after = ids[-1]
+            while True:
+                cur = await conn.execute(sql["tombstones"], {"cutoff": cutoff, "batch": item_batch})
+                summary.branch_tombstones_deleted += cur.rowcount
+                summary.transactions += 1
+                if cur.rowcount < item_batch:
+                    break
             while True:
                 cur = await conn.execute(sql["ops"], (ops_older_than, item_batch))
                 row = await cur.fetchone()

@@ -16,7 +16,7 @@ from psycopg import AsyncConnection, errors, sql
 
 from ..errors import TenantError
 from ..router.lsn import parse_lsn
-from .tenants import isolation_state, isolation_statements
+from .tenants import TENANT_TABLES, existing_tables, isolation_state, isolation_statements
 
 if TYPE_CHECKING:
     from ..router.protocol import Router
@@ -84,15 +84,20 @@ def migrate_hint(schema: str) -> Iterator[None]:
 APP_GRANTS = (
     "GRANT USAGE ON SCHEMA {schema} TO {role}",
     "GRANT EXECUTE ON ALL ROUTINES IN SCHEMA {schema} TO {role}",
-    "GRANT SELECT ON {schema}.conversations, {schema}.messages, {schema}.usage_logs TO {role}",
+    "GRANT SELECT ON {tables} TO {role}",
     # so that servers starting as this role may call migrate(): a no-op once up to date
     "GRANT SELECT ON {schema}.schema_migrations TO {role}",
 )
 
 
-def app_grants(schema: str, role: str) -> list[sql.Composed]:
-    """The GRANT statements that let ``role`` run sessions on ``schema``."""
-    names = {"schema": sql.Identifier(schema), "role": sql.Identifier(role)}
+def app_grants(schema: str, role: str, tables: Sequence[str] = TENANT_TABLES) -> list[sql.Composed]:
+    """The GRANT statements that let ``role`` run sessions on ``schema`` (``tables``: the
+    session tables it reads, those that exist)."""
+    names = {
+        "schema": sql.Identifier(schema),
+        "role": sql.Identifier(role),
+        "tables": sql.SQL(", ").join(sql.Identifier(schema, t) for t in tables),
+    }
     return [sql.SQL(text).format(**names) for text in APP_GRANTS]
 
 
@@ -208,7 +213,8 @@ async def _migrate_cluster(
             applied.append(mig.version)
         if grant_to is not None:
             async with conn.transaction():
-                for stmt in app_grants(schema, grant_to):
+                tables = await existing_tables(conn, schema)
+                for stmt in app_grants(schema, grant_to, tables):
                     await conn.execute(stmt)
         if tenant_isolation is not None:
             async with conn.transaction():
@@ -226,7 +232,8 @@ async def _migrate_cluster(
                         "write functions run as that owner and would see every tenant. Migrate "
                         "as a plain owner role (docs/security.md); isolation stays off"
                     )
-                for stmt in isolation_statements(schema, tenant_isolation):
+                tables = await existing_tables(conn, schema)
+                for stmt in isolation_statements(schema, tenant_isolation, tables):
                     await conn.execute(stmt)
         cur = await conn.execute("SELECT pg_current_wal_flush_lsn()::text")
         row = await cur.fetchone()

@@ -17,6 +17,7 @@ from ..errors import TenantError
 from ..router.config import SETTINGS
 from ..router.protocol import RouteKey
 from . import usage as _usage
+from .branches import BranchMethods
 from .ids import check_session_id, check_tenant
 from .items import decode, encode_items, encode_metadata
 from .opids import new_op_id
@@ -45,18 +46,12 @@ def _ttl(value: float | timedelta | None) -> timedelta | None:
     return value if isinstance(value, timedelta) else timedelta(seconds=value)
 
 
-def _no_branches(branch_id: str | None) -> None:
-    if branch_id is not None:
-        raise ValueError(
-            f"branch_id={branch_id!r}: pgsessions has no conversation branches (it accepts "
-            "branch_id only so that code written for AdvancedSQLiteSession runs unchanged)"
-        )
-
-
-class PostgresSession:
+class PostgresSession(BranchMethods):
     """Conversation history of one session id, stored in PostgreSQL through a router.
 
-    Implements the SDK's ``agents.memory.Session`` protocol. Writes go to the primary;
+    Implements the SDK's ``agents.memory.Session`` protocol and the branch, structure and
+    usage methods of the SDK's ``AdvancedSQLiteSession`` (:class:`.branches.BranchMethods`):
+    history calls act on the conversation's current branch. Writes go to the primary;
     history reads go wherever the router finds the session's writes replayed (see
     :attr:`consistency_token`). The tables must exist: run ``await pgsessions.migrate(router)``
     once at startup; no statement here creates or checks tables.
@@ -238,9 +233,14 @@ class PostgresSession:
 
     # the Session protocol -----------------------------------------------------------------
     async def get_items(
-        self, limit: int | None = None, *, wrapper: RunContextWrapper[Any] | None = None
+        self,
+        limit: int | None = None,
+        branch_id: str | None = None,
+        *,
+        wrapper: RunContextWrapper[Any] | None = None,
     ) -> list[TResponseInputItem]:
-        """The latest ``limit`` items in chronological order.
+        """The latest ``limit`` items of the current branch (or of ``branch_id``: [] for one
+        that does not exist) in chronological order.
 
         ``limit=None`` uses ``session_settings.limit`` (None: all items); 0 returns [] without
         a round trip; a limit above the history returns all of it. One statement whose cost
@@ -262,9 +262,11 @@ class PostgresSession:
                 effective = None
         params: tuple[Any, ...]
         if self.ttl is None:
-            query, params = self._sql.get_items, (self.session_id, effective)
+            query = self._sql.get_items
+            params = (self.session_id, branch_id, effective)
         else:
-            query, params = self._sql.get_items_ttl, (self.ttl, self.session_id, effective)
+            query = self._sql.get_items_ttl
+            params = (self.ttl, self.session_id, branch_id, effective)
         rows = await self._read("get_items", query, params, tenant=tenant, replay_column=True)
         text = rows[0][0] if rows else None
         if text is None:
@@ -275,7 +277,8 @@ class PostgresSession:
     async def add_items(
         self, items: list[TResponseInputItem], *, wrapper: RunContextWrapper[Any] | None = None
     ) -> None:
-        """Append ``items`` in order, all or nothing, in one round trip to the primary.
+        """Append ``items`` to the current branch in order, all or nothing, in one round trip
+        to the primary.
 
         ``[]`` does nothing. Every item is encoded before any I/O: one that is not a dict (a
         JSON object) or not JSON serialisable raises TypeError (NaN/infinity: ValueError)
@@ -308,7 +311,8 @@ class PostgresSession:
     async def pop_item(
         self, *, wrapper: RunContextWrapper[Any] | None = None
     ) -> TResponseInputItem | None:
-        """Remove and return the newest item; None when the session is empty or unknown.
+        """Remove and return the newest item of the current branch; None when it is empty or
+        the session unknown. Other branches that share the item keep it.
 
         Concurrent callers each get a different item; a retried call returns the item the
         first attempt removed. Popping the user item that opened the current turn also
@@ -325,7 +329,8 @@ class PostgresSession:
         return item
 
     async def clear_session(self, *, wrapper: RunContextWrapper[Any] | None = None) -> None:
-        """Delete the conversation: its items, metadata and usage rows. No-op when unknown.
+        """Delete the conversation: every branch's items, metadata and usage rows (branch ids
+        stay taken). No-op when unknown.
 
         Carries an operation id: a retry after a lost reply does not delete what another
         server added after the clear.
@@ -491,14 +496,13 @@ class PostgresSession:
         )
 
     async def get_session_usage(self, branch_id: str | None = None) -> dict[str, int] | None:
-        """Sums over all stored turns: requests, input_tokens, output_tokens, total_tokens,
-        total_turns; None when nothing is stored. ``branch_id`` exists for code written for
-        the SDK's AdvancedSQLiteSession: pgsessions has no branches, so it must be None."""
-        _no_branches(branch_id)
+        """Sums over the stored turns of ``branch_id`` (None: of every branch, as
+        AdvancedSQLiteSession): requests, input_tokens, output_tokens, total_tokens,
+        total_turns; None when nothing is stored."""
         rows = await self._read(
             "get_session_usage",
             self._sql.session_usage,
-            (self.session_id,),
+            (self.session_id, branch_id, branch_id),
             tenant=self._tenant_for(None),
         )
         return _usage.session_usage(rows)
@@ -507,19 +511,17 @@ class PostgresSession:
         self, user_turn_number: int | None = None, branch_id: str | None = None
     ) -> list[dict[str, Any]] | dict[str, Any]:
         """One turn's usage as a dict ({} when not stored), or with no argument the list of
-        all turns, each with ``user_turn_number``, in turn order. ``branch_id``: as in
-        :meth:`get_session_usage`, must be None."""
-        _no_branches(branch_id)
+        all turns, each with ``user_turn_number``, in turn order; of ``branch_id``, or of the
+        current branch when None."""
         tenant = self._tenant_for(None)
+        ids = (self.session_id, self.session_id, branch_id)
         if user_turn_number is None:
-            rows = await self._read(
-                "get_turn_usage", self._sql.turn_usage_all, (self.session_id,), tenant=tenant
-            )
+            rows = await self._read("get_turn_usage", self._sql.turn_usage_all, ids, tenant=tenant)
             return _usage.all_turns(rows)
         rows = await self._read(
             "get_turn_usage",
             self._sql.turn_usage_one,
-            (self.session_id, user_turn_number),
+            (*ids, user_turn_number),
             tenant=tenant,
         )
         return _usage.one_turn(rows)

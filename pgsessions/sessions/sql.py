@@ -26,6 +26,12 @@ class Statements:
     compaction_prefix: LiteralString
     replace_suffix: LiteralString
     set_tenant: LiteralString
+    create_branch: LiteralString
+    switch_branch: LiteralString
+    delete_branch: LiteralString
+    list_branches: LiteralString
+    branch_rows: LiteralString
+    current_branch: LiteralString
 
 
 @lru_cache(maxsize=64)
@@ -46,9 +52,7 @@ def statements(schema: str) -> Statements:
         # (about a quarter of the statement's server CPU at 50 items of 1 KB)
         get_items=q(
             "SELECT string_agg(t.item::text, ',' ORDER BY t.seq), pg_last_wal_replay_lsn()::text"
-            " FROM ("
-            "SELECT seq, item FROM {s}.messages WHERE session_id = %s"
-            " ORDER BY seq DESC LIMIT %s) t"
+            " FROM {s}.branch_items(%s, %s, %s::bigint) t"
         ),
         # get_items with a time-to-live (%s interval first; the same columns): the latest N
         # rows, without those before the newest idle gap longer than the TTL (counting the gap
@@ -61,8 +65,8 @@ def statements(schema: str) -> Statements:
             " ROWS UNBOUNDED PRECEDING) AS gone FROM ("
             "SELECT r.seq, r.item, lag(r.created_at, 1, now()) OVER (ORDER BY r.seq DESC)"
             " - r.created_at > %s::interval AS gap FROM ("
-            "SELECT seq, item, created_at FROM {s}.messages WHERE session_id = %s"
-            " ORDER BY seq DESC LIMIT %s) r) l) v WHERE NOT v.gone"
+            "SELECT seq, item, created_at FROM {s}.branch_items(%s, %s, %s::bigint)) r) l) v"
+            " WHERE NOT v.gone"
         ),
         # a procedure that commits: one row (applied, token); the last parameter is true on
         # a retry (it looks the operation id up first); see migrations 0003 and 0007
@@ -80,32 +84,38 @@ def statements(schema: str) -> Statements:
             "SELECT {s}.store_usage(%s, %s, %s, %s::integer, %s::bigint, %s::bigint, %s::bigint,"
             " %s::jsonb, %s::jsonb)"
         ),
+        # all branches when the branch (%s) is NULL, as AdvancedSQLiteSession sums them
         session_usage=q(
             "SELECT sum(requests)::bigint, sum(input_tokens)::bigint, sum(output_tokens)::bigint,"
             " sum(total_tokens)::bigint, count(*) FROM {s}.usage_logs WHERE session_id = %s"
+            " AND (%s::text IS NULL OR branch_id = %s::text)"
         ),
+        # one branch: the given one, or the conversation's current one (branch_of)
         turn_usage_one=q(
             "SELECT requests, input_tokens, output_tokens, total_tokens,"
             " input_tokens_details, output_tokens_details"
-            " FROM {s}.usage_logs WHERE session_id = %s AND user_turn_number = %s"
+            " FROM {s}.usage_logs WHERE session_id = %s AND branch_id = {s}.branch_of(%s, %s)"
+            " AND user_turn_number = %s"
         ),
         turn_usage_all=q(
             "SELECT user_turn_number, requests, input_tokens, output_tokens, total_tokens,"
             " input_tokens_details, output_tokens_details"
-            " FROM {s}.usage_logs WHERE session_id = %s ORDER BY user_turn_number"
+            " FROM {s}.usage_logs WHERE session_id = %s AND branch_id = {s}.branch_of(%s, %s)"
+            " ORDER BY user_turn_number"
         ),
         # the conversation's identity (created_at) and its latest N rows as [[seq, item], ...]
+        # (of the current branch: replace_suffix refuses to delete rows another branch shares)
         compaction_snapshot=q(
             "SELECT c.created_at, (SELECT json_agg(json_build_array(t.seq, t.item)"
-            " ORDER BY t.seq)::text FROM (SELECT seq, item FROM {s}.messages"
-            " WHERE session_id = c.session_id ORDER BY seq DESC LIMIT %s) t)"
-            " FROM {s}.conversations c WHERE c.session_id = %s"
+            " ORDER BY t.seq)::text FROM {s}.branch_items(c.session_id, c.current_branch,"
+            " %s::bigint) t) FROM {s}.conversations c WHERE c.session_id = %s"
         ),
-        # the oldest rows after seq %s and before seq %s, as [[seq, item], ...]
+        # the oldest rows of main after seq %s and before seq %s, as [[seq, item], ...]
+        # (a pruned prefix must be main's: replace_suffix refuses one on another branch)
         compaction_prefix=q(
             "SELECT json_agg(json_build_array(t.seq, t.item) ORDER BY t.seq)::text FROM ("
-            "SELECT seq, item FROM {s}.messages WHERE session_id = %s AND seq > %s"
-            " AND seq < %s ORDER BY seq LIMIT %s) t"
+            "SELECT seq, item FROM {s}.messages WHERE session_id = %s AND branch_id = 'main'"
+            " AND seq > %s AND seq < %s ORDER BY seq LIMIT %s) t"
         ),
         replace_suffix=q(
             "SELECT {s}.replace_suffix(%s, %s, %s::timestamptz, %s::bigint[], %s::bigint,"
@@ -113,4 +123,31 @@ def statements(schema: str) -> Statements:
         ),
         # the router's setup statement: the tenant for this transaction only (migration 0006)
         set_tenant=q("SELECT {s}.set_tenant(%s)"),
+        # branches (migration 0010): writes take an operation id like every other
+        create_branch=q("SELECT {s}.create_branch(%s, %s, %s, %s::integer, %s)"),
+        switch_branch=q("SELECT {s}.switch_branch(%s, %s, %s)"),
+        delete_branch=q("SELECT {s}.delete_branch(%s, %s, %s, %s::boolean)"),
+        # 'main' (the conversation's own created_at) and every live branch, oldest first:
+        # id, items, user items, current, created_at as AdvancedSQLiteSession's text (UTC)
+        list_branches=q(
+            "SELECT b.branch_id, k.n, k.u, b.branch_id = c.current_branch,"
+            " to_char(b.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')"
+            " FROM {s}.conversations c CROSS JOIN LATERAL ("
+            "SELECT 'main'::text AS branch_id, c.created_at, 0 AS ord UNION ALL"
+            " SELECT d.branch_id, d.created_at, 1 FROM {s}.branches d"
+            " WHERE d.session_id = c.session_id AND d.deleted_at IS NULL) b"
+            " CROSS JOIN LATERAL (SELECT count(*) AS n, count(*) FILTER (WHERE t.role = 'user')"
+            " AS u FROM {s}.branch_items(c.session_id, b.branch_id, NULL) t) k"
+            " WHERE c.session_id = %s ORDER BY b.created_at, b.ord, b.branch_id"
+        ),
+        current_branch=q("SELECT {s}.branch_of(%s, NULL)"),
+        # a branch's whole view as [[role, type, item, created_at], ...] in order (NULL when
+        # empty); the last parameter true keeps only the user items
+        branch_rows=q(
+            "SELECT json_agg(json_build_array(t.role, t.type, t.item,"
+            " to_char(t.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'))"
+            " ORDER BY t.seq)::text"
+            " FROM {s}.branch_items(%s, %s, NULL) t"
+            " WHERE NOT %s::boolean OR t.role = 'user'"
+        ),
     )

@@ -3,7 +3,7 @@ on or off (migration 0006 holds the column, the policies and the SQL functions).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -19,7 +19,9 @@ if TYPE_CHECKING:
 
 #: the tables whose rows belong to a tenant under row-level security (stored operation
 #: results are scoped by the ops view over tenant_ops instead, migration 0009)
-TENANT_TABLES = ("conversations", "messages", "usage_logs")
+TENANT_TABLES = ("conversations", "messages", "usage_logs", "branches")
+#: the tenant tables every schema since migration 0006 has (branches come with 0010)
+_BASE_TABLES = TENANT_TABLES[:3]
 
 
 @contextmanager
@@ -39,16 +41,33 @@ def tenant_errors(session_id: str | None, tenant: str | None) -> Iterator[None]:
         raise
 
 
-def isolation_statements(schema: str, on: bool) -> list[sql.Composed]:
+def isolation_statements(
+    schema: str, on: bool, tables: Sequence[str] = TENANT_TABLES
+) -> list[sql.Composed]:
     """ALTER TABLE statements that enable and force (or disable and unforce) row-level
-    security on the tenant tables of ``schema``."""
+    security on the tenant tables of ``schema`` (``tables``: those that exist)."""
     action = "ENABLE ROW LEVEL SECURITY, FORCE" if on else "DISABLE ROW LEVEL SECURITY, NO FORCE"
     return [
         sql.SQL("ALTER TABLE {}.{} " + action + " ROW LEVEL SECURITY").format(
             sql.Identifier(schema), sql.Identifier(table)
         )
-        for table in TENANT_TABLES
+        for table in tables
     ]
+
+
+async def existing_tables(
+    conn: AsyncConnection[Any], schema: str, names: Sequence[str] = TENANT_TABLES
+) -> list[str]:
+    """Which of ``names`` are tables of ``schema`` (a schema migrated only part of the way
+    lacks the later ones), in the order of ``names``."""
+    cur = await conn.execute(
+        "SELECT c.relname::text FROM pg_catalog.pg_class c"
+        " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relkind = 'r' AND c.relname = ANY(%s)",
+        (schema, list(names)),
+    )
+    found = {row[0] for row in await cur.fetchall()}
+    return [name for name in names if name in found]
 
 
 #: per tenant table: RLS enabled and forced, its policy exists, its owner bypasses RLS
@@ -79,7 +98,7 @@ async def isolation_state(conn: AsyncConnection[Any], schema: str) -> IsolationS
     """Read :class:`IsolationState` of ``schema`` on ``conn``."""
     cur = await conn.execute(_STATE_SQL, (schema, list(TENANT_TABLES)))
     rows = await cur.fetchall()
-    complete = len(rows) == len(TENANT_TABLES)
+    complete = set(_BASE_TABLES) <= {row[0] for row in rows}
     return IsolationState(
         on=complete and all(row[1] for row in rows),
         ready=complete and all(row[2] for row in rows),
