@@ -56,6 +56,10 @@ class BackupTool(Protocol):
         """Take an online backup while the cluster serves writes."""
         ...
 
+    def is_configured(self, cluster: LocalCluster) -> bool:
+        """Whether the running ``cluster``'s primary archives into this repository."""
+        ...
+
     def archive_now(self, cluster: LocalCluster) -> str:
         """Switch WAL and wait until the tool holds everything before the returned LSN."""
         ...
@@ -96,6 +100,10 @@ class CpArchive:
         return Backup("cp", Path(b.path).name, "full", b.start_lsn, None, b.seconds, b.bytes,
                       b.bytes, cluster.primary.name)  # fmt: skip
 
+    def is_configured(self, cluster: LocalCluster) -> bool:
+        command = str(cluster.primary.execute("SHOW archive_command")[0][0])
+        return str(self.root / "wal") in command
+
     def archive_now(self, cluster: LocalCluster) -> str:
         return archive_now(cluster.primary)
 
@@ -116,6 +124,18 @@ class CpArchive:
         if target.kind == "lsn":
             return cp_restore(base, self.root, dest, bindir, target_lsn=target.value)
         return cp_restore(base, self.root, dest, bindir, target_time=target.value)
+
+
+def parse_backup_arg(value: str, default_parent: Path) -> tuple[ToolName, Path]:
+    """``--backup TOOL[=DIR]``: the tool and its repository (``default_parent/TOOL`` when no
+    DIR is given)."""
+    name, sep, where = value.partition("=")
+    if name not in ("pgbackrest", "barman"):
+        raise ClusterError(f"--backup: pgbackrest or barman, not {name!r}")
+    if sep and not where:
+        raise ClusterError(f"--backup {name}=: give a directory after '='")
+    tool: ToolName = "pgbackrest" if name == "pgbackrest" else "barman"
+    return tool, Path(where).resolve() if where else Path(default_parent).resolve() / name
 
 
 def make_tool(name: str, root: Path) -> BackupTool:
