@@ -208,4 +208,8 @@ def restore(
 def cp_recovery_lines(wal_dir: Path, target: Target) -> list[str]:
     """postgresql.conf lines that recover from the plain archive ``wal_dir`` to ``target``."""
     wal = shlex.quote(str(wal_dir))
-    return [f"restore_command = {conf_quote(f'cp {wal}/%f %p')}", *target.recovery_lines()]
+    return [
+        f"restore_command = {conf_quote(f'cp {wal}/%f %p')}",
+        *target.recovery_lines(),
+        "recovery_target_action = 'promote'",
+    ]

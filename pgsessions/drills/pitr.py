@@ -73,7 +73,8 @@ def check_restore(
     """
     before = [w for w in writes if w.ok and w.end is not None and w.end < t_before]
     after = [w for w in writes if w.start > t_after]
-    in_flight = [w for w in writes if w not in before and w.start <= t_after]
+    acked = {id(w) for w in before}  # by identity: `w not in before` was quadratic
+    in_flight = [w for w in writes if id(w) not in acked and w.start <= t_after]
     batches: dict[str, Counter[int]] = {}
     duplicated = reordered = 0
     for sid, items in stored.items():
