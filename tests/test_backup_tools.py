@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from pgsessions.devcluster import Node
 from pgsessions.devcluster.backups import parse_backup_arg
+from pgsessions.devcluster.barman import render_conf as barman_conf
 from pgsessions.devcluster.errors import ClusterError
+from pgsessions.devcluster.pgbackrest import render_conf as pgbackrest_conf
 from pgsessions.devcluster.restored import parse_recovery_log
 from pgsessions.devcluster.target import Target
 from pgsessions.drills.pitr import PitrOptions, backup_plan, run_pitr
@@ -56,6 +59,31 @@ def test_backup_arg_names_a_tool_and_a_repository(tmp_path: Path) -> None:
     for bad in ("cp", "wal-g=/x", "barman="):
         with pytest.raises(ClusterError):
             parse_backup_arg(bad, tmp_path)
+
+
+def test_pgbackrest_conf_names_the_primary_first_and_backs_up_from_a_standby(
+    tmp_path: Path,
+) -> None:
+    nodes = [Node("node1", 5001, tmp_path), Node("node2", 5002, tmp_path)]
+    conf = pgbackrest_conf(tmp_path, nodes).splitlines()
+    for line in ("archive-async=y", "backup-standby=y", f"repo1-path={tmp_path / 'repo'}",
+                 f"spool-path={tmp_path / 'spool'}", "[pgsessions]", "pg1-port=5001",
+                 f"pg1-path={tmp_path / 'node1' / 'data'}", "pg2-port=5002",
+                 f"pg2-socket-path={tmp_path / 'sock'}"):  # fmt: skip
+        assert line in conf, line
+    assert conf.index("pg1-port=5001") < conf.index("pg2-port=5002")
+
+
+def test_barman_conf_streams_from_the_replica_and_switches_wal_on_the_primary(
+    tmp_path: Path,
+) -> None:
+    primary, replica = Node("node1", 5001, tmp_path), Node("node2", 5002, tmp_path)
+    conf = barman_conf(tmp_path, primary, replica, Path("/pg/bin"))
+    assert "backup_method = postgres" in conf and "path_prefix = /pg/bin" in conf
+    assert "conninfo = " + replica.conninfo_for("postgres") in conf
+    assert "primary_conninfo = " + primary.conninfo_for("postgres") in conf
+    # no replica: from the primary, and no primary_conninfo
+    assert "primary_conninfo" not in barman_conf(tmp_path, primary, primary, Path("/pg/bin"))
 
 
 def test_the_drill_takes_every_kind_of_backup_a_tool_has() -> None:

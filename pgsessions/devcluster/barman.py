@@ -28,6 +28,7 @@ from .backups import Backup, BackupKind, ToolName
 from .binaries import chown_to_server_user, run_as_server_user
 from .cluster import LocalCluster
 from .errors import ClusterError
+from .node import Node
 from .restored import Restored, conf_quote, new_restore_node, start_recovery
 from .target import Target
 
@@ -42,9 +43,9 @@ def find_barman() -> str:
     return found
 
 
-def render_conf(root: Path, cluster: LocalCluster, bindir: Path) -> str:
-    """barman.conf: backups from the first replica, WAL switches on the primary."""
-    source = cluster.replicas[0] if cluster.replicas else cluster.primary
+def render_conf(root: Path, primary: Node, source: Node, bindir: Path) -> str:
+    """barman.conf: backups streamed from ``source`` (a replica, or the primary itself), WAL
+    switches on the primary."""
     user = "postgres"
     lines = [
         "[barman]",
@@ -65,8 +66,8 @@ def render_conf(root: Path, cluster: LocalCluster, bindir: Path) -> str:
         "minimum_redundancy = 0",
         "immediate_checkpoint = true",
     ]
-    if source is not cluster.primary:
-        lines.append(f"primary_conninfo = {cluster.primary.conninfo_for('postgres')}")
+    if source.name != primary.name:
+        lines.append(f"primary_conninfo = {primary.conninfo_for('postgres')}")
     return "\n".join(lines) + "\n"
 
 
@@ -117,7 +118,8 @@ class Barman:
         return {"archive_mode": "on", "archive_command": conf_quote(command)}
 
     def configure(self, cluster: LocalCluster) -> None:
-        self.conf.write_text(render_conf(self.root, cluster, cluster.bindir))
+        source = cluster.replicas[0] if cluster.replicas else cluster.primary
+        self.conf.write_text(render_conf(self.root, cluster.primary, source, cluster.bindir))
         chown_to_server_user(self.conf)
         self.archive_now(cluster)
         self._run("check", SERVER, timeout=120)

@@ -15,6 +15,7 @@ import json
 import shlex
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from .backups import Backup, BackupKind, ToolName
 from .binaries import chown_to_server_user, run_as_server_user
 from .cluster import LocalCluster
 from .errors import ClusterError
+from .node import Node
 from .restored import Restored, conf_quote, new_restore_node, start_recovery
 from .target import Target
 
@@ -37,9 +39,9 @@ def find_pgbackrest() -> str:
     return found
 
 
-def render_conf(root: Path, cluster: LocalCluster) -> str:
-    """pgbackrest.conf for ``cluster``: pg1 is the primary, the replicas follow (pgBackRest
-    finds the primary among them itself, so a failover needs no new file)."""
+def render_conf(root: Path, nodes: Sequence[Node]) -> str:
+    """pgbackrest.conf for ``nodes`` (the primary first): pg1 is the primary, the replicas
+    follow (pgBackRest finds the primary among them itself: a failover needs no new file)."""
     lines = [
         "[global]",
         f"repo1-path={root / 'repo'}",
@@ -58,7 +60,7 @@ def render_conf(root: Path, cluster: LocalCluster) -> str:
         "",
         f"[{STANZA}]",
     ]
-    for i, node in enumerate([cluster.primary, *cluster.replicas], start=1):
+    for i, node in enumerate(nodes, start=1):
         lines += [
             f"pg{i}-path={node.data_dir}",
             f"pg{i}-port={node.port}",
@@ -119,7 +121,7 @@ class PgBackRest:
         }
 
     def configure(self, cluster: LocalCluster) -> None:
-        self.conf.write_text(render_conf(self.root, cluster))
+        self.conf.write_text(render_conf(self.root, [cluster.primary, *cluster.replicas]))
         chown_to_server_user(self.conf)
         self._run("stanza-create", timeout=120)
         for node in [cluster.primary, *cluster.replicas]:
