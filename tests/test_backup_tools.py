@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 
 from pgsessions.devcluster import Node
-from pgsessions.devcluster.backups import parse_backup_arg
+from pgsessions.devcluster.backups import TOOLS, parse_backup_arg
 from pgsessions.devcluster.barman import render_conf as barman_conf
 from pgsessions.devcluster.errors import ClusterError
 from pgsessions.devcluster.pgbackrest import render_conf as pgbackrest_conf
 from pgsessions.devcluster.restored import parse_recovery_log
 from pgsessions.devcluster.target import Target
+from pgsessions.drills import pitr
 from pgsessions.drills.pitr import PitrOptions, backup_plan, run_pitr
 from tests.helpers import cluster_cli, cluster_state_dir
 
@@ -87,6 +88,7 @@ def test_barman_conf_streams_from_the_replica_and_switches_wal_on_the_primary(
 
 
 def test_the_drill_takes_every_kind_of_backup_a_tool_has() -> None:
+    assert pitr.TOOLS == TOOLS  # the drill's --tool choices, kept without importing devcluster
     assert backup_plan("pgbackrest") == ["full", "diff", "incr"]
     assert backup_plan("barman") == backup_plan("cp") == ["full"]
 

@@ -30,9 +30,12 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .ledger import WriteRecord
+
+if TYPE_CHECKING:
+    from ..devcluster.backups import BackupKind
 
 TARGETS = ("lsn", "time")
 TOOLS = ("cp", "pgbackrest", "barman")  # devcluster.backups.TOOLS, without importing it here
@@ -159,7 +162,7 @@ def _workdir() -> Path:
     return base
 
 
-def backup_plan(tool: str) -> list[str]:
+def backup_plan(tool: str) -> list[BackupKind]:
     """The backups the drill takes while the workload writes: each kind the tool has."""
     return ["full", "diff", "incr"] if tool == "pgbackrest" else ["full"]
 
@@ -252,7 +255,7 @@ async def run_pitr(opts: PitrOptions) -> dict[str, Any]:
                         raise RuntimeError("the workload did not start writing within 30s")
                     await asyncio.sleep(0.05)
                 for kind in backup_plan(opts.tool):
-                    b = await asyncio.to_thread(tool.backup, cluster, kind)  # type: ignore[arg-type]
+                    b = await asyncio.to_thread(tool.backup, cluster, kind)
                     taken.append(b)
                     mark(
                         "backup",
