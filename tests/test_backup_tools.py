@@ -173,3 +173,27 @@ def test_cluster_up_backup_pgbackrest_checks_the_stanza_and_backs_up_a_replica()
         assert other.returncode == 1 and "runs without barman" in other.stderr
     finally:
         cluster_cli("down", "--dir", str(state))
+
+
+@needs_barman
+def test_cluster_up_backup_barman_checks_the_server_and_backs_up_a_replica() -> None:
+    state = cluster_state_dir("pgsessions-barman-")
+    try:
+        up = cluster_cli("up", "--dir", str(state), "--replicas", "1",
+                         "--backup", "barman", "--json", timeout=180)  # fmt: skip
+        assert up.returncode == 0, up.stderr
+        backup = json.loads(up.stdout)["backup"]
+        home = state.parent / "barman"  # the default: next to the state directory
+        assert backup["tool"] == "barman" and backup["dir"] == str(home)
+        assert backup["full"]["source"] == "node2"
+        out = subprocess.run(
+            ["runuser", "-u", "postgres", "--", "barman", "-c", str(home / "barman.conf"),
+             "-f", "json", "list-backups", "pgsessions"],
+            capture_output=True, text=True, check=True, cwd="/",
+        ).stdout  # fmt: skip
+        listed = json.loads(out)["pgsessions"]
+        assert [(b["backup_id"], b["status"]) for b in listed] == [
+            (backup["full"]["label"], "DONE")
+        ]
+    finally:
+        cluster_cli("down", "--dir", str(state))

@@ -138,15 +138,27 @@ class Barman:
         if kind != "full":
             raise ClusterError("Barman's streaming backups (backup_method = postgres) are full")
         t0 = time.monotonic()
-        self._run("backup", "--wait", "--wait-timeout", "120", SERVER, timeout=600)
-        seconds = time.monotonic() - t0
-        taken = self.backups()
-        if not taken:
+        self._run("backup", SERVER, timeout=600)
+        # A standby backup ends in a WAL segment the primary has not finished: an idle primary
+        # may not finish it for a long time (`backup --wait` then waits in vain). Switch WAL
+        # there, file what arrived, and let Barman check the backup has all its WAL.
+        self.archive_now(cluster)
+        listed = self._json("list-backups", SERVER).get(SERVER, [])
+        if not listed:
             raise ClusterError("barman backup finished, yet `barman list-backups` lists none")
+        newest = max(b["backup_id"] for b in listed)
+        self._run("check-backup", SERVER, newest, timeout=120)
+        info = self._json("show-backup", SERVER, newest)[SERVER]
+        if info.get("status") != "DONE":
+            raise ClusterError(f"barman backup {newest} is {info.get('status')}, not DONE")
+        seconds = time.monotonic() - t0
         source = cluster.replicas[0].name if cluster.replicas else cluster.primary.name
-        return backup_from_show(taken[-1], seconds, source)
+        return backup_from_show(info, seconds, source)
 
     def archive_now(self, cluster: LocalCluster) -> str:
+        # a backup may end exactly at a segment boundary (Barman then waits for the segment
+        # after it): a commit record first, so that the switch below always finishes one
+        cluster.primary.execute("SELECT pg_current_xact_id()")
         lsn = archive_now(cluster.primary)
         self._run("archive-wal", SERVER, timeout=120)
         return lsn
