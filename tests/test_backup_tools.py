@@ -173,6 +173,7 @@ def test_cluster_up_backup_pgbackrest_checks_the_stanza_and_backs_up_a_replica()
         assert other.returncode == 1 and "runs without barman" in other.stderr
     finally:
         cluster_cli("down", "--dir", str(state))
+        shutil.rmtree(state.parent, ignore_errors=True)
 
 
 @needs_barman
@@ -197,3 +198,4 @@ def test_cluster_up_backup_barman_checks_the_server_and_backs_up_a_replica() -> 
         ]
     finally:
         cluster_cli("down", "--dir", str(state))
+        shutil.rmtree(state.parent, ignore_errors=True)

@@ -4,6 +4,7 @@ archive_command fails and then recovers, seen through /metrics' collector."""
 from __future__ import annotations
 
 import shlex
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -75,6 +76,7 @@ def archiving() -> Iterator[tuple[LocalCluster, Path]]:
         yield cluster, base
     finally:
         cluster.stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def archive_samples(registry: CollectorRegistry) -> dict[str, float]:

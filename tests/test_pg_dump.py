@@ -5,6 +5,7 @@ security policies and every session come back, tenant isolation still holds, and
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -45,6 +46,7 @@ def servers() -> Iterator[tuple[LocalCluster, LocalCluster, Path]]:
     finally:
         source.stop()
         target.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def as_role(node: Node, role: str) -> list[str]:
