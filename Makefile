@@ -7,7 +7,7 @@ PYTHON ?= python3
 EXTRAS ?= dev,bench,plot,docs
 PYTEST_ARGS ?=
 
-.PHONY: setup postgres pgbouncer patroni lint docs package-check test test-app-role demo drill drill-patroni bench clean
+.PHONY: setup postgres pgbouncer patroni backup-tools lint docs package-check test test-app-role demo drill drill-patroni bench clean
 
 setup: postgres $(VENV)/.installed-$(EXTRAS)
 
@@ -42,6 +42,14 @@ patroni:
 		$(APT_INSTALL) patroni etcd-server; \
 	else echo "No patroni/etcd and no apt-get: install Patroni 3 and etcd 3.4+"; exit 1; fi
 
+# Installs pgBackRest and Barman (`cluster up --backup`, `drill pitr --tool`) only when missing.
+backup-tools:
+	@if PATH="$$PATH:/usr/sbin:/sbin" command -v pgbackrest >/dev/null && PATH="$$PATH:/usr/sbin:/sbin" command -v barman >/dev/null; then echo "pgBackRest: $$(command -v pgbackrest), Barman: $$(command -v barman)"; \
+	elif command -v apt-get >/dev/null; then \
+		echo "pgbackrest or barman missing: installing the pgbackrest and barman packages"; \
+		$(APT_INSTALL) pgbackrest barman; \
+	else echo "No pgbackrest/barman and no apt-get: install pgBackRest 2.4x and Barman 3"; exit 1; fi
+
 $(VENV)/.installed-$(EXTRAS): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
@@ -64,7 +72,7 @@ docs: setup
 package-check: setup
 	$(VENV)/bin/pytest -q tests/test_package.py -k wheel
 
-test: lint docs pgbouncer patroni
+test: lint docs pgbouncer patroni backup-tools
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 	@[ -n "$(PYTEST_ARGS)" ] || $(MAKE) --no-print-directory test-app-role
 
@@ -83,10 +91,13 @@ demo: setup
 	$(VENV)/bin/pgsessions demo --duration 30
 
 # Every failover scenario against a live workload, synchronous replication: nothing may be lost;
-# then the point-in-time recovery drill (base backup + archived WAL, restored to a target).
-drill: setup
+# then the point-in-time recovery drill with each backup tool (cp archive + pg_basebackup;
+# pgBackRest full/diff/incr from a replica, then a delta restore; Barman from a replica).
+drill: setup backup-tools
 	$(VENV)/bin/pgsessions drill all --sync
 	$(VENV)/bin/pgsessions drill pitr
+	$(VENV)/bin/pgsessions drill pitr --tool pgbackrest
+	$(VENV)/bin/pgsessions drill pitr --tool barman --target time
 
 # The same where Patroni moves the primary: each scenario on a fresh etcd + 3 Patroni members
 # (synchronous_mode, ttl 10, loop_wait 2); about 4 minutes.

@@ -376,7 +376,7 @@ def test_promtool_checks_the_alert_rules(promtool: str) -> None:
         timeout=30,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS: 6 rules found" in proc.stdout
+    assert "SUCCESS: 7 rules found" in proc.stdout
 
 
 ALERT_CASES: list[tuple[str, list[tuple[str, str]], str, list[dict[str, str]]]] = [
@@ -412,6 +412,31 @@ ALERT_CASES: list[tuple[str, list[tuple[str, str]], str, list[dict[str, str]]]] 
         "PgsessionsPoolSaturated",
         [('pgsessions_pool_requests_waiting{%s,host="db1:5432",role="primary"}', "0 3x10")],
         "2m",
+        [{"host": "db1:5432"}],
+    ),
+    (
+        # failing: failures go on and segments wait; db2 failed once and caught up (no alert)
+        "PgsessionsWalArchivingFailing",
+        [
+            ('pgsessions_archive_failed_total{%s,host="db1:5432"}', "0+2x40"),
+            ('pgsessions_archive_pending_segments{%s,host="db1:5432"}', "0 0 3x40"),
+            ('pgsessions_archive_last_archived_age_seconds{%s,host="db1:5432"}', "0+15x40"),
+            ('pgsessions_archive_failed_total{%s,host="db2:5432"}', "0 1x40"),
+            ('pgsessions_archive_pending_segments{%s,host="db2:5432"}', "0x40"),
+            ('pgsessions_archive_last_archived_age_seconds{%s,host="db2:5432"}', "0+15x40"),
+        ],
+        "7m",
+        [{"host": "db1:5432"}],
+    ),
+    (
+        # stuck without failures (a hung archive_command): segments wait, nothing archived
+        "PgsessionsWalArchivingFailing",
+        [
+            ('pgsessions_archive_failed_total{%s,host="db1:5432"}', "0x80"),
+            ('pgsessions_archive_pending_segments{%s,host="db1:5432"}', "0 2x80"),
+            ('pgsessions_archive_last_archived_age_seconds{%s,host="db1:5432"}', "0+15x80"),
+        ],
+        "16m",
         [{"host": "db1:5432"}],
     ),
 ]
@@ -478,6 +503,7 @@ def test_alerts_have_runbooks_and_cover_the_issue() -> None:
         "PgsessionsFailover",
         "PgsessionsSplitBrain",
         "PgsessionsPoolSaturated",
+        "PgsessionsWalArchivingFailing",
     }
     for r in rules:
         assert len(r["annotations"]["runbook"]) > 80, r["alert"]
@@ -527,6 +553,7 @@ def test_dashboard_panels_cover_the_issue_and_use_our_metrics(
         "pool waiting",
         "retries",
         "failovers",
+        "wal archiving",
     ):
         assert topic in titles, topic
     ids = [p["id"] for p in dash["panels"]]

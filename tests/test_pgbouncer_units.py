@@ -13,8 +13,9 @@ from pgsessions.router.connect import connect_kwargs, prepared_statement_failure
 from pgsessions.router.dsn import split_hosts, strip_own_options
 from pgsessions.router.probe import Probe, UnexpectedReply, parse_probe_row
 
-GOOD_PRIMARY = (False, "0/3000060", None, None, None, 1796172342.5, None)
-GOOD_REPLICA = (True, None, "0/3000060", "0/3000060", 1796172340.0, 1796172342.5, "streaming")
+GOOD_PRIMARY = (False, "0/3000060", None, None, None, 1796172342.5, None, None)
+GOOD_REPLICA = (True, None, "0/3000060", "0/3000060", 1796172340.0, 1796172342.5, "streaming",
+                None)  # fmt: skip
 
 
 def test_probe_row_of_the_right_shape() -> None:
@@ -38,8 +39,10 @@ def test_probe_row_of_the_right_shape() -> None:
         (False, 5, *GOOD_PRIMARY[2:]),  # an LSN that is not text
         (False, None, *GOOD_PRIMARY[2:]),  # a primary without a position
         (*GOOD_REPLICA[:4], "soon", *GOOD_REPLICA[5:]),
-        (*GOOD_REPLICA[:5], None, "streaming"),  # no clock
-        (*GOOD_REPLICA[:6], 3),
+        (*GOOD_REPLICA[:5], None, "streaming", None),  # no clock
+        (*GOOD_REPLICA[:6], 3, None),
+        (*GOOD_PRIMARY[:7], "[1, 2]"),  # archiver stats that are no JSON object
+        (*GOOD_PRIMARY[:7], {"archived": 1}),  # archiver stats without their counts
     ],
 )
 def test_probe_reply_of_the_wrong_shape_is_refused(row: object) -> None:

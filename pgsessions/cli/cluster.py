@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..devcluster.archive import archive_settings, prepare_archive, start_archiving
+from ..devcluster.backups import Backup, BackupTool, make_tool, parse_backup_arg
 from ..devcluster.cluster import STATE_FILE, LocalCluster
 from ..devcluster.errors import ClusterError
 from ..devcluster.local import DEFAULT_DIR, default_dir, ensure_local_cluster
@@ -52,6 +53,12 @@ def add_cluster_command(sub: Any) -> None:
         help="archive WAL into DIR/wal (archive_command) and take a base backup into DIR/base",
     )
     up.add_argument(
+        "--backup",
+        metavar="TOOL[=DIR]",
+        help="back up with pgbackrest or barman (repository in DIR, default next to the state "
+        "directory): WAL archived by the tool, a first full backup taken from a replica",
+    )
+    up.add_argument(
         "--patroni",
         action="store_true",
         help="instead: one etcd and three Patroni members (synchronous_mode, ttl 10, loop_wait 2)",
@@ -63,6 +70,22 @@ def add_cluster_command(sub: Any) -> None:
     down.add_argument("--dir", type=Path, default=None)
     down.add_argument("--keep-data", action="store_true", help="stop, but keep the data")
     p.set_defaults(func=run_cluster_command)
+
+
+def start_backups(tool: BackupTool, cluster: LocalCluster, started: bool) -> Backup | None:
+    """Configure ``tool`` for a cluster this call started and take its first full backup;
+    for one already running, check it archives with ``tool`` (no new backup)."""
+    if not started:
+        if not tool.is_configured(cluster):
+            raise ClusterError(
+                f"the cluster in {cluster.base_dir} runs without {tool.name} into {tool.root}: "
+                f"`pgsessions cluster down` it first, then `cluster up --backup {tool.name}`"
+            )
+        return None
+    print(f"[backup] {tool.name}: setting up {tool.root} and checking archiving", file=sys.stderr)
+    tool.configure(cluster)
+    print(f"[backup] {tool.name}: first full backup (from a replica)", file=sys.stderr)
+    return tool.backup(cluster, "full")
 
 
 def _bouncers_for_up(cluster: LocalCluster, wanted: bool) -> list[Bouncer]:
@@ -145,15 +168,23 @@ def run_cluster_command(args: argparse.Namespace) -> int:
             if args.tls and args.pgbouncer:
                 raise ClusterError("--tls and --pgbouncer cannot be combined yet")
             t0 = time.monotonic()
+            if args.backup and (args.archive or args.tls):
+                raise ClusterError("--backup cannot be combined with --archive or --tls")
             archive = prepare_archive(args.archive) if args.archive else None
+            tool = None
+            if args.backup:
+                name, repo = parse_backup_arg(args.backup, base.parent)
+                tool = make_tool(name, repo)
+            settings = archive_settings(archive) if archive else None
             cluster, started = ensure_local_cluster(
                 base,
                 replicas=args.replicas,
                 sync=args.sync,
                 tls=args.tls,
-                settings=archive_settings(archive) if archive else None,
+                settings=tool.settings() if tool is not None else settings,
             )
             backup = start_archiving(cluster, archive, new=started) if archive else None
+            tool_backup = start_backups(tool, cluster, started) if tool is not None else None
             bouncers = _bouncers_for_up(cluster, args.pgbouncer)
             took = time.monotonic() - t0
             info: dict[str, Any] = {
@@ -170,6 +201,12 @@ def run_cluster_command(args: argparse.Namespace) -> int:
                 info["sslrootcert"] = str(cluster.tls.ca_cert)
             if backup is not None:
                 info["archive"] = {"dir": str(archive), **asdict(backup)}
+            if tool is not None:
+                info["backup"] = {
+                    "tool": tool.name,
+                    "dir": str(tool.root),
+                    "full": asdict(tool_backup) if tool_backup is not None else None,
+                }
             if bouncers:
                 info["direct_hosts"] = info["hosts"]
                 info["pgbouncer"] = {b.node: b.dsn for b in bouncers}
@@ -186,6 +223,11 @@ def run_cluster_command(args: argparse.Namespace) -> int:
                     print(f"pgbouncer ({b.pool_mode}) for {b.node}  {b.dsn}")
                 if backup is not None:
                     print(f"archive  WAL to {archive}/wal; base backup {backup.path}")
+                if tool is not None:
+                    print(f"backup   {tool.name} repository in {tool.root}")
+                    if tool_backup is not None:
+                        print(f"         full backup {tool_backup.label} from "
+                              f"{tool_backup.source}")  # fmt: skip
                 # quoted: a TLS DSN's query string holds '&'
                 print(f"\nexport PGSESSIONS_HOSTS={shlex.quote(info['hosts'])}")
                 if cluster.tls is not None:

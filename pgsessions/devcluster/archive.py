@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -24,16 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from .binaries import chown_to_server_user, run_as_server_user
-from .cluster import NODE_CONF, LocalCluster, wait_for
+from .cluster import LocalCluster, wait_for
 from .errors import ClusterError
 from .node import Node
-from .ports import pick_free_port
+from .restored import Restored, conf_quote, new_restore_node, start_recovery
+from .target import Target
 
 ARCHIVE_STATE = "archive.json"
-
-
-def _conf_quote(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def archive_settings(archive_dir: Path) -> dict[str, str]:
@@ -44,7 +40,7 @@ def archive_settings(archive_dir: Path) -> dict[str, str]:
     """
     wal = shlex.quote(str(Path(archive_dir).resolve() / "wal"))
     command = f"test ! -f {wal}/%f && cp %p {wal}/%f"
-    return {"archive_mode": "on", "archive_command": _conf_quote(command)}
+    return {"archive_mode": "on", "archive_command": conf_quote(command)}
 
 
 def prepare_archive(archive_dir: Path) -> Path:
@@ -170,25 +166,6 @@ def archive_now(primary: Node, timeout: float = 60.0) -> str:
     return str(lsn)
 
 
-@dataclass
-class Restored:
-    """A server restored from an archive: its node, and what the restore took."""
-
-    node: Node
-    seconds: float
-    wal_files: int
-    wal_bytes: int | None
-    stop_message: str | None
-
-    @property
-    def dsn(self) -> str:
-        return self.node.dsn
-
-
-def _pg_ctl(bindir: Path, args: list[str], timeout: float) -> Any:
-    return run_as_server_user([str(bindir / "pg_ctl"), *args], timeout=timeout, check=False)
-
-
 def restore(
     backup: BaseBackup,
     archive_dir: Path,
@@ -210,81 +187,29 @@ def restore(
     if (target_lsn is None) == (target_time is None):
         raise ValueError("give exactly one of target_lsn and target_time")
     root = Path(archive_dir).resolve()
-    dest = Path(dest).resolve()
-    dest.mkdir(parents=True, exist_ok=True)
-    dest.chmod(0o755)
-    chown_to_server_user(dest)
-    node = Node(name="restored", port=pick_free_port(), base_dir=dest)
-    node.dir.mkdir(exist_ok=True)
-    node.dir.chmod(0o700)
-    chown_to_server_user(node.dir)
+    node = new_restore_node(dest)
     t0 = time.monotonic()
     run_as_server_user(["cp", "-a", backup.path, str(node.data_dir)], timeout=600)
     for stale in ("postmaster.pid", "standby.signal", "postgresql.auto.conf"):
         (node.data_dir / stale).unlink(missing_ok=True)
-    wal = shlex.quote(str(root / "wal"))
     target = (
-        [f"recovery_target_lsn = {_conf_quote(target_lsn)}", "recovery_target_inclusive = off"]
-        if target_lsn is not None
-        else [f"recovery_target_time = {_conf_quote(str(target_time))}"]
+        Target("lsn", target_lsn) if target_lsn is not None else Target("time", str(target_time))
     )
-    for attempt in range(5):
-        lines = [
-            f"port = {node.port}",
-            "cluster_name = 'restored'",
-            "synchronous_standby_names = ''",
-            "archive_mode = off",  # a restored copy must not write into the source's archive
-            f"restore_command = {_conf_quote(f'cp {wal}/%f %p')}",
-            *target,
-            "recovery_target_action = 'promote'",
-            "log_min_messages = log",  # "restored log file", "recovery stopping", "redo done"
-        ]
-        conf = node.data_dir / NODE_CONF
-        conf.write_text("\n".join(lines) + "\n")
-        chown_to_server_user(conf)
-        signal = node.data_dir / "recovery.signal"
-        signal.write_text("")
-        chown_to_server_user(signal)
-        offset = node.log_path.stat().st_size if node.log_path.exists() else 0
-        proc = _pg_ctl(
-            bindir,
-            ["start", "-D", str(node.data_dir), "-l", str(node.log_path), "-w", "-t", "600"],
-            timeout=timeout + 30,
-        )
-        log = node.log_path.read_text(errors="replace")[offset:] if node.log_path.exists() else ""
-        if proc.returncode == 0:
-            break
-        if "could not bind" in log and attempt < 4:
-            node.port = pick_free_port({node.port})
-            continue
-        raise ClusterError(
-            f"the restored server did not start: {proc.stderr.strip()}\n--- log ---\n"
-            + "\n".join(log.splitlines()[-30:])
-        )
-    try:
-        wait_for(lambda: node.role() == "primary", timeout, "the restored server to promote")
-    except ClusterError as exc:
-        raise ClusterError(f"{exc}\n--- log ---\n{node.log_tail()}") from None
-    seconds = time.monotonic() - t0
-    log = node.log_path.read_text(errors="replace")
-    files = len(re.findall(r"restored log file", log))
-    stop = re.search(r"recovery stopping [^\n]*", log)
-    redo = re.search(r"redo done at ([0-9A-F]+/[0-9A-F]+)", log)
-    wal_bytes = None
-    if redo:
-        wal_bytes = int(
-            node.execute(
-                "SELECT pg_wal_lsn_diff(%s::pg_lsn, %s::pg_lsn)", (redo.group(1), backup.start_lsn)
-            )[0][0]
-        )
-    return Restored(node, seconds, files, wal_bytes, stop.group(0) if stop else None)
+    return start_recovery(
+        node,
+        bindir,
+        recovery=cp_recovery_lines(root / "wal", target),
+        start_lsn=backup.start_lsn,
+        started=t0,
+        timeout=timeout,
+    )
 
 
-def stop_restored(restored: Restored, bindir: Path, *, delete: bool = True) -> None:
-    """Stop a restored server (and delete its directory)."""
-    if restored.node.is_running():
-        _pg_ctl(bindir, ["stop", "-D", str(restored.node.data_dir), "-m", "fast", "-w"], 90)
-    if restored.node.is_running():
-        _pg_ctl(bindir, ["stop", "-D", str(restored.node.data_dir), "-m", "immediate", "-w"], 30)
-    if delete:
-        shutil.rmtree(restored.node.base_dir, ignore_errors=True)
+def cp_recovery_lines(wal_dir: Path, target: Target) -> list[str]:
+    """postgresql.conf lines that recover from the plain archive ``wal_dir`` to ``target``."""
+    wal = shlex.quote(str(wal_dir))
+    return [
+        f"restore_command = {conf_quote(f'cp {wal}/%f %p')}",
+        *target.recovery_lines(),
+        "recovery_target_action = 'promote'",
+    ]

@@ -1,12 +1,15 @@
 """``pgsessions drill pitr``: a point-in-time recovery drill with the live workload's ledger.
 
-1. A local cluster archives its WAL (archive_command) into an archive directory.
-2. The drill workload writes and reads through the router; an online base backup is taken
-   while it runs (pg_basebackup, WAL from the archive).
+1. A local cluster archives its WAL into a backup tool's repository (``--tool``: a plain
+   ``cp`` archive, pgBackRest's ``archive-push`` or Barman's incoming directory).
+2. The drill workload writes and reads through the router; online backups are taken while it
+   runs (cp: pg_basebackup from the primary; pgBackRest: full, differential and incremental
+   from a replica; Barman: a full streaming backup from a replica).
 3. A restore target is recorded between writes: the primary's WAL flush position and clock.
 4. The workload goes on past the target, then the disaster: a bad deploy runs a
    ``clear_session`` loop over every session.
-5. A new server is restored from the base backup plus the archived WAL, stopped at the target.
+5. The tool restores the newest backup plus the archived WAL into a new data directory,
+   stopped at the target, and promotes it (pgBackRest: then a delta restore over it).
 6. The ledger is checked against it: every batch acknowledged before the target is there,
    exactly once, whole and in order; nothing written after the target is; and the router
    reads every session from it.
@@ -27,11 +30,15 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .ledger import WriteRecord
 
+if TYPE_CHECKING:
+    from ..devcluster.backups import BackupKind
+
 TARGETS = ("lsn", "time")
+TOOLS = ("cp", "pgbackrest", "barman")  # devcluster.backups.TOOLS, without importing it here
 
 
 @dataclass
@@ -39,6 +46,8 @@ class PitrOptions:
     """What ``pgsessions drill pitr`` was asked to do."""
 
     target: str = "lsn"
+    #: cp (archive_command + pg_basebackup), pgbackrest or barman
+    tool: str = "cp"
     sync: bool = False
     sessions: int = 16
     warmup: float = 2.0
@@ -67,7 +76,8 @@ def check_restore(
     """
     before = [w for w in writes if w.ok and w.end is not None and w.end < t_before]
     after = [w for w in writes if w.start > t_after]
-    in_flight = [w for w in writes if w not in before and w.start <= t_after]
+    acked = {id(w) for w in before}  # by identity: `w not in before` was quadratic
+    in_flight = [w for w in writes if id(w) not in acked and w.start <= t_after]
     batches: dict[str, Counter[int]] = {}
     duplicated = reordered = 0
     for sid, items in stored.items():
@@ -145,24 +155,50 @@ async def _router_reads(dsn: str, schema: str, stored: dict[str, list[tuple[int,
     }
 
 
-def _workdir(prepare: Callable[[Path], Path]) -> tuple[Path, Path]:
-    """A fresh directory the server user can reach, and the archive in it."""
+def _workdir() -> Path:
+    """A fresh directory the server user can reach."""
     base = Path(tempfile.mkdtemp(prefix="pgsessions-pitr-"))
     base.chmod(0o755)
-    return base, prepare(base / "archive")
+    return base
+
+
+def backup_plan(tool: str) -> list[BackupKind]:
+    """The backups the drill takes while the workload writes: each kind the tool has."""
+    return ["full", "diff", "incr"] if tool == "pgbackrest" else ["full"]
+
+
+def _backup_row(b: Any) -> dict[str, Any]:
+    return {
+        "label": b.label,
+        "kind": b.kind,
+        "start_lsn": b.start_lsn,
+        "stop_lsn": b.stop_lsn,
+        "seconds": round(b.seconds, 3),
+        "bytes": b.bytes,
+        "stored_bytes": b.stored_bytes,
+        "source": b.source,
+    }
+
+
+def _restore_row(restored: Any, replayed: int) -> dict[str, Any]:
+    return {
+        "seconds": round(restored.seconds, 3),
+        "wal_files": restored.wal_files,
+        "wal_bytes_replayed": replayed,
+        "stopped": restored.stop_message,
+    }
+
+
+def _dir_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
 
 
 async def run_pitr(opts: PitrOptions) -> dict[str, Any]:
     """Run the drill on a local cluster of its own; returns the report (``passed``...)."""
     from ..devcluster import LocalCluster
-    from ..devcluster.archive import (
-        archive_now,
-        archive_settings,
-        base_backup,
-        prepare_archive,
-        restore,
-        stop_restored,
-    )
+    from ..devcluster.backups import make_tool
+    from ..devcluster.restored import stop_node_dir, stop_restored
+    from ..devcluster.target import Target
     from ..router.lsn import parse_lsn
     from ..sessions import PostgresSession, migrate
     from .ledger import Ledger, LedgerObserver
@@ -174,21 +210,30 @@ async def run_pitr(opts: PitrOptions) -> dict[str, Any]:
     log = opts.log
     quiet_pool_logs()
     t_start = time.monotonic()
-    base, archive = _workdir(prepare_archive)
+    base = _workdir()
+    repo = base / ("archive" if opts.tool == "cp" else opts.tool)
     mode = "sync" if opts.sync else "async"
-    log(f"[pitr] starting a local cluster that archives its WAL to {archive} ({mode})")
-    cluster = LocalCluster(
-        replicas=2,
-        sync=opts.sync,
-        fsync=opts.fsync,
-        base_dir=base / "cluster",
-        keep=True,
-        settings=archive_settings(archive),
-    )
+    report: dict[str, Any] = {
+        "scenario": "pitr",
+        "tool": opts.tool,
+        "mode": mode,
+        "target_kind": opts.target,
+    }
     restored = None
-    report: dict[str, Any] = {"scenario": "pitr", "mode": mode, "target_kind": opts.target}
+    cluster = None
     try:
+        tool = make_tool(opts.tool, repo)
+        log(f"[pitr] starting a local cluster that archives its WAL with {opts.tool} to {repo}")
+        cluster = LocalCluster(
+            replicas=2,
+            sync=opts.sync,
+            fsync=opts.fsync,
+            base_dir=base / "cluster",
+            keep=True,
+            settings=tool.settings(),
+        )
         await asyncio.to_thread(cluster.start)
+        await asyncio.to_thread(tool.configure, cluster)
         ledger = Ledger()
         prefix = f"drill-pitr-{uuid.uuid4().hex[:8]}"
         drill_opts = DrillOptions(schema=opts.schema, sessions=opts.sessions)
@@ -198,6 +243,7 @@ async def run_pitr(opts: PitrOptions) -> dict[str, Any]:
             e = ledger.event(kind, detail)
             log(f"[pitr] +{e.t:5.2f}s {kind}: {detail}")
 
+        taken = []
         async with make_router(config, drill_opts) as router:
             await migrate(router)
             router.add_observer(LedgerObserver(ledger))
@@ -209,14 +255,16 @@ async def run_pitr(opts: PitrOptions) -> dict[str, Any]:
                     if time.monotonic() > deadline:
                         raise RuntimeError("the workload did not start writing within 30s")
                     await asyncio.sleep(0.05)
-                backup = await asyncio.to_thread(
-                    base_backup, cluster.primary, archive, cluster.bindir
-                )
-                mark(
-                    "base_backup",
-                    f"online, from {backup.start_lsn}, {backup.bytes / 2**20:.1f} MiB "
-                    f"in {backup.seconds:.2f}s (writes went on)",
-                )
+                for kind in backup_plan(opts.tool):
+                    b = await asyncio.to_thread(tool.backup, cluster, kind)
+                    taken.append(b)
+                    mark(
+                        "backup",
+                        f"{kind} backup {b.label} from {b.source}, start {b.start_lsn}: "
+                        f"{b.bytes / 2**20:.1f} MiB, {b.stored_bytes / 2**20:.1f} MiB stored, "
+                        f"in {b.seconds:.2f}s (writes went on)",
+                    )
+                backup = taken[-1]
                 await asyncio.sleep(opts.warmup)
                 t_before = ledger.now()
                 row = await asyncio.to_thread(
@@ -238,25 +286,29 @@ async def run_pitr(opts: PitrOptions) -> dict[str, Any]:
         live = await asyncio.to_thread(load_stored, cluster.primary.dsn, opts.schema, prefix)
         live_items = sum(len(v) for v in live.values())
         mark("damage", f"the live primary now holds {live_items} items of the drill's sessions")
-        end_lsn = await asyncio.to_thread(archive_now, cluster.primary)
+        end_lsn = await asyncio.to_thread(tool.archive_now, cluster)
         mark("archived", f"WAL archived up to {end_lsn}")
         await asyncio.to_thread(cluster.stop, delete=False)
-        mark("stopped", "the cluster is stopped: the restore uses the archive only")
+        mark("stopped", "the cluster is stopped: the restore uses the backup repository only")
 
-        kwargs: dict[str, Any] = (
-            {"target_lsn": target_lsn} if opts.target == "lsn" else {"target_time": target_time}
-        )
+        target = Target("lsn", target_lsn) if opts.target == "lsn" else Target("time", target_time)
         if opts.break_target:
-            kwargs = {"target_lsn": pre_disaster[0][0]}
-            mark("broken", f"restoring past the target on purpose, to {kwargs['target_lsn']}")
-        restored = await asyncio.to_thread(
-            restore, backup, archive, base / "restore", cluster.bindir, **kwargs
-        )
+            target = Target("lsn", pre_disaster[0][0])
+            mark("broken", f"restoring past the target on purpose, to {target.value}")
+        dest = base / "restore"
+        restored = await asyncio.to_thread(tool.restore, backup, dest, target, cluster.bindir)
         mark(
             "restored",
             f"new server on port {restored.node.port} promoted after {restored.seconds:.2f}s "
-            f"({restored.wal_files} WAL files from the archive)",
+            f"({restored.wal_files} WAL files from the repository)",
         )
+
+        def replayed_of(r: Any) -> int:
+            if r.wal_bytes is not None:
+                return int(r.wal_bytes)
+            return parse_lsn(target_lsn) - parse_lsn(backup.start_lsn)
+
+        first = _restore_row(restored, replayed_of(restored))
         stored = await asyncio.to_thread(load_stored, restored.dsn, opts.schema, prefix)
         check = check_restore(ledger.writes, stored, t_before, t_after)
         reads = await _router_reads(restored.dsn, opts.schema, stored, workload.session_ids)
@@ -269,27 +321,35 @@ async def run_pitr(opts: PitrOptions) -> dict[str, Any]:
             )
         if not reads["write_ok"]:
             failures.append("the restored server did not take a write through the router")
-        replayed = restored.wal_bytes
-        if replayed is None:
-            replayed = parse_lsn(target_lsn) - parse_lsn(backup.start_lsn)
+
+        delta = None
+        if opts.tool == "pgbackrest":
+            # the restored server took a write: a delta restore puts back only what differs
+            await asyncio.to_thread(stop_node_dir, restored.node, cluster.bindir)
+            restored = await asyncio.to_thread(
+                tool.restore, backup, dest, target, cluster.bindir, delta=True
+            )
+            mark("delta", f"delta restore over the first one: promoted after "
+                 f"{restored.seconds:.2f}s")  # fmt: skip
+            again = await asyncio.to_thread(load_stored, restored.dsn, opts.schema, prefix)
+            delta_check = check_restore(ledger.writes, again, t_before, t_after)
+            failures += [f"delta restore: {f}" for f in delta_check["failures"]]
+            if again != stored:
+                failures.append("the delta restore holds other items than the full restore")
+            delta = {**_restore_row(restored, replayed_of(restored)),
+                     "passed": delta_check["passed"] and again == stored}  # fmt: skip
         report.update(
             {
                 "passed": not failures,
                 "failures": failures,
                 "sessions": opts.sessions,
                 "target": {"lsn": target_lsn, "time": target_time, "at_s": round(t_before, 3)},
-                "base_backup": {
-                    "start_lsn": backup.start_lsn,
-                    "bytes": backup.bytes,
-                    "seconds": round(backup.seconds, 3),
-                },
+                "backups": [_backup_row(b) for b in taken],
+                "base_backup": _backup_row(backup),
+                "repository_bytes": _dir_bytes(repo),
                 "archived_up_to": end_lsn,
-                "restore": {
-                    "seconds": round(restored.seconds, 3),
-                    "wal_files": restored.wal_files,
-                    "wal_bytes_replayed": replayed,
-                    "stopped": restored.stop_message,
-                },
+                "restore": first,
+                "delta_restore": delta,
                 "disaster_items_left_live": live_items,
                 "check": {k: v for k, v in check.items() if k not in ("passed", "failures")},
                 "router": reads,
@@ -298,16 +358,17 @@ async def run_pitr(opts: PitrOptions) -> dict[str, Any]:
                     {"t": round(e.t, 3), "kind": e.kind, "detail": e.detail}
                     for e in ledger.events
                     if e.kind
-                    in ("base_backup", "target", "disaster", "damage", "archived", "restored")
+                    in ("backup", "target", "disaster", "damage", "archived", "restored", "delta")
                 ],
             }
         )
     except Exception as exc:
         report.update({"passed": False, "failures": [f"the drill could not run: {exc}"]})
     finally:
-        if restored is not None:
+        if restored is not None and cluster is not None:
             await asyncio.to_thread(stop_restored, restored, cluster.bindir, delete=not opts.keep)
-        await asyncio.to_thread(cluster.stop, delete=not opts.keep)
+        if cluster is not None:
+            await asyncio.to_thread(cluster.stop, delete=not opts.keep)
         if opts.keep:
             report["dir"] = str(base)
         else:
@@ -319,22 +380,29 @@ async def run_pitr(opts: PitrOptions) -> dict[str, Any]:
 def format_pitr(r: dict[str, Any]) -> str:
     """The report as text."""
     verdict = "PASS" if r.get("passed") else "FAIL"
-    head = f"== pitr ({r['mode']}, {r['target_kind']} target) {verdict}"
+    head = f"== pitr ({r.get('tool', 'cp')}, {r['mode']}, {r['target_kind']} target) {verdict}"
     if "check" not in r:
         return "\n".join([head, *(f"  FAILED     {f}" for f in r["failures"])])
-    c, rs, b = r["check"], r["restore"], r["base_backup"]
-    mib = rs["wal_bytes_replayed"] / 2**20
-    lines = [
-        f"{head}  [{r['sessions']} sessions, {r['duration_s']:.1f}s]",
-        f"  backup     online base backup from {b['start_lsn']}: {b['bytes'] / 2**20:.1f} MiB "
-        f"in {b['seconds']:.2f}s",
+    c, rs = r["check"], r["restore"]
+    lines = [f"{head}  [{r['sessions']} sessions, {r['duration_s']:.1f}s]"]
+    for b in r["backups"]:
+        lines.append(
+            f"  backup     {b['kind']:<4} from {b['source']} at {b['start_lsn']}: "
+            f"{b['bytes'] / 2**20:.1f} MiB ({b['stored_bytes'] / 2**20:.1f} MiB stored) "
+            f"in {b['seconds']:.2f}s"
+        )
+    lines += [
+        f"  repository {r['repository_bytes'] / 2**20:.1f} MiB after the drill",
         f"  target     +{r['target']['at_s']:.2f}s lsn {r['target']['lsn']}, "
         f"time {r['target']['time']}",
         f"  disaster   clear_session on every session; {r['disaster_items_left_live']} items "
         "left on the live primary",
-        f"  restore    {rs['seconds']:.2f}s to a promoted server: {rs['wal_files']} WAL files "
-        f"from the archive, {mib:.1f} MiB of WAL replayed",
+        _restore_line("restore", rs),
         f"             {rs['stopped'] or '(no stop message)'}",
+    ]
+    if r.get("delta_restore"):
+        lines.append(_restore_line("delta", r["delta_restore"]))
+    lines += [
         f"  before     {c['before_target']} batches acknowledged before the target: lost "
         f"{c['lost']}, duplicated {c['duplicated']}, reordered {c['reordered']}, torn {c['torn']}",
         f"  after      {c['after_target']} batches started after it: restored {c['leaked']}",
@@ -348,6 +416,14 @@ def format_pitr(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _restore_line(label: str, rs: dict[str, Any]) -> str:
+    mib = rs["wal_bytes_replayed"] / 2**20
+    return (
+        f"  {label:<10} {rs['seconds']:.2f}s to a promoted server: {rs['wal_files']} WAL files "
+        f"restored, {mib:.1f} MiB of WAL replayed"
+    )
+
+
 def add_pitr_arguments(p: argparse.ArgumentParser) -> None:
     """The drill command's options that only ``pitr`` uses."""
     p.add_argument(
@@ -355,6 +431,13 @@ def add_pitr_arguments(p: argparse.ArgumentParser) -> None:
         choices=TARGETS,
         default="lsn",
         help="pitr: restore to an LSN (recovery_target_lsn) or a time (recovery_target_time)",
+    )
+    p.add_argument(
+        "--tool",
+        choices=TOOLS,
+        default="cp",
+        help="pitr: who backs up and restores: cp (archive_command + pg_basebackup, default), "
+        "pgbackrest (full, diff, incr from a replica; delta restore) or barman",
     )
     p.add_argument("--break-target", action="store_true", help=argparse.SUPPRESS)
 
@@ -366,6 +449,7 @@ def run_pitr_command(args: argparse.Namespace) -> int:
         return 2
     opts = PitrOptions(
         target=args.target,
+        tool=args.tool,
         sync=args.sync,
         sessions=args.sessions,
         warmup=args.warmup,

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .metrics import METRICS, SPECS, RouterMetrics, safe_host
 
@@ -131,11 +131,41 @@ class PgSessionsCollector:
                 )
                 continue
             for fam in snapshot:
-                families[fam.name].samples.extend(fam.samples)
+                key = fam.name + "_total" if fam.type == "counter" else fam.name
+                families[key].samples.extend(fam.samples)
         return list(families.values())
 
 
-def _snapshot_families(name: str, router: Router) -> list[GaugeMetricFamily]:
+def _archiver_families(name: str, topo: Topology) -> list[Metric]:
+    """The primary's WAL archiving health (pg_stat_archiver, read by the health check)."""
+
+    def counter(metric: str) -> CounterMetricFamily:
+        spec = SPECS[metric]
+        return CounterMetricFamily(metric, spec.help, labels=("router", *spec.labels))
+
+    def gauge(metric: str) -> GaugeMetricFamily:
+        spec = SPECS[metric]
+        return GaugeMetricFamily(metric, spec.help, labels=("router", *spec.labels))
+
+    archived = counter("pgsessions_archive_archived_total")
+    failed = counter("pgsessions_archive_failed_total")
+    age = gauge("pgsessions_archive_last_archived_age_seconds")
+    pending = gauge("pgsessions_archive_pending_segments")
+    for h in topo.hosts:
+        a = h.archiver
+        if a is None or h.role != "primary":
+            continue
+        labels = (name, safe_host(h.host))
+        archived.add_metric(labels, float(a.archived_count))
+        failed.add_metric(labels, float(a.failed_count))
+        if a.last_archived_age is not None:
+            age.add_metric(labels, max(0.0, a.last_archived_age))
+        if a.pending_segments is not None:
+            pending.add_metric(labels, float(a.pending_segments))
+    return [archived, failed, age, pending]
+
+
+def _snapshot_families(name: str, router: Router) -> list[Metric]:
     topo = router.topology()
 
     def gauge(metric: str) -> GaugeMetricFamily:
@@ -170,7 +200,18 @@ def _snapshot_families(name: str, router: Router) -> list[GaugeMetricFamily]:
     known.add_metric((name,), 1.0 if primary else 0.0)
     n_writable = len(topo.split_brain) or (1 if primary else 0)
     writable.add_metric((name,), float(n_writable))
-    return [up, eligible, lag_b, lag_s, size, avail, waiting, known, writable]
+    return [
+        up,
+        eligible,
+        lag_b,
+        lag_s,
+        size,
+        avail,
+        waiting,
+        known,
+        writable,
+        *_archiver_families(name, topo),
+    ]
 
 
 def collector_for(registry: CollectorRegistry) -> PgSessionsCollector:

@@ -163,6 +163,31 @@ METRICS: tuple[MetricSpec, ...] = (
         "Consistency tokens beyond the primary's WAL position (forged, or from a lost"
         " timeline) capped at that position.",
     ),
+    MetricSpec(
+        "pgsessions_archive_archived_total",
+        "counter",
+        ("host",),
+        "WAL files the primary's archive_command archived (pg_stat_archiver, since its"
+        " statistics were reset); only while archive_mode is on.",
+    ),
+    MetricSpec(
+        "pgsessions_archive_failed_total",
+        "counter",
+        ("host",),
+        "Failed attempts of the primary's archive_command (pg_stat_archiver.failed_count).",
+    ),
+    MetricSpec(
+        "pgsessions_archive_last_archived_age_seconds",
+        "gauge",
+        ("host",),
+        "Seconds since the primary last archived a WAL file (absent until it first does).",
+    ),
+    MetricSpec(
+        "pgsessions_archive_pending_segments",
+        "gauge",
+        ("host",),
+        "Finished WAL segments on the primary not archived yet (0 on an idle primary).",
+    ),
 )
 
 SPECS = {m.name: m for m in METRICS}

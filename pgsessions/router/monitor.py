@@ -322,6 +322,7 @@ class Monitor:
                     pool_waiting=pool_stats.get("requests_waiting", 0),
                     error=h.health.reason if h.role == "replica" else (p.error if p else None),
                     checked_at=checked_at,
+                    archiver=p.archiver if p is not None and p.up else None,
                 )
             )
         self.topology = Topology(

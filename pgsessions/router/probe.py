@@ -17,13 +17,15 @@ from typing import Any
 
 import psycopg
 
+from .archiver import ARCHIVER_COLUMN, ArchiverStats, parse_archiver
 from .classify import short_error
 from .config import RouterConfig
 from .connect import RouterConnection, configure, connect_kwargs, prepared_statement_failure
 from .lsn import parse_lsn
 from .pools import abort_connection, watchdog
 
-PROBE_SQL = """
+PROBE_SQL = (
+    """
 SELECT pg_is_in_recovery(),
        CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_flush_lsn()::text END,
        pg_last_wal_replay_lsn()::text,
@@ -31,8 +33,12 @@ SELECT pg_is_in_recovery(),
        extract(epoch FROM pg_last_xact_replay_timestamp())::float8,
        extract(epoch FROM clock_timestamp())::float8,
        (SELECT coalesce(status, CASE WHEN pid IS NOT NULL THEN 'hidden' END)
-          FROM pg_stat_wal_receiver LIMIT 1)
-"""
+          FROM pg_stat_wal_receiver LIMIT 1),
+       """
+    + ARCHIVER_COLUMN
+    + "\n"
+)
+PROBE_COLUMNS = 8
 
 # What a standby's walreceiver status reads as when the role may not see it: PostgreSQL shows
 # such a role the walreceiver's pid but not its status (pg_read_all_stats, e.g. pg_monitor).
@@ -54,6 +60,8 @@ class Probe:
     wal_status: str | None = None
     error: str | None = None
     started: float = 0.0  # monotonic time the probe began
+    #: a primary's WAL archiving (None: a standby, or archive_mode off)
+    archiver: ArchiverStats | None = None
 
 
 def _lsn(text: object) -> int | None:
@@ -79,10 +87,12 @@ class UnexpectedReply(ValueError):
 
 def parse_probe_row(row: object, started: float) -> Probe:
     """The :class:`Probe` of one reply to PROBE_SQL; raise UnexpectedReply for anything else."""
-    if not isinstance(row, tuple) or len(row) != 7:
+    if not isinstance(row, tuple) or len(row) != PROBE_COLUMNS:
         size = len(row) if isinstance(row, tuple) else type(row).__name__
-        raise UnexpectedReply(f"unexpected reply to the health check ({size} columns, not 7)")
-    in_recovery, flush, replay, receive, replay_ts, now, status = row
+        raise UnexpectedReply(
+            f"unexpected reply to the health check ({size} columns, not {PROBE_COLUMNS})"
+        )
+    in_recovery, flush, replay, receive, replay_ts, now, status, archiver = row
     try:
         if not isinstance(in_recovery, bool):
             raise ValueError(f"pg_is_in_recovery() gave {type(in_recovery).__name__}")
@@ -98,8 +108,9 @@ def parse_probe_row(row: object, started: float) -> Probe:
             server_now=_epoch(now),
             wal_status=status,
             started=started,
+            archiver=parse_archiver(archiver),
         )
-    except ValueError as exc:
+    except (ValueError, KeyError, TypeError) as exc:
         raise UnexpectedReply(f"unexpected reply to the health check: {exc}") from None
     if not in_recovery and probe.flush_lsn is None:
         raise UnexpectedReply("unexpected reply to the health check: a primary without a position")

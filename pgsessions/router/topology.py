@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from .archiver import ArchiverStats
+
 Role = Literal["primary", "replica", "unknown"]
 
 
@@ -28,6 +30,8 @@ class HostState:
     pool_waiting: int = 0
     error: str | None = None
     checked_at: float = 0.0
+    #: a primary's WAL archiving health (None: a standby, or archiving off)
+    archiver: ArchiverStats | None = None
 
 
 @dataclass(frozen=True)
