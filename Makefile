@@ -7,7 +7,7 @@ PYTHON ?= python3
 EXTRAS ?= dev,bench,plot,docs
 PYTEST_ARGS ?=
 
-.PHONY: setup postgres pgbouncer patroni backup-tools lint docs package-check test test-app-role demo drill drill-patroni bench clean
+.PHONY: setup postgres pgbouncer patroni backup-tools lint docs package-check check test test-app-role demo drill drill-patroni bench clean
 
 setup: postgres $(VENV)/.installed-$(EXTRAS)
 
@@ -70,19 +70,25 @@ docs: setup
 # twine check them, install the wheel into a fresh venv outside the clone and run
 # `pgsessions --help` and a session round trip on the local cluster from there.
 package-check: setup
-	$(VENV)/bin/pytest -q tests/test_package.py -k wheel
+	$(VENV)/bin/pytest -q tests/lab/test_package.py -k wheel
 
+# The fast tier alone: pure decisions and house rules, no PostgreSQL (tests/unit, seconds).
+check: lint
+	$(VENV)/bin/pytest -q tests/unit
+
+# Every tier: unit, integration (the shared local cluster), lab (drills, faults, the real
+# stack: Patroni, PgBouncer, TLS, backup tools, the package).
 test: lint docs pgbouncer patroni backup-tools
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 	@[ -n "$(PYTEST_ARGS)" ] || $(MAKE) --no-print-directory test-app-role
 
 # The session and router suites again, the router connected as a least-privilege app role
 # (tests/conftest.py, PGSESSIONS_TEST_ROLE=app); tests marked owner_sql are skipped.
-APP_ROLE_TESTS := tests/test_sessions_semantics.py tests/test_sessions_roundtrip.py \
-	tests/test_sessions_usage.py tests/test_sessions_listing.py tests/test_sdk_compaction.py \
-	tests/test_sessions_concurrency.py tests/test_sdk_parity.py tests/test_sessions_runner.py \
-	tests/test_router.py tests/test_router_many_servers.py tests/test_sessions_input.py \
-	tests/test_sessions_branches.py
+APP_ROLE_TESTS := tests/integration/test_sessions_semantics.py tests/integration/test_sessions_roundtrip.py \
+	tests/integration/test_sessions_usage.py tests/integration/test_sessions_listing.py tests/integration/test_sdk_compaction.py \
+	tests/integration/test_sessions_concurrency.py tests/integration/test_sdk_parity.py tests/integration/test_sessions_runner.py \
+	tests/integration/test_router.py tests/integration/test_router_many_servers.py tests/integration/test_sessions_input.py \
+	tests/integration/test_sessions_branches.py
 test-app-role: setup
 	PGSESSIONS_TEST_ROLE=app $(VENV)/bin/pytest -q $(APP_ROLE_TESTS)
 

@@ -79,7 +79,7 @@ def cluster_factory() -> Iterator[Callable[..., LocalCluster]]:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """As the app role, skip tests that run their own DDL or table writes through the router:
-    the role is refused those by design (tests/test_sessions_roles.py shows it)."""
+    the role is refused those by design (tests/integration/test_sessions_roles.py shows it)."""
     if not AS_APP:
         return
     skip = pytest.mark.skip(reason="arranges or inspects tables beyond the app role's grants")

@@ -14,8 +14,7 @@ import pytest
 
 from pgsessions import PostgresSession, RouterConfig, SessionRouter, migrate
 from pgsessions.devcluster.patroni import PatroniCluster
-
-from .helpers import apoll, cluster_cli, cluster_state_dir, running_patroni
+from tests.helpers import apoll, cluster_cli, cluster_state_dir, running_patroni
 
 
 @pytest.fixture

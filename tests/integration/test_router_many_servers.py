@@ -15,8 +15,7 @@ from pgsessions import PostgresSession, migrate
 from pgsessions.devcluster import LocalCluster, Node
 from pgsessions.router import SessionRouter
 from pgsessions.router.lsn import parse_lsn
-
-from .test_router import fast_config, wait_until
+from tests.integration.test_router import fast_config, wait_until
 
 USER = {"role": "user", "content": "what is the weather?"}
 REPLY = {"role": "assistant", "content": "sunny"}

@@ -21,7 +21,7 @@ from pgsessions.devcluster import LocalCluster, Node
 from pgsessions.devcluster.proxy import ThreadedProxy as Proxy
 from pgsessions.devcluster.proxy import command_complete
 from pgsessions.router import NoPrimaryError, SessionRouter, SplitBrainError
-from tests.test_router import Store, eligible, fast_config, wait_until
+from tests.integration.test_router import Store, eligible, fast_config, wait_until
 
 pytestmark = pytest.mark.fault
 

@@ -28,7 +28,7 @@ from pgsessions.devcluster import LocalCluster
 from pgsessions.devcluster.ports import pick_free_port
 from pgsessions.monitoring.endpoint import Endpoint
 from pgsessions.router.dsn import host_label, redact, scrub
-from tests.test_router import wait_until
+from tests.integration.test_router import wait_until
 
 
 @pytest.fixture

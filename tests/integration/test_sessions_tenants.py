@@ -39,8 +39,7 @@ from pgsessions.devcluster.pgbouncer import Bouncer, start_bouncers, stop_bounce
 from pgsessions.devcluster.proxy import TcpProxy, command_complete
 from pgsessions.sessions import Migration, load_migrations, tenant_isolation
 from pgsessions.sessions.ids import MAX_SESSION_ID_BYTES, MAX_TENANT_BYTES
-
-from .helpers import apoll, assistant, poll, run_result, user
+from tests.helpers import apoll, assistant, poll, run_result, user
 
 set_tracing_disabled(True)
 

@@ -17,7 +17,7 @@ from pgsessions.cli.migrate import add_migrate_command
 from pgsessions.sessions import Migration, applied_migrations, load_migrations
 from pgsessions.sessions.schema import quote_ident
 
-PACKAGED = Path(__file__).parent.parent / "pgsessions" / "sessions" / "migrations"
+PACKAGED = Path(__file__).parent.parent.parent / "pgsessions" / "sessions" / "migrations"
 
 
 async def scalar(router: SessionRouter, query: str, *params: Any) -> Any:

@@ -26,7 +26,7 @@ from pgsessions.monitoring import (
 )
 from pgsessions.router import RouterConfig, SessionRouter
 from tests.helpers import apoll
-from tests.test_monitoring_support import (  # noqa: F401 - fixtures
+from tests.monitoring_support import (  # noqa: F401 - fixtures
     get_sync,
     healthz,
     prometheus_bin_fixture,
@@ -35,7 +35,7 @@ from tests.test_monitoring_support import (  # noqa: F401 - fixtures
     scrape_sync,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 DEPLOY = ROOT / "deploy"
 PASSWORD = "s3cr3t-Pw0rd"
 NEED_YAML = "PyYAML parses the deploy files: pip install pyyaml (it is in the dev extras)"

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from pgsessions.cli.common import NoHostsError, command_hosts, given_hosts
-
-from .helpers import processes_under
+from tests.helpers import processes_under
 
 
 def _env_without_hosts(tmp_path: Path) -> dict[str, str]:

@@ -113,7 +113,7 @@ def test_the_wheel_installs_and_runs_outside_the_clone(
     from pgsessions._version import __version__
 
     assert isinstance(router_config, RouterConfig)
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parent.parent.parent
     work = tmp_path_factory.mktemp("package-check")
     dist = work / "dist"
 

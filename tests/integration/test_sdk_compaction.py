@@ -19,7 +19,7 @@ from cryptography.fernet import Fernet
 from pgsessions import PostgresSession, SessionRouter, migrate
 from pgsessions.devcluster import LocalCluster
 from pgsessions.router.lsn import parse_lsn
-from tests.test_sdk_parity import blocked_backend, conversation_locked
+from tests.integration.test_sdk_parity import blocked_backend, conversation_locked
 
 set_tracing_disabled(True)
 

@@ -9,17 +9,18 @@ session.current_branch()`` (the current branch lives in the database). 23 of the
 with a branch added). Left out, with the reason:
 
 - ``basic_functionality``, ``sequence_ordering`` and the six SessionSettings tests: plain
-  Session behaviour, covered for PostgresSession by tests/test_sdk_parity.py and
-  tests/test_sessions_semantics.py;
+  Session behaviour, covered for PostgresSession by tests/integration/test_sdk_parity.py and
+  tests/integration/test_sessions_semantics.py;
 - ``usage_tracking_storage``, ``json_serialization_edge_cases``,
   ``output_tokens_details_persisted_when_input_details_missing``: usage rows without
-  branches, covered by tests/test_sessions_usage.py (same shapes as the SDK's);
+  branches, covered by tests/integration/test_sessions_usage.py (same shapes as the SDK's);
 - ``respects_custom_table_names``: SQLite table names and ``PRAGMA foreign_key_list``, no
   counterpart (the schema name is RouterConfig.schema);
 - ``error_handling_in_usage_tracking``: ``close()`` then store, errors swallowed;
   PostgresSession has no close() and raises database errors from store_run_usage on purpose;
 - ``add_items_is_atomic_on_structure_metadata_failure``: monkeypatches an SQLite helper;
-  here an add is one statement (atomic by construction, tests/test_sessions_semantics.py).
+  here an add is one statement (atomic by construction,
+  tests/integration/test_sessions_semantics.py).
 
 Part two is what no SDK session has: two routers on one conversation, concurrent branch
 operations, retries and cancellation, prefix sharing and pops of shared items, the migration
@@ -44,9 +45,8 @@ from openai.types.responses.response_usage import OutputTokensDetails
 from pgsessions import PostgresSession
 from pgsessions.router import RouterConfig, SessionRouter
 from pgsessions.sessions import migrate
-
-from .helpers import assistant, user
-from .test_sessions_tenants import tenancy  # noqa: F401 (a fixture)
+from tests.helpers import assistant, user
+from tests.integration.test_sessions_tenants import tenancy  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.asyncio
 
@@ -787,7 +787,7 @@ async def test_runner_integration_with_usage_tracking(db: SessionRouter) -> None
     """The SDK test's Runner turns with store_run_usage after each, then on a branch."""
     from agents.testing import ScriptedModel
 
-    from .test_sessions_usage import step
+    from tests.integration.test_sessions_usage import step
 
     session = PostgresSession("integration_test", db)
     agent = Agent(name="test", model=ScriptedModel([step("San Francisco", 5, 2)]))
@@ -958,7 +958,9 @@ async def test_the_docs_example_runs(router_config: RouterConfig) -> None:
     import sys
     from pathlib import Path
 
-    page = (Path(__file__).parent.parent / "docs" / "sessions.md").read_text(encoding="utf-8")
+    page = (Path(__file__).parent.parent.parent / "docs" / "sessions.md").read_text(
+        encoding="utf-8"
+    )
     section = page.split("## Branches\n", 1)[1]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     env = {
@@ -1052,8 +1054,7 @@ async def test_usage_reports_by_branch_and_by_tool(db: SessionRouter) -> None:
         result_with(Usage(requests=2, input_tokens=5, output_tokens=5, total_tokens=10))
     )
     from pgsessions.router.lsn import parse_lsn
-
-    from .helpers import apoll
+    from tests.helpers import apoll
 
     written = parse_lsn(session.consistency_token or "0/0")
 

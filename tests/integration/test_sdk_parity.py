@@ -208,7 +208,7 @@ class TenantSession(PostgresSession):
 
 async def test_a_resolved_tenant_fails_closed_without_isolation(db: SessionRouter) -> None:
     """Isolation is off in this schema: a call for a tenant is refused, not run unisolated
-    (tests/test_sessions_tenants.py covers isolation on)."""
+    (tests/integration/test_sessions_tenants.py covers isolation on)."""
     s = TenantSession("tenant", db)
     for call in (s.get_items(), s.add_items([user("x")]), s.pop_item(), s.clear_session()):
         with pytest.raises(TenantError, match="tenant isolation is off"):

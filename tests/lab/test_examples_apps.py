@@ -22,11 +22,10 @@ import pytest
 
 from pgsessions.devcluster import LocalCluster
 from pgsessions.devcluster.ports import pick_free_port
+from tests.helpers import poll
+from tests.integration.test_threads import contents
 
-from .helpers import poll
-from .test_threads import contents
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
 
 
 def _get(url: str) -> Any:

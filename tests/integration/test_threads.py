@@ -23,8 +23,7 @@ from agents.testing import ScriptedModel, assistant_message
 
 from pgsessions import PostgresSession, RouterClosedError, RouterConfig, SessionRouter, migrate
 from pgsessions.devcluster import LocalCluster
-
-from .helpers import poll, user
+from tests.helpers import poll, user
 
 set_tracing_disabled(True)
 
@@ -285,8 +284,7 @@ def test_operations_across_sessions_from_sync_code(started: SessionRouter) -> No
     from pgsessions.export.load import import_records
     from pgsessions.export.records import read_export
     from pgsessions.retention.prune import prune
-
-    from .helpers import run_result
+    from tests.helpers import run_result
 
     for i in range(3):
         s = PostgresSession(f"ops-{i}", started)
@@ -349,7 +347,9 @@ def test_the_docs_sync_example_runs(
 ) -> None:
     from pathlib import Path
 
-    page = (Path(__file__).resolve().parent.parent / "docs" / "sync-and-threads.md").read_text()
+    page = (
+        Path(__file__).resolve().parent.parent.parent / "docs" / "sync-and-threads.md"
+    ).read_text()
     section = page.split("# Sync and threaded apps", 1)[1]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     monkeypatch.setenv("PGSESSIONS_HOSTS", ",".join(router_config.host_list))

@@ -20,9 +20,9 @@ from pgsessions.devcluster.ports import pick_free_port
 from pgsessions.monitoring import MetricsServer, serve
 from pgsessions.router import RouterConfig, SessionRouter
 from tests.helpers import apoll
-from tests.test_monitoring_support import prometheus_bin_fixture  # noqa: F401 - fixture
+from tests.monitoring_support import prometheus_bin_fixture  # noqa: F401 - fixture
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+DEPLOY = Path(__file__).resolve().parent.parent.parent / "deploy"
 
 
 class Prometheus:

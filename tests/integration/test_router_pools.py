@@ -14,8 +14,7 @@ import pytest
 from pgsessions import OverloadedError, PostgresSession, migrate
 from pgsessions.devcluster import LocalCluster
 from pgsessions.router import RouterConfig, SessionRouter
-
-from .test_router import fast_config, wait_until
+from tests.integration.test_router import fast_config, wait_until
 
 ClusterFactory = object
 

@@ -31,7 +31,7 @@ import pytest
 
 from pgsessions import RouterConfig
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 NOT_RUN = "# docs: not run"
 # names a fragment may use without defining them
 PROVIDED = {"router", "config", "agent"}

@@ -17,7 +17,7 @@ from pgsessions.devcluster import LocalCluster
 from pgsessions.monitoring import serve
 from pgsessions.router import RouterConfig, SessionRouter, SplitBrainError
 from tests.helpers import apoll
-from tests.test_monitoring_support import Scrape, healthz, scrape
+from tests.monitoring_support import Scrape, healthz, scrape
 
 # WAL volume that no TOAST compression shrinks: random md5 text, ~3 MB per call
 BULK = (

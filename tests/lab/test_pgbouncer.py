@@ -28,8 +28,7 @@ from pgsessions.devcluster import LocalCluster
 from pgsessions.devcluster.pgbouncer import Bouncer, start_bouncers, stop_bouncers
 from pgsessions.router import monitor
 from pgsessions.sessions import applied_migrations
-
-from .helpers import apoll, cluster_cli, cluster_state_dir, processes_under
+from tests.helpers import apoll, cluster_cli, cluster_state_dir, processes_under
 
 set_tracing_disabled(True)
 

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from pgsessions.cli import build_parser
-
-from .helpers import processes_under
+from tests.helpers import processes_under
 
 
 def test_demo_command_is_wired() -> None:

@@ -13,8 +13,7 @@ from psycopg.conninfo import make_conninfo
 from pgsessions import MissingPrivilegeError, RouterConfig, SessionRouter
 from pgsessions.devcluster import LocalCluster
 from pgsessions.router.privileges import missing_pg_monitor
-
-from .helpers import apoll
+from tests.helpers import apoll
 
 
 # the decision, on plain data ------------------------------------------------------------------

@@ -29,8 +29,7 @@ from pgsessions.devcluster import LocalCluster
 from pgsessions.devcluster.cluster import DBNAME
 from pgsessions.router.probe import NEEDS_PG_MONITOR
 from pgsessions.sessions import Migration, load_migrations
-
-from .helpers import apoll
+from tests.helpers import apoll
 
 set_tracing_disabled(True)
 
@@ -215,7 +214,8 @@ def test_migrate_command_grants_exactly_what_sessions_need(
 
 
 async def test_router_without_pg_monitor_says_so(cluster: LocalCluster, schema: str) -> None:
-    """A role outside pg_monitor is refused at open (tests/test_router_privileges.py). If it
+    """A role outside pg_monitor is refused at open
+    (tests/integration/test_router_privileges.py). If it
     loses pg_monitor later, it cannot see the walreceiver status any more: replicas leave
     rotation and each says the role needs pg_monitor."""
     role = f"pgs_nomon_{uuid.uuid4().hex[:8]}"

@@ -24,8 +24,7 @@ from pgsessions.router.patroni import (
     replica_veto,
     veto,
 )
-
-from .helpers import apoll, running_patroni
+from tests.helpers import apoll, running_patroni
 
 HOSTS = ["10.0.0.1:5432", "10.0.0.2:5432", "10.0.0.3:5432"]
 

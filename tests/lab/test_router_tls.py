@@ -17,7 +17,7 @@ from pgsessions import NoPrimaryError, PostgresSession, RouterConfig, SessionRou
 from pgsessions.devcluster import LocalCluster
 from pgsessions.devcluster.tls import make_ca
 from pgsessions.router.lsn import parse_lsn
-from tests.test_router import wait_until
+from tests.integration.test_router import wait_until
 
 
 def config_for(hosts: list[str], schema: str) -> RouterConfig:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PKG = Path(__file__).resolve().parent.parent / "pgsessions"
+PKG = Path(__file__).resolve().parent.parent.parent / "pgsessions"
 LIBRARY = ("router", "sessions", "monitoring", "export", "analytics", "retention")
 TOOLS = ("devcluster", "drills", "demo", "cli")
 
