@@ -46,7 +46,7 @@ async def run(dsn: str, n: int) -> list[tuple[str, float, float]]:
     from pgsessions import PostgresSession, RouterConfig, SessionRouter, migrate
     from pgsessions.router.arrays import ADAPTERS
     from pgsessions.sessions.items import encode_items
-    from pgsessions.sessions.sql import statements
+    from pgsessions.sessions.sql.session import statements
 
     from .contenders import BenchEnv, FloorContender
 

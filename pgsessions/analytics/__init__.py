@@ -3,7 +3,7 @@ conversations and the busiest sessions (``pgsessions usage``, :func:`usage_repor
 
 from __future__ import annotations
 
-from .queries import REPORTS, report_sql
+from ..sessions.sql.reports import REPORTS, report_sql
 from .report import UsageReport, explain_report, usage_report
 from .timerange import parse_duration, parse_instant
 

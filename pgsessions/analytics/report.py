@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..router.settings import INT64_MAX, count
 from ..sessions.schema import migrate_hint
-from .queries import REPORTS, report_sql
+from ..sessions.sql.reports import REPORTS, report_sql
 
 if TYPE_CHECKING:
     from ..router.protocol import Router

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ..devcluster.archive import archive_settings, prepare_archive, start_archiving
-from ..devcluster.backups import Backup, BackupTool, make_tool, parse_backup_arg
+from ..devcluster.backup_tools import make_tool, parse_backup_arg
+from ..devcluster.backups import Backup, BackupTool
 from ..devcluster.cluster import STATE_FILE, LocalCluster
 from ..devcluster.errors import ClusterError
 from ..devcluster.local import DEFAULT_DIR, default_dir, ensure_local_cluster

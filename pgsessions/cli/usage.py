@@ -7,8 +7,8 @@ import json
 import sys
 from typing import Any
 
-from ..analytics.queries import REPORTS
 from ..router.settings import count, flag
+from ..sessions.sql.reports import REPORTS
 from .common import (
     add_hosts_arguments,
     add_schema_argument,

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from psycopg import sql
-
+from ..sessions.sql.tools import usage_totals_sql
 from .stats import DemoStats, percentile
 from .view import router_stats
 
@@ -17,11 +16,7 @@ USAGE_KEYS = ("runs", "requests", "input_tokens", "output_tokens", "total_tokens
 
 async def usage_from_db(router: Router, prefix: str) -> dict[str, int]:
     """Totals over this run's rows of ``usage_logs`` (read on the primary)."""
-    query = sql.SQL(
-        "SELECT count(*), coalesce(sum(requests), 0), coalesce(sum(input_tokens), 0), "
-        "coalesce(sum(output_tokens), 0), coalesce(sum(total_tokens), 0) "
-        "FROM {}.usage_logs WHERE session_id LIKE %s"
-    ).format(sql.Identifier(router.config.schema))
+    query = usage_totals_sql(router.config.schema)
     async with router.primary_connection() as conn:
         cur = await conn.execute(query, (prefix + "-%",))
         row = await cur.fetchone()

@@ -196,7 +196,7 @@ def _dir_bytes(root: Path) -> int:
 async def run_pitr(opts: PitrOptions) -> dict[str, Any]:
     """Run the drill on a local cluster of its own; returns the report (``passed``...)."""
     from ..devcluster import LocalCluster
-    from ..devcluster.backups import make_tool
+    from ..devcluster.backup_tools import make_tool
     from ..devcluster.restored import stop_node_dir, stop_restored
     from ..devcluster.target import Target
     from ..router.lsn import parse_lsn

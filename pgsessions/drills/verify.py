@@ -13,9 +13,9 @@ from collections import Counter, defaultdict
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from psycopg import sql
 
 from ..router.lsn import format_lsn, parse_lsn
+from ..sessions.sql.tools import drill_items_sql
 from .ledger import Ledger
 from .workload import tag_of_text
 
@@ -48,10 +48,7 @@ def find_writable(dsns: dict[str, str]) -> tuple[str, str]:
 
 def load_stored(dsn: str, schema: str, prefix: str) -> StoredItems:
     """(batch, item) of every stored item of the drill's sessions, in ``seq`` order."""
-    query = sql.SQL(
-        "SELECT session_id, coalesce(item->>'content', item->'content'->0->>'text') "
-        "FROM {}.messages WHERE session_id LIKE %s ORDER BY session_id, seq"
-    ).format(sql.Identifier(schema))
+    query = drill_items_sql(schema)
     out: StoredItems = defaultdict(list)
     with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
         for session_id, text in conn.execute(query, (prefix + "-%",)):

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from ..sessions.items import encode_metadata
-from ..sessions.schema import migrate_hint, quote_ident
+from ..sessions.schema import migrate_hint
+from ..sessions.sql.export import conversation_sql, list_sql
 from .records import header_line
 
 if TYPE_CHECKING:
@@ -23,64 +23,13 @@ if TYPE_CHECKING:
 PAGE = 500
 
 
-@lru_cache(maxsize=16)
-def conversation_sql(schema: str) -> str:
-    """One conversation as ordered (kind, n, line) rows: the conversation (with its tenant,
-    migration 0006, and current branch, 0010), items, usage, branches (tombstones too)."""
-    s = quote_ident(schema)
-    return (
-        "SELECT 0 AS k, 0::bigint AS n, json_build_object("
-        "'kind', 'conversation', 'session_id', c.session_id, 'tenant', c.tenant,"
-        " 'created_at', c.created_at,"
-        " 'updated_at', c.updated_at, 'metadata', c.metadata, 'next_seq', c.next_seq,"
-        " 'item_count', c.item_count, 'user_turns', c.user_turns,"
-        f" 'items', (SELECT count(*) FROM {s}.messages m WHERE m.session_id = c.session_id),"
-        f" 'usage_rows', (SELECT count(*) FROM {s}.usage_logs u"
-        " WHERE u.session_id = c.session_id), 'current_branch', c.current_branch,"
-        f" 'branches', (SELECT count(*) FROM {s}.branches b"
-        " WHERE b.session_id = c.session_id))::text"
-        f" FROM {s}.conversations c WHERE c.session_id = %(sid)s"
-        " UNION ALL"
-        " SELECT 1, m.seq, json_build_object("
-        "'kind', 'item', 'session_id', m.session_id, 'seq', m.seq, 'role', m.role,"
-        " 'type', m.type, 'branch', m.branch_id, 'created_at', m.created_at, 'item', m.item)::text"
-        f" FROM {s}.messages m WHERE m.session_id = %(sid)s"
-        " UNION ALL"
-        " SELECT 2, u.user_turn_number, json_build_object("
-        "'kind', 'usage', 'session_id', u.session_id, 'branch', u.branch_id,"
-        " 'user_turn_number', u.user_turn_number,"
-        " 'model', u.model, 'requests', u.requests, 'input_tokens', u.input_tokens,"
-        " 'output_tokens', u.output_tokens, 'total_tokens', u.total_tokens,"
-        " 'input_tokens_details', u.input_tokens_details,"
-        " 'output_tokens_details', u.output_tokens_details, 'created_at', u.created_at)::text"
-        f" FROM {s}.usage_logs u WHERE u.session_id = %(sid)s"
-        " UNION ALL"
-        " SELECT 3, 0, json_build_object("
-        "'kind', 'branch', 'session_id', b.session_id, 'branch_id', b.branch_id,"
-        " 'parent_id', b.parent_id, 'from_turn', b.from_turn, 'anc', b.anc, 'upto', b.upto,"
-        " 'created_at', b.created_at, 'deleted_at', b.deleted_at)::text"
-        f" FROM {s}.branches b WHERE b.session_id = %(sid)s"
-        # the line breaks ties: one seq in two branches (a row copied when popped)
-        " ORDER BY 1, 2, 3"
-    )
-
-
-def _list_sql(schema: str, with_metadata: bool) -> str:
-    s = quote_ident(schema)
-    where = " AND metadata @> %s::jsonb" if with_metadata else ""
-    return (
-        f"SELECT session_id FROM {s}.conversations WHERE session_id > %s{where}"
-        " ORDER BY session_id LIMIT %s"
-    )
-
-
 async def session_ids(
     router: Router, *, metadata: Mapping[str, Any] | None = None, page: int = PAGE
 ) -> AsyncIterator[str]:
     """Every session id (or those whose metadata contains ``metadata``), cluster by cluster,
     in id order, in keyset pages of ``page``."""
     meta = encode_metadata(metadata)
-    query = _list_sql(router.config.schema, meta is not None)
+    query = list_sql(router.config.schema, meta is not None)
     for cluster in router.clusters():
         after = ""
         while True:

@@ -12,14 +12,14 @@ import hashlib
 import json
 from collections.abc import AsyncIterable, Callable, Iterable
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
 
 from ..sessions.items import utf8_safe
 from ..sessions.limits import MAX_ITEM_BYTES, check_text
-from ..sessions.schema import migrate_hint, quote_ident
+from ..sessions.schema import migrate_hint
+from ..sessions.sql.export import ImportStatements, import_sql
 from .records import ConversationRecord
 
 if TYPE_CHECKING:
@@ -57,76 +57,6 @@ class ImportSummary:
             "items_written": self.items,
             "usage_rows_written": self.usage_rows,
         }
-
-
-@dataclass(frozen=True)
-class _Sql:
-    lock: str
-    insert_conversation: str
-    delete_conversation: str
-    insert_items: str
-    insert_usage: str
-    insert_branch: str
-    delete_branches: str
-
-
-@lru_cache(maxsize=16)
-def _sql(schema: str) -> _Sql:
-    s = quote_ident(schema)
-    return _Sql(
-        # (metadata and branches equal, items digest, usage equal) of the existing
-        # conversation, locked; items of branch main as seq:item, others as branch/seq:item
-        lock=(
-            "SELECT c.metadata = %(meta)s::jsonb AND c.current_branch = %(current)s"
-            " AND (SELECT coalesce(json_agg(json_build_array(b.branch_id, b.parent_id,"
-            " b.from_turn, b.anc, b.upto, b.deleted_at IS NULL)"
-            " ORDER BY b.branch_id COLLATE \"C\"), '[]') FROM"
-            f" {s}.branches b WHERE b.session_id = c.session_id)::jsonb = %(branches)s::jsonb,"
-            " (SELECT coalesce(md5(string_agg(CASE WHEN m.branch_id = 'main' THEN ''"
-            " ELSE m.branch_id || '/' END || m.seq::text || ':' || m.item::text, E'\\n'"
-            " ORDER BY m.branch_id <> 'main', m.branch_id COLLATE \"C\", m.seq)), '')"
-            f" FROM {s}.messages m WHERE m.session_id = c.session_id),"
-            " (SELECT coalesce(json_agg(json_build_array(u.user_turn_number, u.model,"
-            " u.requests, u.input_tokens, u.output_tokens, u.total_tokens,"
-            " u.input_tokens_details, u.output_tokens_details, u.branch_id)"
-            " ORDER BY u.branch_id COLLATE \"C\", u.user_turn_number), '[]')"
-            f" FROM {s}.usage_logs u"
-            " WHERE u.session_id = c.session_id)::jsonb = %(usage)s::jsonb"
-            f" FROM {s}.conversations c WHERE c.session_id = %(sid)s FOR UPDATE OF c"
-        ),
-        insert_conversation=(
-            f"INSERT INTO {s}.conversations (session_id, created_at, updated_at, metadata,"
-            " next_seq, item_count, user_turns, current_branch)"
-            " VALUES (%s, coalesce(%s::timestamptz, now()), coalesce(%s::timestamptz, now()),"
-            " %s::jsonb, %s, %s, %s, %s) ON CONFLICT (session_id) DO NOTHING RETURNING 1"
-        ),
-        delete_conversation=f"DELETE FROM {s}.conversations WHERE session_id = %s",
-        insert_items=(
-            f"INSERT INTO {s}.messages (session_id, seq, item, role, type, created_at, branch_id)"
-            " SELECT %s, t.seq, t.item::json, t.role, t.type, coalesce(t.created_at, now()),"
-            " t.branch FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[],"
-            " %s::text[]::timestamptz[], %s::text[]) AS t(seq, item, role, type, created_at,"
-            " branch)"
-        ),
-        insert_usage=(
-            f"INSERT INTO {s}.usage_logs (session_id, user_turn_number, model, requests,"
-            " input_tokens, output_tokens, total_tokens, input_tokens_details,"
-            " output_tokens_details, created_at, branch_id)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb,"
-            " coalesce(%s::timestamptz, now()), %s)"
-        ),
-        # a tombstone left by an earlier clear or delete of the same id gives way to the record
-        insert_branch=(
-            f"INSERT INTO {s}.branches AS b (session_id, branch_id, parent_id, from_turn, anc,"
-            " upto, created_at, deleted_at)"
-            " VALUES (%s, %s, %s, %s, %s::text[], %s::bigint[], coalesce(%s::timestamptz, now()),"
-            " %s::timestamptz) ON CONFLICT (session_id, branch_id) DO UPDATE SET"
-            " parent_id = excluded.parent_id, from_turn = excluded.from_turn,"
-            " anc = excluded.anc, upto = excluded.upto, created_at = excluded.created_at,"
-            " deleted_at = excluded.deleted_at"
-        ),
-        delete_branches=f"DELETE FROM {s}.branches WHERE session_id = %s",
-    )
 
 
 def items_digest(rec: ConversationRecord) -> str:
@@ -191,7 +121,9 @@ def check_limits(rec: ConversationRecord) -> None:
                 check_text(f"usage turn {u.user_turn_number} {name}", text)
 
 
-async def _write(conn: psycopg.AsyncConnection[Any], sql: _Sql, rec: ConversationRecord) -> bool:
+async def _write(
+    conn: psycopg.AsyncConnection[Any], sql: ImportStatements, rec: ConversationRecord
+) -> bool:
     """Insert the conversation and everything in it; False when it already exists."""
     cur = await conn.execute(
         sql.insert_conversation,
@@ -257,7 +189,10 @@ async def _write(conn: psycopg.AsyncConnection[Any], sql: _Sql, rec: Conversatio
 
 
 async def _import_one(
-    conn: psycopg.AsyncConnection[Any], sql: _Sql, rec: ConversationRecord, replace: bool
+    conn: psycopg.AsyncConnection[Any],
+    sql: ImportStatements,
+    rec: ConversationRecord,
+    replace: bool,
 ) -> Outcome:
     async with conn.transaction():
         if rec.tenant:
@@ -304,7 +239,7 @@ async def import_records(
     as the schema owner (plain INSERT/DELETE), not as the application role.
     """
     summary = ImportSummary()
-    sql = _sql(router.config.schema)
+    sql = import_sql(router.config.schema)
 
     async def each() -> Any:
         if isinstance(records, AsyncIterable):

@@ -28,8 +28,8 @@ import psycopg
 from psycopg import errors
 
 from ..router.settings import INT32_MAX, count
-from ..sessions.activity import updated_before
-from ..sessions.schema import migrate_hint, quote_ident
+from ..sessions.schema import migrate_hint
+from ..sessions.sql.retention import prune_sql
 
 if TYPE_CHECKING:
     from ..router.protocol import Router
@@ -52,52 +52,6 @@ class PruneSummary:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _sql(schema: str) -> dict[str, str]:
-    s = quote_ident(schema)
-    expired = updated_before("c", "cutoff")
-    return {
-        "candidates": (
-            f"SELECT c.session_id FROM {s}.conversations c WHERE {expired}"
-            " AND c.session_id > %(after)s ORDER BY c.session_id LIMIT %(batch)s"
-        ),
-        "items": (
-            f"DELETE FROM {s}.messages WHERE session_id = %(sid)s AND seq IN ("
-            f"SELECT seq FROM {s}.messages WHERE session_id = %(sid)s"
-            " AND created_at < %(cutoff)s ORDER BY seq LIMIT %(batch)s FOR UPDATE SKIP LOCKED)"
-        ),
-        "lock_expired": (
-            f"SELECT 1 FROM {s}.conversations c WHERE c.session_id = %(sid)s AND {expired}"
-            " FOR UPDATE SKIP LOCKED"
-        ),
-        # explicit deletes before the row's (not the cascade): their counts exclude rows
-        # another pruner deleted meanwhile (they wait for it, then skip those rows)
-        "rest_items": f"DELETE FROM {s}.messages WHERE session_id = %(sid)s",
-        "all_usage": f"DELETE FROM {s}.usage_logs WHERE session_id = %(sid)s",
-        "delete": f"DELETE FROM {s}.conversations WHERE session_id = %(sid)s",
-        "lock_live": (f"SELECT 1 FROM {s}.conversations WHERE session_id = %(sid)s FOR UPDATE"),
-        "old_usage": (
-            f"DELETE FROM {s}.usage_logs WHERE session_id = %(sid)s AND created_at < %(cutoff)s"
-        ),
-        "recount": (
-            f"UPDATE {s}.conversations c SET"
-            f" item_count = (SELECT count(*) FROM {s}.messages m"
-            " WHERE m.session_id = c.session_id),"
-            f" user_turns = (SELECT count(*) FROM {s}.messages m"
-            " WHERE m.session_id = c.session_id AND m.role = 'user')"
-            " WHERE c.session_id = %(sid)s"
-        ),
-        "ops": f"SELECT {s}.prune_ops(%s::interval, %s)",
-        # a conversation deleted for good frees its branch ids (a live one keeps them)
-        "tombstones": (
-            f"DELETE FROM {s}.branches b USING (SELECT d.session_id, d.branch_id"
-            f" FROM {s}.branches d WHERE d.deleted_at < %(cutoff)s AND NOT EXISTS ("
-            f"SELECT 1 FROM {s}.conversations c WHERE c.session_id = d.session_id)"
-            " LIMIT %(batch)s FOR UPDATE SKIP LOCKED) old"
-            " WHERE b.session_id = old.session_id AND b.branch_id = old.branch_id"
-        ),
-    }
 
 
 async def prune(
@@ -143,7 +97,7 @@ async def _prune_cluster(
 ) -> None:
     """:func:`prune` on one cluster, adding to ``summary``."""
     with migrate_hint(router.config.schema):
-        sql = _sql(router.config.schema)
+        sql = prune_sql(router.config.schema)
         async with router.primary_connection() as conn:
             await conn.execute(f"SET lock_timeout = {int(lock_timeout * 1000)}")
             cur = await conn.execute("SELECT now() - %s::interval", (older_than,))

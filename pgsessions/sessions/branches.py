@@ -21,7 +21,7 @@ from .items import decode
 from .opids import new_op_id
 
 if TYPE_CHECKING:
-    from .sql import Statements
+    from .sql.session import Statements
 
 #: the DETAIL of the errors migration 0010 raises for the SDK's ValueErrors
 _BRANCH_ERROR = "pgsessions:branch"

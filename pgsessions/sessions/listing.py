@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 from ..router.settings import INT64_MAX, count
 from .ids import check_tenant
 from .items import decode, encode_metadata
-from .schema import migrate_hint, quote_ident
-from .sql import statements
+from .schema import migrate_hint
+from .sql.listing import list_sessions_sql
+from .sql.session import statements
 from .tenants import tenant_errors
 
 if TYPE_CHECKING:
@@ -48,10 +49,6 @@ class SessionPage:
 
     def __len__(self) -> int:
         return len(self.sessions)
-
-
-#: migration 0007's active_at of a timestamp parameter
-_ACTIVE_AT = "date_bin('1 minute', %s::timestamptz, timestamptz '2000-01-01 00:00:00+00')"
 
 
 def _encode_cursor(info: SessionInfo) -> str:
@@ -100,27 +97,14 @@ async def list_sessions(
     count(1, INT64_MAX - 1).check("limit", limit)  # limit + 1 rows are asked for
     if tenant is not None:
         check_tenant(tenant)
-    s = quote_ident(router.config.schema)
-    # named even where row-level security filters too: the index leads with the tenant
-    where: list[str] = ["tenant = %s"]
     params: list[Any] = [tenant or ""]
     if after is not None:
         when, last_id = _decode_cursor(after)
-        # active_at (indexed) is updated_at to the minute: the first condition lets the
-        # index skip what the second leaves out anyway (migration 0007)
-        where.append(f"active_at <= {_ACTIVE_AT}")
-        where.append("(updated_at, session_id) < (%s, %s)")
         params += [when, when, last_id]
     if metadata is not None:
-        where.append("metadata @> %s::jsonb")
         params.append(encode_metadata(metadata))
-    query = (
-        f"SELECT session_id, created_at, updated_at, item_count, metadata::text"
-        f" FROM {s}.conversations"
-        + " WHERE "
-        + " AND ".join(where)
-        # the order of updated_at, read off the index on active_at minute by minute
-        + " ORDER BY active_at DESC, updated_at DESC, session_id DESC LIMIT %s"
+    query = list_sessions_sql(
+        router.config.schema, after=after is not None, metadata=metadata is not None
     )
     params.append(limit + 1)
     setup = None if tenant is None else (statements(router.config.schema).set_tenant, (tenant,))

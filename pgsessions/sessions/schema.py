@@ -16,7 +16,9 @@ from psycopg import AsyncConnection, errors, sql
 
 from ..errors import TenantError
 from ..router.lsn import parse_lsn
-from .tenants import TENANT_TABLES, existing_tables, isolation_state, isolation_statements
+from .sql.migrations import app_grants, migration_sql, migration_sql_quoted
+from .sql.names import quote_ident
+from .tenants import existing_tables, isolation_state, isolation_statements
 
 if TYPE_CHECKING:
     from ..router.protocol import Router
@@ -36,11 +38,6 @@ class Migration:
     def render(self, schema: str) -> str:
         """The SQL with ``{schema}`` replaced by the quoted identifier."""
         return self.sql.replace("{schema}", quote_ident(schema))
-
-
-def quote_ident(name: str) -> str:
-    """``name`` as a quoted SQL identifier."""
-    return sql.Identifier(name).as_string(None)
 
 
 def load_migrations(directory: str | Path | Traversable | None = None) -> list[Migration]:
@@ -76,29 +73,6 @@ def migrate_hint(schema: str) -> Iterator[None]:
             "run `pgsessions migrate` (or `await pgsessions.migrate(router)`)"
         )
         raise
-
-
-# What an application role needs, and nothing more: writes are SECURITY DEFINER functions
-# (migration 0005), reads are plain SELECTs on these tables (also on replicas: grants
-# replicate). No INSERT, UPDATE, DELETE, TRUNCATE or DDL.
-APP_GRANTS = (
-    "GRANT USAGE ON SCHEMA {schema} TO {role}",
-    "GRANT EXECUTE ON ALL ROUTINES IN SCHEMA {schema} TO {role}",
-    "GRANT SELECT ON {tables} TO {role}",
-    # so that servers starting as this role may call migrate(): a no-op once up to date
-    "GRANT SELECT ON {schema}.schema_migrations TO {role}",
-)
-
-
-def app_grants(schema: str, role: str, tables: Sequence[str] = TENANT_TABLES) -> list[sql.Composed]:
-    """The GRANT statements that let ``role`` run sessions on ``schema`` (``tables``: the
-    session tables it reads, those that exist)."""
-    names = {
-        "schema": sql.Identifier(schema),
-        "role": sql.Identifier(role),
-        "tables": sql.SQL(", ").join(sql.Identifier(schema, t) for t in tables),
-    }
-    return [sql.SQL(text).format(**names) for text in APP_GRANTS]
 
 
 async def _forced_tables(conn: AsyncConnection[Any], schema: str) -> list[str]:
@@ -169,21 +143,8 @@ async def _migrate_cluster(
     """:func:`migrate` on one cluster."""
     schema = router.config.schema
     qs = quote_ident(schema)
-    lock = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
-    bootstrap = (
-        # Waiting on an advisory lock takes in no catalog changes: a schema another server
-        # created meanwhile could still be missing from this backend's caches (a name looked
-        # up earlier, e.g. by _readable_versions, is cached as absent), and CREATE SCHEMA IF
-        # NOT EXISTS would then fail with a unique violation. Locking a relation does.
-        "LOCK TABLE pg_catalog.pg_namespace IN ACCESS SHARE MODE;"
-        f" CREATE SCHEMA IF NOT EXISTS {qs};"
-        f" CREATE TABLE IF NOT EXISTS {qs}.schema_migrations ("
-        " version text PRIMARY KEY,"
-        " name text NOT NULL,"
-        " applied_at timestamptz NOT NULL DEFAULT now())"
-    )
-    applied_q = f"SELECT version FROM {qs}.schema_migrations"
-    record_q = f"INSERT INTO {qs}.schema_migrations (version, name) VALUES (%s, %s)"
+    q = migration_sql(schema)
+    lock, bootstrap, applied_q, record_q = q.lock, q.bootstrap, q.applied, q.record
     applied: list[str] = []
     async with router.primary_connection() as conn:
         done = await _readable_versions(conn, qs)
@@ -244,14 +205,14 @@ async def _migrate_cluster(
 
 async def _readable_versions(conn: AsyncConnection[Any], qs: str) -> set[str] | None:
     """The applied versions, or None when ``schema_migrations`` is missing or not readable."""
-    table = f"{qs}.schema_migrations"
+    q = migration_sql_quoted(qs)
     cur = await conn.execute(
-        "SELECT coalesce(has_table_privilege(to_regclass(%s), 'SELECT'), false)", (table,)
+        "SELECT coalesce(has_table_privilege(to_regclass(%s), 'SELECT'), false)", (q.table,)
     )
     row = await cur.fetchone()
     if not row or not row[0]:
         return None
-    cur = await conn.execute(f"SELECT version FROM {table}")
+    cur = await conn.execute(q.applied)
     return {r[0] for r in await cur.fetchall()}
 
 
@@ -280,11 +241,11 @@ async def _wait_until_reads_see(router: Router, lsn: int) -> None:
 
 async def applied_migrations(router: Router) -> list[str]:
     """Versions recorded in ``schema_migrations`` (empty when the schema does not exist)."""
-    qs = quote_ident(router.config.schema)
+    q = migration_sql(router.config.schema)
     async with router.primary_connection() as conn:
-        cur = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{qs}.schema_migrations",))
+        cur = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (q.table,))
         row = await cur.fetchone()
         if not row or not row[0]:
             return []
-        cur = await conn.execute(f"SELECT version FROM {qs}.schema_migrations ORDER BY version")
+        cur = await conn.execute(q.applied_in_order)
         return [r[0] for r in await cur.fetchall()]

@@ -22,7 +22,7 @@ from .ids import check_session_id, check_tenant
 from .items import decode, encode_items, encode_metadata
 from .opids import new_op_id
 from .schema import migrate_hint
-from .sql import statements
+from .sql.session import statements
 from .tenants import tenant_errors
 
 if TYPE_CHECKING:

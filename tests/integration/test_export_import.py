@@ -25,7 +25,7 @@ from pgsessions.export.records import (
 from pgsessions.export.sdk_sources import SourceStats, sqlalchemy_records, sqlite_records
 from pgsessions.sessions.limits import MAX_DEPTH
 from pgsessions.sessions.schema import quote_ident
-from pgsessions.sessions.sql import statements
+from pgsessions.sessions.sql.session import statements
 
 ODD_ITEMS: list[Any] = [
     {"role": "user", "content": "nul \x00 inside, é, 🎉, \u2028 line sep"},

@@ -17,7 +17,7 @@ from pgsessions import PostgresSession, SessionRouter, list_sessions, migrate
 from pgsessions.sessions.ids import MAX_SESSION_ID_BYTES, check_session_id, check_tenant
 from pgsessions.sessions.items import encode_item, encode_items, encode_metadata
 from pgsessions.sessions.limits import MAX_DEPTH, MAX_ITEM_BYTES, text_depth, value_depth
-from pgsessions.sessions.sql import statements
+from pgsessions.sessions.sql.session import statements
 from pgsessions.sessions.usage import usage_params
 from tests.helpers import run_result
 

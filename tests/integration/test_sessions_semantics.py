@@ -16,7 +16,7 @@ from pgsessions.errors import RouterClosedError
 from pgsessions.router.lsn import parse_lsn
 from pgsessions.sessions.opids import new_op_id
 from pgsessions.sessions.schema import quote_ident
-from pgsessions.sessions.sql import statements
+from pgsessions.sessions.sql.session import statements
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from pgsessions import PostgresSession, SessionRouter, migrate
 from pgsessions.analytics import explain_report, parse_duration, parse_instant, usage_report
 from pgsessions.devcluster import LocalCluster
 from pgsessions.sessions.schema import quote_ident
-from pgsessions.sessions.sql import statements
+from pgsessions.sessions.sql.session import statements
 from tests.helpers import apoll
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)

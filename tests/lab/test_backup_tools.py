@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from pgsessions.devcluster import Node
-from pgsessions.devcluster.backups import TOOLS, parse_backup_arg
+from pgsessions.devcluster.backup_tools import parse_backup_arg
+from pgsessions.devcluster.backups import TOOLS
 from pgsessions.devcluster.barman import render_conf as barman_conf
 from pgsessions.devcluster.errors import ClusterError
 from pgsessions.devcluster.pgbackrest import render_conf as pgbackrest_conf

@@ -1,4 +1,4 @@
-"""The statements sessions/ sends, rendered once per schema name."""
+"""The statements a PostgresSession sends, rendered once per schema name."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import LiteralString
 
-from .schema import quote_ident
+from .names import quote_ident
 
 
 @dataclass(frozen=True)

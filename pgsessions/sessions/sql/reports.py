@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from ..sessions.activity import updated_before, updated_since
-from ..sessions.schema import quote_ident
+from ..activity import updated_before, updated_since
+from .names import quote_ident
 
 _RANGE = "created_at >= %(since)s AND created_at < %(until)s"
 _SUMS = (
