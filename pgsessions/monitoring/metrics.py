@@ -1,4 +1,5 @@
-"""Metric names (a contract, see DESIGN.md "Metrics") and the per-router observer that counts.
+"""Metric names (a contract: dashboards and alert rules use them; docs/monitoring.md lists
+them) and the per-router observer that counts.
 
 :class:`RouterMetrics` implements the router's ``RouterObserver``: each hook updates one
 prometheus-client child in well under a microsecond's worth of work and never raises. The
