@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 from psycopg import errors
 
 from . import structure
+from .ids import new_op_id
 from .items import decode
-from .opids import new_op_id
 
 if TYPE_CHECKING:
     from .sql.session import Statements

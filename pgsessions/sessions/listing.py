@@ -15,8 +15,7 @@ from ..router.settings import INT64_MAX, count
 from .ids import check_tenant
 from .items import decode, encode_metadata
 from .schema import migrate_hint
-from .sql.listing import list_sessions_sql
-from .sql.session import statements
+from .sql.session import list_sessions_sql, statements
 from .tenants import tenant_errors
 
 if TYPE_CHECKING:

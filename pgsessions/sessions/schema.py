@@ -16,8 +16,8 @@ from psycopg import AsyncConnection, errors, sql
 
 from ..errors import TenantError
 from ..router.lsn import parse_lsn
+from .sql.fragments import quote_ident
 from .sql.migrations import app_grants, migration_sql, migration_sql_quoted
-from .sql.names import quote_ident
 from .tenants import existing_tables, isolation_state, isolation_statements
 
 if TYPE_CHECKING:

@@ -18,9 +18,8 @@ from ..router.config import SETTINGS
 from ..router.protocol import RouteKey
 from . import usage as _usage
 from .branches import BranchMethods
-from .ids import check_session_id, check_tenant
+from .ids import check_session_id, check_tenant, new_op_id
 from .items import decode, encode_items, encode_metadata
-from .opids import new_op_id
 from .schema import migrate_hint
 from .sql.session import statements
 from .tenants import tenant_errors

@@ -14,7 +14,7 @@ from agents.memory import Session, SessionSettings
 from pgsessions import PostgresSession, SessionRouter, migrate
 from pgsessions.errors import RouterClosedError
 from pgsessions.router.lsn import parse_lsn
-from pgsessions.sessions.opids import new_op_id
+from pgsessions.sessions.ids import new_op_id
 from pgsessions.sessions.schema import quote_ident
 from pgsessions.sessions.sql.session import statements
 

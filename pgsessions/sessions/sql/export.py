@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .names import quote_ident
+from .fragments import quote_ident
 
 
 @lru_cache(maxsize=16)

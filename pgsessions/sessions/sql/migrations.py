@@ -10,7 +10,7 @@ from functools import lru_cache
 from psycopg import sql
 
 from ..tenants import TENANT_TABLES
-from .names import quote_ident
+from .fragments import quote_ident
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from ..activity import updated_before, updated_since
-from .names import quote_ident
+from .fragments import quote_ident, updated_before, updated_since
 
 _RANGE = "created_at >= %(since)s AND created_at < %(until)s"
 _SUMS = (

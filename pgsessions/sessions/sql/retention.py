@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from ..activity import updated_before
-from .names import quote_ident
+from .fragments import quote_ident, updated_before
 
 
 @lru_cache(maxsize=16)

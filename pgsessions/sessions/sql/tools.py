@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from .names import quote_ident
+from .fragments import quote_ident
 
 
 @lru_cache(maxsize=16)

@@ -1,13 +1,14 @@
-"""Conversations by last activity: an index-backed predicate on ``updated_at``.
-
-Migration 0007 indexes the per-minute ``active_at`` column (a stored ``date_bin('1 minute',
-updated_at, ...)``) instead of ``updated_at``, so that appends update the row HOT. A
-predicate on ``updated_at`` gets a redundant, indexable one on ``active_at``:
-``updated_at < t`` implies ``active_at < t``, and ``updated_at >= t`` implies
-``active_at >= t - 1 minute``.
-"""
+"""Pieces of statements: the schema's name quoted, and the conditions on a conversation's
+activity (updated_at, read off the index on its per-minute bucket active_at)."""
 
 from __future__ import annotations
+
+from psycopg import sql
+
+
+def quote_ident(name: str) -> str:
+    """``name`` as a quoted SQL identifier."""
+    return sql.Identifier(name).as_string(None)
 
 
 def updated_before(alias: str, param: str) -> str:
