@@ -269,6 +269,7 @@ async def test_a_sessions_writes_in_one_batch_keep_their_order(
     assert [i["content"] for i in await s.get_items()] == ["m0", "m1", "m2", "m3"]
 
 
+@pytest.mark.owner_sql  # creates a table of its own
 async def test_writes_of_different_tenants_never_share_a_transaction(
     router: SessionRouter, cluster: LocalCluster, schema: str
 ) -> None:
@@ -309,6 +310,7 @@ async def test_writes_of_different_tenants_never_share_a_transaction(
     assert sorted(n for n, outcome in events.sizes if outcome == "committed") == [4, 4, 4]
 
 
+@pytest.mark.owner_sql  # creates a table of its own
 async def test_a_caller_cancelled_while_queued_is_never_applied(
     router: SessionRouter, cluster: LocalCluster, schema: str
 ) -> None:
@@ -329,6 +331,7 @@ async def test_a_caller_cancelled_while_queued_is_never_applied(
     router.remove_observer(events)
 
 
+@pytest.mark.owner_sql  # creates a table of its own
 async def test_metrics_count_batches_waits_and_outcomes(
     router: SessionRouter, cluster: LocalCluster, schema: str
 ) -> None:
@@ -355,6 +358,7 @@ async def test_metrics_count_batches_waits_and_outcomes(
     assert alone == 1
 
 
+@pytest.mark.owner_sql  # creates a table of its own
 async def test_a_lone_write_runs_at_once(router: SessionRouter, schema: str) -> None:
     store = Store(schema)
     await store.create(router)
@@ -367,6 +371,7 @@ async def test_a_lone_write_runs_at_once(router: SessionRouter, schema: str) -> 
     assert events.sizes == [] and events.waits == []
 
 
+@pytest.mark.owner_sql  # creates a table of its own
 async def test_coalescing_off_sends_every_write_alone(
     router_config: RouterConfig, cluster: LocalCluster, schema: str
 ) -> None:
