@@ -5,6 +5,6 @@ wal (WAL bytes per add), servercpu (a server's CPU time from /proc), run (one ru
 report (machine, ratios, tables), cli (options and main).
 """
 
-WORKLOADS = ("wal", "turn", "history", "read-heavy", "runner", "threads", "agent")
+WORKLOADS = ("wal", "turn", "adds", "history", "read-heavy", "runner", "threads", "agent")
 #: the contenders of the agent workload (issue 16)
 AGENT_CONTENDERS = ("pgsessions-routed", "pgsessions-primary", "sqlalchemy")

@@ -22,6 +22,7 @@ import psycopg
 from . import AGENT_CONTENDERS, WORKLOADS
 from .contenders import BenchEnv, Contender
 from .payloads import Payloads, assistant_marker, check_seeded_tail, item_text, user_marker
+from .report import FLOOR, HEADLINE
 
 __all__ = ["WORKLOADS", "Bench", "BenchConfig"]
 
@@ -71,8 +72,10 @@ class RoundResult:
     p50: float
     p99: float
     errors: int
-    #: CPU seconds the primary's own processes spent over the round (agent workload)
+    #: CPU seconds the primary's own processes spent over the round (agent, adds)
     server_cpu: float | None = None
+    #: WAL bytes the primary wrote over the round (adds workload)
+    server_wal: int | None = None
 
     @property
     def tput(self) -> float:
@@ -81,6 +84,12 @@ class RoundResult:
     @property
     def cpu_per_op(self) -> float:
         return self.cpu / self.ops if self.ops else 0.0
+
+    @property
+    def wal_per_op(self) -> float | None:
+        if self.server_wal is None or not self.ops:
+            return None
+        return self.server_wal / self.ops
 
     @property
     def server_cpu_per_1000(self) -> float | None:
@@ -117,6 +126,7 @@ class Cell:
 
     def as_dict(self) -> dict[str, Any]:
         server = [r.server_cpu_per_1000 for r in self.rounds]
+        wal = [r.wal_per_op for r in self.rounds]
         return {
             "contender": self.contender,
             "ops_per_s": round(self.median("tput"), 1),
@@ -134,6 +144,11 @@ class Cell:
                 if (known := [x for x in server if x is not None]) and len(known) == len(server)
                 else None
             ),
+            "wal_bytes_per_op": (
+                round(float(statistics.median(w)), 1)
+                if (w := [x for x in wal if x is not None]) and len(w) == len(wal)
+                else None
+            ),
             "rounds": [
                 {
                     "ops": r.ops,
@@ -145,6 +160,7 @@ class Cell:
                     "primary_cpu_s_per_1000": (
                         None if r.server_cpu_per_1000 is None else round(r.server_cpu_per_1000, 3)
                     ),
+                    "wal_bytes_per_op": (None if r.wal_per_op is None else round(r.wal_per_op, 1)),
                     "errors": r.errors,
                 }
                 for r in self.rounds
@@ -194,12 +210,13 @@ async def drive(
     *,
     pause: Callable[[], float] | None = None,
     server_cpu: Callable[[], float] | None = None,
+    server_wal: Callable[[], Awaitable[int]] | None = None,
 ) -> RoundResult:
     """Run ``op(state)`` in a loop, one task per state, for ``duration`` seconds.
 
     ``pause``: seconds each state waits after each operation (and once before its first,
     to spread the states out); not part of the latency. ``server_cpu``: a reading of the
-    server's CPU seconds, taken before and after.
+    server's CPU seconds, taken before and after; ``server_wal`` likewise its WAL position.
     """
     latencies: list[float] = []
     errors = 0
@@ -229,11 +246,13 @@ async def drive(
                 rec.violation(problem)
             await rest()
 
+    wal0 = await server_wal() if server_wal is not None else None
     server0 = server_cpu() if server_cpu is not None else None
     start, cpu0 = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker(s) for s in states))
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu0
     server = server_cpu() - server0 if server_cpu is not None and server0 is not None else None
+    wal = await server_wal() - wal0 if server_wal is not None and wal0 is not None else None
     latencies.sort()
     return RoundResult(
         ops=len(latencies),
@@ -243,6 +262,7 @@ async def drive(
         p99=percentile(latencies, 0.99),
         errors=errors,
         server_cpu=server,
+        server_wal=wal,
     )
 
 
@@ -349,6 +369,34 @@ class Bench:
             return await drive(states, op, duration, rec)
 
         return await self.interleave(f"turn x{sessions}", list(by_name), run_cell)
+
+    async def adds(self, sessions: int, server_cpu: Callable[[], float] | None) -> dict[str, Cell]:
+        """add_items(user + assistant) alone, ``sessions`` at once: what an append costs
+        the primary (CPU of its processes, WAL bytes) when many conversations write at the
+        same moment, for the routed contenders and the raw floor."""
+        by_name = {n: c for n, c in self._by_name().items() if n.startswith(HEADLINE) or n == FLOOR}
+        pl = self.payloads
+        primary = await psycopg.AsyncConnection.connect(self.env.primary_dsn, autocommit=True)
+
+        async def wal_lsn() -> int:
+            cur = await primary.execute("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn")
+            row = await cur.fetchone()
+            assert row is not None
+            return int(row[0])
+
+        async def op(st: SessionState) -> str | None:
+            await st.session.add_items(pl.turn(st.sid, st.turns))
+            st.turns += 1
+            return None
+
+        async def run_cell(name: str, duration: float, rec: Recorder | None) -> RoundResult:
+            states = self.sessions_for(by_name[name], "adds", sessions)
+            return await drive(states, op, duration, rec, server_cpu=server_cpu, server_wal=wal_lsn)
+
+        try:
+            return await self.interleave(f"adds x{sessions}", list(by_name), run_cell)
+        finally:
+            await primary.close()
 
     async def read_heavy(self, sessions: int) -> dict[str, Cell]:
         """Per session: one turn written, then ``reads_per_write`` reads of get_items(limit)."""

@@ -25,7 +25,10 @@ UNITS = {
     "runner": "runs/s",
     "threads": "turns/s",
     "agent": "turns/s",
+    "adds": "adds/s",
 }
+#: the routed contender with coalescing off (`--variant coalesce_writes=false`), if run
+NO_COALESCING = "pgsessions-routed[coalesce_writes=false]"
 
 
 def _cpu_model() -> str:
@@ -186,9 +189,27 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             1.25,
             pair=(r, f, "client_cpu_us_per_op"),
         )
-        add(f"{turn} turns/s / raw floor", ">=", 0.95, pair=(r, f, "ops_per_s"))
+        add(f"{turn} turns/s / raw floor", ">=", 1.2, pair=(r, f, "ops_per_s"))
         add(f"{turn} turns/s / SQLAlchemySession", ">=", 2.5, pair=(r, s, "ops_per_s"))
         add(f"{turn} p99 / raw floor p99", "<=", 1.5, pair=(r, f, "p99_ms"))
+    adds = results.get("workloads", {}).get("adds", [])
+    if adds:
+        n = adds[0]["param"]
+        r, f = cell(results, "adds", n, HEADLINE), cell(results, "adds", n, FLOOR)
+        name = f"adds x{n}: routed"
+        cpu = (r, f, "primary_cpu_s_per_1000")
+        add(f"{name} primary CPU per add_items / raw floor", "<=", 0.7, pair=cpu)
+        add(
+            f"{name} WAL bytes per add_items / raw floor",
+            "<=",
+            1.0,
+            pair=(r, f, "wal_bytes_per_op"),
+        )
+    alone = cell(results, "turn", 1, HEADLINE)
+    off = cell(results, "turn", 1, NO_COALESCING)
+    if alone is not None and off is not None:
+        name = "turn x1: routed p50 / routed with coalescing off"
+        add(name, "<=", 1.05, pair=(alone, off, "p50_ms"))
     threads = results.get("workloads", {}).get("threads", [])
     if threads:
         n = threads[0]["param"]
@@ -232,7 +253,9 @@ def _fmt_ratio(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}x"
 
 
-def _rows(block: dict[str, Any], statuses: dict[str, str], agent: bool = False) -> list[list[str]]:
+def _rows(
+    block: dict[str, Any], statuses: dict[str, str], agent: bool = False, adds: bool = False
+) -> list[list[str]]:
     rows = []
     for c in block["cells"]:
         status = "ok" if c["ok"] else "FAILED"
@@ -248,6 +271,7 @@ def _rows(block: dict[str, Any], statuses: dict[str, str], agent: bool = False) 
                 _fmt_ratio(c.get("p99_vs_routed")),
                 f"{c.get('client_cpu_us_per_op', 0):,.0f}",
                 *(_agent_columns(c) if agent else []),
+                *(_adds_columns(c) if adds else []),
                 status,
             ]
         )
@@ -257,6 +281,11 @@ def _rows(block: dict[str, Any], statuses: dict[str, str], agent: bool = False) 
 def _agent_columns(c: dict[str, Any]) -> list[str]:
     cpu = c.get("primary_cpu_s_per_1000")
     return [f"{c.get('replica_read_share', 0):.0%}", "-" if cpu is None else f"{cpu:.2f}"]
+
+
+def _adds_columns(c: dict[str, Any]) -> list[str]:
+    cpu, wal = c.get("primary_cpu_s_per_1000"), c.get("wal_bytes_per_op")
+    return ["-" if cpu is None else f"{cpu:.2f}", "-" if wal is None else f"{wal:,.0f}"]
 
 
 def _routing_lines(block: dict[str, Any]) -> list[str]:
@@ -276,7 +305,7 @@ def _statuses(results: dict[str, Any]) -> dict[str, str]:
     return {c["name"]: c["status"] for c in results.get("contenders", [])}
 
 
-def _header(unit: str, agent: bool = False) -> list[str]:
+def _header(unit: str, agent: bool = False, adds: bool = False) -> list[str]:
     return [
         "contender",
         unit,
@@ -286,13 +315,14 @@ def _header(unit: str, agent: bool = False) -> list[str]:
         "p99 vs routed",
         "client CPU us/op",
         *(["reads on replicas", "primary CPU s/1000 turns"] if agent else []),
+        *(["primary CPU s/1000 adds", "WAL bytes/add"] if adds else []),
         "check",
     ]
 
 
 def _table_args(workload: str, b: dict[str, Any], statuses: dict[str, str]) -> Any:
-    agent = workload == "agent"
-    return _header(UNITS[workload], agent), _rows(b, statuses, agent)
+    agent, adds = workload == "agent", workload == "adds"
+    return _header(UNITS[workload], agent, adds), _rows(b, statuses, agent, adds)
 
 
 def _wal_lines(results: dict[str, Any]) -> list[str]:

@@ -79,6 +79,11 @@ async def run_bench(
                 for n in config.turn_sessions:
                     label = f"{n} concurrent sessions; add_items(user + assistant) + get_items"
                     blocks.append(_block(n, label, await bench.turn(n)))
+            elif w == "adds":
+                n = config.turn_sessions[0]
+                label = f"{n} concurrent sessions; add_items(user + assistant) alone"
+                probe = await server_cpu_probe(env.primary_dsn)
+                blocks.append(_block(n, label, await bench.adds(n, probe)))
             elif w == "read-heavy":
                 n = config.read_heavy_sessions
                 label = f"{n} sessions; {config.reads_per_write} get_items per add_items"

@@ -164,6 +164,16 @@ class LedgerObserver:
     def on_split_brain(self) -> None:
         self.ledger.event("split_brain", "router refused writes: more than one writable host")
 
+    def on_write_batch(self, size: int, outcome: str) -> None:
+        if outcome != "committed":
+            self.ledger.event("write_batch", f"a batch of {size} writes {outcome}")
+
+    def on_batch_wait(self, operation: str, seconds: float) -> None:
+        pass
+
+    def on_write_coalescing(self, operation: str, outcome: str) -> None:
+        pass
+
     def __getattr__(self, name: str) -> object:
         # hooks added to the router later are accepted and ignored
         if name.startswith("on_"):

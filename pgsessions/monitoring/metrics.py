@@ -189,6 +189,32 @@ METRICS: tuple[MetricSpec, ...] = (
         ("host",),
         "Finished WAL segments on the primary not archived yet (0 on an idle primary).",
     ),
+    MetricSpec(
+        "pgsessions_write_batch_size",
+        "histogram",
+        (),
+        "Writes per coalesced batch (one transaction, one round trip) sent to the primary.",
+    ),
+    MetricSpec(
+        "pgsessions_write_batches_total",
+        "counter",
+        ("outcome",),
+        "Coalesced batches by outcome: committed, failed (its writes then ran alone),"
+        " refused (nothing sent).",
+    ),
+    MetricSpec(
+        "pgsessions_write_batch_wait_seconds",
+        "histogram",
+        ("operation",),
+        "Time a write waited in the queue for its batch (writes sent at once not counted).",
+    ),
+    MetricSpec(
+        "pgsessions_coalesced_writes_total",
+        "counter",
+        ("operation", "outcome"),
+        "Writes by what coalescing did with them: alone, batched, fallback, refused,"
+        " withdrawn (caller cancelled while queued, never sent).",
+    ),
 )
 
 SPECS = {m.name: m for m in METRICS}
@@ -210,6 +236,8 @@ LATENCY_BUCKETS = (
     10.0,
 )
 POOL_WAIT_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
+BATCH_SIZE_BUCKETS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+BATCH_WAIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 FAILOVER_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 
 _SAFE_HOST = re.compile(r"^[\w.\-\[\]:/]+$")
@@ -262,11 +290,18 @@ class RouterMetrics:
         self.split_brain = _counter("pgsessions_split_brain_total", ())
         self.overloaded = _counter("pgsessions_overloaded_total", ("operation", "host", "role"))
         self.tokens_capped = _counter("pgsessions_tokens_capped_total", ())
+        self.batch_size = _histogram("pgsessions_write_batch_size", (), BATCH_SIZE_BUCKETS)
+        self.batches = _counter("pgsessions_write_batches_total", ("outcome",))
+        self.batch_wait = _histogram(
+            "pgsessions_write_batch_wait_seconds", ("operation",), BATCH_WAIT_BUCKETS
+        )
+        self.coalesced = _counter("pgsessions_coalesced_writes_total", ("operation", "outcome"))
         # unlabelled series exist (at 0) from the start, so rate() and alerts see them
         self._failovers = self.failovers.labels(self.name)
         self._failover_duration = self.failover_duration.labels(self.name)
         self._split_brain = self.split_brain.labels(self.name)
         self._tokens_capped = self.tokens_capped.labels(self.name)
+        self._batch_size = self.batch_size.labels(self.name)
 
     @property
     def router(self) -> Router | None:
@@ -294,6 +329,10 @@ class RouterMetrics:
             self.split_brain,
             self.overloaded,
             self.tokens_capped,
+            self.batch_size,
+            self.batches,
+            self.batch_wait,
+            self.coalesced,
         ):
             yield from metric.collect()
 
@@ -354,3 +393,22 @@ class RouterMetrics:
             self._tokens_capped.inc()
         except Exception:  # pragma: no cover
             log.debug("on_token_capped failed", exc_info=True)
+
+    def on_write_batch(self, size: int, outcome: str) -> None:
+        try:
+            self._batch_size.observe(size)
+            self.batches.labels(self.name, outcome).inc()
+        except Exception:  # pragma: no cover
+            log.debug("on_write_batch failed", exc_info=True)
+
+    def on_batch_wait(self, operation: str, seconds: float) -> None:
+        try:
+            self.batch_wait.labels(self.name, operation).observe(seconds)
+        except Exception:  # pragma: no cover
+            log.debug("on_batch_wait failed", exc_info=True)
+
+    def on_write_coalescing(self, operation: str, outcome: str) -> None:
+        try:
+            self.coalesced.labels(self.name, operation, outcome).inc()
+        except Exception:  # pragma: no cover
+            log.debug("on_write_coalescing failed", exc_info=True)

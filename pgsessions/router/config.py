@@ -94,6 +94,8 @@ class RouterConfig:
     #: Patroni REST API URLs (one per member, e.g. ``http://db1:8008``): a second opinion on
     #: which replicas may serve reads and when the leader moved (see router/patroni.py)
     patroni: list[str] | tuple[str, ...] | str = ()
+    #: writes waiting at the same moment share one transaction and round trip (see README)
+    coalesce_writes: bool = True
     _conninfos: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
     _prepare_modes: dict[str, str] = field(
         default_factory=dict, init=False, repr=False, compare=False
@@ -212,6 +214,7 @@ class RouterConfig:
             "prepared_statements": os.environ.get("PGSESSIONS_PREPARED_STATEMENTS")
             or cls.prepared_statements,
             "patroni": os.environ.get("PGSESSIONS_PATRONI", ""),
+            "coalesce_writes": os.environ.get("PGSESSIONS_COALESCE_WRITES", "on") != "off",
         }
         for knob, rng in SETTINGS.items():
             env = f"PGSESSIONS_{knob.upper()}"

@@ -42,6 +42,20 @@ class RouterObserver(Protocol):
     def on_overload(self, operation: str, host: str, role: str) -> None:
         """A busy host refused a request (pool timeout, full queue or SQLSTATE class 53)."""
 
+    def on_write_batch(self, size: int, outcome: str) -> None:
+        """A batch of ``size`` coalesced writes was sent in one transaction: ``committed``,
+        ``failed`` (its writes then ran alone) or ``refused`` (overload, split brain, closed:
+        nothing was sent)."""
+
+    def on_batch_wait(self, operation: str, seconds: float) -> None:
+        """A write waited ``seconds`` in the queue before its batch was sent."""
+
+    def on_write_coalescing(self, operation: str, outcome: str) -> None:
+        """What became of one write under coalescing: ``alone`` (nothing in flight: sent at
+        once), ``batched`` (committed in a batch), ``fallback`` (ran alone after its batch
+        failed), ``refused`` (its batch was refused) or ``withdrawn`` (its caller was
+        cancelled while it was queued: never sent)."""
+
 
 class Counters:
     """Plain counters keyed by tuples, plus the observers every event is sent to."""

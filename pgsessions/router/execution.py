@@ -91,6 +91,39 @@ async def write(
     return rows, str(token_row[0])
 
 
+async def write_batch(
+    conn: Conn,
+    statements: list[tuple[Query, Params | None]],
+    seconds: float,
+    setup: Setup | None = None,
+) -> tuple[list[Rows], str]:
+    """Run several writes in ONE transaction and return (each one's rows, token): BEGIN,
+    the synchronous_commit guard, ``setup``, the statements in order, COMMIT and the token
+    query in one pipeline (one round trip, one commit). All or nothing: any error rolls the
+    whole transaction back; the connection is cut past ``seconds``."""
+    try:
+        with watchdog(conn, seconds):
+            async with conn.pipeline():
+                await conn.execute("BEGIN")
+                await conn.execute(_SYNC_COMMIT_SQL)
+                await _setup(conn, setup)
+                curs = []
+                for query, params in statements:
+                    cur = conn.cursor()
+                    await cur.execute(cast(QueryNoTemplate, query), params)
+                    curs.append(cur)
+                await conn.execute("COMMIT")
+                token_cur = conn.cursor()
+                await token_cur.execute(TOKEN_SQL)
+            rows = [await c.fetchall() if c.description is not None else [] for c in curs]
+            token_row = await token_cur.fetchone()
+    except BaseException:
+        await rollback_quietly(conn)
+        raise
+    assert token_row is not None
+    return rows, str(token_row[0])
+
+
 async def read(conn: Conn, query: Query, params: Params | None, setup: Setup | None = None) -> Rows:
     """The query's rows; with ``setup``, both in one pipeline (one implicit transaction)."""
     cur = await _execute(conn, query, params, setup)

@@ -70,9 +70,12 @@ class Router(Protocol):
         commits: bool = False,
         setup: Setup | None = None,
         retry_params: Params | None = None,
+        batch_query: Query | None = None,
     ) -> tuple[Rows, str]:
         """Run one idempotent statement where ``key``'s conversation is written; returns its
-        rows and the consistency token after it (also remembered for ``key``)."""
+        rows and the consistency token after it (also remembered for ``key``).
+        ``batch_query``: for a ``commits=True`` statement, the same write (same ``params``)
+        in a form that does not commit, so that it may share a transaction with others."""
         ...
 
     async def execute_read(

@@ -45,6 +45,7 @@ from .classify import (
     short_error,
     write_retrying,
 )
+from .coalesce import Coalescer, Pending
 from .config import RouterConfig
 from .counters import Counters, RouterObserver
 from .execution import Rows, Setup
@@ -122,6 +123,10 @@ class SessionRouter:
         self._twin_lock = threading.Lock()
         self._pid = os.getpid()
         self._fork_note: str | None = None
+        #: writes waiting at the same moment share a transaction (None: coalescing off)
+        self._coalescer: Coalescer[tuple[Rows, str]] | None = (
+            Coalescer(self._run_batch, self._withdrawn) if config.coalesce_writes else None
+        )
         on_fork_in_child(self)
 
     def __repr__(self) -> str:
@@ -406,9 +411,12 @@ class SessionRouter:
         """Plain counters of what this router did (for tests, status and monitoring).
 
         ``reads`` is ``{role: {reason: n}}``; ``retries`` is ``{"read"|"write": {reason: n}}``;
-        ``bans`` counts hosts taken out of use after a failed request until a check.
+        ``bans`` counts hosts taken out of use after a failed request until a check;
+        ``writes_queued`` the writes waiting for a batch right now (see coalesce_writes).
         """
-        return self._counters.stats(self._host_list)
+        out = self._counters.stats(self._host_list)
+        out["writes_queued"] = len(self._coalescer.queue) if self._coalescer is not None else 0
+        return out
 
     def pool_stats(self) -> dict[str, dict[str, int]]:
         """``host:port`` -> psycopg_pool ``get_stats()`` for each host with an open pool."""
@@ -495,6 +503,7 @@ class SessionRouter:
         commits: bool = False,
         setup: Setup | None = None,
         retry_params: Params | None = None,
+        batch_query: Query | None = None,
     ) -> tuple[Rows, str]:
         """Run one idempotent statement on the primary, then take the consistency token.
 
@@ -513,6 +522,15 @@ class SessionRouter:
         path when it knows it is a first delivery). Returns the statement's rows and the
         token, which is also remembered for the session.
 
+        With ``RouterConfig.coalesce_writes``, a write that finds others in flight waits for
+        the next batch: the writes queued meanwhile run in one transaction (one round trip,
+        one commit) with the same ``setup``, each caller getting its own rows and the
+        batch's token. In a batch the statement runs as ``query``, or as ``batch_query``
+        (with the same ``params``) when ``commits=True``: a form that does not commit; a
+        commits=True write without one always runs alone. If the batch fails, each of its
+        writes runs alone as above, with ``retry_params``; a caller cancelled while queued
+        withdraws its write (never sent). A write that finds no other in flight runs at once.
+
         Raises :class:`SplitBrainError` (nothing written), :class:`NoPrimaryError` (no
         primary within ``failover_timeout``), :class:`OverloadedError` (the primary is busy:
         not retried, nothing written) or the original psycopg error (data, constraint and
@@ -528,27 +546,138 @@ class SessionRouter:
                     commits=commits,
                     setup=setup,
                     retry_params=retry_params,
+                    batch_query=batch_query,
                 )
             )
         self._require_open()
         t0 = time.monotonic()
         deadline = t0 + self.config.failover_timeout
         self._counters.emit("on_route", operation, "primary", "write")
+        k = route_key(key)
         try:
-            rows, token = await self._write_with_retries(
-                operation, query, params, deadline, commits, setup, retry_params
-            )
+            c = self._coalescer
+            in_batch = batch_query if batch_query is not None else (None if commits else query)
+            if c is None or in_batch is None:
+                rows, token = await self._write_with_retries(
+                    operation, query, params, deadline, commits, setup, retry_params
+                )
+            elif c.runs_alone():
+                self._counters.emit("on_write_coalescing", operation, "alone")
+                try:
+                    rows, token = await self._write_with_retries(
+                        operation, query, params, deadline, commits, setup, retry_params
+                    )
+                finally:
+                    c.release()
+            else:
+                again = params if retry_params is None else retry_params
+
+                def alone() -> Coroutine[Any, Any, tuple[Rows, str]]:
+                    return self._write_with_retries(
+                        operation, query, again, deadline, commits, setup, retry_params
+                    )
+
+                sid = "" if k is None else k.session_id
+                rows, token = await c.queued(operation, sid, in_batch, params, setup, alone)
         except BaseException as exc:
             self._counters.add("write_error")
             seconds = time.monotonic() - t0
             self._counters.emit("on_operation", operation, "primary", seconds, short_error(exc))
             raise
         self._counters.add("write")
-        k = route_key(key)
         if k is not None:
             self._tokens.remember(k, parse_lsn(token))
         self._counters.emit("on_operation", operation, "primary", time.monotonic() - t0, None)
         return rows, token
+
+    def _withdrawn(self, operation: str) -> None:
+        self._counters.emit("on_write_coalescing", operation, "withdrawn")
+
+    async def _run_batch(self, batch: list[Pending[tuple[Rows, str]]]) -> None:
+        """Send ``batch`` in one transaction and settle each write's future; if it fails,
+        each write runs alone (ordinary path, retries and op ids: exactly once)."""
+        try:
+            await self._send_batch(batch)
+        except BaseException:
+            for p in batch:  # the loop is ending: no caller waits forever
+                if not p.future.done():
+                    p.future.cancel()
+            raise
+
+    async def _send_batch(self, batch: list[Pending[tuple[Rows, str]]]) -> None:
+        emit = self._counters.emit
+        sent = time.monotonic()
+        for p in batch:
+            emit("on_batch_wait", p.operation, sent - p.queued_at)
+        try:
+            results, token = await self._attempt_batch(batch)
+        except (OverloadedError, SplitBrainError, RouterClosedError) as exc:
+            emit("on_write_batch", len(batch), "refused")
+            for p in batch:  # nothing was sent
+                emit("on_write_coalescing", p.operation, "refused")
+                if not p.future.done():
+                    p.future.set_exception(exc)
+            return
+        except Exception:
+            emit("on_write_batch", len(batch), "failed")
+            await self._run_alone(batch)
+            return
+        emit("on_write_batch", len(batch), "committed")
+        for p, rows in zip(batch, results, strict=True):
+            emit("on_write_coalescing", p.operation, "batched")
+            if not p.future.done():
+                p.future.set_result((rows, token))
+
+    async def _run_alone(self, batch: list[Pending[tuple[Rows, str]]]) -> None:
+        """After a failed batch: each write alone, a session's writes one after another."""
+        by_session: dict[str, list[Pending[tuple[Rows, str]]]] = {}
+        for p in batch:
+            if not p.future.done():
+                by_session.setdefault(p.key, []).append(p)
+
+        async def in_order(writes: list[Pending[tuple[Rows, str]]]) -> None:
+            for p in writes:
+                self._counters.emit("on_write_coalescing", p.operation, "fallback")
+                try:
+                    result = await p.alone()
+                except BaseException as exc:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                else:
+                    if not p.future.done():
+                        p.future.set_result(result)
+
+        await asyncio.gather(*(in_order(w) for w in by_session.values()))
+
+    async def _attempt_batch(
+        self, batch: list[Pending[tuple[Rows, str]]]
+    ) -> tuple[list[Rows], str]:
+        self._require_open()
+        h = await self._primary_for_write()
+        assert h.pool is not None
+        wait = self.config.pool_timeout
+        try:
+            async with h.pool.connection(
+                wait=wait, as_primary=True, on_wait=self._on_pool_wait(h)
+            ) as conn:
+                results, token = await execution.write_batch(
+                    conn,
+                    [(p.query, p.params) for p in batch],
+                    self._deadline_for_statement(),
+                    batch[0].setup,
+                )
+        except Exception as exc:
+            if self._busy("write_batch", h, exc):
+                self._overloaded(h, exc)
+            if classify(exc, write=True) is not None:
+                self._failed(h, exc)
+                if is_connection_loss(exc) and h.pool is not None:
+                    await h.pool.recheck()
+            raise
+        h.saw_flush(parse_lsn(token))
+        return results, token
 
     def _write_retryable(self, exc: BaseException) -> bool:
         if not self._open:

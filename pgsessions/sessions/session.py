@@ -165,6 +165,7 @@ class PostgresSession(BranchMethods):
         tenant: str | None,
         commits: bool = False,
         retry_params: Any = None,
+        batch_query: Any = None,
     ) -> list[tuple[Any, ...]]:
         with migrate_hint(self.router.config.schema), tenant_errors(self.session_id, tenant):
             # the SDK's rule for every backend: a write in flight completes, then the
@@ -178,6 +179,7 @@ class PostgresSession(BranchMethods):
                     commits=commits,
                     setup=self._setup(tenant),
                     retry_params=retry_params,
+                    batch_query=batch_query,
                 )
             )
         self._note(token)
@@ -305,6 +307,7 @@ class PostgresSession(BranchMethods):
             tenant=tenant,
             commits=True,
             retry_params=(*params[:-1], True),
+            batch_query=self._sql.add_items_in_batch,
         )
 
     async def pop_item(

@@ -14,6 +14,7 @@ class Statements:
     get_items: LiteralString
     get_items_ttl: LiteralString
     add_items: LiteralString
+    add_items_in_batch: LiteralString
     pop_item: LiteralString
     clear_session: LiteralString
     update_metadata: LiteralString
@@ -72,6 +73,12 @@ def statements(schema: str) -> Statements:
         # a retry (it looks the operation id up first); see migrations 0003 and 0007
         add_items=q(
             "CALL {s}.add_items_checked_committed("
+            "%s, %s, %b::text[]::json[], %b::text[], %b::text[], %s::jsonb, %s)"
+        ),
+        # add_items in a transaction the router commits (the same parameters): one write of
+        # a coalesced batch; the one row is (applied)
+        add_items_in_batch=q(
+            "SELECT {s}.add_items_checked("
             "%s, %s, %b::text[]::json[], %b::text[], %b::text[], %s::jsonb, %s)"
         ),
         # every write below takes a client operation id (migrations 0001 and 0004)
