@@ -32,8 +32,8 @@ from pgsessions.router.coalesce import (
     take_batch,
 )
 from tests.helpers import assistant, user
-from tests.monitoring_support import scrape
 from tests.integration.test_router import Store, fast_config, wait_until
+from tests.monitoring_support import scrape
 
 ClusterFactory = Callable[..., LocalCluster]
 
