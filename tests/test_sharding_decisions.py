@@ -7,6 +7,9 @@ import hashlib
 
 import pytest
 
+from pgsessions.errors import DirectoryError, ShardError
+from pgsessions.router import shard_tokens
+from pgsessions.router.directory import ShardClaim, build_directory, ranges
 from pgsessions.router.placement import DEFAULT_BUCKETS, bucket_of, spread
 
 # placement --------------------------------------------------------------------------------
@@ -61,3 +64,91 @@ def test_sessions_spread_evenly_over_buckets() -> None:
     for i in range(16_000):
         counts[bucket_of(f"session-{i}", 16)] += 1
     assert max(abs(c - 1000) for c in counts) < 120
+
+
+# the directory ----------------------------------------------------------------------------
+def claim(
+    shard: str, owned: range | list[int], *, name: str | None = "", cluster: str = ""
+) -> ShardClaim:
+    return ShardClaim(
+        shard,
+        (cluster or f"sys-{shard}", "db"),
+        name=shard if name == "" else name,
+        buckets=8,
+        owned={b: 1 for b in owned},
+    )
+
+
+def test_directory_from_two_shards_places_each_session_on_its_owner() -> None:
+    d = build_directory([claim("s1", range(4)), claim("s2", range(4, 8))], 8)
+    assert d is not None
+    assert d.counts() == {"s1": 4, "s2": 4}
+    for i in range(50):
+        sid = f"x-{i}"
+        place = d.place(sid)
+        assert place.bucket == bucket_of(sid, 8)
+        assert place.shard == ("s1" if place.bucket < 4 else "s2") and place.epoch == 1
+
+
+def test_no_shard_set_up_yet_is_no_directory() -> None:
+    assert build_directory([claim("s1", [], name=None), claim("s2", [], name=None)], 8) is None
+
+
+def test_two_shards_of_one_cluster_are_refused() -> None:
+    with pytest.raises(ShardError, match="'s2': is the same cluster as shard 's1'"):
+        build_directory(
+            [claim("s1", range(4), cluster="A"), claim("s2", range(4, 8), cluster="A")], 8
+        )
+
+
+def test_a_shard_under_another_name_or_bucket_count_or_not_set_up_is_refused() -> None:
+    with pytest.raises(ShardError, match="'s1': the cluster is shard 's9'"):
+        build_directory([claim("s1", range(4), name="s9"), claim("s2", range(4, 8))], 8)
+    with pytest.raises(ShardError, match="'s2': is not set up as a shard"):
+        build_directory([claim("s1", range(8)), claim("s2", [], name=None)], 8)
+    with pytest.raises(ShardError, match="set up with 8 buckets, the router expects 16"):
+        build_directory([claim("s1", range(8))], 16)
+    with pytest.raises(ShardError, match="claims bucket 9, outside 0-7"):
+        build_directory([claim("s1", [*range(8), 9])], 8)
+
+
+def test_a_bucket_claimed_twice_or_by_none_is_refused_naming_the_buckets() -> None:
+    with pytest.raises(
+        DirectoryError, match=r"buckets 3-4 are claimed by two shards \(s1 and s2\)"
+    ):
+        build_directory([claim("s1", range(5)), claim("s2", range(3, 8))], 8)
+    with pytest.raises(DirectoryError, match="buckets 0-1, 7 are owned by none of the shards s1"):
+        build_directory([claim("s1", range(2, 7))], 8)
+    # while the router runs (a refresh), a bucket without owner fails the call that needs it
+    d = build_directory([claim("s1", range(2, 8))], 8, complete=False)
+    assert d is not None
+    sid = next(f"x-{i}" for i in range(100) if bucket_of(f"x-{i}", 8) < 2)
+    with pytest.raises(DirectoryError, match="owned by none of the shards this router reaches"):
+        d.place(sid)
+
+
+def test_ranges_are_written_compactly() -> None:
+    assert ranges([7, 0, 1, 2, 5]) == "0-2, 5, 7"
+
+
+# sharded tokens ---------------------------------------------------------------------------
+def test_a_token_names_its_shard_and_merging_keeps_the_newest_of_each() -> None:
+    assert shard_tokens.parse("s1:0/4000028") == {"s1": 0x4000028}
+    assert shard_tokens.merge(["s1:0/10", None, "s2:0/5", "s1:0/20"]) == "s1:0/20+s2:0/5"
+    assert shard_tokens.merge(["s1:0/10"]) == "s1:0/10"
+    assert shard_tokens.merge([None]) is None
+    assert shard_tokens.part_for("s1:0/20+s2:0/5", "s2") == "0/5"
+    assert shard_tokens.part_for("s1:0/20", "s2") is None
+
+
+@pytest.mark.parametrize("bad", ["", "0/10", "s1", "s1:", "s1:zz", "s 1:0/1", "s1:0/1+"])
+def test_a_non_token_is_refused_naming_it(bad: str) -> None:
+    with pytest.raises(ValueError, match="sharded consistency token"):
+        shard_tokens.parse(bad)
+
+
+def test_shard_names_are_plain() -> None:
+    assert shard_tokens.check_shard_name("eu-west_1") == "eu-west_1"
+    for bad in ("", "a+b", "a:b", "x" * 65, "a;b"):
+        with pytest.raises(ValueError, match="shard name"):
+            shard_tokens.check_shard_name(bad)

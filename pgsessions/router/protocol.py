@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import psycopg
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from .config import RouterConfig
     from .counters import RouterObserver
-    from .execution import Rows, Setup
+    from .execution import Rows, Setups
     from .topology import Topology
 
 
@@ -68,7 +68,7 @@ class Router(Protocol):
         params: Params | None = None,
         *,
         commits: bool = False,
-        setup: Setup | None = None,
+        setup: Setups | None = None,
         retry_params: Params | None = None,
     ) -> tuple[Rows, str]:
         """Run one idempotent statement where ``key``'s conversation is written; returns its
@@ -83,7 +83,7 @@ class Router(Protocol):
         params: Params | None = None,
         *,
         token: str | None = None,
-        setup: Setup | None = None,
+        setup: Setups | None = None,
         replay_column: bool = False,
     ) -> Rows:
         """Run one read-only statement where it sees ``key``'s writes and ``token``."""
@@ -125,3 +125,11 @@ class Router(Protocol):
     def add_observer(self, observer: RouterObserver) -> None: ...
 
     def remove_observer(self, observer: RouterObserver) -> None: ...
+
+
+@runtime_checkable
+class SetsUpAfterMigrate(Protocol):
+    """A router with work of its own once every cluster is migrated (a ShardedRouter
+    spreads the buckets of a fresh set-up); :func:`pgsessions.migrate` calls it."""
+
+    async def after_migrate(self) -> None: ...

@@ -1,0 +1,72 @@
+"""Consistency tokens of a sharded router: each position names its shard (pure).
+
+A token is ``shard:LSN`` (``'s1:0/4000028'``), or several such parts joined by ``+`` once a
+caller has combined tokens of several shards (:func:`merge` keeps the newest position per
+shard). An LSN means nothing on another cluster: a read uses only the part of the shard it
+runs on, and ignores the others.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from .lsn import format_lsn, parse_lsn
+
+#: what a shard may be called (also in tokens and PGSESSIONS_SHARDS)
+SHARD_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def check_shard_name(name: str) -> str:
+    if not isinstance(name, str) or not SHARD_NAME.match(name):
+        raise ValueError(f"shard name {name!r}: use 1-64 letters, digits, '_' or '-'")
+    return name
+
+
+def parse(token: str) -> dict[str, int]:
+    """``{shard: lsn}`` of a sharded token; ValueError naming it unless it is one."""
+    if not isinstance(token, str) or not token:
+        raise ValueError(f"not a sharded consistency token: {token!r}")
+    out: dict[str, int] = {}
+    for part in token.split("+"):
+        shard, sep, lsn = part.partition(":")
+        if not sep or not SHARD_NAME.match(shard):
+            raise ValueError(f"not a sharded consistency token ('shard:LSN'): {token!r}")
+        try:
+            value = parse_lsn(lsn)
+        except ValueError:
+            raise ValueError(f"not a sharded consistency token ('shard:LSN'): {token!r}") from None
+        out[shard] = max(value, out.get(shard, value))
+    return out
+
+
+def render(parts: dict[str, int]) -> str:
+    return "+".join(f"{shard}:{format_lsn(parts[shard])}" for shard in sorted(parts))
+
+
+def part_for(token: str | None, shard: str) -> str | None:
+    """The LSN text ``token`` holds for ``shard`` (None: none); ValueError for a non-token."""
+    if token is None:
+        return None
+    lsn = parse(token).get(shard)
+    return None if lsn is None else format_lsn(lsn)
+
+
+def merge(tokens: Iterable[str | None]) -> str | None:
+    """The newest position of each shard among ``tokens`` as one token (None: no token)."""
+    best: dict[str, int] = {}
+    given: str | None = None
+    count = 0
+    for token in tokens:
+        if token is None:
+            continue
+        count += 1
+        given = token
+        for shard, lsn in parse(token).items():
+            if lsn > best.get(shard, -1):
+                best[shard] = lsn
+    if count == 0:
+        return None
+    merged = render(best)
+    # a single token comes back as it was given (like SessionRouter's newest)
+    return given if count == 1 and given is not None else merged
