@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .errors import (
+        BucketMovedError,
+        DirectoryError,
         ExportFormatError,
         MissingPrivilegeError,
         NoEligibleReplicaError,
@@ -19,11 +21,12 @@ if TYPE_CHECKING:
         PreparedStatementsError,
         RouterClosedError,
         RouterError,
+        ShardError,
         SplitBrainError,
         TenantConflictError,
         TenantError,
     )
-    from .router import RouteKey, Router, RouterConfig, SessionRouter
+    from .router import RouteKey, Router, RouterConfig, SessionRouter, ShardedRouter
     from .sessions import (
         Migration,
         PostgresSession,
@@ -34,6 +37,8 @@ if TYPE_CHECKING:
     )
 
 _WHERE = {
+    "BucketMovedError": ".errors",
+    "DirectoryError": ".errors",
     "ExportFormatError": ".errors",
     "MissingPrivilegeError": ".errors",
     "NoEligibleReplicaError": ".errors",
@@ -46,6 +51,8 @@ _WHERE = {
     "RouterError": ".errors",
     "RouterConfig": ".router",
     "SessionRouter": ".router",
+    "ShardError": ".errors",
+    "ShardedRouter": ".router",
     "SplitBrainError": ".errors",
     "Migration": ".sessions",
     "PostgresSession": ".sessions",
@@ -58,6 +65,8 @@ _WHERE = {
 }
 
 __all__ = [
+    "BucketMovedError",
+    "DirectoryError",
     "ExportFormatError",
     "Migration",
     "MissingPrivilegeError",
@@ -74,6 +83,8 @@ __all__ = [
     "SessionInfo",
     "SessionPage",
     "SessionRouter",
+    "ShardError",
+    "ShardedRouter",
     "SplitBrainError",
     "TenantConflictError",
     "TenantError",

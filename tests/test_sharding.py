@@ -1,0 +1,315 @@
+"""ShardedRouter on real servers: two replicated clusters (primary + 1 replica each) as
+shards s1 and s2. Placement and the directory's rules are unit-tested apart
+(test_sharding_decisions.py); here: the set-up, routing, fencing and redirects, tokens,
+misconfiguration at open, and a fault that stays inside its shard."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pgsessions import PostgresSession, list_sessions, migrate
+from pgsessions.devcluster import LocalCluster
+from pgsessions.errors import DirectoryError, ShardError
+from pgsessions.router import RouterConfig, SessionRouter, ShardedRouter
+from pgsessions.router.placement import bucket_of
+from pgsessions.sessions.schema import load_migrations
+
+from .conftest import drop_schema
+from .helpers import assistant, poll, user
+
+
+@pytest.fixture(scope="module")
+def two() -> Iterator[tuple[LocalCluster, LocalCluster]]:
+    a = LocalCluster(replicas=1, fsync=False)
+    b = LocalCluster(replicas=1, fsync=False)
+    try:
+        a.start()
+        b.start()
+        yield a, b
+    finally:
+        a.stop()
+        b.stop()
+
+
+@pytest.fixture
+def shard_schema(two: tuple[LocalCluster, LocalCluster]) -> Iterator[str]:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    yield name
+    for c in two:
+        drop_schema(c, name)
+
+
+def configs(
+    clusters: tuple[LocalCluster, ...], schema: str, names: tuple[str, ...] = ("s1", "s2")
+) -> dict[str, RouterConfig]:
+    return {
+        n: RouterConfig(hosts=c.dsns(), schema=schema, check_interval=0.1, failover_timeout=10)
+        for n, c in zip(names, clusters, strict=True)
+    }
+
+
+@pytest.fixture
+async def sharded(
+    two: tuple[LocalCluster, LocalCluster], shard_schema: str
+) -> AsyncIterator[ShardedRouter]:
+    async with ShardedRouter(configs(two, shard_schema), buckets=64) as r:
+        await migrate(r)
+        yield r
+
+
+def sid_on(router: ShardedRouter, shard: str, prefix: str = "conv") -> str:
+    """A fresh session id whose bucket the router places on ``shard``."""
+    for i in range(10_000):
+        sid = f"{prefix}-{uuid.uuid4().hex[:8]}-{i}"
+        if router._place(sid).shard == shard:
+            return sid
+    raise AssertionError("no session id found")
+
+
+def messages_on(c: LocalCluster, schema: str, sid: str) -> int:
+    rows = c.primary.execute(
+        f'SELECT count(*) FROM "{schema}".messages WHERE session_id = %s', (sid,)
+    )
+    return int(rows[0][0])
+
+
+async def test_migrate_spreads_buckets_and_sessions_land_on_their_owner(
+    sharded: ShardedRouter, two: tuple[LocalCluster, LocalCluster], shard_schema: str
+) -> None:
+    assert sharded.stats()["buckets"] == {"s1": 32, "s2": 32}
+    assert await migrate(sharded) == []  # idempotent: the set-up stays as it is
+    a, b = two
+    sids = [f"conv-{i}" for i in range(24)]
+    for sid in sids:
+        s = PostgresSession(sid, sharded)
+        await s.add_items([user(sid), assistant("ok")])
+        owner = sharded._place(sid).shard
+        assert s.consistency_token is not None and s.consistency_token.startswith(f"{owner}:")
+        assert [i["content"] for i in await s.get_items()] == [sid, "ok"]
+        here, there = (a, b) if owner == "s1" else (b, a)
+        assert messages_on(here, shard_schema, sid) == 2
+        assert messages_on(there, shard_schema, sid) == 0
+        assert sharded.cluster_for(sid) is sharded.shards[owner]
+    assert {sharded._place(sid).shard for sid in sids} == {"s1", "s2"}
+    page = await list_sessions(sharded, limit=10)
+    seen = [info.session_id for info in page.sessions]
+    while page.next_cursor is not None:
+        page = await list_sessions(sharded, limit=10, after=page.next_cursor)
+        seen += [info.session_id for info in page.sessions]
+    assert sorted(seen) == sorted(sids)
+
+
+async def test_a_stale_directory_is_refused_and_the_write_lands_once_on_the_owner(
+    sharded: ShardedRouter, two: tuple[LocalCluster, LocalCluster], shard_schema: str
+) -> None:
+    a, b = two
+    sid = sid_on(sharded, "s1")
+    bucket = bucket_of(sid, 64)
+    # a move, as issue 30's cutover will make it: the old owner lets go, the new one takes
+    # the bucket at a new epoch; this router still holds the old directory
+    a.primary.execute(f'DELETE FROM "{shard_schema}".shard_buckets WHERE bucket = %s', (bucket,))
+    b.primary.execute(
+        f'INSERT INTO "{shard_schema}".shard_buckets (bucket, epoch) VALUES (%s, 2)', (bucket,)
+    )
+    assert sharded._place(sid).shard == "s1"
+    s = PostgresSession(sid, sharded)
+    await s.add_items([user("after the move")])
+    assert sharded.redirects >= 1
+    assert sharded._place(sid) == sharded._place(sid).__class__(bucket, "s2", 2)
+    assert messages_on(a, shard_schema, sid) == 0
+    assert messages_on(b, shard_schema, sid) == 1
+    assert s.consistency_token is not None and s.consistency_token.startswith("s2:")
+    assert [i["content"] for i in await s.get_items()] == ["after the move"]
+    # a read through a router with the old directory is refused by s1 and redirected too
+    async with ShardedRouter(configs(two, shard_schema), buckets=64) as other:
+        other._directory = sharded_dir_before(other, bucket)
+        assert [i["content"] for i in await PostgresSession(sid, other).get_items()] == [
+            "after the move"
+        ]
+        assert other.redirects == 1
+
+
+def sharded_dir_before(router: ShardedRouter, bucket: int):  # type: ignore[no-untyped-def]
+    """``router``'s directory with ``bucket`` back on s1 at epoch 1 (a stale copy)."""
+    d = router.directory
+    assert d is not None
+    owners = list(d.owners)
+    epochs = list(d.epochs)
+    owners[bucket], epochs[bucket] = "s1", 1
+    return d.__class__(d.buckets, tuple(owners), tuple(epochs))
+
+
+async def test_the_fence_holds_a_change_of_ownership_until_the_write_commits(
+    sharded: ShardedRouter, two: tuple[LocalCluster, LocalCluster], shard_schema: str
+) -> None:
+    a, _ = two
+    sid = sid_on(sharded, "s1")
+    bucket = bucket_of(sid, 64)
+    qs = f'"{shard_schema}"'
+    with psycopg.connect(a.primary.dsn) as writer, psycopg.connect(a.primary.dsn) as mover:
+        writer.execute(f"SELECT {qs}.fence(%s, 1)", (bucket,))  # a write in flight
+        mover.execute("SET lock_timeout = '300ms'")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            mover.execute(f"DELETE FROM {qs}.shard_buckets WHERE bucket = %s", (bucket,))
+        mover.rollback()
+        writer.commit()
+        mover.execute(f"DELETE FROM {qs}.shard_buckets WHERE bucket = %s", (bucket,))
+        mover.commit()
+        with pytest.raises(psycopg.Error) as refused:
+            writer.execute(f"SELECT {qs}.fence(%s, 1)", (bucket,))
+        assert refused.value.sqlstate == "PGS01"
+        writer.rollback()
+
+
+async def test_tokens_name_their_shard_and_others_are_ignored(sharded: ShardedRouter) -> None:
+    on1, on2 = sid_on(sharded, "s1"), sid_on(sharded, "s2")
+    s1 = PostgresSession(on1, sharded)
+    await s1.add_items([user("x")])
+    token = s1.consistency_token
+    assert token is not None and token.startswith("s1:")
+    # a token of s1 handed to a session on s2 cannot make its reads staler: it is ignored
+    s2 = PostgresSession(on2, sharded, consistency_token=token)
+    assert await s2.get_items() == []
+    assert sharded.token_for(on2) is None
+    merged = sharded.newest_token(token, "s2:0/10", "s2:0/20")
+    assert merged == f"{token}+s2:0/20"
+    with pytest.raises(ValueError, match="sharded consistency token"):
+        PostgresSession(on1, sharded, consistency_token="0/10")
+
+
+async def test_misconfigured_shards_are_refused_at_open_naming_the_shard(
+    sharded: ShardedRouter, two: tuple[LocalCluster, LocalCluster], shard_schema: str
+) -> None:
+    a, b = two
+    # two shards that are one cluster (a primary and its replica)
+    same = {
+        "s1": RouterConfig(hosts=[a.primary.dsn], schema=shard_schema),
+        "s2": RouterConfig(hosts=[a.replicas[0].dsn], schema=shard_schema),
+    }
+    with pytest.raises(ShardError, match="'s2': is the same cluster as shard 's1'"):
+        async with ShardedRouter(same, buckets=64):
+            pass
+    # the names swapped in the configuration
+    with pytest.raises(ShardError, match="'s1': the cluster is shard 's2' of its set-up, not 's1'"):
+        async with ShardedRouter(configs((b, a), shard_schema), buckets=64):
+            pass
+    # another bucket count
+    with pytest.raises(ShardError, match="set up with 64 buckets, the router expects 1024"):
+        async with ShardedRouter(configs(two, shard_schema)):
+            pass
+    # a shard missing from the configuration: its buckets are owned by none
+    with pytest.raises(DirectoryError, match="owned by none of the shards s1"):
+        async with ShardedRouter(configs((a,), shard_schema, ("s1",)), buckets=64):
+            pass
+    # an unreachable shard
+    down = {
+        **configs(two, shard_schema),
+        "s3": RouterConfig(
+            hosts=["postgresql://x:secret@127.0.0.1:9/db"], schema=shard_schema, connect_timeout=1
+        ),
+    }
+    with pytest.raises(ShardError, match="'s3': cannot be opened") as unreachable:
+        async with ShardedRouter(down, buckets=64):
+            pass
+    assert "secret" not in str(unreachable.value)
+    # two shards claiming one bucket
+    owned_by_s1 = next(b for b, o in enumerate(sharded.directory.owners) if o == "s1")  # type: ignore[union-attr]
+    b.primary.execute(
+        f'INSERT INTO "{shard_schema}".shard_buckets (bucket, epoch) VALUES (%s, 1)',
+        (owned_by_s1,),
+    )
+    with pytest.raises(DirectoryError, match=f"buckets {owned_by_s1} are claimed by two shards"):
+        async with ShardedRouter(configs(two, shard_schema), buckets=64):
+            pass
+
+
+async def test_before_the_set_up_a_write_says_to_migrate(
+    two: tuple[LocalCluster, LocalCluster], shard_schema: str
+) -> None:
+    async with ShardedRouter(configs(two, shard_schema), buckets=64) as r:
+        assert r.directory is None
+        with pytest.raises(DirectoryError, match="run `pgsessions migrate`"):
+            await PostgresSession("early", r).add_items([user("x")])
+        await migrate(r)
+        await PostgresSession("early", r).add_items([user("x")])
+
+
+def test_sync_code_through_start_and_run_sync(
+    two: tuple[LocalCluster, LocalCluster], shard_schema: str
+) -> None:
+    with ShardedRouter.start(configs(two, shard_schema), buckets=64) as r:
+        r.run_sync(migrate(r))
+        s = PostgresSession("sync-1", r)
+        r.run_sync(s.add_items([user("from sync code")]))
+        assert [i["content"] for i in r.run_sync(s.get_items())] == ["from sync code"]
+    assert r.closed
+
+
+async def test_a_primary_down_in_one_shard_leaves_the_other_writing(
+    cluster_factory: Callable[..., LocalCluster],
+) -> None:
+    a, b = cluster_factory(replicas=1), cluster_factory(replicas=1)
+    cfg = configs((a, b), "pgsessions")
+    async with ShardedRouter(cfg, buckets=64) as r:
+        await migrate(r)
+        on1 = [sid_on(r, "s1", "one") for _ in range(3)]
+        on2 = [sid_on(r, "s2", "two") for _ in range(5)]
+        errors: list[str] = []
+        written: dict[str, int] = {sid: 0 for sid in on2}
+        stop = False
+
+        async def writer(sid: str) -> None:
+            s = PostgresSession(sid, r)
+            while not stop:
+                try:
+                    await s.add_items([user(f"{sid}-{written[sid]}")])
+                    written[sid] += 1
+                except Exception as exc:  # every error of the healthy shard counts
+                    errors.append(repr(exc))
+                await asyncio.sleep(0.005)
+
+        tasks = [asyncio.create_task(writer(sid)) for sid in on2]
+        await asyncio.to_thread(a.stop_node, a.primary, "immediate")
+        down_at = time.monotonic()
+        before = sum(written.values())
+        # s1 waits for a primary meanwhile; s2 goes on
+        pending = asyncio.create_task(PostgresSession(on1[0], r).add_items([user("waits")]))
+        assert await asyncio.to_thread(poll, lambda: sum(written.values()) > before + 100, 20)
+        await asyncio.to_thread(a.promote, a.replicas[0])
+        await asyncio.wait_for(pending, 20)
+        stop = True
+        await asyncio.gather(*tasks)
+        assert errors == []
+        for sid in on1:
+            await PostgresSession(sid, r).add_items([user("after failover")])
+        print(
+            f"\ns2 writes while s1 was down: {sum(written.values()) - before} in "
+            f"{time.monotonic() - down_at:.1f}s, 0 errors"
+        )
+        for sid, n in written.items():
+            got = await PostgresSession(sid, r).get_items()
+            assert len(got) == n
+
+
+async def test_migrations_apply_by_name_across_a_gap_in_numbering(
+    two: tuple[LocalCluster, LocalCluster], shard_schema: str, tmp_path: Path
+) -> None:
+    """0011 lands before 0009 and 0010 (written on other branches): applied by name, the
+    later ones are applied when they arrive."""
+    shipped = load_migrations()
+    assert "0011" in {m.version for m in shipped}
+    for mig in shipped:
+        (tmp_path / f"{mig.version}_{mig.name}.sql").write_text(mig.sql)
+    cfg = configs(two, shard_schema)["s1"]
+    async with SessionRouter(cfg) as r:
+        assert "0011" in await migrate(r, migrations=tmp_path)
+        (tmp_path / "0009_arrives_later.sql").write_text("CREATE TABLE {schema}.later (x int);")
+        assert await migrate(r, migrations=tmp_path) == ["0009"]
+        assert await migrate(r, migrations=tmp_path) == []
