@@ -6,6 +6,7 @@ misconfiguration at open, and a fault that stays inside its shard."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -22,7 +23,7 @@ from pgsessions.router.placement import bucket_of
 from pgsessions.sessions.schema import load_migrations
 
 from .conftest import drop_schema
-from .helpers import assistant, poll, user
+from .helpers import assistant, cluster_cli, cluster_state_dir, poll, processes_under, user
 
 
 @pytest.fixture(scope="module")
@@ -313,3 +314,39 @@ async def test_migrations_apply_by_name_across_a_gap_in_numbering(
         (tmp_path / "0009_arrives_later.sql").write_text("CREATE TABLE {schema}.later (x int);")
         assert await migrate(r, migrations=tmp_path) == ["0009"]
         assert await migrate(r, migrations=tmp_path) == []
+
+
+async def test_cluster_up_shards_prints_the_environment_of_a_sharded_router(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    d = cluster_state_dir("pgs-shards-")
+    up = cluster_cli(
+        "up", "--shards", "2", "--replicas", "1", "--dir", str(d), "--json", timeout=180
+    )
+    assert up.returncode == 0, up.stderr
+    try:
+        info = json.loads(up.stdout)
+        assert sorted(info["shards"]) == ["s1", "s2"]
+        monkeypatch.setenv("PGSESSIONS_SHARDS", info["env"]["PGSESSIONS_SHARDS"])
+        monkeypatch.setenv("PGSESSIONS_BUCKETS", "16")
+        router = ShardedRouter.from_env(check_interval=0.1)
+        assert [c.config.name for c in router.clusters()] == ["s1", "s2"]
+        async with router:
+            await migrate(router)
+            assert router.stats()["buckets"] == {"s1": 8, "s2": 8}
+            s = PostgresSession("from-env", router)
+            await s.add_items([user("hi")])
+            assert len(await s.get_items()) == 1
+        status = cluster_cli("status", "--dir", str(d), "--json", timeout=60)
+        rows = json.loads(status.stdout)
+        assert {n: sorted(r["role"] for r in rows[n]) for n in rows} == {
+            "s1": ["primary", "replica"],
+            "s2": ["primary", "replica"],
+        }
+        text = cluster_cli("up", "--shards", "2", "--replicas", "1", "--dir", str(d)).stdout
+        assert "already running" in text and "export PGSESSIONS_SHARDS=" in text
+    finally:
+        down = cluster_cli("down", "--dir", str(d), timeout=60)
+    assert down.returncode == 0, down.stderr
+    assert processes_under(d) == []
+    assert not d.exists()

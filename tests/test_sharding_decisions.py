@@ -11,6 +11,7 @@ from pgsessions.errors import DirectoryError, ShardError
 from pgsessions.router import shard_tokens
 from pgsessions.router.directory import ShardClaim, build_directory, ranges
 from pgsessions.router.placement import DEFAULT_BUCKETS, bucket_of, spread
+from pgsessions.router.shard_env import parse_shards, render_shards
 
 # placement --------------------------------------------------------------------------------
 #: known values: these must never change (stored rows and directories depend on them)
@@ -152,3 +153,32 @@ def test_shard_names_are_plain() -> None:
     for bad in ("", "a+b", "a:b", "x" * 65, "a;b"):
         with pytest.raises(ValueError, match="shard name"):
             shard_tokens.check_shard_name(bad)
+
+
+# the environment --------------------------------------------------------------------------
+def test_pgsessions_shards_is_parsed_shard_by_shard() -> None:
+    text = (
+        "s1=host=a port=1 dbname=x,host=b port=2 dbname=x; "
+        "s2=postgresql://u:secret@h1:5432,h2:5433/db;"
+    )
+    got = parse_shards(text)
+    assert list(got) == ["s1", "s2"]
+    assert got["s1"] == ["host=a port=1 dbname=x", "host=b port=2 dbname=x"]
+    assert len(got["s2"]) == 2
+    assert parse_shards(render_shards(got)) == got
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("", "is empty"),
+        ("postgresql://u:secret@h/db", "part 1"),
+        ("s 1=host=a", "part 1"),
+        ("s1=host=a;s1=host=b", "twice"),
+        ("s1=", "no hosts"),
+    ],
+)
+def test_a_bad_pgsessions_shards_is_named_without_its_passwords(text: str, match: str) -> None:
+    with pytest.raises(ValueError, match=match) as info:
+        parse_shards(text)
+    assert "secret" not in str(info.value)

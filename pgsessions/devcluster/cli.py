@@ -20,6 +20,7 @@ from .errors import ClusterError
 from .patroni import STATE_FILE as PATRONI_STATE
 from .patroni import PatroniCluster
 from .pgbouncer import Bouncer, load_bouncers, start_bouncers, stop_bouncers
+from .shards import shard_dirs, shards_command
 
 DEFAULT_DIR = Path(".pgsessions") / "cluster"
 
@@ -123,6 +124,13 @@ def add_cluster_command(sub: Any) -> None:
         "--patroni",
         action="store_true",
         help="instead: one etcd and three Patroni members (synchronous_mode, ttl 10, loop_wait 2)",
+    )
+    up.add_argument(
+        "--shards",
+        type=int,
+        metavar="N",
+        help="instead: N clusters (s1..sN), each a primary + the replicas; prints "
+        "PGSESSIONS_SHARDS for a ShardedRouter",
     )
     st = csub.add_parser("status", help="one line per node: port, role, replay lag")
     st.add_argument("--dir", type=Path, default=None)
@@ -230,6 +238,8 @@ def run_cluster_command(args: argparse.Namespace) -> int:
     try:
         if (base / PATRONI_STATE).exists() or getattr(args, "patroni", False):
             return _patroni_command(args, base)
+        if getattr(args, "shards", None) is not None or shard_dirs(base):
+            return shards_command(args, base)
         if args.cluster_cmd == "up":
             if args.tls and args.pgbouncer:
                 raise ClusterError("--tls and --pgbouncer cannot be combined yet")

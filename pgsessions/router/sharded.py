@@ -40,6 +40,7 @@ from .loops import LoopThread, running_loop
 from .placement import DEFAULT_BUCKETS, spread
 from .protocol import KeyLike, RouteKey, Router, route_key
 from .session_router import SessionRouter
+from .shard_env import parse_shards
 from .shard_sql import ShardSql, shard_sql
 from .topology import Topology
 
@@ -99,6 +100,25 @@ class ShardedRouter:
         self._pid = os.getpid()
         #: statements sent again to the owner after a shard refused them
         self.redirects = 0
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> ShardedRouter:
+        """A router over the shards of ``PGSESSIONS_SHARDS`` (``"s1=dsn1,dsn2;s2=dsn3"``,
+        see :mod:`.shard_env`) with ``PGSESSIONS_BUCKETS`` buckets (default 1024); every
+        other setting as :meth:`RouterConfig.from_env` reads it (``overrides`` too)."""
+        text = os.environ.get("PGSESSIONS_SHARDS", "")
+        if not text.strip():
+            raise ValueError('PGSESSIONS_SHARDS is not set: give "s1=dsn1,dsn2;s2=dsn3,dsn4"')
+        raw = os.environ.get("PGSESSIONS_BUCKETS", "").strip()
+        try:
+            buckets = int(raw) if raw else DEFAULT_BUCKETS
+        except ValueError:
+            raise ValueError(f"PGSESSIONS_BUCKETS must be an integer, got {raw!r}") from None
+        shards = {
+            name: RouterConfig.from_env(**{**overrides, "hosts": dsns, "name": name})
+            for name, dsns in parse_shards(text).items()
+        }
+        return cls(shards, buckets=buckets)
 
     def __repr__(self) -> str:
         counts = self._directory.counts() if self._directory is not None else {}
