@@ -10,20 +10,34 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from pgsessions import PostgresSession, list_sessions, migrate
+from pgsessions.analytics.report import usage_report
 from pgsessions.devcluster import LocalCluster
 from pgsessions.errors import DirectoryError, ShardError
+from pgsessions.export.dump import export_lines
+from pgsessions.export.load import import_records
+from pgsessions.export.records import read_export
+from pgsessions.retention.prune import prune
 from pgsessions.router import RouterConfig, SessionRouter, ShardedRouter
 from pgsessions.router.placement import bucket_of
 from pgsessions.sessions.schema import load_migrations
 
 from .conftest import drop_schema
-from .helpers import assistant, cluster_cli, cluster_state_dir, poll, processes_under, user
+from .helpers import (
+    assistant,
+    cluster_cli,
+    cluster_state_dir,
+    poll,
+    processes_under,
+    run_result,
+    user,
+)
 
 
 @pytest.fixture(scope="module")
@@ -350,3 +364,52 @@ async def test_cluster_up_shards_prints_the_environment_of_a_sharded_router(
     assert down.returncode == 0, down.stderr
     assert processes_under(d) == []
     assert not d.exists()
+
+
+async def test_operations_over_every_shard(
+    sharded: ShardedRouter, two: tuple[LocalCluster, LocalCluster], shard_schema: str
+) -> None:
+    """Usage totals are exact across shards, an export holds every shard's conversations and
+    an import writes each to its owner; prune runs on every shard."""
+    sids = [f"ops-{i}" for i in range(12)]
+    for n, sid in enumerate(sids):
+        s = PostgresSession(sid, sharded)
+        await s.add_items([user(sid)])
+        await s.store_run_usage(run_result(10 + n))
+    now = datetime.now(UTC)
+    report = await usage_report(
+        sharded, since=now - timedelta(hours=1), until=now + timedelta(hours=1)
+    )
+    (by_model,) = report.reports["by_model"]
+    assert by_model["turns"] == 12 and by_model["sessions"] == 12
+    assert by_model["total_tokens"] == sum(11 + n for n in range(12))
+    lines = [line async for line in export_lines(sharded)]
+    assert len(lines) > 12
+    other = f"{shard_schema}_b"
+    try:
+        async with ShardedRouter(configs(two, other), buckets=64) as target:
+            await migrate(target)
+            summary = await import_records(target, read_export(lines))
+            assert summary.imported == 12 and not summary.errors
+            a, b = two
+            for sid in sids:
+                owner, elsewhere = (a, b) if target._place(sid).shard == "s1" else (b, a)
+                assert messages_on(owner, other, sid) == 1
+                assert messages_on(elsewhere, other, sid) == 0
+            pruned = await prune(target, older_than=timedelta(days=1))
+            assert pruned.conversations_deleted == 0 and pruned.transactions >= 0
+    finally:
+        for c in two:
+            drop_schema(c, other)
+
+
+async def test_the_fence_and_the_callers_setup_share_the_statements_transaction(
+    sharded: ShardedRouter,
+) -> None:
+    setup = ("SELECT set_config('pgsessions.probe', %s, true)", ("set",))
+    probe = "SELECT current_setting('pgsessions.probe', true)"
+    assert await sharded.execute_read("probe", "k-1", probe, setup=setup) == [("set",)]
+    rows, token = await sharded.execute_write("probe", "k-1", probe, setup=[setup])
+    assert rows == [("set",)] and token.startswith(f"{sharded._place('k-1').shard}:")
+    with pytest.raises(TypeError, match="one conversation at a time"):
+        await sharded.execute_write("probe", None, probe)
