@@ -143,7 +143,7 @@ async def test_a_stale_directory_is_refused_and_the_write_lands_once_on_the_owne
     assert s.consistency_token is not None and s.consistency_token.startswith("s2:")
     assert [i["content"] for i in await s.get_items()] == ["after the move"]
     # a read through a router with the old directory is refused by s1 and redirected too
-    async with ShardedRouter(configs(two, shard_schema), buckets=64) as other:
+    async with ShardedRouter(configs(two, shard_schema), buckets=64, check_reads=True) as other:
         other._directory = sharded_dir_before(other, bucket)
         assert [i["content"] for i in await PostgresSession(sid, other).get_items()] == [
             "after the move"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from ..errors import DirectoryError, ShardError
 from .placement import bucket_of
@@ -50,7 +51,7 @@ class Directory:
 
     def place(self, session_id: str) -> Placement:
         """Where ``session_id`` lives; DirectoryError when no shard reached owns its bucket."""
-        bucket = bucket_of(session_id, self.buckets)
+        bucket = _bucket(session_id, self.buckets)
         owner = self.owners[bucket]
         if owner is None:
             raise DirectoryError(
@@ -67,6 +68,12 @@ class Directory:
             if owner is not None:
                 out[owner] = out.get(owner, 0) + 1
         return out
+
+
+@lru_cache(maxsize=65_536)
+def _bucket(session_id: str, buckets: int) -> int:
+    # the conversations a server serves come back turn after turn: hash each once
+    return bucket_of(session_id, buckets)
 
 
 def ranges(buckets: Sequence[int]) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from functools import lru_cache
 
 from .lsn import format_lsn, parse_lsn
 
@@ -25,6 +26,18 @@ def check_shard_name(name: str) -> str:
 
 def parse(token: str) -> dict[str, int]:
     """``{shard: lsn}`` of a sharded token; ValueError naming it unless it is one."""
+    if not isinstance(token, str):
+        raise ValueError(f"not a sharded consistency token: {token!r}")
+    return dict(_parts(token))
+
+
+@lru_cache(maxsize=4096)
+def _parts(token: str) -> tuple[tuple[str, int], ...]:
+    # a session hands the same token to every read until its next write: parse it once
+    return tuple(_parse(token).items())
+
+
+def _parse(token: str) -> dict[str, int]:
     if not isinstance(token, str) or not token:
         raise ValueError(f"not a sharded consistency token: {token!r}")
     out: dict[str, int] = {}
@@ -48,8 +61,10 @@ def part_for(token: str | None, shard: str) -> str | None:
     """The LSN text ``token`` holds for ``shard`` (None: none); ValueError for a non-token."""
     if token is None:
         return None
-    lsn = parse(token).get(shard)
-    return None if lsn is None else format_lsn(lsn)
+    for name, lsn in parse(token).items():
+        if name == shard:
+            return format_lsn(lsn)
+    return None
 
 
 def merge(tokens: Iterable[str | None]) -> str | None:

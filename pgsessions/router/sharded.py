@@ -3,7 +3,7 @@
 Each shard is a full :class:`~.session_router.SessionRouter` (failover, replicas,
 read-your-writes). A conversation's bucket (:mod:`.placement`) picks its shard through the
 directory (:mod:`.directory`), read from the shards themselves. Every write runs the
-shard's fence in its own transaction, every read the same check without a lock: a shard
+shard's fence in its own transaction (reads may run the same check without a lock): a shard
 that does not own the bucket at the router's epoch refuses (SQLSTATE ``PGS01``), and the
 router reads the directory again and retries on the owner (operation ids keep a write's
 outcome exactly-once). Tokens name their shard (:mod:`.shard_tokens`).
@@ -65,13 +65,19 @@ class ShardedRouter:
 
     ``shards`` maps a shard's name (letters, digits, ``_``, ``-``) to its RouterConfig (or
     hosts); every shard uses the same schema. ``buckets`` is the bucket count of the set-up,
-    fixed when :func:`pgsessions.migrate` first spreads the buckets. Use it wherever a
+    fixed when :func:`pgsessions.migrate` first spreads the buckets. ``check_reads``: every
+    read checks ownership on the shard too (one more statement per read); without it
+    reads go to the owner the directory names. Use it wherever a
     SessionRouter is accepted: ``async with ShardedRouter(...) as router``, or
     :meth:`start` for sync code.
     """
 
     def __init__(
-        self, shards: Mapping[str, ShardConfig], *, buckets: int = DEFAULT_BUCKETS
+        self,
+        shards: Mapping[str, ShardConfig],
+        *,
+        buckets: int = DEFAULT_BUCKETS,
+        check_reads: bool = False,
     ) -> None:
         if not shards:
             raise ValueError("ShardedRouter needs at least one shard")
@@ -81,6 +87,9 @@ class ShardedRouter:
                 f"got {buckets!r}"
             )
         self.buckets = buckets
+        #: reads check ownership too (one more statement in their pipeline); by default a
+        #: read goes to the owner the directory names, and writes are fenced
+        self.check_reads = check_reads
         configs: dict[str, RouterConfig] = {}
         for name in sorted(shards):
             shard_tokens.check_shard_name(name)
@@ -190,11 +199,12 @@ class ShardedRouter:
         shards: Mapping[str, ShardConfig],
         *,
         buckets: int = DEFAULT_BUCKETS,
+        check_reads: bool = False,
         timeout: float | None = None,
     ) -> ShardedRouter:
         """An open router served by an event loop thread of its own, shared by its shards
         (see :meth:`SessionRouter.start`); close it with :meth:`stop`."""
-        router = cls(shards, buckets=buckets)
+        router = cls(shards, buckets=buckets, check_reads=check_reads)
         thread = LoopThread("pgsessions-sharded")
         thread.start()
         router._thread = thread
@@ -413,8 +423,9 @@ class ShardedRouter:
         setup: Setups | None = None,
         replay_column: bool = False,
     ) -> Rows:
-        """Run one read on the shard owning ``key``'s bucket, which checks it owns it (see
-        :meth:`SessionRouter.execute_read`); only ``token``'s part for that shard counts.
+        """Run one read on the shard the directory names for ``key``'s bucket (see
+        :meth:`SessionRouter.execute_read`), which with ``check_reads`` checks that it owns
+        it; only ``token``'s part for that shard counts.
         A statement of no one conversation (``key`` None) runs on the first shard."""
         k = route_key(key)
         if k is None:
@@ -430,7 +441,7 @@ class ShardedRouter:
                 query,
                 params,
                 token=shard_tokens.part_for(token, at.shard),
-                setup=_with(check, setup),
+                setup=_with(check, setup) if self.check_reads else setup,
                 replay_column=replay_column,
             )
 
