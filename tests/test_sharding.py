@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from pgsessions import PostgresSession, list_sessions, migrate
 from pgsessions.analytics.report import usage_report
@@ -23,6 +24,8 @@ from pgsessions.errors import DirectoryError, ShardError
 from pgsessions.export.dump import export_lines
 from pgsessions.export.load import import_records
 from pgsessions.export.records import read_export
+from pgsessions.monitoring import instrument, uninstrument
+from pgsessions.monitoring.endpoint import Endpoint
 from pgsessions.retention.prune import prune
 from pgsessions.router import RouterConfig, SessionRouter, ShardedRouter
 from pgsessions.router.placement import bucket_of
@@ -413,3 +416,47 @@ async def test_the_fence_and_the_callers_setup_share_the_statements_transaction(
     assert rows == [("set",)] and token.startswith(f"{sharded._place('k-1').shard}:")
     with pytest.raises(TypeError, match="one conversation at a time"):
         await sharded.execute_write("probe", None, probe)
+
+
+async def test_every_write_is_fenced_in_its_own_statement(
+    sharded: ShardedRouter, two: tuple[LocalCluster, LocalCluster], shard_schema: str
+) -> None:
+    a, b = two
+    sid = sid_on(sharded, "s2")
+    s = PostgresSession(sid, sharded)
+    await s.add_items([user("one"), assistant("two")])
+    assert (await s.pop_item() or {}).get("content") == "two"
+    await s.update_metadata({"k": "v"})
+    assert await s.get_metadata() == {"k": "v"}
+    await s.clear_session()
+    assert await s.get_items() == []
+    # taken away from s2 under the router: each kind of write is refused there and redirected
+    bucket = bucket_of(sid, 64)
+    b.primary.execute(f'DELETE FROM "{shard_schema}".shard_buckets WHERE bucket = %s', (bucket,))
+    a.primary.execute(
+        f'INSERT INTO "{shard_schema}".shard_buckets (bucket, epoch) VALUES (%s, 3)', (bucket,)
+    )
+    before = sharded.redirects
+    await s.update_metadata({"k": "moved"})
+    assert sharded.redirects == before + 1 and sharded._place(sid).shard == "s1"
+    await s.add_items([user("on s1")])
+    assert messages_on(a, shard_schema, sid) == 1 and messages_on(b, shard_schema, sid) == 0
+
+
+async def test_metrics_and_health_answer_for_each_shard(sharded: ShardedRouter) -> None:
+    registry = CollectorRegistry()
+    instrument(sharded, registry)
+    for sid in (sid_on(sharded, "s1"), sid_on(sharded, "s2")):
+        await PostgresSession(sid, sharded).add_items([user("x")])
+    text = generate_latest(registry).decode()
+    for shard in ("s1", "s2"):
+        assert any(
+            line.startswith("pgsessions_routed_total")
+            and f'router="{shard}"' in line
+            and 'reason="write"' in line
+            for line in text.splitlines()
+        ), shard
+    status, body = Endpoint(sharded, registry).health()
+    assert status == 200 and sorted(json.loads(body)["routers"]) == ["s1", "s2"]
+    uninstrument(sharded, registry)
+    assert 'router="s1"' not in generate_latest(registry).decode()

@@ -182,3 +182,11 @@ def test_a_bad_pgsessions_shards_is_named_without_its_passwords(text: str, match
     with pytest.raises(ValueError, match=match) as info:
         parse_shards(text)
     assert "secret" not in str(info.value)
+
+
+def test_the_newer_of_two_tokens_of_one_shard_is_one_of_them() -> None:
+    assert shard_tokens.merge(["s1:0/20", "s1:0/10"]) == "s1:0/20"
+    assert shard_tokens.merge(["s1:0/10", "s1:0/20"]) == "s1:0/20"
+    assert shard_tokens.merge(["s1:0/10", "s2:0/20"]) == "s1:0/10+s2:0/20"
+    with pytest.raises(ValueError, match="sharded consistency token"):
+        shard_tokens.merge(["s1:0/10", "s1:nope"])

@@ -70,9 +70,14 @@ class Router(Protocol):
         commits: bool = False,
         setup: Setups | None = None,
         retry_params: Params | None = None,
+        fenced_query: Query | None = None,
     ) -> tuple[Rows, str]:
         """Run one idempotent statement where ``key``'s conversation is written; returns its
-        rows and the consistency token after it (also remembered for ``key``)."""
+        rows and the consistency token after it (also remembered for ``key``).
+
+        ``fenced_query``: the same statement taking the router's fence (bucket and epoch)
+        as its first two parameters; a router that fences writes runs it instead, with
+        those two before ``params``; a router over one cluster ignores it."""
         ...
 
     async def execute_read(

@@ -501,6 +501,7 @@ class SessionRouter:
         commits: bool = False,
         setup: Setups | None = None,
         retry_params: Params | None = None,
+        fenced_query: Query | None = None,
     ) -> tuple[Rows, str]:
         """Run one idempotent statement on the primary, then take the consistency token.
 
@@ -517,8 +518,9 @@ class SessionRouter:
         ``set_config(..., true)`` for settings that must not outlive the transaction on a
         pooled connection. ``retry_params``, when given,
         replace ``params`` on the second and later attempts (a statement may take a cheaper
-        path when it knows it is a first delivery). Returns the statement's rows and the
-        token, which is also remembered for the session.
+        path when it knows it is a first delivery). ``fenced_query`` is for a router that
+        fences writes (one cluster has nothing to fence: ignored). Returns the statement's
+        rows and the token, which is also remembered for the session.
 
         Raises :class:`SplitBrainError` (nothing written), :class:`NoPrimaryError` (no
         primary within ``failover_timeout``), :class:`OverloadedError` (the primary is busy:

@@ -69,19 +69,36 @@ def part_for(token: str | None, shard: str) -> str | None:
 
 def merge(tokens: Iterable[str | None]) -> str | None:
     """The newest position of each shard among ``tokens`` as one token (None: no token)."""
+    given = [t for t in tokens if t is not None]
+    if len(given) == 2:
+        newer = _newer_of_one_shard(given[0], given[1])
+        if newer is not None:
+            return newer
+    return _merge(given)
+
+
+def _newer_of_one_shard(a: str, b: str) -> str | None:
+    """The newer of two one-part tokens of the same shard (a session's token and its next
+    write's, the common case), or None when they are not that."""
+    if not isinstance(a, str) or not isinstance(b, str) or "+" in a or "+" in b:
+        return None
+    shard_a, sep_a, lsn_a = a.partition(":")
+    shard_b, _, lsn_b = b.partition(":")
+    if not sep_a or shard_a != shard_b or not SHARD_NAME.match(shard_a):
+        return None
+    try:
+        return a if parse_lsn(lsn_a) >= parse_lsn(lsn_b) else b
+    except ValueError:
+        return None  # the general path names the bad one
+
+
+def _merge(tokens: list[str]) -> str | None:
+    if not tokens:
+        return None
     best: dict[str, int] = {}
-    given: str | None = None
-    count = 0
     for token in tokens:
-        if token is None:
-            continue
-        count += 1
-        given = token
         for shard, lsn in parse(token).items():
             if lsn > best.get(shard, -1):
                 best[shard] = lsn
-    if count == 0:
-        return None
-    merged = render(best)
     # a single token comes back as it was given (like SessionRouter's newest)
-    return given if count == 1 and given is not None else merged
+    return tokens[0] if len(tokens) == 1 else render(best)

@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import psycopg
 from psycopg.abc import Params, Query
@@ -58,6 +58,11 @@ def _with(first: Setup, setup: Setups | None) -> Setups:
     if setup is None:
         return first
     return [first, *setup] if isinstance(setup, list) else [first, setup]
+
+
+def _positional(params: Params | None) -> bool:
+    """Whether ``params`` are positional (a fence's two can go before them)."""
+    return params is None or isinstance(params, list | tuple)
 
 
 class ShardedRouter:
@@ -342,11 +347,32 @@ class ShardedRouter:
         call: Callable[[SessionRouter, Placement, bool], Coroutine[Any, Any, T]],
     ) -> tuple[T, Placement]:
         """``call(owner, placement, again)`` on the owner of ``key``'s bucket; after a refusal
-        the directory is read again and the call goes to the owner, until failover_timeout."""
+        the directory is read again and the call goes to the owner, until failover_timeout.
+
+        The first attempt, when the directory places the key, runs without the loop (most
+        calls end there); the loop starts after a refusal or without a placement."""
         self._require_open()
-        deadline = time.monotonic() + self.config.failover_timeout
+        seen = self._directory
+        first = None
+        if seen is not None:
+            try:
+                first = seen.place(key.session_id)
+            except DirectoryError:
+                first = None
         again = False
         attempt = 0
+        if first is not None:
+            try:
+                return await call(self._routers[first.shard], first, False), first
+            except psycopg.Error as exc:
+                if not _is_moved(exc):
+                    raise
+            attempt = 1
+            self.redirects += 1
+            again = True
+            if self._directory is seen:
+                await self.refresh()
+        deadline = time.monotonic() + self.config.failover_timeout
         while True:
             seen = self._directory
             place = await self._placed(key.session_id, deadline)
@@ -382,10 +408,15 @@ class ShardedRouter:
         commits: bool = False,
         setup: Setups | None = None,
         retry_params: Params | None = None,
+        fenced_query: Query | None = None,
     ) -> tuple[Rows, str]:
         """Run one idempotent write on the primary of the shard owning ``key``'s bucket,
         fenced in its own transaction (see :meth:`SessionRouter.execute_write`); returns
         its rows and a token naming the shard (``'s1:0/4000028'``).
+
+        With ``fenced_query`` (and positional ``params``) the fence is part of the statement
+        (bucket and epoch as its first two parameters); otherwise it runs first, as one
+        more statement of the write's pipeline.
 
         Raises :class:`BucketMovedError` when no shard took the bucket within
         ``failover_timeout``, :class:`DirectoryError` when no shard reached owns it.
@@ -397,13 +428,32 @@ class ShardedRouter:
                 "run the statement on each of router.clusters()"
             )
 
+        inline = fenced_query is not None and _positional(params) and _positional(retry_params)
+
         async def call(owner: SessionRouter, at: Placement, again: bool) -> tuple[Rows, str]:
+            first = retry_params if again and retry_params is not None else params
+            if inline:
+                assert fenced_query is not None
+                route = (at.bucket, at.epoch)
+                return await owner.execute_write(
+                    operation,
+                    k,
+                    fenced_query,
+                    (*route, *cast(Sequence[Any], first or ())),
+                    commits=commits,
+                    setup=setup,
+                    retry_params=(
+                        None
+                        if retry_params is None
+                        else (*route, *cast(Sequence[Any], retry_params))
+                    ),
+                )
             fence: Setup = (self._sql.fence, (at.bucket, at.epoch))
             return await owner.execute_write(
                 operation,
                 k,
                 query,
-                retry_params if again and retry_params is not None else params,
+                first,
                 commits=commits,
                 setup=_with(fence, setup),
                 retry_params=retry_params,

@@ -184,6 +184,7 @@ class PostgresSession:
                     commits=commits,
                     setup=self._setup(tenant),
                     retry_params=retry_params,
+                    fenced_query=self._sql.fenced.get(query),
                 )
             )
         self._note(token)

@@ -26,6 +26,10 @@ class Statements:
     compaction_prefix: LiteralString
     replace_suffix: LiteralString
     set_tenant: LiteralString
+    #: each write statement -> the same with its session id passed through the shard's
+    #: fence: ``fenced(%s::integer, %s::bigint, %s)`` (bucket and epoch first; migration
+    #: 0011), for a router that fences writes (Router.execute_write's ``fenced_query``)
+    fenced: dict[str, LiteralString]
 
 
 @lru_cache(maxsize=64)
@@ -36,6 +40,27 @@ def statements(schema: str) -> Statements:
     def q(text: str) -> LiteralString:
         return text.replace("{s}", s)
 
+    writes = {
+        # every write statement's first argument is the session id
+        "add_items": q(
+            "CALL {s}.add_items_checked_committed("
+            "%s, %s, %b::text[]::json[], %b::text[], %b::text[], %s::jsonb, %s)"
+        ),
+        # every write below takes a client operation id (migrations 0001 and 0004)
+        "pop_item": q("SELECT {s}.pop_item(%s, %s)::text"),
+        "clear_session": q("SELECT {s}.clear_session(%s, %s)"),
+        "update_metadata": q("SELECT {s}.update_metadata(%s, %s, %s::jsonb, %s::boolean)::text"),
+        # the current user turn is the number of role 'user' items stored; no turn, no row
+        "store_usage": q(
+            "SELECT {s}.store_usage(%s, %s, %s, %s::integer, %s::bigint, %s::bigint, %s::bigint,"
+            " %s::jsonb, %s::jsonb)"
+        ),
+        "replace_suffix": q(
+            "SELECT {s}.replace_suffix(%s, %s, %s::timestamptz, %s::bigint[], %s::bigint,"
+            " %b::text[]::json[], %b::text[], %b::text[])"
+        ),
+    }
+    fence = q("({s}.fenced(%s::integer, %s::bigint, %s)")
     return Statements(
         # one row: the latest N items (LIMIT NULL = all) in order, their JSON texts joined
         # by commas (the caller adds the brackets; NULL when there are none), then the
@@ -66,20 +91,12 @@ def statements(schema: str) -> Statements:
         ),
         # a procedure that commits: one row (applied, token); the last parameter is true on
         # a retry (it looks the operation id up first); see migrations 0003 and 0007
-        add_items=q(
-            "CALL {s}.add_items_checked_committed("
-            "%s, %s, %b::text[]::json[], %b::text[], %b::text[], %s::jsonb, %s)"
-        ),
-        # every write below takes a client operation id (migrations 0001 and 0004)
-        pop_item=q("SELECT {s}.pop_item(%s, %s)::text"),
-        clear_session=q("SELECT {s}.clear_session(%s, %s)"),
-        update_metadata=q("SELECT {s}.update_metadata(%s, %s, %s::jsonb, %s::boolean)::text"),
+        add_items=writes["add_items"],
+        pop_item=writes["pop_item"],
+        clear_session=writes["clear_session"],
+        update_metadata=writes["update_metadata"],
         get_metadata=q("SELECT metadata::text FROM {s}.conversations WHERE session_id = %s"),
-        # the current user turn is the number of role 'user' items stored; no turn, no row
-        store_usage=q(
-            "SELECT {s}.store_usage(%s, %s, %s, %s::integer, %s::bigint, %s::bigint, %s::bigint,"
-            " %s::jsonb, %s::jsonb)"
-        ),
+        store_usage=writes["store_usage"],
         session_usage=q(
             "SELECT sum(requests)::bigint, sum(input_tokens)::bigint, sum(output_tokens)::bigint,"
             " sum(total_tokens)::bigint, count(*) FROM {s}.usage_logs WHERE session_id = %s"
@@ -107,10 +124,15 @@ def statements(schema: str) -> Statements:
             "SELECT seq, item FROM {s}.messages WHERE session_id = %s AND seq > %s"
             " AND seq < %s ORDER BY seq LIMIT %s) t"
         ),
-        replace_suffix=q(
-            "SELECT {s}.replace_suffix(%s, %s, %s::timestamptz, %s::bigint[], %s::bigint,"
-            " %b::text[]::json[], %b::text[], %b::text[])"
-        ),
+        replace_suffix=writes["replace_suffix"],
         # the router's setup statement: the tenant for this transaction only (migration 0006)
         set_tenant=q("SELECT {s}.set_tenant(%s)"),
+        fenced={w: _fence_first(w, fence) for w in writes.values()},
     )
+
+
+def _fence_first(statement: LiteralString, fence: LiteralString) -> LiteralString:
+    """``statement`` with its first argument (the session id) passed through ``fence``."""
+    head, sep, tail = statement.partition("(%s")
+    assert sep, statement
+    return head + fence + tail

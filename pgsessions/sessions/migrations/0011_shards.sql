@@ -4,7 +4,7 @@
 -- set-up is made); shard_buckets holds the buckets this shard owns, each at an epoch that a
 -- move raises. Both stay empty on a cluster served by a plain SessionRouter.
 --
--- fence(bucket, epoch) runs first in every write's transaction through a ShardedRouter: it
+-- fence(bucket, epoch) runs in every write's transaction through a ShardedRouter: it
 -- takes a share lock on the bucket and raises SQLSTATE PGS01 unless this shard owns the
 -- bucket at that epoch. The share lock is a transaction-level advisory lock, not a row lock
 -- (a row lock writes WAL and makes multixacts on every write); a trigger takes the same lock
@@ -45,6 +45,17 @@ BEGIN
                                   coalesce(v_epoch::text, 'not owned')),
                   HINT = 'the directory moved: the router refreshes it and retries on the owner';
     END IF;
+END
+$$;
+
+-- The fence inside the write statement itself (no statement of its own): the write passes
+-- its session id through it, e.g. CALL add_items_checked_committed(fenced(b, e, id), ...).
+-- Arguments are evaluated once, before the write runs, in its transaction.
+CREATE FUNCTION {schema}.fenced(p_bucket integer, p_epoch bigint, p_session text) RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM {schema}.fence(p_bucket, p_epoch);
+    RETURN p_session;
 END
 $$;
 
@@ -104,6 +115,8 @@ BEGIN
            AND a.privilege_type = 'EXECUTE' AND a.grantee <> 0 AND a.grantee <> p.proowner
     LOOP
         EXECUTE 'GRANT EXECUTE ON FUNCTION {schema}.fence(integer, bigint) TO ' || r.grantee;
+        EXECUTE 'GRANT EXECUTE ON FUNCTION {schema}.fenced(integer, bigint, text) TO '
+             || r.grantee;
         EXECUTE 'GRANT EXECUTE ON FUNCTION {schema}.owns(integer, bigint) TO ' || r.grantee;
         EXECUTE 'GRANT EXECUTE ON FUNCTION {schema}.shard_directory() TO ' || r.grantee;
         EXECUTE 'GRANT EXECUTE ON FUNCTION {schema}.bucket_lock_key(integer) TO ' || r.grantee;
