@@ -16,10 +16,13 @@ from pathlib import Path
 import psycopg
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from pgsessions import PostgresSession, list_sessions, migrate
 from pgsessions.analytics.report import usage_report
 from pgsessions.devcluster import LocalCluster
+from pgsessions.devcluster.cluster import DBNAME
 from pgsessions.errors import DirectoryError, ShardError
 from pgsessions.export.dump import export_lines
 from pgsessions.export.load import import_records
@@ -300,6 +303,9 @@ async def test_a_primary_down_in_one_shard_leaves_the_other_writing(
         # s1 waits for a primary meanwhile; s2 goes on
         pending = asyncio.create_task(PostgresSession(on1[0], r).add_items([user("waits")]))
         assert await asyncio.to_thread(poll, lambda: sum(written.values()) > before + 100, 20)
+        # the directory can still be read meanwhile (s1's part from its replica)
+        refreshed = await asyncio.wait_for(r.refresh(), 10)
+        assert refreshed is not None and refreshed.counts() == {"s1": 32, "s2": 32}
         await asyncio.to_thread(a.promote, a.replicas[0])
         await asyncio.wait_for(pending, 20)
         stop = True
@@ -460,3 +466,64 @@ async def test_metrics_and_health_answer_for_each_shard(sharded: ShardedRouter) 
     assert status == 200 and sorted(json.loads(body)["routers"]) == ["s1", "s2"]
     uninstrument(sharded, registry)
     assert 'router="s1"' not in generate_latest(registry).decode()
+
+
+async def test_an_application_role_runs_the_fence_and_reads_the_directory(
+    two: tuple[LocalCluster, LocalCluster], shard_schema: str
+) -> None:
+    """Migrated by an owner role with grant_to: the app role (EXECUTE on routines, SELECT on
+    the session tables, pg_monitor) reads the directory, writes fenced and is redirected."""
+    tag = uuid.uuid4().hex[:8]
+    owner, app = f"t_owner_{tag}", f"t_app_{tag}"
+    for c in two:
+        for role in (owner, app):
+            c.primary.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        c.primary.execute(
+            sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(
+                sql.Identifier(DBNAME), sql.Identifier(owner)
+            )
+        )
+        c.primary.execute(sql.SQL("GRANT pg_monitor TO {}").format(sql.Identifier(app)))
+
+    def as_role(role: str) -> dict[str, RouterConfig]:
+        return {
+            n: RouterConfig(
+                hosts=[make_conninfo(d, user=role) for d in c.dsns()],
+                schema=shard_schema,
+                check_interval=0.1,
+                read_from_replicas=role == app,  # the owner has no pg_monitor
+            )
+            for n, c in zip(("s1", "s2"), two, strict=True)
+        }
+
+    try:
+        async with ShardedRouter(as_role(owner), buckets=64) as r:
+            await migrate(r, grant_to=app)
+        async with ShardedRouter(as_role(app), buckets=64, check_reads=True) as r:
+            sid = sid_on(r, "s1")
+            s = PostgresSession(sid, r)
+            await s.add_items([user("as the app")])
+            bucket = bucket_of(sid, 64)
+            a, b = two
+            a.primary.execute(
+                f'DELETE FROM "{shard_schema}".shard_buckets WHERE bucket = %s', (bucket,)
+            )
+            b.primary.execute(
+                f'INSERT INTO "{shard_schema}".shard_buckets (bucket, epoch) VALUES (%s, 2)',
+                (bucket,),
+            )
+            await s.add_items([user("moved")])
+            assert r.redirects == 1 and messages_on(b, shard_schema, sid) == 1
+            assert [i["content"] for i in await s.get_items()] == ["moved"]
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                async with r.cluster_for(sid).primary_connection() as conn:
+                    await conn.execute(
+                        f'UPDATE "{shard_schema}".shard_buckets SET epoch = 9 WHERE bucket = %s',
+                        (bucket,),
+                    )
+    finally:
+        for c in two:
+            drop_schema(c, shard_schema)
+            for role in (app, owner):
+                c.primary.execute(sql.SQL("DROP OWNED BY {} CASCADE").format(sql.Identifier(role)))
+                c.primary.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))

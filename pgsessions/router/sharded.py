@@ -47,6 +47,8 @@ from .topology import Topology
 T = TypeVar("T")
 
 ShardConfig = RouterConfig | str | Sequence[str]
+#: how long a refresh waits for a shard before counting it with its last claim
+_LENIENT_WAIT = 2.0
 
 
 def _is_moved(exc: BaseException) -> bool:
@@ -109,6 +111,8 @@ class ShardedRouter:
         self._order = tuple(self._routers.values())
         self._sql: ShardSql = shard_sql(self.config.schema)
         self._directory: Directory | None = None
+        #: what each shard claimed when it last answered
+        self._last_claims: dict[str, ShardClaim] = {}
         self._thread: LoopThread | None = None
         self._open = False
         self._pid = os.getpid()
@@ -287,14 +291,38 @@ class ShardedRouter:
             owned=dict(zip(owned, epochs, strict=True)),
         )
 
-    async def _claims(self) -> list[ShardClaim]:
-        return list(await asyncio.gather(*(self._claim(n, r) for n, r in self._routers.items())))
+    async def _claim_within(
+        self, name: str, router: SessionRouter, seconds: float | None
+    ) -> ShardClaim:
+        async with asyncio.timeout(seconds):
+            return await self._claim(name, router)
+
+    async def _claims(self, *, lenient: bool = False) -> list[ShardClaim]:
+        """Every shard's claim; ``lenient``: a shard that cannot answer now keeps the claim
+        it made last (a fault in one shard must not fail a redirect to another)."""
+        wait = min(_LENIENT_WAIT, self.config.failover_timeout) if lenient else None
+        found = await asyncio.gather(
+            *(self._claim_within(n, r, wait) for n, r in self._routers.items()),
+            return_exceptions=True,
+        )
+        claims: list[ShardClaim] = []
+        for name, got in zip(self._routers, found, strict=True):
+            if isinstance(got, ShardClaim):
+                self._last_claims[name] = got
+                claims.append(got)
+            elif lenient and name in self._last_claims and isinstance(got, Exception):
+                claims.append(self._last_claims[name])
+            else:
+                raise got
+        return claims
 
     async def _read_directory(self, *, complete: bool) -> Directory | None:
-        return build_directory(await self._claims(), self.buckets, complete=complete)
+        claims = await self._claims(lenient=not complete)
+        return build_directory(claims, self.buckets, complete=complete)
 
     async def refresh(self) -> Directory | None:
-        """Read the directory from the shards again (after a refusal, or a move)."""
+        """Read the directory from the shards again (after a refusal, or a move); a shard
+        that cannot answer now counts with what it claimed last."""
         self._require_open()
         self._directory = await self._read_directory(complete=False)
         return self._directory
