@@ -36,6 +36,7 @@ from pgsessions.sessions.schema import load_migrations
 
 from .conftest import drop_schema
 from .helpers import (
+    apoll,
     assistant,
     cluster_cli,
     cluster_state_dir,
@@ -527,3 +528,62 @@ async def test_an_application_role_runs_the_fence_and_reads_the_directory(
             for role in (app, owner):
                 c.primary.execute(sql.SQL("DROP OWNED BY {} CASCADE").format(sql.Identifier(role)))
                 c.primary.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+async def test_writes_in_flight_across_a_flip_land_once_each(
+    sharded: ShardedRouter, two: tuple[LocalCluster, LocalCluster], shard_schema: str
+) -> None:
+    """Writers keep adding to sessions of one bucket while its ownership flips from s1 to
+    s2 (the old owner lets go, then the new one takes it): no error, and every acknowledged
+    item is stored exactly once, on s1 before the flip and on s2 after it."""
+    a, b = two
+    first = sid_on(sharded, "s1")
+    bucket = bucket_of(first, 64)
+    same_bucket = (f"flip-{i}" for i in range(20_000))
+    sids = [first, *[sid for sid in same_bucket if bucket_of(sid, 64) == bucket][:3]]
+    acked: list[str] = []
+    errors: list[str] = []
+    stop = False
+
+    async def writer(sid: str) -> None:
+        s = PostgresSession(sid, sharded)
+        n = 0
+        while not stop:
+            text = f"{sid}/{n}"
+            try:
+                await s.add_items([user(text)])
+                acked.append(text)
+            except Exception as exc:
+                errors.append(repr(exc))
+            n += 1
+
+    tasks = [asyncio.create_task(writer(sid)) for sid in sids]
+    assert await apoll(lambda: _at_least(acked, 40), 20)
+    qs = f'"{shard_schema}"'
+    await asyncio.to_thread(
+        a.primary.execute, f"DELETE FROM {qs}.shard_buckets WHERE bucket = %s", (bucket,)
+    )
+    await asyncio.to_thread(
+        b.primary.execute,
+        f"INSERT INTO {qs}.shard_buckets (bucket, epoch) VALUES (%s, 2)",
+        (bucket,),
+    )
+    n_flip = len(acked)
+    assert await apoll(lambda: _at_least(acked, n_flip + 40), 20)
+    stop = True
+    await asyncio.gather(*tasks)
+    assert errors == []
+    assert sharded.redirects >= 1
+    stored: list[str] = []
+    for c in two:
+        rows = c.primary.execute(
+            f"SELECT item->>'content' FROM {qs}.messages WHERE session_id = ANY(%s)", (sids,)
+        )
+        stored += [r[0] for r in rows]
+    assert sorted(stored) == sorted(acked)  # once each, none lost, none doubled
+    on_s2 = {r[0] for r in b.primary.execute(f"SELECT item->>'content' FROM {qs}.messages")}
+    assert len(on_s2) >= 40 and on_s2 <= set(acked[n_flip - len(sids) :])
+
+
+async def _at_least(items: list[str], n: int) -> bool:
+    return len(items) >= n
