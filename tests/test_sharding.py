@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -340,6 +342,17 @@ async def test_migrations_apply_by_name_across_a_gap_in_numbering(
         assert await migrate(r, migrations=tmp_path) == []
 
 
+def pgsessions_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``pgsessions ARGS...`` in a subprocess, with this test's environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "pgsessions", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+
+
 async def test_cluster_up_shards_prints_the_environment_of_a_sharded_router(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -353,10 +366,12 @@ async def test_cluster_up_shards_prints_the_environment_of_a_sharded_router(
         assert sorted(info["shards"]) == ["s1", "s2"]
         monkeypatch.setenv("PGSESSIONS_SHARDS", info["env"]["PGSESSIONS_SHARDS"])
         monkeypatch.setenv("PGSESSIONS_BUCKETS", "16")
+        migrated = await asyncio.to_thread(pgsessions_cli, "migrate")
+        assert migrated.returncode == 0, migrated.stderr
+        assert "shard 's1': at version 0011, 8 of 16 buckets" in migrated.stdout
         router = ShardedRouter.from_env(check_interval=0.1)
         assert [c.config.name for c in router.clusters()] == ["s1", "s2"]
         async with router:
-            await migrate(router)
             assert router.stats()["buckets"] == {"s1": 8, "s2": 8}
             s = PostgresSession("from-env", router)
             await s.add_items([user("hi")])
