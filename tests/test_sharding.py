@@ -602,3 +602,22 @@ async def test_writes_in_flight_across_a_flip_land_once_each(
 
 async def _at_least(items: list[str], n: int) -> bool:
     return len(items) >= n
+
+
+async def test_calls_from_another_event_loop_are_served(sharded: ShardedRouter) -> None:
+    sids = [sid_on(sharded, "s1"), sid_on(sharded, "s2")]
+
+    def in_a_thread() -> list[int]:
+        async def run() -> list[int]:
+            out = []
+            for sid in sids:
+                s = PostgresSession(sid, sharded)
+                await s.add_items([user("from another loop")])
+                out.append(len(await s.get_items()))
+            return out
+
+        return asyncio.run(run())
+
+    assert await asyncio.to_thread(in_a_thread) == [1, 1]
+    for sid in sids:  # and the owner loop sees them, read-your-writes kept per shard
+        assert len(await PostgresSession(sid, sharded).get_items()) == 1
