@@ -13,6 +13,8 @@ from ._version import __version__ as __version__
 
 if TYPE_CHECKING:
     from .errors import (
+        BucketMovedError,
+        DirectoryError,
         ExportFormatError,
         MissingPrivilegeError,
         NoEligibleReplicaError,
@@ -21,11 +23,12 @@ if TYPE_CHECKING:
         PreparedStatementsError,
         RouterClosedError,
         RouterError,
+        ShardError,
         SplitBrainError,
         TenantConflictError,
         TenantError,
     )
-    from .router import RouteKey, Router, RouterConfig, SessionRouter
+    from .router import RouteKey, Router, RouterConfig, SessionRouter, ShardedRouter
     from .sessions import (
         Migration,
         PostgresSession,
@@ -36,6 +39,8 @@ if TYPE_CHECKING:
     )
 
 _WHERE = {
+    "BucketMovedError": ".errors",
+    "DirectoryError": ".errors",
     "ExportFormatError": ".errors",
     "MissingPrivilegeError": ".errors",
     "NoEligibleReplicaError": ".errors",
@@ -48,6 +53,8 @@ _WHERE = {
     "RouterError": ".errors",
     "RouterConfig": ".router",
     "SessionRouter": ".router",
+    "ShardError": ".errors",
+    "ShardedRouter": ".router",
     "SplitBrainError": ".errors",
     "Migration": ".sessions",
     "PostgresSession": ".sessions",
@@ -60,6 +67,8 @@ _WHERE = {
 }
 
 __all__ = [
+    "BucketMovedError",
+    "DirectoryError",
     "ExportFormatError",
     "Migration",
     "MissingPrivilegeError",
@@ -76,6 +85,8 @@ __all__ = [
     "SessionInfo",
     "SessionPage",
     "SessionRouter",
+    "ShardError",
+    "ShardedRouter",
     "SplitBrainError",
     "TenantConflictError",
     "TenantError",

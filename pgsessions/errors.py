@@ -2,6 +2,8 @@
 
 - :class:`RouterError` and its subclasses: where a statement could not run (no primary, split
   brain, overload, a closed router, ...);
+- :class:`ShardError`, :class:`DirectoryError`, :class:`BucketMovedError`: a sharded set-up
+  (ShardedRouter) is misconfigured, or a bucket's owner could not be found;
 - :class:`TenantError`: tenant isolation refused a call;
 - :class:`ExportFormatError`: a line of an export file is malformed.
 """
@@ -94,6 +96,41 @@ class MissingPrivilegeError(RouterError):
     def __init__(self, message: str, roles: list[str]) -> None:
         self.roles = list(roles)
         super().__init__(message)
+
+
+# shards -----------------------------------------------------------------------------
+class ShardError(RouterError):
+    """One shard of a ShardedRouter cannot serve: unreachable at open, the same cluster as
+    another shard, set up under another name or bucket count, or not set up. ``shard`` is
+    the name in the router's configuration."""
+
+    def __init__(self, shard: str, message: str) -> None:
+        self.shard = shard
+        super().__init__(f"shard {shard!r}: {message}")
+
+
+class DirectoryError(RouterError):
+    """The shards' directory disagrees with itself: a bucket claimed by two shards, or
+    owned by none of the shards this router reaches. ``buckets`` lists those concerned."""
+
+    def __init__(self, message: str, buckets: list[int]) -> None:
+        self.buckets = list(buckets)
+        super().__init__(message)
+
+
+class BucketMovedError(RouterError):
+    """A shard refused a statement on a bucket it does not own at the router's epoch
+    (SQLSTATE ``PGS01``, see :data:`MOVED_SQLSTATE`) and no owner took it within
+    ``failover_timeout``. Nothing was written. The refusal is the cause."""
+
+    def __init__(self, message: str, shard: str, bucket: int) -> None:
+        self.shard = shard
+        self.bucket = bucket
+        super().__init__(message)
+
+
+#: the SQLSTATE a shard raises when it does not own a statement's bucket (migration 0011)
+MOVED_SQLSTATE = "PGS01"
 
 
 # sessions ---------------------------------------------------------------------------

@@ -80,11 +80,14 @@ class _Where:
 _KEYS: dict[str, tuple[tuple[str, ...], tuple[tuple[str, bool], ...]]] = {
     "by_day": (("day",), (("day", False),)),
     "by_model": (("model",), (("total_tokens", True), ("model", False))),
+    # branch ids repeat across conversations: a branch row sums over clusters like a model's
+    "by_branch": (("branch",), (("total_tokens", True), ("branch", False))),
+    "by_tool": (("tool",), (("calls", True), ("tool", False))),
     "by_session": (("session_id",), (("total_tokens", True), ("session_id", False))),
     "busiest": (("session_id",), (("turns", True), ("requests", True), ("session_id", False))),
     "largest": (("session_id",), (("items", True), ("session_id", False))),
 }
-_RANKED = ("by_session", "busiest", "largest")
+_RANKED = ("by_session", "busiest", "largest", "by_tool", "by_branch")
 
 
 def combine(

@@ -20,6 +20,7 @@ from ..devcluster.local import DEFAULT_DIR, default_dir, ensure_local_cluster
 from ..devcluster.patroni import STATE_FILE as PATRONI_STATE
 from ..devcluster.patroni import PatroniCluster
 from ..devcluster.pgbouncer import Bouncer, load_bouncers, start_bouncers, stop_bouncers
+from ..devcluster.shards import shard_dirs, shards_command
 from ..router.settings import count, flag
 from .common import print_status_table
 
@@ -63,6 +64,13 @@ def add_cluster_command(sub: Any) -> None:
         "--patroni",
         action="store_true",
         help="instead: one etcd and three Patroni members (synchronous_mode, ttl 10, loop_wait 2)",
+    )
+    up.add_argument(
+        "--shards",
+        type=int,
+        metavar="N",
+        help="instead: N clusters (s1..sN), each a primary + the replicas; prints "
+        "PGSESSIONS_SHARDS for a ShardedRouter",
     )
     st = csub.add_parser("status", help="one line per node: port, role, replay lag")
     st.add_argument("--dir", type=Path, default=None)
@@ -165,6 +173,8 @@ def run_cluster_command(args: argparse.Namespace) -> int:
     try:
         if (base / PATRONI_STATE).exists() or getattr(args, "patroni", False):
             return _patroni_command(args, base)
+        if getattr(args, "shards", None) is not None or shard_dirs(base):
+            return shards_command(args, base)
         if args.cluster_cmd == "up":
             if args.tls and args.pgbouncer:
                 raise ClusterError("--tls and --pgbouncer cannot be combined yet")

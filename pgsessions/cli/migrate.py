@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
 import sys
 from typing import Any
 
@@ -15,7 +17,8 @@ def add_migrate_command(subparsers: Any) -> None:
         "migrate",
         help="create or upgrade the pgsessions schema (idempotent)",
         description="Apply the pending schema migrations on the primary, each once, under an "
-        "advisory lock. Hosts: --hosts, else PGSESSIONS_HOSTS, "
+        "advisory lock. Hosts: --hosts, else PGSESSIONS_HOSTS, else every shard of "
+        "PGSESSIONS_SHARDS (a fresh sharded set-up gets its buckets spread), "
         "else (only with --local) the local cluster.",
     )
     add_hosts_arguments(p)
@@ -41,6 +44,9 @@ def add_migrate_command(subparsers: Any) -> None:
 
 def run_migrate_command(args: argparse.Namespace) -> int:
     isolation = None if args.tenant_isolation is None else args.tenant_isolation == "on"
+    if not args.hosts and not os.environ.get("PGSESSIONS_HOSTS"):
+        if os.environ.get("PGSESSIONS_SHARDS"):
+            return asyncio.run(_migrate_shards(args.schema, args.grant_to, isolation))
     return run_on_hosts(
         "migrate", args, lambda hosts: _migrate(hosts, args.schema, args.grant_to, isolation)
     )
@@ -76,4 +82,40 @@ async def _migrate(
     )
     if grant_to:
         print(f"granted {grant_to!r} usage, execute and select on schema {config.schema!r}")
+    return 0
+
+
+async def _migrate_shards(schema: str | None, grant_to: str | None, isolation: bool | None) -> int:
+    """`pgsessions migrate` on every shard of ``PGSESSIONS_SHARDS``."""
+    import psycopg
+
+    from ..errors import TenantError
+    from ..router import RouterError, ShardedRouter
+    from ..sessions.schema import applied_migrations, migrate
+    from ..sessions.tenants import tenant_isolation
+
+    overrides: dict[str, object] = {"read_from_replicas": False}
+    if schema:
+        overrides["schema"] = schema
+    try:
+        router = ShardedRouter.from_env(**overrides)
+        async with router:
+            applied = await migrate(router, grant_to=grant_to, tenant_isolation=isolation)
+            lines = []
+            buckets = router.stats()["buckets"]
+            for name, shard in router.shards.items():
+                current = await applied_migrations(shard)
+                isolated = await tenant_isolation(shard)
+                lines.append(
+                    f"shard {name!r}: at version {current[-1] if current else '-'}, "
+                    f"{buckets[name]} of {router.buckets} buckets, "
+                    f"tenant isolation {'on' if isolated else 'off'}"
+                )
+    except (ValueError, RouterError, TenantError, psycopg.Error) as exc:
+        print(f"pgsessions migrate: {exc}", file=sys.stderr)
+        return 1
+    done = ", ".join(applied) if applied else "nothing to apply"
+    print(f"schema {router.config.schema!r} on {len(lines)} shards: {done}")
+    for line in lines:
+        print(line)
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import AsyncIterable, Callable, Iterable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -233,6 +234,7 @@ async def import_records(
     progress: Callable[[ImportSummary], None] | None = None,
 ) -> ImportSummary:
     """Write ``records`` on the primary, each conversation all or nothing; see the module.
+    Over several clusters (a ShardedRouter) each conversation goes to its owner's primary.
 
     A record the database refuses (bad JSON text, U+0000 in metadata, ...) is reported in
     ``errors`` and leaves its conversation as it was; the others are still imported. Runs
@@ -250,13 +252,25 @@ async def import_records(
                 yield rec
 
     with migrate_hint(router.config.schema):
-        async with router.primary_connection() as conn:
+        async with AsyncExitStack() as stack:
+            # one admin connection per cluster, opened at its first conversation
+            conns: dict[int, psycopg.AsyncConnection[Any]] = {}
+
+            async def conn_for(session_id: str) -> psycopg.AsyncConnection[Any]:
+                cluster = router.cluster_for(session_id)
+                conn = conns.get(id(cluster))
+                if conn is None:
+                    conn = await stack.enter_async_context(cluster.primary_connection())
+                    conns[id(cluster)] = conn
+                return conn
+
             async for rec in each():
                 try:
                     if rec.error is not None:
                         raise ValueError(rec.error)
                     check_session_id(rec.session_id)
                     check_limits(rec)
+                    conn = await conn_for(rec.session_id)
                     outcome = await _import_one(conn, sql, rec.checked(), replace)
                 except (ValueError, psycopg.errors.DataError, psycopg.errors.IntegrityError) as e:
                     summary.errors.append(f"{rec.session_id!r}: {str(e).splitlines()[0]}")

@@ -229,8 +229,15 @@ def instrument(router: Router, registry: CollectorRegistry | None = None) -> Rou
     """Observe ``router`` and expose it in ``registry`` (default: :data:`REGISTRY`).
 
     Idempotent per router and registry. Several routers share a registry when their
-    ``RouterConfig.name`` differ; a closed router stops reporting.
+    ``RouterConfig.name`` differ; a closed router stops reporting. A router over several
+    clusters (a ShardedRouter) is instrumented cluster by cluster: each shard's series carry
+    ``router=<its RouterConfig.name>`` (the shard's name unless set); the first's are
+    returned.
     """
+    clusters = router.clusters()
+    if len(clusters) != 1 or clusters[0] is not router:
+        made = [instrument(c, registry) for c in clusters]
+        return made[0]
     collector = collector_for(registry if registry is not None else REGISTRY)
     existing = collector.get(router)
     if existing is not None:
@@ -242,7 +249,13 @@ def instrument(router: Router, registry: CollectorRegistry | None = None) -> Rou
 
 
 def uninstrument(router: Router, registry: CollectorRegistry | None = None) -> None:
-    """Stop observing ``router``; its series disappear from ``registry``."""
+    """Stop observing ``router`` (each of its clusters); its series disappear from
+    ``registry``."""
+    clusters = router.clusters()
+    if len(clusters) != 1 or clusters[0] is not router:
+        for c in clusters:
+            uninstrument(c, registry)
+        return
     collector = collector_for(registry if registry is not None else REGISTRY)
     metrics = collector.get(router)
     if metrics is not None:

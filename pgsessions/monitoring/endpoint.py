@@ -31,7 +31,9 @@ class Endpoint:
         if routers is None:
             self._routers: list[Router] | None = None
         else:
-            self._routers = [routers] if not isinstance(routers, Sequence) else list(routers)
+            given = [routers] if not isinstance(routers, Sequence) else list(routers)
+            # a router over several clusters (shards) answers for each of them
+            self._routers = [c for r in given for c in r.clusters()]
             for r in self._routers:
                 instrument(r, self.registry)
 

@@ -20,7 +20,7 @@ from typing import Any, Generic, TypeVar
 
 from psycopg.abc import Params, Query
 
-from .execution import Setup
+from .execution import Setups
 
 #: writes or batches one router keeps in flight to its primary at once
 MAX_IN_FLIGHT = 2
@@ -58,7 +58,7 @@ class Pending(Generic[R]):
     #: the statement as it runs inside a batch's transaction, and its parameters
     query: Query
     params: Params | None
-    setup: Setup | None
+    setup: Setups | None
     size: int
     future: asyncio.Future[R]
     #: runs this write alone on the ordinary path (after its batch failed)
@@ -82,7 +82,7 @@ def take_batch(
     batch: list[Pending[R]] = []
     kept: list[Pending[R]] = []
     held: set[str] = set()
-    setup: Setup | None = None
+    setup: Setups | None = None
     size = 0
     while queue:
         p = queue.popleft()
@@ -144,7 +144,7 @@ class Coalescer(Generic[R]):
         key: str,
         query: Query,
         params: Params | None,
-        setup: Setup | None,
+        setup: Setups | None,
         alone: Callable[[], Awaitable[R]],
     ) -> R:
         """Queue a write for the next batch and wait for its outcome. A caller cancelled

@@ -24,6 +24,8 @@ Conn = psycopg.AsyncConnection[Any]
 #: a statement and its parameters, run before another in the same transaction (its rows are
 #: discarded): e.g. transaction-local settings, ``SELECT set_config(..., true)``
 Setup = tuple[Query, Params | None]
+#: one setup, or several run in order (e.g. a shard's fence, then the tenant's settings)
+Setups = Setup | list[Setup]
 
 #: the write's transaction is committed with at least a local WAL flush, so that the flush
 #: position taken after it covers the commit record
@@ -35,13 +37,16 @@ TOKEN_SQL = "SELECT pg_current_wal_flush_lsn()::text"
 _REPLAY_LSN_SQL = "SELECT pg_last_wal_replay_lsn()::text"
 
 
-async def _setup(conn: Conn, setup: Setup | None) -> None:
-    if setup is not None:
+async def _setup(conn: Conn, setup: Setups | None) -> None:
+    if isinstance(setup, list):
+        for one in setup:
+            await conn.execute(cast(QueryNoTemplate, one[0]), one[1])
+    elif setup is not None:
         await conn.execute(cast(QueryNoTemplate, setup[0]), setup[1])
 
 
 async def _execute(
-    conn: Conn, query: Query, params: Params | None, setup: Setup | None
+    conn: Conn, query: Query, params: Params | None, setup: Setups | None
 ) -> psycopg.AsyncCursor[Any]:
     """``query`` alone, or after ``setup`` in one pipeline: one implicit transaction up to
     the pipeline's Sync (not a transaction block, so a CALL in it may still COMMIT)."""
@@ -58,7 +63,7 @@ async def write(
     params: Params | None,
     seconds: float,
     commits: bool,
-    setup: Setup | None = None,
+    setup: Setups | None = None,
 ) -> tuple[Rows, str]:
     """Run one write in its own transaction and return (rows, token); the connection is cut
     if the server has not answered within ``seconds``.
@@ -95,7 +100,7 @@ async def write_batch(
     conn: Conn,
     statements: list[tuple[Query, Params | None]],
     seconds: float,
-    setup: Setup | None = None,
+    setup: Setups | None = None,
 ) -> tuple[list[Rows], str]:
     """Run several writes in ONE transaction and return (each one's rows, token): BEGIN,
     the synchronous_commit guard, ``setup``, the statements in order, COMMIT and the token
@@ -124,14 +129,16 @@ async def write_batch(
     return rows, str(token_row[0])
 
 
-async def read(conn: Conn, query: Query, params: Params | None, setup: Setup | None = None) -> Rows:
+async def read(
+    conn: Conn, query: Query, params: Params | None, setup: Setups | None = None
+) -> Rows:
     """The query's rows; with ``setup``, both in one pipeline (one implicit transaction)."""
     cur = await _execute(conn, query, params, setup)
     return await cur.fetchall() if cur.description is not None else []
 
 
 async def read_with_primary_lsn(
-    conn: Conn, query: Query, params: Params | None, setup: Setup | None = None
+    conn: Conn, query: Query, params: Params | None, setup: Setups | None = None
 ) -> tuple[Rows, int | None]:
     """The query's rows and the server's WAL flush position, in one round trip (None when
     the server turned out to be a standby)."""
@@ -148,7 +155,7 @@ async def read_with_primary_lsn(
 
 
 async def read_if_replayed(
-    conn: Conn, lsn: int, query: Query, params: Params | None, setup: Setup | None = None
+    conn: Conn, lsn: int, query: Query, params: Params | None, setup: Setups | None = None
 ) -> tuple[Rows | None, int | None]:
     """The query's rows if the replica had replayed ``lsn`` before it ran, else None; and
     the replay position seen before the query (None when unknown).

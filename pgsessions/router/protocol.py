@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import psycopg
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from .config import RouterConfig
     from .counters import RouterObserver
-    from .execution import Rows, Setup
+    from .execution import Rows, Setups
     from .topology import Topology
 
 
@@ -68,14 +68,19 @@ class Router(Protocol):
         params: Params | None = None,
         *,
         commits: bool = False,
-        setup: Setup | None = None,
+        setup: Setups | None = None,
         retry_params: Params | None = None,
         batch_query: Query | None = None,
+        fenced_query: Query | None = None,
     ) -> tuple[Rows, str]:
         """Run one idempotent statement where ``key``'s conversation is written; returns its
         rows and the consistency token after it (also remembered for ``key``).
+
         ``batch_query``: for a ``commits=True`` statement, the same write (same ``params``)
-        in a form that does not commit, so that it may share a transaction with others."""
+        in a form that does not commit, so that it may share a transaction with others.
+        ``fenced_query``: the same statement taking the router's fence (bucket and epoch)
+        as its first two parameters; a router that fences writes runs it instead, with
+        those two before ``params``; a router over one cluster ignores it."""
         ...
 
     async def execute_read(
@@ -86,7 +91,7 @@ class Router(Protocol):
         params: Params | None = None,
         *,
         token: str | None = None,
-        setup: Setup | None = None,
+        setup: Setups | None = None,
         replay_column: bool = False,
     ) -> Rows:
         """Run one read-only statement where it sees ``key``'s writes and ``token``."""
@@ -128,3 +133,11 @@ class Router(Protocol):
     def add_observer(self, observer: RouterObserver) -> None: ...
 
     def remove_observer(self, observer: RouterObserver) -> None: ...
+
+
+@runtime_checkable
+class SetsUpAfterMigrate(Protocol):
+    """A router with work of its own once every cluster is migrated (a ShardedRouter
+    spreads the buckets of a fresh set-up); :func:`pgsessions.migrate` calls it."""
+
+    async def after_migrate(self) -> None: ...

@@ -48,7 +48,7 @@ from .classify import (
 from .coalesce import Coalescer, Pending
 from .config import RouterConfig
 from .counters import Counters, RouterObserver
-from .execution import Rows, Setup
+from .execution import Rows, Setups
 from .hosts import Host, host_table
 from .loops import LoopThread, on_fork_in_child, running_loop
 from .lsn import parse_lsn
@@ -117,6 +117,8 @@ class SessionRouter:
         self._loop: asyncio.AbstractEventLoop | None = None
         #: set when the router runs on a loop thread of its own (start(), or a served twin)
         self._thread: LoopThread | None = None
+        #: whether close() stops ``_thread`` (not when a sharded router shares it)
+        self._owns_thread = True
         #: serves calls made on other loops than the owner's (opened at the first one)
         self._twin: SessionRouter | None = None
         self._twin_ready: concurrent.futures.Future[None] | None = None
@@ -190,10 +192,11 @@ class SessionRouter:
                     await thread.run(self._monitor.stop())
                 except RouterClosedError:
                     pass
-            await asyncio.to_thread(thread.stop, 5.0)
+            if self._owns_thread:
+                await asyncio.to_thread(thread.stop, 5.0)
         elif here is self._loop or self._loop is None:
             await self._monitor.stop()
-            if thread is not None:
+            if thread is not None and self._owns_thread:
                 thread.stop()
         else:
             await self._stop_on_owner_loop(self._loop)
@@ -241,6 +244,12 @@ class SessionRouter:
             thread.stop(5.0)
             raise
         return router
+
+    def _serve_on(self, thread: LoopThread) -> None:
+        """Run on ``thread``, which another router owns (a ShardedRouter made by start()):
+        calls from other loops go there, and close() leaves it running."""
+        self._thread = thread
+        self._owns_thread = False
 
     def stop(self, timeout: float | None = 10.0) -> None:
         """Close the router from sync code and join its loop thread (see :meth:`start`).
@@ -501,9 +510,10 @@ class SessionRouter:
         params: Params | None = None,
         *,
         commits: bool = False,
-        setup: Setup | None = None,
+        setup: Setups | None = None,
         retry_params: Params | None = None,
         batch_query: Query | None = None,
+        fenced_query: Query | None = None,
     ) -> tuple[Rows, str]:
         """Run one idempotent statement on the primary, then take the consistency token.
 
@@ -515,12 +525,14 @@ class SessionRouter:
         classified failure (connection lost, shutdown, the primary turned standby, ...) the
         whole statement is retried with backoff on whatever host is then the primary, until
         ``failover_timeout``; it must therefore be safe to apply twice (sessions/ makes it
-        so with operation ids). ``setup`` (a statement and its parameters) runs first in the
-        same transaction, on every attempt: e.g. ``set_config(..., true)`` for settings that
-        must not outlive the transaction on a pooled connection. ``retry_params``, when given,
+        so with operation ids). ``setup`` (a statement and its parameters, or a list of
+        them run in order) runs first in the same transaction, on every attempt: e.g.
+        ``set_config(..., true)`` for settings that must not outlive the transaction on a
+        pooled connection. ``retry_params``, when given,
         replace ``params`` on the second and later attempts (a statement may take a cheaper
-        path when it knows it is a first delivery). Returns the statement's rows and the
-        token, which is also remembered for the session.
+        path when it knows it is a first delivery). ``fenced_query`` is for a router that
+        fences writes (one cluster has nothing to fence: ignored). Returns the statement's
+        rows and the token, which is also remembered for the session.
 
         With ``RouterConfig.coalesce_writes``, a write that finds others in flight waits for
         the next batch: the writes queued meanwhile run in one transaction (one round trip,
@@ -708,7 +720,7 @@ class SessionRouter:
         params: Params | None,
         deadline: float,
         commits: bool,
-        setup: Setup | None,
+        setup: Setups | None,
         retry_params: Params | None,
     ) -> tuple[Rows, str]:
         def attempt(p: Params | None) -> Coroutine[Any, Any, tuple[Rows, str]]:
@@ -747,7 +759,7 @@ class SessionRouter:
         params: Params | None,
         deadline: float,
         commits: bool,
-        setup: Setup | None,
+        setup: Setups | None,
     ) -> tuple[Rows, str]:
         self._require_open()
         h = await self._primary_for_write()
@@ -795,7 +807,7 @@ class SessionRouter:
         params: Params | None = None,
         *,
         token: str | None = None,
-        setup: Setup | None = None,
+        setup: Setups | None = None,
         replay_column: bool = False,
     ) -> Rows:
         """Run one read-only statement where it sees what it must.
@@ -923,7 +935,7 @@ class SessionRouter:
         params: Params | None,
         deadline: float,
         token_lsn: int | None,
-        setup: Setup | None = None,
+        setup: Setups | None = None,
     ) -> Rows:
         h = plan.host
         assert h is not None and h.pool is not None

@@ -16,6 +16,7 @@ from psycopg import AsyncConnection, errors, sql
 
 from ..errors import TenantError
 from ..router.lsn import parse_lsn
+from ..router.protocol import SetsUpAfterMigrate
 from .sql.fragments import quote_ident
 from .sql.migrations import app_grants, migration_sql, migration_sql_quoted
 from .tenants import existing_tables, isolation_state, isolation_statements
@@ -122,7 +123,8 @@ async def migrate(
     while isolation is on runs with the owner seeing every tenant's rows (the tables are
     unforced and forced again inside its transaction). A router over several clusters
     migrates each of them, one after the other, each under its own lock; the result lists
-    the versions applied on any of them.
+    the versions applied on any of them. A ShardedRouter then spreads the buckets of a
+    fresh set-up evenly over its shards (epoch 1).
     """
     if migrations is None or isinstance(migrations, str | Path):
         todo = load_migrations(migrations)
@@ -131,6 +133,8 @@ async def migrate(
     applied: set[str] = set()
     for cluster in router.clusters():
         applied.update(await _migrate_cluster(cluster, todo, grant_to, tenant_isolation))
+    if isinstance(router, SetsUpAfterMigrate):
+        await router.after_migrate()
     return sorted(applied)
 
 

@@ -152,6 +152,12 @@ CREATE FUNCTION {schema}.branch_user_turns(p_session text, p_branch text) RETURN
     END
 $$;
 
+CREATE FUNCTION {schema}.bucket_lock_key(p_bucket integer) RETURNS bigint
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    SELECT (hashtext('{schema}.shard_buckets')::bigint << 32) | p_bucket::bigint
+$$;
+
 CREATE FUNCTION {schema}.clear_session(p_session text) RETURNS void
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -341,6 +347,36 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION {schema}.fence(p_bucket integer, p_epoch bigint) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_epoch bigint;
+BEGIN
+    PERFORM pg_advisory_xact_lock_shared({schema}.bucket_lock_key(p_bucket));
+    SELECT b.epoch INTO v_epoch FROM {schema}.shard_buckets b WHERE b.bucket = p_bucket;
+    IF v_epoch IS DISTINCT FROM p_epoch THEN
+        RAISE EXCEPTION 'pgsessions: this shard does not own bucket % at epoch %',
+                p_bucket, p_epoch
+            USING ERRCODE = 'PGS01',
+                  DETAIL = format('owned here at epoch: %s',
+                                  coalesce(v_epoch::text, 'not owned')),
+                  HINT = 'the directory moved: the router refreshes it and retries on the owner';
+    END IF;
+END
+$$;
+
+CREATE FUNCTION {schema}.fenced(p_bucket integer, p_epoch bigint, p_session text) RETURNS text
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+    PERFORM {schema}.fence(p_bucket, p_epoch);
+    RETURN p_session;
+END
+$$;
+
 CREATE FUNCTION {schema}.keep_add_ops(p_session text) RETURNS void
     LANGUAGE sql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -360,6 +396,21 @@ CREATE FUNCTION {schema}.op_applied(p_session text, p_op uuid) RETURNS boolean
                     WHERE m.session_id = p_session AND m.op = p_op)
         OR EXISTS (SELECT 1 FROM {schema}.ops o
                     WHERE o.session_id = p_session AND o.op_id = p_op)
+$$;
+
+CREATE FUNCTION {schema}.owns(p_bucket integer, p_epoch bigint) RETURNS void
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM {schema}.shard_buckets b
+                    WHERE b.bucket = p_bucket AND b.epoch = p_epoch) THEN
+        RAISE EXCEPTION 'pgsessions: this shard does not own bucket % at epoch %',
+                p_bucket, p_epoch
+            USING ERRCODE = 'PGS01',
+                  HINT = 'the directory moved: the router refreshes it and retries on the owner';
+    END IF;
+END
 $$;
 
 CREATE FUNCTION {schema}.pop_item(p_session text, p_op uuid) RETURNS json
@@ -587,6 +638,34 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION {schema}.shard_buckets_fenced() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        PERFORM pg_advisory_xact_lock({schema}.bucket_lock_key(OLD.bucket));
+    END IF;
+    IF TG_OP IN ('UPDATE', 'INSERT') THEN
+        PERFORM pg_advisory_xact_lock({schema}.bucket_lock_key(NEW.bucket));
+    END IF;
+    RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
+END
+$$;
+
+CREATE FUNCTION {schema}.shard_directory() RETURNS TABLE(name text, buckets integer, owned integer[], epochs bigint[])
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    SELECT i.name, i.buckets,
+           coalesce(array_agg(b.bucket ORDER BY b.bucket) FILTER (WHERE b.bucket IS NOT NULL),
+                    '{}'),
+           coalesce(array_agg(b.epoch ORDER BY b.bucket) FILTER (WHERE b.bucket IS NOT NULL),
+                    '{}')
+      FROM {schema}.shard_identity i LEFT JOIN {schema}.shard_buckets b ON true
+     GROUP BY i.name, i.buckets
+$$;
+
 CREATE FUNCTION {schema}.store_usage(p_session text, p_op uuid, p_model text, p_requests integer, p_input_tokens bigint, p_output_tokens bigint, p_total_tokens bigint, p_input_details jsonb, p_output_details jsonb) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -739,6 +818,24 @@ CREATE TABLE {schema}.schema_migrations (
     applied_at timestamp with time zone DEFAULT now() NOT NULL
 );
 
+CREATE TABLE {schema}.shard_buckets (
+    bucket integer NOT NULL,
+    epoch bigint NOT NULL,
+    owned_since timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT shard_buckets_bucket_check CHECK ((bucket >= 0)),
+    CONSTRAINT shard_buckets_epoch_check CHECK ((epoch > 0))
+);
+
+CREATE TABLE {schema}.shard_identity (
+    singleton boolean DEFAULT true NOT NULL,
+    name text NOT NULL,
+    buckets integer NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT shard_identity_buckets_check CHECK ((buckets > 0)),
+    CONSTRAINT shard_identity_name_check CHECK ((name <> ''::text)),
+    CONSTRAINT shard_identity_singleton_check CHECK (singleton)
+);
+
 CREATE TABLE {schema}.usage_logs (
     session_id text NOT NULL,
     user_turn_number integer NOT NULL,
@@ -766,6 +863,12 @@ ALTER TABLE ONLY {schema}.messages
 ALTER TABLE ONLY {schema}.schema_migrations
     ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (version);
 
+ALTER TABLE ONLY {schema}.shard_buckets
+    ADD CONSTRAINT shard_buckets_pkey PRIMARY KEY (bucket);
+
+ALTER TABLE ONLY {schema}.shard_identity
+    ADD CONSTRAINT shard_identity_pkey PRIMARY KEY (singleton);
+
 ALTER TABLE ONLY {schema}.tenant_ops
     ADD CONSTRAINT tenant_ops_pkey PRIMARY KEY (session_id, op_id, tenant);
 
@@ -785,6 +888,8 @@ CREATE INDEX ops_created_idx ON {schema}.tenant_ops USING btree (created_at);
 CREATE INDEX usage_logs_created_idx ON {schema}.usage_logs USING btree (created_at);
 
 CREATE TRIGGER conversation_gone AFTER DELETE ON {schema}.conversations FOR EACH ROW EXECUTE FUNCTION {schema}.conversation_gone();
+
+CREATE TRIGGER shard_buckets_fenced BEFORE INSERT OR DELETE OR UPDATE ON {schema}.shard_buckets FOR EACH ROW EXECUTE FUNCTION {schema}.shard_buckets_fenced();
 
 ALTER TABLE ONLY {schema}.messages
     ADD CONSTRAINT messages_session_id_fkey FOREIGN KEY (session_id) REFERENCES {schema}.conversations(session_id) ON DELETE CASCADE;

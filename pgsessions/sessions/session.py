@@ -180,6 +180,7 @@ class PostgresSession(BranchMethods):
                     setup=self._setup(tenant),
                     retry_params=retry_params,
                     batch_query=batch_query,
+                    fenced_query=self._sql.fenced.get(query),
                 )
             )
         self._note(token)

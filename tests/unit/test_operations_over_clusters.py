@@ -44,3 +44,15 @@ def test_route_keys() -> None:
     assert route_key(RouteKey("t", "s")) == RouteKey("t", "s")
     assert route_key(None) is None
     assert hash(route_key("s")) == hash(RouteKey(None, "s"))
+
+
+def test_every_report_can_be_combined() -> None:
+    from pgsessions.analytics.report import _KEYS
+    from pgsessions.sessions.sql.reports import REPORTS
+
+    assert set(REPORTS) == set(_KEYS)
+    tools = [
+        [{"tool": "search", "calls": 2, "sessions": 1}],
+        [{"tool": "search", "calls": 3, "sessions": 2}],
+    ]
+    assert combine("by_tool", tools, 10) == [{"tool": "search", "calls": 5, "sessions": 3}]

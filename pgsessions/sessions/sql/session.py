@@ -33,6 +33,10 @@ class Statements:
     list_branches: LiteralString
     branch_rows: LiteralString
     current_branch: LiteralString
+    #: each write statement -> the same with its session id passed through the shard's
+    #: fence: ``fenced(%s::integer, %s::bigint, %s)`` (bucket and epoch first; migration
+    #: 0011), for a router that fences writes (Router.execute_write's ``fenced_query``)
+    fenced: dict[str, LiteralString]
 
 
 @lru_cache(maxsize=64)
@@ -43,7 +47,7 @@ def statements(schema: str) -> Statements:
     def q(text: str) -> LiteralString:
         return text.replace("{s}", s)
 
-    return Statements(
+    st = Statements(
         # one row: the latest N items (LIMIT NULL = all) in order, their JSON texts joined
         # by commas (the caller adds the brackets; NULL when there are none), then the
         # server's replay position once they are read (NULL on a primary), from which the
@@ -147,6 +151,7 @@ def statements(schema: str) -> Statements:
             " AS u FROM {s}.branch_items(c.session_id, b.branch_id, NULL) t) k"
             " WHERE c.session_id = %s ORDER BY b.created_at, b.ord, b.branch_id"
         ),
+        fenced={},
         current_branch=q("SELECT {s}.branch_of(%s, NULL)"),
         # a branch's whole view as [[role, type, item, created_at], ...] in order (NULL when
         # empty); the last parameter true keeps only the user items
@@ -158,6 +163,29 @@ def statements(schema: str) -> Statements:
             " WHERE NOT %s::boolean OR t.role = 'user'"
         ),
     )
+    # every write's first argument is the session id (branch writes included)
+    writes = (
+        st.add_items,
+        st.add_items_in_batch,
+        st.pop_item,
+        st.clear_session,
+        st.update_metadata,
+        st.store_usage,
+        st.replace_suffix,
+        st.create_branch,
+        st.switch_branch,
+        st.delete_branch,
+    )
+    fence = q("({s}.fenced(%s::integer, %s::bigint, %s)")
+    st.fenced.update({w: _fence_first(w, fence) for w in writes})
+    return st
+
+
+def _fence_first(statement: LiteralString, fence: LiteralString) -> LiteralString:
+    """``statement`` with its first argument (the session id) passed through ``fence``."""
+    head, sep, tail = statement.partition("(%s")
+    assert sep, statement
+    return head + fence + tail
 
 
 #: migration 0007's active_at of a timestamp parameter

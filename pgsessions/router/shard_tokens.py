@@ -1,0 +1,104 @@
+"""Consistency tokens of a sharded router: each position names its shard (pure).
+
+A token is ``shard:LSN`` (``'s1:0/4000028'``), or several such parts joined by ``+`` once a
+caller has combined tokens of several shards (:func:`merge` keeps the newest position per
+shard). An LSN means nothing on another cluster: a read uses only the part of the shard it
+runs on, and ignores the others.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from functools import lru_cache
+
+from .lsn import format_lsn, parse_lsn
+
+#: what a shard may be called (also in tokens and PGSESSIONS_SHARDS)
+SHARD_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def check_shard_name(name: str) -> str:
+    if not isinstance(name, str) or not SHARD_NAME.match(name):
+        raise ValueError(f"shard name {name!r}: use 1-64 letters, digits, '_' or '-'")
+    return name
+
+
+def parse(token: str) -> dict[str, int]:
+    """``{shard: lsn}`` of a sharded token; ValueError naming it unless it is one."""
+    if not isinstance(token, str):
+        raise ValueError(f"not a sharded consistency token: {token!r}")
+    return dict(_parts(token))
+
+
+@lru_cache(maxsize=4096)
+def _parts(token: str) -> tuple[tuple[str, int], ...]:
+    # a session hands the same token to every read until its next write: parse it once
+    return tuple(_parse(token).items())
+
+
+def _parse(token: str) -> dict[str, int]:
+    if not isinstance(token, str) or not token:
+        raise ValueError(f"not a sharded consistency token: {token!r}")
+    out: dict[str, int] = {}
+    for part in token.split("+"):
+        shard, sep, lsn = part.partition(":")
+        if not sep or not SHARD_NAME.match(shard):
+            raise ValueError(f"not a sharded consistency token ('shard:LSN'): {token!r}")
+        try:
+            value = parse_lsn(lsn)
+        except ValueError:
+            raise ValueError(f"not a sharded consistency token ('shard:LSN'): {token!r}") from None
+        out[shard] = max(value, out.get(shard, value))
+    return out
+
+
+def render(parts: dict[str, int]) -> str:
+    return "+".join(f"{shard}:{format_lsn(parts[shard])}" for shard in sorted(parts))
+
+
+def part_for(token: str | None, shard: str) -> str | None:
+    """The LSN text ``token`` holds for ``shard`` (None: none); ValueError for a non-token."""
+    if token is None:
+        return None
+    for name, lsn in parse(token).items():
+        if name == shard:
+            return format_lsn(lsn)
+    return None
+
+
+def merge(tokens: Iterable[str | None]) -> str | None:
+    """The newest position of each shard among ``tokens`` as one token (None: no token)."""
+    given = [t for t in tokens if t is not None]
+    if len(given) == 2:
+        newer = _newer_of_one_shard(given[0], given[1])
+        if newer is not None:
+            return newer
+    return _merge(given)
+
+
+def _newer_of_one_shard(a: str, b: str) -> str | None:
+    """The newer of two one-part tokens of the same shard (a session's token and its next
+    write's, the common case), or None when they are not that."""
+    if not isinstance(a, str) or not isinstance(b, str) or "+" in a or "+" in b:
+        return None
+    shard_a, sep_a, lsn_a = a.partition(":")
+    shard_b, _, lsn_b = b.partition(":")
+    if not sep_a or shard_a != shard_b or not SHARD_NAME.match(shard_a):
+        return None
+    try:
+        return a if parse_lsn(lsn_a) >= parse_lsn(lsn_b) else b
+    except ValueError:
+        return None  # the general path names the bad one
+
+
+def _merge(tokens: list[str]) -> str | None:
+    if not tokens:
+        return None
+    best: dict[str, int] = {}
+    for token in tokens:
+        for shard, lsn in parse(token).items():
+            if lsn > best.get(shard, -1):
+                best[shard] = lsn
+    # a single token comes back as it was given (like SessionRouter's newest)
+    return tokens[0] if len(tokens) == 1 else render(best)
