@@ -136,7 +136,7 @@ def test_the_wheel_installs_and_runs_outside_the_clone(
         "pgsessions/__init__.py",
         "pgsessions/_version.py",
         "pgsessions/py.typed",
-        "pgsessions/cli.py",
+        "pgsessions/cli/__init__.py",
         "pgsessions/devcluster/__init__.py",
         "pgsessions/demo/__init__.py",
         "pgsessions/drills/__init__.py",

@@ -26,7 +26,7 @@ from pgsessions import (
 )
 from pgsessions.devcluster import LocalCluster
 from pgsessions.devcluster.pgbouncer import Bouncer, start_bouncers, stop_bouncers
-from pgsessions.router import monitor
+from pgsessions.router import probe
 from pgsessions.sessions import applied_migrations
 from tests.helpers import apoll, cluster_cli, cluster_state_dir, processes_under
 
@@ -325,7 +325,7 @@ async def test_probe_sql_of_the_wrong_shape_everywhere_then_recovery(
     the primary is never left suspect."""
     cfg = RouterConfig(hosts=cluster.dsns(), schema=schema, check_interval=0.1)
     async with SessionRouter(cfg) as r:
-        monkeypatch.setattr(monitor, "PROBE_SQL", "SELECT 'False'")
+        monkeypatch.setattr(probe, "PROBE_SQL", "SELECT 'False'")
         await r._monitor.refresh()  # a check that started after the patch
         await r._monitor.refresh()
         assert all(not h.up for h in r.topology().hosts)
