@@ -19,11 +19,13 @@ from tests.integration.test_router import fast_config, wait_until
 ClusterFactory = object
 
 
+@pytest.mark.parametrize("coalesce", [False, True], ids=["alone", "coalesced"])
 async def test_300_writers_on_a_2_connection_pool_no_ban_no_failover(
-    cluster: LocalCluster, schema: str
+    cluster: LocalCluster, schema: str, coalesce: bool
 ) -> None:
     """Every write is stored or refused with OverloadedError; nothing is duplicated; the
-    healthy primary is never banned and no failover or lost connection is counted."""
+    healthy primary is never banned and no failover or lost connection is counted. Each
+    write alone, the pool refuses some; coalesced, the queued writes share transactions."""
     cfg = fast_config(
         cluster.dsns(),
         schema,
@@ -32,6 +34,7 @@ async def test_300_writers_on_a_2_connection_pool_no_ban_no_failover(
         primary_pool_max=2,
         pool_timeout=0.5,
         pool_max_waiting=40,
+        coalesce_writes=coalesce,
     )
     async with SessionRouter(cfg) as r:
         await migrate(r)
@@ -52,7 +55,10 @@ async def test_300_writers_on_a_2_connection_pool_no_ban_no_failover(
         await asyncio.gather(*(writer(n) for n in range(300)))
         stats = r.stats()
         assert outcome["stored"] + outcome["refused"] == 300, outcome
-        assert outcome["refused"] > 0 and outcome["stored"] >= 42, outcome  # 2 + 40 queued
+        if not coalesce:
+            assert outcome["refused"] > 0 and outcome["stored"] >= 42, outcome  # 2 + 40 queued
+        else:
+            assert outcome["stored"] >= 42, outcome
         assert stats["bans"] == 0 and stats["failovers"] == 0, stats
         assert stats["connections_lost"] == 0 and stats["overloaded"] == outcome["refused"]
         assert not any(h.banned for h in r.topology().hosts)
