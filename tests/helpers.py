@@ -122,3 +122,17 @@ def run_result(tokens: int) -> RunResultBase:
     usage = Usage(requests=1, input_tokens=tokens, output_tokens=1, total_tokens=tokens + 1)
     wrapper = RunContextWrapper(context=None, usage=usage)
     return cast(RunResultBase, SimpleNamespace(context_wrapper=wrapper, last_agent=None))
+
+
+def text_of(item: Any) -> str:
+    """The text of a user or assistant message item ('' for other items)."""
+    content = item.get("content") if isinstance(item, dict) else None
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return ""
+
+
+def texts(items: Any) -> list[str]:
+    return [text_of(i) for i in items if text_of(i)]

@@ -73,27 +73,16 @@ async def write(
     query go in one pipeline. ``setup`` runs first in the same transaction (in the same
     pipeline, so in the CALL's own transaction until it commits). Rolls back on any failure.
     """
+    if not commits:  # a batch of one: the same pipeline
+        rows, token = await write_batch(conn, [(query, params)], seconds, setup)
+        return rows[0], token
     try:
         with watchdog(conn, seconds):
-            if commits:
-                cur = await _execute(conn, query, params, setup)
-                return split_token(await cur.fetchone())
-            async with conn.pipeline():
-                await conn.execute("BEGIN")
-                await conn.execute(_SYNC_COMMIT_SQL)
-                await _setup(conn, setup)
-                cur = conn.cursor()
-                await cur.execute(cast(QueryNoTemplate, query), params)
-                await conn.execute("COMMIT")
-                token_cur = conn.cursor()
-                await token_cur.execute(TOKEN_SQL)
-            rows = await cur.fetchall() if cur.description is not None else []
-            token_row = await token_cur.fetchone()
+            cur = await _execute(conn, query, params, setup)
+            return split_token(await cur.fetchone())
     except BaseException:
         await rollback_quietly(conn)
         raise
-    assert token_row is not None
-    return rows, str(token_row[0])
 
 
 async def write_batch(

@@ -681,15 +681,22 @@ class SessionRouter:
                     batch[0].setup,
                 )
         except Exception as exc:
-            if self._busy("write_batch", h, exc):
-                self._overloaded(h, exc)
-            if classify(exc, write=True) is not None:
-                self._failed(h, exc)
-                if is_connection_loss(exc) and h.pool is not None:
-                    await h.pool.recheck()
+            await self._write_attempt_failed("write_batch", h, exc)
             raise
         h.saw_flush(parse_lsn(token))
         return results, token
+
+    async def _write_attempt_failed(self, operation: str, h: Host, exc: Exception) -> None:
+        """What a failed write attempt on ``h`` tells the router: overload raises
+        :class:`OverloadedError` (no ban); a retryable failure marks ``h`` suspect and, for a
+        lost connection, rechecks its other idle connections before the retry."""
+        if self._busy(operation, h, exc):
+            self._overloaded(h, exc)
+        if classify(exc, write=True) is not None:
+            self._failed(h, exc)
+            if is_connection_loss(exc) and h.pool is not None:
+                # retry on fresh connections, not on the dead ones beside this one
+                await h.pool.recheck()
 
     def _write_retryable(self, exc: BaseException) -> bool:
         if not self._open:
@@ -773,13 +780,7 @@ class SessionRouter:
                     conn, query, params, self._deadline_for_statement(), commits, setup
                 )
         except Exception as exc:
-            if self._busy(operation, h, exc):
-                self._overloaded(h, exc)
-            if classify(exc, write=True) is not None:
-                self._failed(h, exc)
-                if is_connection_loss(exc) and h.pool is not None:
-                    # retry on fresh connections, not on the dead ones beside this one
-                    await h.pool.recheck()
+            await self._write_attempt_failed(operation, h, exc)
             raise
         h.saw_flush(parse_lsn(token))
         return rows, token

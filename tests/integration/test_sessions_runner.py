@@ -13,6 +13,7 @@ from agents.testing import ScriptedModel, assistant_message, function_call
 from pgsessions import PostgresSession, RouterConfig, SessionRouter, migrate
 from pgsessions.sessions.items import encode_item
 from pgsessions.sessions.limits import MAX_DEPTH, MAX_ITEM_BYTES, value_depth
+from tests.helpers import texts
 
 set_tracing_disabled(True)
 
@@ -21,20 +22,6 @@ set_tracing_disabled(True)
 async def db(router: SessionRouter) -> SessionRouter:
     await migrate(router)
     return router
-
-
-def text_of(item: Any) -> str:
-    """The text of a user or assistant message item ('' for other items)."""
-    content = item.get("content") if isinstance(item, dict) else None
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
-    return ""
-
-
-def texts(items: Any) -> list[str]:
-    return [text_of(i) for i in items if text_of(i)]
 
 
 def agent_with(*replies: str) -> tuple[Agent[Any], ScriptedModel]:

@@ -23,21 +23,9 @@ from agents.testing import ScriptedModel, assistant_message
 
 from pgsessions import PostgresSession, RouterClosedError, RouterConfig, SessionRouter, migrate
 from pgsessions.devcluster import LocalCluster
-from tests.helpers import poll, user
+from tests.helpers import poll, texts, user
 
 set_tracing_disabled(True)
-
-
-def contents(items: list[Any]) -> list[str]:
-    """The text of each message item (a user's string, an assistant's output_text parts)."""
-    out = []
-    for item in items:
-        content = item.get("content") if isinstance(item, dict) else None
-        if isinstance(content, list):
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-        if isinstance(content, str):
-            out.append(content)
-    return out
 
 
 def pgsessions_threads() -> list[str]:
@@ -82,7 +70,7 @@ async def test_open_in_asyncio_run_returns_and_keeps_serving(router_config: Rout
         await migrate(r)  # this test's loop is not the one that opened the router
         session = PostgresSession("after-its-loop-ended", r)
         await session.add_items([user("one"), user("two")])
-        assert contents(await session.get_items()) == ["one", "two"]
+        assert texts(await session.get_items()) == ["one", "two"]
     finally:
         await r.close()
     t0 = time.monotonic()
@@ -110,7 +98,7 @@ async def test_sdk_concurrent_access_while_the_owner_loop_is_blocked(router: Ses
         list(executor.map(add_item, items))
 
     retrieved = await session.get_items()
-    assert sorted(contents(retrieved)) == sorted(f"Message {i}" for i in range(10))
+    assert sorted(texts(retrieved)) == sorted(f"Message {i}" for i in range(10))
     assert len(retrieved) == 10
 
 
@@ -118,7 +106,7 @@ async def test_calls_on_the_owner_loop_take_the_direct_path(router: SessionRoute
     await migrate(router)
     session = PostgresSession("direct", router)
     await session.add_items([user("x")])
-    assert contents(await session.get_items()) == ["x"]
+    assert texts(await session.get_items()) == ["x"]
     assert router._twin is None  # nothing was sent to another loop
     assert not pgsessions_threads()
 
@@ -142,7 +130,7 @@ def test_run_sync_from_16_threads_on_distinct_sessions(started: SessionRouter) -
     plan = [(f"distinct-{i}", f"t{i}") for i in range(16)]
     _run_threads(started, plan, 20)
     for sid, tag in plan:
-        got = contents(started.run_sync(PostgresSession(sid, started).get_items()))
+        got = texts(started.run_sync(PostgresSession(sid, started).get_items()))
         want = [x for j in range(20) for x in (f"{tag}-{j}", f"re: {tag}-{j}")]
         assert got == want  # each item once, in order
 
@@ -150,7 +138,7 @@ def test_run_sync_from_16_threads_on_distinct_sessions(started: SessionRouter) -
 def test_run_sync_from_16_threads_on_one_shared_session(started: SessionRouter) -> None:
     plan = [("shared", f"t{i}") for i in range(16)]
     _run_threads(started, plan, 20)
-    got = contents(started.run_sync(PostgresSession("shared", started).get_items()))
+    got = texts(started.run_sync(PostgresSession("shared", started).get_items()))
     counts = Counter(got)
     assert len(got) == 16 * 20 * 2 and max(counts.values()) == 1
     for i in range(16):
@@ -202,7 +190,7 @@ def test_stop_with_calls_in_flight(cluster: LocalCluster, router_config: RouterC
     stored: list[str] = []
     with SessionRouter.start(router_config) as again:
         for i in range(8):
-            stored += contents(again.run_sync(PostgresSession(f"stop-{i}", again).get_items()))
+            stored += texts(again.run_sync(PostgresSession(f"stop-{i}", again).get_items()))
     assert len(stored) == len(set(stored))
     assert set(acked) <= set(stored)
 
@@ -267,7 +255,7 @@ async def test_fork_child_never_touches_the_parents_connections(
     assert got[1] == ("own", "ok") and got[2][0] == "finished" and got[2][1] > 0, got
     # the parent's pooled connections were never closed by the child
     await session.add_items([user("after")])
-    assert contents(await session.get_items()) == ["before", "from-child", "after"]
+    assert texts(await session.get_items()) == ["before", "from-child", "after"]
     stats = router.stats()
     assert stats["connections_lost"] == lost and not stats["retries"], stats
     assert pool_losses(router) == pooled_lost, router.pool_stats()
@@ -327,7 +315,7 @@ def test_cancelling_a_caller_on_another_loop(started: SessionRouter) -> None:
     sent = [f"settled-{i}" for i in range(6)]
     for text in sent:
         asyncio.run(cancel_write(text))
-    got = contents(started.run_sync(session.get_items()))
+    got = texts(started.run_sync(session.get_items()))
     # each cancelled write either never started or settled: stored at most once, in order
     assert len(got) == len(set(got)) and got == [t for t in sent if t in got], got
 

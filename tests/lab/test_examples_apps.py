@@ -22,8 +22,7 @@ import pytest
 
 from pgsessions.devcluster import LocalCluster
 from pgsessions.devcluster.ports import pick_free_port
-from tests.helpers import poll
-from tests.integration.test_threads import contents
+from tests.helpers import poll, texts
 
 EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
 
@@ -92,7 +91,7 @@ def _conversations(base: str, path: str, sessions: int, turns: int) -> None:
         for f in [pool.submit(talk, i) for i in range(sessions)]:
             f.result(timeout=120)
     for i in range(sessions):
-        got = contents(_get(f"{base}/history/conv-{i}")["items"])
+        got = texts(_get(f"{base}/history/conv-{i}")["items"])
         assert got == [x for j in range(turns) for x in (f"m{i}-{j}", f"re: m{i}-{j}")]
 
 
@@ -128,5 +127,5 @@ def test_fastapi_async_and_sync_endpoints(fastapi_app: str) -> None:
         for f in [pool.submit(talk, i) for i in range(8)]:
             f.result(timeout=120)
     for i in range(8):
-        got = contents(_get(f"{fastapi_app}/history/conv-{i}")["items"])
+        got = texts(_get(f"{fastapi_app}/history/conv-{i}")["items"])
         assert got[-2:] == [f"sync{i}", f"re: sync{i}"] and len(got) == 8
