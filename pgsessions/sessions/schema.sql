@@ -20,6 +20,7 @@ DECLARE
     n         integer := coalesce(cardinality(p_items), 0);
     first_seq bigint;
     v_branch  text;
+    v_bucket  integer;
     v_created boolean := false;
 BEGIN
     IF n = 0 THEN
@@ -31,7 +32,7 @@ BEGIN
             EXIT WHEN FOUND;
             INSERT INTO {schema}.conversations (session_id, metadata)
             VALUES (p_session, coalesce(p_metadata, '{}'::jsonb))
-            ON CONFLICT (session_id) DO NOTHING;
+            ON CONFLICT (session_id, bucket) DO NOTHING;
             v_created := FOUND;
             EXIT WHEN v_created;
         END LOOP;
@@ -49,14 +50,14 @@ BEGIN
            (session_id, metadata, next_seq, item_count, user_turns)
     VALUES (p_session, coalesce(p_metadata, '{}'::jsonb), 1 + n, n,
             (SELECT count(*) FROM unnest(p_roles) AS r(role) WHERE r.role = 'user'))
-    ON CONFLICT (session_id) DO UPDATE
+    ON CONFLICT (session_id, bucket) DO UPDATE
        SET next_seq   = c.next_seq + n,
            item_count = c.item_count + n,
            user_turns = c.user_turns + excluded.user_turns,
            updated_at = now()
-    RETURNING c.next_seq - n, c.current_branch INTO first_seq, v_branch;
-    INSERT INTO {schema}.messages (session_id, branch_id, seq, item, role, type, op)
-    SELECT p_session, v_branch, first_seq + t.ord - 1, t.item, t.role, t.type,
+    RETURNING c.next_seq - n, c.current_branch, c.bucket INTO first_seq, v_branch, v_bucket;
+    INSERT INTO {schema}.messages (session_id, bucket, branch_id, seq, item, role, type, op)
+    SELECT p_session, v_bucket, v_branch, first_seq + t.ord - 1, t.item, t.role, t.type,
            CASE WHEN t.ord = 1 THEN p_op END
       FROM unnest(p_items, p_roles, p_types) WITH ORDINALITY AS t(item, role, type, ord);
     RETURN true;
@@ -152,10 +153,24 @@ CREATE FUNCTION {schema}.branch_user_turns(p_session text, p_branch text) RETURN
     END
 $$;
 
+CREATE FUNCTION {schema}.bucket_count() RETURNS integer
+    LANGUAGE sql STABLE PARALLEL SAFE
+    AS $$
+    SELECT coalesce((SELECT i.buckets FROM {schema}.shard_identity i), 1024)
+$$;
+
 CREATE FUNCTION {schema}.bucket_lock_key(p_bucket integer) RETURNS bigint
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     AS $$
     SELECT (hashtext('{schema}.shard_buckets')::bigint << 32) | p_bucket::bigint
+$$;
+
+CREATE FUNCTION {schema}.bucket_of(p_session text, p_buckets integer) RETURNS integer
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    AS $$
+    SELECT (((('x' || encode(substr(sha256(convert_to(p_session, 'UTF8')), 1, 8), 'hex'))
+              ::bit(64)::bigint::numeric + 18446744073709551616) % 18446744073709551616)
+            % p_buckets)::integer
 $$;
 
 CREATE FUNCTION {schema}.clear_session(p_session text) RETURNS void
@@ -374,6 +389,15 @@ CREATE FUNCTION {schema}.fenced(p_bucket integer, p_epoch bigint, p_session text
 BEGIN
     PERFORM {schema}.fence(p_bucket, p_epoch);
     RETURN p_session;
+END
+$$;
+
+CREATE FUNCTION {schema}.fill_bucket() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    NEW.bucket := {schema}.bucket_of(NEW.session_id, {schema}.bucket_count());
+    RETURN NEW;
 END
 $$;
 
@@ -666,6 +690,39 @@ CREATE FUNCTION {schema}.shard_directory() RETURNS TABLE(name text, buckets inte
      GROUP BY i.name, i.buckets
 $$;
 
+CREATE FUNCTION {schema}.shard_identity_buckets() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_forced text[];
+    v_table  text;
+BEGIN
+    IF TG_OP = 'UPDATE' AND NEW.buckets = OLD.buckets THEN
+        RETURN NEW;
+    END IF;
+    IF TG_OP = 'INSERT' AND NEW.buckets = 1024 THEN
+        RETURN NEW;
+    END IF;
+    SELECT array_agg(c.relname::text) INTO v_forced
+      FROM pg_catalog.pg_class c
+     WHERE c.relnamespace = '{schema}'::regnamespace AND c.relforcerowsecurity;
+    FOREACH v_table IN ARRAY coalesce(v_forced, '{}') LOOP
+        EXECUTE format('ALTER TABLE {schema}.%I NO FORCE ROW LEVEL SECURITY', v_table);
+    END LOOP;
+    UPDATE {schema}.conversations SET bucket = {schema}.bucket_of(session_id, NEW.buckets)
+     WHERE bucket <> {schema}.bucket_of(session_id, NEW.buckets);
+    UPDATE {schema}.branches SET bucket = {schema}.bucket_of(session_id, NEW.buckets)
+     WHERE bucket <> {schema}.bucket_of(session_id, NEW.buckets);
+    UPDATE {schema}.tenant_ops SET bucket = {schema}.bucket_of(session_id, NEW.buckets)
+     WHERE bucket <> {schema}.bucket_of(session_id, NEW.buckets);
+    FOREACH v_table IN ARRAY coalesce(v_forced, '{}') LOOP
+        EXECUTE format('ALTER TABLE {schema}.%I FORCE ROW LEVEL SECURITY', v_table);
+    END LOOP;
+    RETURN NEW;
+END
+$$;
+
 CREATE FUNCTION {schema}.store_usage(p_session text, p_op uuid, p_model text, p_requests integer, p_input_tokens bigint, p_output_tokens bigint, p_total_tokens bigint, p_input_details jsonb, p_output_details jsonb) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -673,6 +730,7 @@ CREATE FUNCTION {schema}.store_usage(p_session text, p_op uuid, p_model text, p_
 DECLARE
     v_turn   integer;
     v_branch text;
+    v_bucket integer;
 BEGIN
     INSERT INTO {schema}.ops (session_id, op_id) VALUES (p_session, p_op)
         ON CONFLICT DO NOTHING;
@@ -682,7 +740,7 @@ BEGIN
         RETURN v_turn;
     END IF;
     -- share lock: a concurrent pop or switch runs before or after
-    SELECT c.current_branch INTO v_branch FROM {schema}.conversations c
+    SELECT c.current_branch, c.bucket INTO v_branch, v_bucket FROM {schema}.conversations c
      WHERE c.session_id = p_session FOR SHARE;
     IF NOT FOUND THEN
         RETURN NULL;
@@ -691,12 +749,12 @@ BEGIN
     IF v_turn = 0 THEN
         RETURN NULL;
     END IF;
-    INSERT INTO {schema}.usage_logs AS u (session_id, branch_id, user_turn_number, model,
-           requests, input_tokens, output_tokens, total_tokens, input_tokens_details,
+    INSERT INTO {schema}.usage_logs AS u (session_id, bucket, branch_id, user_turn_number,
+           model, requests, input_tokens, output_tokens, total_tokens, input_tokens_details,
            output_tokens_details)
-    VALUES (p_session, v_branch, v_turn, p_model, p_requests, p_input_tokens, p_output_tokens,
-            p_total_tokens, p_input_details, p_output_details)
-    ON CONFLICT (session_id, branch_id, user_turn_number) DO UPDATE SET
+    VALUES (p_session, v_bucket, v_branch, v_turn, p_model, p_requests, p_input_tokens,
+            p_output_tokens, p_total_tokens, p_input_details, p_output_details)
+    ON CONFLICT (session_id, branch_id, user_turn_number, bucket) DO UPDATE SET
            model = excluded.model, requests = excluded.requests,
            input_tokens = excluded.input_tokens, output_tokens = excluded.output_tokens,
            total_tokens = excluded.total_tokens,
@@ -747,7 +805,7 @@ BEGIN
     END IF;
     INSERT INTO {schema}.conversations AS c (session_id, metadata)
     VALUES (p_session, p_metadata)
-    ON CONFLICT (session_id) DO UPDATE SET
+    ON CONFLICT (session_id, bucket) DO UPDATE SET
            metadata = CASE WHEN p_replace THEN excluded.metadata
                            ELSE c.metadata || excluded.metadata END,
            updated_at = now()
@@ -767,7 +825,8 @@ CREATE TABLE {schema}.branches (
     anc text[] NOT NULL,
     upto bigint[] NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
-    deleted_at timestamp with time zone
+    deleted_at timestamp with time zone,
+    bucket integer NOT NULL
 );
 
 CREATE TABLE {schema}.conversations (
@@ -780,7 +839,8 @@ CREATE TABLE {schema}.conversations (
     user_turns integer DEFAULT 0 NOT NULL,
     tenant text DEFAULT COALESCE(current_setting('pgsessions.tenant'::text, true), ''::text) NOT NULL,
     active_at timestamp with time zone GENERATED ALWAYS AS (date_bin('00:01:00'::interval, updated_at, '2000-01-01 00:00:00+00'::timestamp with time zone)) STORED,
-    current_branch text DEFAULT 'main'::text NOT NULL
+    current_branch text DEFAULT 'main'::text NOT NULL,
+    bucket integer NOT NULL
 )
 WITH (fillfactor='70');
 
@@ -793,7 +853,8 @@ CREATE TABLE {schema}.messages (
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     tenant text DEFAULT COALESCE(current_setting('pgsessions.tenant'::text, true), ''::text) NOT NULL,
     op uuid,
-    branch_id text DEFAULT 'main'::text NOT NULL
+    branch_id text DEFAULT 'main'::text NOT NULL,
+    bucket integer NOT NULL
 );
 
 CREATE TABLE {schema}.tenant_ops (
@@ -801,7 +862,8 @@ CREATE TABLE {schema}.tenant_ops (
     op_id uuid NOT NULL,
     result json,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
-    tenant text DEFAULT COALESCE(current_setting('pgsessions.tenant'::text, true), ''::text) NOT NULL
+    tenant text DEFAULT COALESCE(current_setting('pgsessions.tenant'::text, true), ''::text) NOT NULL,
+    bucket integer NOT NULL
 );
 
 CREATE VIEW {schema}.ops AS
@@ -848,17 +910,18 @@ CREATE TABLE {schema}.usage_logs (
     output_tokens_details jsonb,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     tenant text DEFAULT COALESCE(current_setting('pgsessions.tenant'::text, true), ''::text) NOT NULL,
-    branch_id text DEFAULT 'main'::text NOT NULL
+    branch_id text DEFAULT 'main'::text NOT NULL,
+    bucket integer NOT NULL
 );
 
 ALTER TABLE ONLY {schema}.branches
-    ADD CONSTRAINT branches_pkey PRIMARY KEY (session_id, branch_id);
+    ADD CONSTRAINT branches_pkey PRIMARY KEY (session_id, branch_id, bucket);
 
 ALTER TABLE ONLY {schema}.conversations
-    ADD CONSTRAINT conversations_pkey PRIMARY KEY (session_id);
+    ADD CONSTRAINT conversations_pkey PRIMARY KEY (session_id, bucket);
 
 ALTER TABLE ONLY {schema}.messages
-    ADD CONSTRAINT messages_pkey PRIMARY KEY (session_id, branch_id, seq);
+    ADD CONSTRAINT messages_pkey PRIMARY KEY (session_id, branch_id, seq, bucket);
 
 ALTER TABLE ONLY {schema}.schema_migrations
     ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (version);
@@ -870,12 +933,14 @@ ALTER TABLE ONLY {schema}.shard_identity
     ADD CONSTRAINT shard_identity_pkey PRIMARY KEY (singleton);
 
 ALTER TABLE ONLY {schema}.tenant_ops
-    ADD CONSTRAINT tenant_ops_pkey PRIMARY KEY (session_id, op_id, tenant);
+    ADD CONSTRAINT tenant_ops_pkey PRIMARY KEY (session_id, op_id, tenant, bucket);
 
 ALTER TABLE ONLY {schema}.usage_logs
-    ADD CONSTRAINT usage_logs_pkey PRIMARY KEY (session_id, branch_id, user_turn_number);
+    ADD CONSTRAINT usage_logs_pkey PRIMARY KEY (session_id, branch_id, user_turn_number, bucket);
 
 CREATE INDEX conversations_active_idx ON {schema}.conversations USING btree (active_at);
+
+CREATE INDEX conversations_bucket_idx ON {schema}.conversations USING btree (bucket, session_id);
 
 CREATE INDEX conversations_metadata_idx ON {schema}.conversations USING gin (metadata jsonb_path_ops);
 
@@ -889,13 +954,25 @@ CREATE INDEX usage_logs_created_idx ON {schema}.usage_logs USING btree (created_
 
 CREATE TRIGGER conversation_gone AFTER DELETE ON {schema}.conversations FOR EACH ROW EXECUTE FUNCTION {schema}.conversation_gone();
 
+CREATE TRIGGER fill_bucket BEFORE INSERT ON {schema}.branches FOR EACH ROW WHEN ((new.bucket IS NULL)) EXECUTE FUNCTION {schema}.fill_bucket();
+
+CREATE TRIGGER fill_bucket BEFORE INSERT ON {schema}.conversations FOR EACH ROW WHEN ((new.bucket IS NULL)) EXECUTE FUNCTION {schema}.fill_bucket();
+
+CREATE TRIGGER fill_bucket BEFORE INSERT ON {schema}.messages FOR EACH ROW WHEN ((new.bucket IS NULL)) EXECUTE FUNCTION {schema}.fill_bucket();
+
+CREATE TRIGGER fill_bucket BEFORE INSERT ON {schema}.tenant_ops FOR EACH ROW WHEN ((new.bucket IS NULL)) EXECUTE FUNCTION {schema}.fill_bucket();
+
+CREATE TRIGGER fill_bucket BEFORE INSERT ON {schema}.usage_logs FOR EACH ROW WHEN ((new.bucket IS NULL)) EXECUTE FUNCTION {schema}.fill_bucket();
+
 CREATE TRIGGER shard_buckets_fenced BEFORE INSERT OR DELETE OR UPDATE ON {schema}.shard_buckets FOR EACH ROW EXECUTE FUNCTION {schema}.shard_buckets_fenced();
 
+CREATE TRIGGER shard_identity_buckets AFTER INSERT OR UPDATE OF buckets ON {schema}.shard_identity FOR EACH ROW EXECUTE FUNCTION {schema}.shard_identity_buckets();
+
 ALTER TABLE ONLY {schema}.messages
-    ADD CONSTRAINT messages_session_id_fkey FOREIGN KEY (session_id) REFERENCES {schema}.conversations(session_id) ON DELETE CASCADE;
+    ADD CONSTRAINT messages_session_id_fkey FOREIGN KEY (session_id, bucket) REFERENCES {schema}.conversations(session_id, bucket) ON UPDATE CASCADE ON DELETE CASCADE;
 
 ALTER TABLE ONLY {schema}.usage_logs
-    ADD CONSTRAINT usage_logs_session_id_fkey FOREIGN KEY (session_id) REFERENCES {schema}.conversations(session_id) ON DELETE CASCADE;
+    ADD CONSTRAINT usage_logs_session_id_fkey FOREIGN KEY (session_id, bucket) REFERENCES {schema}.conversations(session_id, bucket) ON UPDATE CASCADE ON DELETE CASCADE;
 
 CREATE POLICY tenant_isolation ON {schema}.branches USING ((tenant = ( SELECT {schema}.current_tenant() AS current_tenant))) WITH CHECK ((tenant = ( SELECT {schema}.current_tenant() AS current_tenant)));
 

@@ -101,7 +101,7 @@ def import_sql(schema: str) -> ImportStatements:
             f"INSERT INTO {s}.conversations (session_id, created_at, updated_at, metadata,"
             " next_seq, item_count, user_turns, current_branch)"
             " VALUES (%s, coalesce(%s::timestamptz, now()), coalesce(%s::timestamptz, now()),"
-            " %s::jsonb, %s, %s, %s, %s) ON CONFLICT (session_id) DO NOTHING RETURNING 1"
+            " %s::jsonb, %s, %s, %s, %s) ON CONFLICT (session_id, bucket) DO NOTHING RETURNING 1"
         ),
         delete_conversation=f"DELETE FROM {s}.conversations WHERE session_id = %s",
         insert_items=(
@@ -123,7 +123,7 @@ def import_sql(schema: str) -> ImportStatements:
             f"INSERT INTO {s}.branches AS b (session_id, branch_id, parent_id, from_turn, anc,"
             " upto, created_at, deleted_at)"
             " VALUES (%s, %s, %s, %s, %s::text[], %s::bigint[], coalesce(%s::timestamptz, now()),"
-            " %s::timestamptz) ON CONFLICT (session_id, branch_id) DO UPDATE SET"
+            " %s::timestamptz) ON CONFLICT (session_id, branch_id, bucket) DO UPDATE SET"
             " parent_id = excluded.parent_id, from_turn = excluded.from_turn,"
             " anc = excluded.anc, upto = excluded.upto, created_at = excluded.created_at,"
             " deleted_at = excluded.deleted_at"
