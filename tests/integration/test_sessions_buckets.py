@@ -29,14 +29,30 @@ def _ids(n: int, seed: int = 12) -> list[str]:
     """Fixed and random session ids: empty, ASCII, accents, CJK, emoji, long, any plane
     (no NUL and no surrogates: PostgreSQL text holds neither)."""
     rng = random.Random(seed)
-    fixed = ["", "a", "conv-42", "é", "e\u0301", "日本語のセッション", "🙂" * 10, "x" * 3000,
-             "\u00a0", "tenant/42:thread 7", "\U0010fffd"]
+    fixed = [
+        "",
+        "a",
+        "conv-42",
+        "é",
+        "e\u0301",
+        "日本語のセッション",
+        "🙂" * 10,
+        "x" * 3000,
+        "\u00a0",
+        "tenant/42:thread 7",
+        "\U0010fffd",
+    ]
     out = list(fixed)
     while len(out) < n:
         chars = []
         for _ in range(rng.randrange(1, 40)):
-            cp = rng.choice((rng.randrange(0x20, 0x7F), rng.randrange(0xA0, 0xD800),
-                             rng.randrange(0xE000, 0x110000)))
+            cp = rng.choice(
+                (
+                    rng.randrange(0x20, 0x7F),
+                    rng.randrange(0xA0, 0xD800),
+                    rng.randrange(0xE000, 0x110000),
+                )
+            )
             chars.append(chr(cp))
         out.append("".join(chars))
     return out
@@ -78,8 +94,7 @@ async def test_sql_bucket_of_equals_placement(router: SessionRouter) -> None:
     counts = [1, 2, 3, 7, 16, 1000, DEFAULT_BUCKETS, 4096, 65536, 2**31 - 1]
     got = await rows(
         router,
-        "SELECT i, n, {s}.bucket_of(i, n) FROM unnest(%s::text[]) AS i,"
-        " unnest(%s::integer[]) AS n",
+        "SELECT i, n, {s}.bucket_of(i, n) FROM unnest(%s::text[]) AS i, unnest(%s::integer[]) AS n",
         ids,
         counts,
     )
@@ -178,16 +193,21 @@ def _publish_and_write(dsn: str, schema: str, buckets: list[int], sids: list[str
         conn.execute(sql.SQL("CREATE PUBLICATION pgs_move FOR TABLE {}").format(tables))
         for sid in sids:
             conn.execute(
-                sql.SQL("UPDATE {}.conversations SET metadata = metadata WHERE session_id = %s")
-                .format(s), (sid,)
+                sql.SQL(
+                    "UPDATE {}.conversations SET metadata = metadata WHERE session_id = %s"
+                ).format(s),
+                (sid,),
             )
             for t in BUCKET_TABLES[1:]:
                 conn.execute(
-                    sql.SQL("UPDATE {}.{} SET created_at = created_at WHERE session_id = %s")
-                    .format(s, sql.Identifier(t)), (sid,)
+                    sql.SQL(
+                        "UPDATE {}.{} SET created_at = created_at WHERE session_id = %s"
+                    ).format(s, sql.Identifier(t)),
+                    (sid,),
                 )
-            conn.execute(sql.SQL("DELETE FROM {}.usage_logs WHERE session_id = %s").format(s),
-                         (sid,))
+            conn.execute(
+                sql.SQL("DELETE FROM {}.usage_logs WHERE session_id = %s").format(s), (sid,)
+            )
 
 
 @pytest.mark.owner_sql

@@ -37,6 +37,7 @@ from pgsessions.devcluster import LocalCluster
 from pgsessions.devcluster.cluster import DBNAME
 from pgsessions.devcluster.pgbouncer import Bouncer, start_bouncers, stop_bouncers
 from pgsessions.devcluster.proxy import TcpProxy, command_complete
+from pgsessions.router.placement import bucket_of
 from pgsessions.sessions import Migration, load_migrations, tenant_isolation
 from pgsessions.sessions.ids import MAX_SESSION_ID_BYTES, MAX_TENANT_BYTES
 from tests.helpers import apoll, assistant, poll, run_result, user
@@ -480,7 +481,7 @@ async def test_upgrading_keeps_each_tenants_recent_results(tenancy: Tenancy) -> 
             conn.execute(tenancy.q("SELECT {s}.set_tenant('B')"))
             assert conn.execute(tenancy.q(pop), (op,)).fetchall() == [(user("B's question"),)]
     async with SessionRouter(tenancy.owner_config()) as owner:
-        assert await migrate(owner) == ["0009", "0010", "0011"]
+        assert await migrate(owner) == ["0009", "0010", "0011", "0012"]
         assert await tenant_isolation(owner)
     with tenancy.connect() as conn:
         for tenant, expected in (("B", user("B's question")), ("A", None)):
@@ -698,3 +699,32 @@ async def test_the_longest_tenant_and_id_fit_every_index(app: SessionRouter) -> 
     page = await list_sessions(app, tenant=tenant, consistency_token=s.consistency_token)
     assert [i.session_id for i in page] == [sid]
     assert await PostgresSession(sid, app, tenant="B").get_items() == []
+
+
+async def test_a_set_up_with_another_bucket_count_recomputes_every_tenants_rows(
+    isolated: Tenancy,
+) -> None:
+    """Writing shard_identity with a count other than 1024 recomputes the bucket of every
+    tenant's rows (the owner's trigger sees them all) and leaves isolation forced."""
+    async with SessionRouter(isolated.app_config()) as router:
+        await fill(router)
+    with psycopg.connect(isolated.dsns(isolated.owner)[0], autocommit=True) as conn:
+        conn.execute(isolated.q("INSERT INTO {s}.shard_identity (name, buckets) VALUES ('s1', 16)"))
+    p = isolated.cluster.primary  # a superuser: sees every row
+    for table in (*TABLES, "tenant_ops"):
+        got = p.execute(
+            sql.SQL("SELECT session_id, bucket FROM {}.{}").format(
+                sql.Identifier(isolated.schema), sql.Identifier(table)
+            )
+        )
+        assert got and all(b == bucket_of(sid, 16) for sid, b in got), table
+    forced = p.execute(
+        "SELECT count(*) FROM pg_class WHERE relnamespace = %s::regnamespace"
+        " AND relforcerowsecurity",
+        (isolated.schema,),
+    )
+    assert forced == [(len(TABLES),)]
+    isolated.cluster.wait_caught_up()
+    async with SessionRouter(isolated.app_config()) as router:
+        await a_is_intact(router)
+        assert await PostgresSession("a-secret", router, tenant="B").get_items() == []
