@@ -21,6 +21,7 @@ DECLARE
     first_seq bigint;
     v_branch  text;
     v_bucket  integer;
+    v_users   integer;
     v_created boolean := false;
 BEGIN
     IF n = 0 THEN
@@ -46,16 +47,27 @@ BEGIN
     THEN
         RETURN false;
     END IF;
-    INSERT INTO {schema}.conversations AS c
-           (session_id, metadata, next_seq, item_count, user_turns)
-    VALUES (p_session, coalesce(p_metadata, '{}'::jsonb), 1 + n, n,
-            (SELECT count(*) FROM unnest(p_roles) AS r(role) WHERE r.role = 'user'))
-    ON CONFLICT (session_id, bucket) DO UPDATE
+    v_users := (SELECT count(*) FROM unnest(p_roles) AS r(role) WHERE r.role = 'user');
+    -- the conversation exists on every write but its first: an update by session_id needs
+    -- no bucket (computing one costs a SHA-256); the upsert covers a first write
+    UPDATE {schema}.conversations AS c
        SET next_seq   = c.next_seq + n,
            item_count = c.item_count + n,
-           user_turns = c.user_turns + excluded.user_turns,
+           user_turns = c.user_turns + v_users,
            updated_at = now()
+     WHERE c.session_id = p_session
     RETURNING c.next_seq - n, c.current_branch, c.bucket INTO first_seq, v_branch, v_bucket;
+    IF NOT FOUND THEN
+        INSERT INTO {schema}.conversations AS c
+               (session_id, metadata, next_seq, item_count, user_turns)
+        VALUES (p_session, coalesce(p_metadata, '{}'::jsonb), 1 + n, n, v_users)
+        ON CONFLICT (session_id, bucket) DO UPDATE
+           SET next_seq   = c.next_seq + n,
+               item_count = c.item_count + n,
+               user_turns = c.user_turns + excluded.user_turns,
+               updated_at = now()
+        RETURNING c.next_seq - n, c.current_branch, c.bucket INTO first_seq, v_branch, v_bucket;
+    END IF;
     INSERT INTO {schema}.messages (session_id, bucket, branch_id, seq, item, role, type, op)
     SELECT p_session, v_bucket, v_branch, first_seq + t.ord - 1, t.item, t.role, t.type,
            CASE WHEN t.ord = 1 THEN p_op END
@@ -166,11 +178,17 @@ CREATE FUNCTION {schema}.bucket_lock_key(p_bucket integer) RETURNS bigint
 $$;
 
 CREATE FUNCTION {schema}.bucket_of(p_session text, p_buckets integer) RETURNS integer
-    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
     AS $$
-    SELECT (((('x' || encode(substr(sha256(convert_to(p_session, 'UTF8')), 1, 8), 'hex'))
-              ::bit(64)::bigint::numeric + 18446744073709551616) % 18446744073709551616)
-            % p_buckets)::integer
+DECLARE
+    x bigint := ('x' || encode(substr(sha256(convert_to(p_session, 'UTF8')), 1, 8), 'hex'))
+                ::bit(64)::bigint;
+BEGIN
+    -- x as unsigned: its low 63 bits, plus 2^63 when the sign bit is set
+    RETURN (((x & 9223372036854775807) % p_buckets
+             + CASE WHEN x < 0 THEN (9223372036854775807 % p_buckets + 1) % p_buckets
+                    ELSE 0 END) % p_buckets)::integer;
+END
 $$;
 
 CREATE FUNCTION {schema}.clear_session(p_session text) RETURNS void

@@ -328,8 +328,9 @@ async def test_migrations_apply_by_name_across_a_gap_in_numbering(
     two: tuple[LocalCluster, LocalCluster], shard_schema: str, tmp_path: Path
 ) -> None:
     """A later-numbered migration applied before earlier ones arrive (0011 before 0009 and
-    0010): versions are applied by name, the earlier ones when they arrive."""
-    shipped = load_migrations()
+    0010; the ones after 0011 need 0010): versions are applied by name, the earlier ones when
+    they arrive."""
+    shipped = [m for m in load_migrations() if m.version <= "0011"]
     assert "0011" in {m.version for m in shipped}
     late = {"0009", "0010"}
     for mig in shipped:
@@ -371,7 +372,7 @@ async def test_cluster_up_shards_prints_the_environment_of_a_sharded_router(
         monkeypatch.setenv("PGSESSIONS_BUCKETS", "16")
         migrated = await asyncio.to_thread(pgsessions_cli, "migrate")
         assert migrated.returncode == 0, migrated.stderr
-        assert "shard 's1': at version 0011, 8 of 16 buckets" in migrated.stdout
+        assert "shard 's1': at version 0012, 8 of 16 buckets" in migrated.stdout
         router = ShardedRouter.from_env(check_interval=0.1)
         assert [c.config.name for c in router.clusters()] == ["s1", "s2"]
         async with router:

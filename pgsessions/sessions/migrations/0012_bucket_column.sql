@@ -9,8 +9,10 @@
 --   NULL`. The rows that exist are filled by one rewrite per table (ALTER ... TYPE ... USING,
 --   no dead tuples). New rows: a BEFORE INSERT trigger computes the bucket only when the
 --   insert leaves it NULL (the trigger's WHEN clause: no function call otherwise); the append
---   path passes it instead (add_items_checked takes the conversation's bucket from its upsert
---   and gives it to every message, so a batch of N items computes it once, not N times).
+--   path passes it instead: add_items_checked updates an existing conversation by session_id
+--   (no hash; it inserts only a new one) and gives the row's bucket to every message, so an
+--   append to an existing conversation computes no bucket at all. Measured primary-side CPU
+--   per add_items of 4 items: see docs/sharding.md.
 -- * Keys: a publication's row filter `WHERE (bucket ...)` needs, for UPDATE and DELETE, the
 --   bucket in the table's replica identity, and the replica identity is the primary key. The
 --   bucket joins each primary key as its last column: lookups by session_id keep using the
@@ -26,11 +28,19 @@
 -- * A fresh sharded set-up whose bucket count is not 1024 recomputes the buckets of the rows
 --   already there when its shard_identity row is written (same transaction).
 
+-- plpgsql, not SQL: one SHA-256 held in a variable and bigint arithmetic (the sign bit of
+-- the 8 bytes handled apart) is cheaper than numeric arithmetic inlined.
 CREATE FUNCTION {schema}.bucket_of(p_session text, p_buckets integer) RETURNS integer
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
-    SELECT (((('x' || encode(substr(sha256(convert_to(p_session, 'UTF8')), 1, 8), 'hex'))
-              ::bit(64)::bigint::numeric + 18446744073709551616) % 18446744073709551616)
-            % p_buckets)::integer
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
+DECLARE
+    x bigint := ('x' || encode(substr(sha256(convert_to(p_session, 'UTF8')), 1, 8), 'hex'))
+                ::bit(64)::bigint;
+BEGIN
+    -- x as unsigned: its low 63 bits, plus 2^63 when the sign bit is set
+    RETURN (((x & 9223372036854775807) % p_buckets
+             + CASE WHEN x < 0 THEN (9223372036854775807 % p_buckets + 1) % p_buckets
+                    ELSE 0 END) % p_buckets)::integer;
+END
 $$;
 
 CREATE FUNCTION {schema}.bucket_count() RETURNS integer
@@ -134,7 +144,8 @@ $$;
 CREATE TRIGGER shard_identity_buckets AFTER INSERT OR UPDATE OF buckets
     ON {schema}.shard_identity FOR EACH ROW EXECUTE FUNCTION {schema}.shard_identity_buckets();
 
--- add_items_checked as in 0010; the messages take the bucket the conversation row holds.
+-- add_items_checked as in 0010, updating an existing conversation before trying to insert
+-- it; the messages take the bucket the conversation row holds.
 CREATE OR REPLACE FUNCTION {schema}.add_items_checked(
     p_session  text,
     p_op       uuid,
@@ -150,6 +161,7 @@ DECLARE
     first_seq bigint;
     v_branch  text;
     v_bucket  integer;
+    v_users   integer;
     v_created boolean := false;
 BEGIN
     IF n = 0 THEN
@@ -175,16 +187,27 @@ BEGIN
     THEN
         RETURN false;
     END IF;
-    INSERT INTO {schema}.conversations AS c
-           (session_id, metadata, next_seq, item_count, user_turns)
-    VALUES (p_session, coalesce(p_metadata, '{}'::jsonb), 1 + n, n,
-            (SELECT count(*) FROM unnest(p_roles) AS r(role) WHERE r.role = 'user'))
-    ON CONFLICT (session_id, bucket) DO UPDATE
+    v_users := (SELECT count(*) FROM unnest(p_roles) AS r(role) WHERE r.role = 'user');
+    -- the conversation exists on every write but its first: an update by session_id needs
+    -- no bucket (computing one costs a SHA-256); the upsert covers a first write
+    UPDATE {schema}.conversations AS c
        SET next_seq   = c.next_seq + n,
            item_count = c.item_count + n,
-           user_turns = c.user_turns + excluded.user_turns,
+           user_turns = c.user_turns + v_users,
            updated_at = now()
+     WHERE c.session_id = p_session
     RETURNING c.next_seq - n, c.current_branch, c.bucket INTO first_seq, v_branch, v_bucket;
+    IF NOT FOUND THEN
+        INSERT INTO {schema}.conversations AS c
+               (session_id, metadata, next_seq, item_count, user_turns)
+        VALUES (p_session, coalesce(p_metadata, '{}'::jsonb), 1 + n, n, v_users)
+        ON CONFLICT (session_id, bucket) DO UPDATE
+           SET next_seq   = c.next_seq + n,
+               item_count = c.item_count + n,
+               user_turns = c.user_turns + excluded.user_turns,
+               updated_at = now()
+        RETURNING c.next_seq - n, c.current_branch, c.bucket INTO first_seq, v_branch, v_bucket;
+    END IF;
     INSERT INTO {schema}.messages (session_id, bucket, branch_id, seq, item, role, type, op)
     SELECT p_session, v_bucket, v_branch, first_seq + t.ord - 1, t.item, t.role, t.type,
            CASE WHEN t.ord = 1 THEN p_op END
