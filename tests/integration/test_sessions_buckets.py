@@ -16,6 +16,7 @@ from psycopg import sql
 
 from pgsessions import PostgresSession, RouterConfig, SessionRouter, migrate
 from pgsessions.devcluster import LocalCluster
+from pgsessions.export import export_lines, import_records, read_export
 from pgsessions.router.placement import DEFAULT_BUCKETS, bucket_of
 from pgsessions.sessions import load_migrations
 from pgsessions.sessions.schema import quote_ident
@@ -178,6 +179,28 @@ async def test_a_set_up_with_the_default_count_changes_no_row(router: SessionRou
     before = await rows(router, "SELECT xmin::text FROM {s}.conversations")
     await rows(router, "INSERT INTO {s}.shard_identity (name, buckets) VALUES ('s1', 1024)")
     assert await rows(router, "SELECT xmin::text FROM {s}.conversations") == before
+
+
+@pytest.mark.owner_sql
+async def test_an_export_carries_no_bucket_and_an_import_computes_it(
+    router: SessionRouter,
+) -> None:
+    """The bucket is derived, not exported: an import into a set-up with another bucket
+    count stores the rows with the buckets of that count, and the export is the same."""
+    await migrate(router)
+    for sid in ("e-1", "e-2", "ë-3"):
+        await fill(router, sid)
+    lines = [line async for line in export_lines(router)]
+    assert not any('"bucket"' in line for line in lines)
+    for sid in ("e-1", "e-2", "ë-3"):
+        await PostgresSession(sid, router).clear_session()
+    await rows(router, "INSERT INTO {s}.shard_identity (name, buckets) VALUES ('s1', 64)")
+    summary = await import_records(router, read_export(lines))
+    assert summary.ok and summary.imported == 3
+    wrong = await wrong_buckets(router, 64)
+    assert wrong == dict.fromkeys(BUCKET_TABLES, 0)
+    again = [line async for line in export_lines(router)]
+    assert again[1:] == lines[1:]
 
 
 def _publish_and_write(dsn: str, schema: str, buckets: list[int], sids: list[str]) -> None:
