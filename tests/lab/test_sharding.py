@@ -377,6 +377,10 @@ async def test_cluster_up_shards_prints_the_environment_of_a_sharded_router(
         assert [c.config.name for c in router.clusters()] == ["s1", "s2"]
         async with router:
             assert router.stats()["buckets"] == {"s1": 8, "s2": 8}
+            for shard in router.clusters():  # what a move by logical replication needs
+                async with shard.primary_connection() as conn:
+                    cur = await conn.execute("SHOW wal_level")
+                    assert await cur.fetchone() == ("logical",)
             s = PostgresSession("from-env", router)
             await s.add_items([user("hi")])
             assert len(await s.get_items()) == 1
