@@ -184,6 +184,10 @@ DECLARE
     x bigint := ('x' || encode(substr(sha256(convert_to(p_session, 'UTF8')), 1, 8), 'hex'))
                 ::bit(64)::bigint;
 BEGIN
+    IF p_buckets < 1 THEN
+        RAISE EXCEPTION 'pgsessions: buckets must be >= 1, got %', p_buckets
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     -- x as unsigned: its low 63 bits, plus 2^63 when the sign bit is set
     RETURN (((x & 9223372036854775807) % p_buckets
              + CASE WHEN x < 0 THEN (9223372036854775807 % p_buckets + 1) % p_buckets

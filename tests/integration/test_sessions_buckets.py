@@ -102,7 +102,10 @@ async def test_sql_bucket_of_equals_placement(router: SessionRouter) -> None:
     assert len(got) == len(ids) * len(counts)
     wrong = [(i, n, b) for i, n, b in got if b != bucket_of(i, n)]
     assert wrong == []
-    # the pinned values of the placement test hold in SQL too
+    for bad in (0, -3):
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="buckets must be"):
+            await rows(router, "SELECT {s}.bucket_of('x', %s)", bad)
+    # the empty id, as in Python; NULL gives NULL
     assert await rows(router, "SELECT {s}.bucket_of('', 1024), {s}.bucket_of(NULL, 1024)") == [
         (bucket_of("", 1024), None)
     ]
