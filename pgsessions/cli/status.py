@@ -1,8 +1,9 @@
 """`pgsessions status [--hosts ...] [--watch] [--json]`: the router's view of the cluster.
 
 One line per host: role, up, eligible, lag bytes and seconds, requests in flight and pool
-size/available/waiting. Hosts come from ``--hosts``, else ``PGSESSIONS_HOSTS``, else the
-local cluster (``pgsessions cluster up``), started if needed.
+size/available/waiting. Hosts come from ``--hosts``, else ``PGSESSIONS_HOSTS``, else every
+shard of ``PGSESSIONS_SHARDS`` (a shard column, and each shard's buckets and sessions),
+else (with ``--local``) the local cluster (``pgsessions cluster up``), started if needed.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ import time
 from typing import Any
 
 from ..errors import RouterError
-from ..router.config import RouterConfig
 from ..router.lsn import format_lsn
-from ..router.session_router import SessionRouter
+from ..router.protocol import Router
 from ..router.settings import flag, positive
+from ..router.sharded import ShardedRouter
 from ..router.topology import HostState, Topology
-from .common import add_hosts_arguments, run_on_hosts
+from .common import add_hosts_arguments, run_on_router
 
 COLUMNS = [
     ("host", "host"),
@@ -68,62 +69,86 @@ def _cell(key: str, value: Any) -> str:
     return str(value)
 
 
-def format_table(topology: Topology) -> str:
-    """The topology as an aligned text table (one line per host)."""
-    rows = [[title for _, title in COLUMNS]]
-    for h in topology.hosts:
-        rows.append([_cell(key, getattr(h, key)) for key, _ in COLUMNS])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+def host_cells(h: HostState) -> list[str]:
+    """One host's cells of :data:`COLUMNS`."""
+    return [_cell(key, getattr(h, key)) for key, _ in COLUMNS]
+
+
+def align(rows: list[list[str]]) -> list[str]:
+    """``rows`` as lines of left-aligned columns."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+
+
+def headline(topology: Topology) -> str:
+    """``primary: HOST at LSN`` (and a split brain, if any)."""
     head = f"primary: {topology.primary or 'none'}"
     if topology.primary_lsn is not None:
         head += f" at {format_lsn(topology.primary_lsn)}"
     if topology.split_brain:
         head += f"  SPLIT BRAIN: {', '.join(topology.split_brain)} writable, writes refused"
-    return "\n".join([head, *lines])
+    return head
+
+
+def format_table(topology: Topology) -> str:
+    """The topology as an aligned text table (one line per host)."""
+    rows = [[title for _, title in COLUMNS]] + [host_cells(h) for h in topology.hosts]
+    return "\n".join([headline(topology), *align(rows)])
+
+
+def host_json(h: HostState) -> dict[str, Any]:
+    """One host as JSON (LSNs as text)."""
+    d = {key: getattr(h, key) for key, _ in COLUMNS}
+    d["replay_lsn"] = format_lsn(h.replay_lsn) if h.replay_lsn is not None else None
+    d["receive_lsn"] = format_lsn(h.receive_lsn) if h.receive_lsn is not None else None
+    return d
 
 
 def as_json(topology: Topology, stats: dict[str, Any]) -> dict[str, Any]:
-    def host(h: HostState) -> dict[str, Any]:
-        d = {key: getattr(h, key) for key, _ in COLUMNS}
-        for k in ("replay_lsn",):
-            d[k] = format_lsn(d[k]) if d[k] is not None else None
-        d["receive_lsn"] = format_lsn(h.receive_lsn) if h.receive_lsn is not None else None
-        return d
-
     return {
         "primary": topology.primary,
         "primary_lsn": format_lsn(topology.primary_lsn) if topology.primary_lsn else None,
         "split_brain": list(topology.split_brain),
         "checked_at": topology.checked_at,
-        "hosts": [host(h) for h in topology.hosts],
+        "hosts": [host_json(h) for h in topology.hosts],
         "failovers": stats.get("failovers", 0),
     }
 
 
-async def _status(args: argparse.Namespace, hosts: list[str]) -> int:
-    config = RouterConfig.from_env(hosts=hosts, name="status")
-    async with SessionRouter(config) as router:
-        while True:
+async def _status(args: argparse.Namespace, router: Router) -> int:
+    from .status_shards import shard_report
+
+    while True:
+        if isinstance(router, ShardedRouter):
+            report = await shard_report(router)
+            data, text, ok = report.as_json(), report.format(), report.healthy
+        else:
             topo = router.topology()
-            if args.json:
-                print(json.dumps(as_json(topo, router.stats()), indent=None if args.watch else 2))
-            else:
-                if args.watch:
-                    print("\x1b[2J\x1b[H", end="")
-                    print(time.strftime("%H:%M:%S"), end="  ")
-                print(format_table(topo))
-            sys.stdout.flush()
-            if not args.watch:
-                return 0 if topo.primary and not topo.split_brain else 1
-            await asyncio.sleep(max(0.1, args.interval))
+            data, text = as_json(topo, router.stats()), format_table(topo)
+            ok = bool(topo.primary) and not topo.split_brain
+        if args.json:
+            print(json.dumps(data, indent=None if args.watch else 2))
+        else:
+            if args.watch:
+                print("\x1b[2J\x1b[H", end="")
+                print(time.strftime("%H:%M:%S"), end="  ")
+            print(text)
+        sys.stdout.flush()
+        if not args.watch:
+            return 0 if ok else 1
+        await asyncio.sleep(max(0.1, args.interval))
 
 
 def run_status_command(args: argparse.Namespace) -> int:
     try:
         # a local cluster started just for this (--local) is left running: its status is the point
-        return run_on_hosts(
-            "status", args, lambda hosts: _status(args, hosts), errors=(RouterError,), keep=True
+        return run_on_router(
+            "status",
+            args,
+            lambda router: _status(args, router),
+            errors=(RouterError,),
+            keep=True,
+            name="status",
         )
     except KeyboardInterrupt:  # --watch runs until interrupted: Ctrl-C is the normal end
         return 0
