@@ -272,7 +272,7 @@ def test_demo_with_shards_names_both_shards(demo_dir: Path) -> None:
     }
     env["PGSESSIONS_CLUSTER_DIR"] = str(demo_dir / "cluster")
     env["SHARDS"] = "2"
-    args = ["--duration", "4", "--sessions", "20", "--think", "0.3", "--no-metrics"]
+    args = ["--duration", "4", "--sessions", "20", "--think", "0.3", "--metrics-port", "0"]
     proc = subprocess.run(
         ["make", "-s", "demo", f"VENV={Path(sys.executable).parent.parent}"],
         capture_output=True,
@@ -287,4 +287,5 @@ def test_demo_with_shards_names_both_shards(demo_dir: Path) -> None:
     counts = [int(p.split(": ")[1].split()[0]) for p in shards_line[11:].split(", ")]
     assert sum(counts) == 20 and all(counts)
     assert "MISMATCH" not in proc.stdout and "errors 0" in proc.stdout
+    assert "metrics    http://" in proc.stdout  # served over both shards while it ran
     assert processes_under(demo_dir) == []
