@@ -55,11 +55,14 @@ def add_schema_argument(parser: Any) -> None:
     )
 
 
-def shards_given(hosts: Sequence[str] | None, env: Mapping[str, str] | None = None) -> bool:
+def shards_given(
+    hosts: Sequence[str] | None, *, local: bool = False, env: Mapping[str, str] | None = None
+) -> bool:
     """Whether a command runs on the shards of ``PGSESSIONS_SHARDS``: set, with no
-    ``--hosts`` and no ``PGSESSIONS_HOSTS`` (which name one cluster and win)."""
+    ``--hosts``, no ``PGSESSIONS_HOSTS`` and no ``--local`` (which name one cluster and
+    win)."""
     env = os.environ if env is None else env
-    if hosts or env.get("PGSESSIONS_HOSTS", "").strip():
+    if hosts or local or env.get("PGSESSIONS_HOSTS", "").strip():
         return False
     return bool(env.get("PGSESSIONS_SHARDS", "").strip())
 
@@ -187,7 +190,7 @@ def run_on_router(
         async with open_router(hosts, schema, **overrides) as router:
             return await work(router)
 
-    if not shards_given(args.hosts):
+    if not shards_given(args.hosts, local=args.local):
         return run_on_hosts(command, args, on, errors=errors, keep=keep)
     import psycopg
 

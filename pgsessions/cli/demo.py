@@ -252,6 +252,7 @@ async def _demo(
     # the Agents SDK takes ~2 s to import: only a running demo pays for it, not `--help`
     import agents
 
+    from ..demo.shards import format_placement, placement
     from ..demo.stats import DemoStats
     from ..demo.summary import summarize
     from ..demo.view import LiveView
@@ -293,6 +294,9 @@ async def _demo(
                 model=args.model,
                 think=(think / 3, think * 5 / 3),
             )
+            placed = placement(router, convs.session_ids)
+            if placed is not None:
+                print(format_placement(placed), file=out, flush=True)
             view = LiveView(out, tty=out.isatty(), duration=args.duration or None)
             convs.start()
             try:

@@ -43,7 +43,7 @@ def add_migrate_command(subparsers: Any) -> None:
 
 def run_migrate_command(args: argparse.Namespace) -> int:
     isolation = None if args.tenant_isolation is None else args.tenant_isolation == "on"
-    if shards_given(args.hosts):
+    if shards_given(args.hosts, local=args.local):
         return asyncio.run(_migrate_shards(args.schema, args.grant_to, isolation))
     return run_on_hosts(
         "migrate", args, lambda hosts: _migrate(hosts, args.schema, args.grant_to, isolation)

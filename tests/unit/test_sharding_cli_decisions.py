@@ -12,13 +12,15 @@ SHARDS = "s1=postgresql://a/db;s2=postgresql://b/db"
 
 
 def test_shards_are_used_only_without_hosts() -> None:
-    assert shards_given(None, {"PGSESSIONS_SHARDS": SHARDS})
-    assert not shards_given(["postgresql://h/db"], {"PGSESSIONS_SHARDS": SHARDS})
-    assert not shards_given(None, {"PGSESSIONS_SHARDS": SHARDS, "PGSESSIONS_HOSTS": "h"})
-    assert not shards_given(None, {"PGSESSIONS_SHARDS": "  "})
-    assert not shards_given(None, {})
+    env = {"PGSESSIONS_SHARDS": SHARDS}
+    assert shards_given(None, env=env)
+    assert not shards_given(["postgresql://h/db"], env=env)
+    assert not shards_given(None, env={**env, "PGSESSIONS_HOSTS": "h"})
+    assert not shards_given(None, local=True, env=env)  # --local: the local cluster
+    assert not shards_given(None, env={"PGSESSIONS_SHARDS": "  "})
+    assert not shards_given(None, env={})
     # an empty PGSESSIONS_HOSTS names no cluster: the shards are used
-    assert shards_given(None, {"PGSESSIONS_SHARDS": SHARDS, "PGSESSIONS_HOSTS": ""})
+    assert shards_given(None, env={**env, "PGSESSIONS_HOSTS": ""})
 
 
 def _shard(name: str, buckets: int, sessions: int | None, primary: bool = True) -> ShardState:
