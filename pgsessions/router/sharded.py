@@ -614,6 +614,15 @@ class ShardedRouter:
             raise TypeError("cluster_for() needs a route key or a session id")
         return self._routers[self._place(k.session_id).shard]
 
+    def admin_fence(self, key: KeyLike) -> tuple[SessionRouter, Setup]:
+        """The owner of ``key``'s bucket and the fence a write of one's own there (an
+        import, a prune) runs first in its transaction: ``(sql, (bucket, epoch))``."""
+        k = route_key(key)
+        if k is None:
+            raise TypeError("admin_fence() needs a route key or a session id")
+        at = self._place(k.session_id)
+        return self._routers[at.shard], (self._sql.fence, (at.bucket, at.epoch))
+
     def topology(self) -> Topology:
         """Every shard's hosts in one snapshot; ``primary`` lists each shard's primary
         (comma-separated), None unless every shard has one."""
