@@ -214,6 +214,7 @@ async def run_scenario(scenario: Scenario, opts: DrillOptions) -> dict[str, Any]
             hold=opts.hold,
             sync=opts.sync,
             deployment=deployment,
+            shard=FAULTED if shard_clusters is not None else None,
         )
         recovered = False
         try:
@@ -290,6 +291,7 @@ async def run_scenario(scenario: Scenario, opts: DrillOptions) -> dict[str, Any]
                 failover_timeout=config.failover_timeout,
             )
             report["misplaced_items"] = misplaced
+            report["faulted_shard"] = FAULTED
             if misplaced:
                 shard_failures.append(
                     f"{misplaced} items stored on a shard that does not own their session"
