@@ -98,10 +98,12 @@ demo: setup
 	$(VENV)/bin/pgsessions demo --duration 30 $(if $(SHARDS),--shards $(SHARDS)) $(DEMO_ARGS)
 
 # Every failover scenario against a live workload, synchronous replication: nothing may be lost;
+# each again on two shards (the fault in shard s1; shard s2's sessions must see no error);
 # then the point-in-time recovery drill with each backup tool (cp archive + pg_basebackup;
 # pgBackRest full/diff/incr from a replica, then a delta restore; Barman from a replica).
 drill: setup backup-tools
 	$(VENV)/bin/pgsessions drill all --sync
+	$(VENV)/bin/pgsessions drill all --sync --shards 2
 	$(VENV)/bin/pgsessions drill pitr
 	$(VENV)/bin/pgsessions drill pitr --tool pgbackrest
 	$(VENV)/bin/pgsessions drill pitr --tool barman --target time

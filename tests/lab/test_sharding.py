@@ -503,12 +503,20 @@ async def test_metrics_and_health_answer_for_each_shard(sharded: ShardedRouter) 
     for shard in ("s1", "s2"):
         assert any(
             line.startswith("pgsessions_routed_total")
-            and f'router="{shard}"' in line
+            and f'router="{shard}",shard="{shard}"' in line
             and 'reason="write"' in line
             for line in text.splitlines()
         ), shard
+        # every series of a shard carries shard=<name>, the snapshot's gauges too
+        assert f'pgsessions_primary_known{{router="{shard}",shard="{shard}"}} 1.0' in text
+    lines = [x for x in text.splitlines() if x.startswith("pgsessions_")]
+    assert lines and all('shard="s' in x for x in lines)
     status, body = Endpoint(sharded, registry).health()
     assert status == 200 and sorted(json.loads(body)["routers"]) == ["s1", "s2"]
+    assert {n: h["shard"] for n, h in json.loads(body)["routers"].items()} == {
+        "s1": "s1",
+        "s2": "s2",
+    }
     uninstrument(sharded, registry)
     assert 'router="s1"' not in generate_latest(registry).decode()
 
