@@ -93,14 +93,17 @@ test-app-role: setup
 	PGSESSIONS_TEST_ROLE=app $(VENV)/bin/pytest -q $(APP_ROLE_TESTS)
 
 # The main job: agents talking through a local replicated cluster for about 30 seconds.
+# SHARDS=2 make demo: over two local clusters as shards (s1, s2); DEMO_ARGS: more options
 demo: setup
-	$(VENV)/bin/pgsessions demo --duration 30
+	$(VENV)/bin/pgsessions demo --duration 30 $(if $(SHARDS),--shards $(SHARDS)) $(DEMO_ARGS)
 
 # Every failover scenario against a live workload, synchronous replication: nothing may be lost;
+# each again on two shards (the fault in shard s1; shard s2's sessions must see no error);
 # then the point-in-time recovery drill with each backup tool (cp archive + pg_basebackup;
 # pgBackRest full/diff/incr from a replica, then a delta restore; Barman from a replica).
 drill: setup backup-tools
 	$(VENV)/bin/pgsessions drill all --sync
+	$(VENV)/bin/pgsessions drill all --sync --shards 2
 	$(VENV)/bin/pgsessions drill pitr
 	$(VENV)/bin/pgsessions drill pitr --tool pgbackrest
 	$(VENV)/bin/pgsessions drill pitr --tool barman --target time

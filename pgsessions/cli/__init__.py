@@ -44,9 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pgsessions",
         description="Agents SDK sessions on a replicated PostgreSQL cluster. With no hosts "
-        "given (--hosts or PGSESSIONS_HOSTS), demo, drill and bench use the local cluster in "
-        ".pgsessions/; migrate, status, serve-metrics, export, import, usage and prune refuse "
-        "unless given --local.",
+        "given (--hosts or PGSESSIONS_HOSTS), migrate, status, serve-metrics, export, import, "
+        "usage, prune and demo run on the shards of PGSESSIONS_SHARDS if it is set; "
+        "otherwise demo, drill and bench use the local cluster in .pgsessions/, and the "
+        "others refuse unless given --local.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for _module, add in COMMANDS:

@@ -1,8 +1,9 @@
-"""Which servers a production command (migrate, status, serve-metrics) talks to.
+"""Which servers a production command (migrate, status, serve-metrics, ...) talks to.
 
-`--hosts`, else `PGSESSIONS_HOSTS`, else the local cluster only when asked with `--local`:
-a deploy job with an unset variable must fail, never act on a throwaway cluster.
-The local cluster (pgsessions.devcluster) is imported only when `--local` is given.
+`--hosts`, else `PGSESSIONS_HOSTS`, else every shard of `PGSESSIONS_SHARDS` (a
+ShardedRouter), else the local cluster only when asked with `--local`: a deploy job with an
+unset variable must fail, never act on a throwaway cluster. The local cluster
+(pgsessions.devcluster) is imported only when `--local` is given.
 """
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import Callable, Coroutine, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..router import RouterConfig
+    from ..router.protocol import Router
 
 
 class NoHostsError(ValueError):
@@ -54,14 +55,16 @@ def add_schema_argument(parser: Any) -> None:
     )
 
 
-def command_config(hosts: list[str], schema: str | None) -> RouterConfig:
-    """``RouterConfig.from_env`` for a command's hosts and ``--schema``."""
-    from ..router import RouterConfig
-
-    overrides: dict[str, object] = {"hosts": hosts}
-    if schema:
-        overrides["schema"] = schema
-    return RouterConfig.from_env(**overrides)
+def shards_given(
+    hosts: Sequence[str] | None, *, local: bool = False, env: Mapping[str, str] | None = None
+) -> bool:
+    """Whether a command runs on the shards of ``PGSESSIONS_SHARDS``: set, with no
+    ``--hosts``, no ``PGSESSIONS_HOSTS`` and no ``--local`` (which name one cluster and
+    win)."""
+    env = os.environ if env is None else env
+    if hosts or local or env.get("PGSESSIONS_HOSTS", "").strip():
+        return False
+    return bool(env.get("PGSESSIONS_SHARDS", "").strip())
 
 
 def given_hosts(hosts: Sequence[str] | None) -> list[str] | None:
@@ -144,6 +147,58 @@ def run_on_hosts(
     try:
         with command_hosts(command, args.hosts, local=args.local, keep=keep) as hosts:
             return asyncio.run(work(hosts))
+    except bad_input as exc:
+        return fail(command, exc)
+    except (RouterError, psycopg.Error) as exc:
+        return fail(command, exc, 1)
+
+
+@asynccontextmanager
+async def open_router(
+    hosts: list[str] | None, schema: str | None = None, **overrides: object
+) -> AsyncIterator[Router]:
+    """An open SessionRouter over ``hosts``, or (``hosts`` None) a ShardedRouter over
+    ``PGSESSIONS_SHARDS``; settings from the environment, ``schema`` and ``overrides``."""
+    from ..router import RouterConfig, SessionRouter, ShardedRouter
+
+    if schema:
+        overrides["schema"] = schema
+    router: SessionRouter | ShardedRouter
+    if hosts is None:
+        router = ShardedRouter.from_env(**overrides)
+    else:
+        router = SessionRouter(RouterConfig.from_env(**{**overrides, "hosts": hosts}))
+    async with router:
+        yield router
+
+
+def run_on_router(
+    command: str,
+    args: Any,
+    work: Callable[[Router], Coroutine[Any, Any, int]],
+    *,
+    schema: str | None = None,
+    errors: tuple[type[BaseException], ...] = (),
+    keep: bool = False,
+    **overrides: object,
+) -> int:
+    """``work(router)`` on the command's servers (see :func:`run_on_hosts`): one cluster's
+    SessionRouter, or a ShardedRouter when :func:`shards_given`. Errors and exit codes as
+    :func:`run_on_hosts`."""
+
+    async def on(hosts: list[str] | None) -> int:
+        async with open_router(hosts, schema, **overrides) as router:
+            return await work(router)
+
+    if not shards_given(args.hosts, local=args.local):
+        return run_on_hosts(command, args, on, errors=errors, keep=keep)
+    import psycopg
+
+    from ..errors import RouterError
+
+    bad_input: tuple[type[BaseException], ...] = (ValueError, *errors)
+    try:
+        return asyncio.run(on(None))
     except bad_input as exc:
         return fail(command, exc)
     except (RouterError, psycopg.Error) as exc:

@@ -11,11 +11,14 @@ import signal
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
-from ..router import RouterConfig, SessionRouter
+from ..router import RouterConfig, SessionRouter, ShardedRouter
+from ..router.protocol import Router
 from ..router.settings import MAX_CONNECTIONS, count, flag, non_negative
 from ..sessions import migrate
+from .common import shards_given
 
 
 def add_demo_command(sub: Any) -> None:
@@ -58,6 +61,13 @@ def add_demo_command(sub: Any) -> None:
     )
     p.add_argument("--model", help="a real model name (needs OPENAI_API_KEY)")
     p.add_argument("--hosts", nargs="+", metavar="DSN", help="default: PGSESSIONS_HOSTS")
+    p.add_argument(
+        "--shards",
+        type=flag(count(1, 16)),
+        help="run over N local clusters as shards s1..sN (primary + 1 replica each, in the "
+        "cluster directory, as `cluster up --shards N` makes them); with no hosts and "
+        "PGSESSIONS_SHARDS set, the demo runs over those shards",
+    )
     p.add_argument(
         "--keep-cluster", action="store_true", help="leave the local cluster running afterwards"
     )
@@ -102,6 +112,9 @@ def _sized(config: RouterConfig, pool: int | None, *, warm: bool = False) -> Rou
     return dataclasses.replace(config, primary_pool_max=pool, primary_pool_min=least)
 
 
+RouterFactory = Callable[[], SessionRouter | ShardedRouter]
+
+
 def run_demo_command(args: argparse.Namespace) -> int:
     if args.model and not os.environ.get("OPENAI_API_KEY"):
         print("pgsessions demo: --model needs OPENAI_API_KEY in the environment", file=sys.stderr)
@@ -112,12 +125,17 @@ def run_demo_command(args: argparse.Namespace) -> int:
     if args.sessions < 1:
         print("pgsessions demo: --sessions must be >= 1", file=sys.stderr)
         return 2
+    if args.shards is not None and args.hosts:
+        print("pgsessions demo: give --hosts or --shards, not both", file=sys.stderr)
+        return 2
+    log_out = sys.stderr if args.json else sys.stdout
+    if args.shards is not None or shards_given(args.hosts):
+        return _run_sharded(args, log_out)
     try:
         config, source = _config(args)
     except ValueError as exc:
         print(f"pgsessions demo: {exc}", file=sys.stderr)
         return 2
-    log_out = sys.stderr if args.json else sys.stdout
     cluster = None
     started = False
     if config is None:
@@ -144,14 +162,19 @@ def run_demo_command(args: argparse.Namespace) -> int:
             warm=True,
         )
         source = f"local cluster, {mode} replication"
+    one = config
     try:
-        summary = asyncio.run(_demo(args, config, source, log_out))
+        summary = asyncio.run(_demo(args, lambda: SessionRouter(one), source, log_out))
     finally:
         if cluster is not None and started and not args.keep_cluster:
             cluster.stop()
             print("local cluster stopped", file=log_out, flush=True)
         elif cluster is not None:
             print(f"local cluster left running in {cluster.base_dir}", file=log_out, flush=True)
+    return _report(args, summary, log_out)
+
+
+def _report(args: argparse.Namespace, summary: dict[str, Any], log_out: Any) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -161,12 +184,75 @@ def run_demo_command(args: argparse.Namespace) -> int:
     return 0 if not summary["errors"] else 1
 
 
+def _run_sharded(args: argparse.Namespace, log_out: Any) -> int:
+    """The demo over shards: ``--shards N`` local clusters, else ``PGSESSIONS_SHARDS``."""
+    from ..demo.shards import start_local_shards, stop_started
+    from ..devcluster import ClusterError
+    from ..devcluster.cluster import STATE_FILE
+    from ..devcluster.local import default_dir
+    from ..router.placement import DEFAULT_BUCKETS
+
+    pool = {} if args.pool is None else {"primary_pool_max": args.pool}
+    if args.shards is None:
+        try:
+            sharded = ShardedRouter.from_env(**pool)
+        except ValueError as exc:
+            print(f"pgsessions demo: {exc}", file=sys.stderr)
+            return 2
+        summary = asyncio.run(_demo(args, lambda: sharded, "PGSESSIONS_SHARDS", log_out))
+        return _report(args, summary, log_out)
+    base = default_dir().resolve()
+    if (base / STATE_FILE).exists():
+        print(
+            f"pgsessions demo: a single cluster runs in {base}: `pgsessions cluster down` it, "
+            "or set PGSESSIONS_CLUSTER_DIR",
+            file=sys.stderr,
+        )
+        return 2
+    print(f"starting {args.shards} local shards in {base} ...", file=log_out, flush=True)
+    t0 = time.monotonic()
+    try:
+        clusters = start_local_shards(base, args.shards)
+    except ClusterError as exc:
+        print(f"pgsessions demo: {exc}", file=sys.stderr)
+        return 1
+    size = args.pool if args.pool is not None else demo_pool_size(args.sessions // args.shards)
+    shards = {
+        f"s{i}": _sized(RouterConfig(hosts=c.dsns()), size, warm=True)
+        for i, (c, _) in enumerate(clusters, start=1)
+    }
+    print(
+        f"{args.shards} shards ready in {time.monotonic() - t0:.1f}s: "
+        + ", ".join(
+            f"{n} primary + {len(c.replicas)} replica"
+            for n, (c, _) in zip(shards, clusters, strict=True)
+        ),
+        file=log_out,
+        flush=True,
+    )
+    raw = os.environ.get("PGSESSIONS_BUCKETS", "").strip()
+    buckets = int(raw) if raw.isdigit() else DEFAULT_BUCKETS
+    source = f"{args.shards} local shards"
+    try:
+        summary = asyncio.run(
+            _demo(args, lambda: ShardedRouter(shards, buckets=buckets), source, log_out)
+        )
+    finally:
+        if not args.keep_cluster:
+            stop_started(clusters)
+            print("local shards stopped", file=log_out, flush=True)
+        else:
+            print(f"local shards left running in {base}", file=log_out, flush=True)
+    return _report(args, summary, log_out)
+
+
 async def _demo(
-    args: argparse.Namespace, config: RouterConfig, source: str, out: Any
+    args: argparse.Namespace, make_router: RouterFactory, source: str, out: Any
 ) -> dict[str, Any]:
     # the Agents SDK takes ~2 s to import: only a running demo pays for it, not `--help`
     import agents
 
+    from ..demo.shards import format_placement, placement
     from ..demo.stats import DemoStats
     from ..demo.summary import summarize
     from ..demo.view import LiveView
@@ -191,7 +277,7 @@ async def _demo(
     for s in previous:
         loop.add_signal_handler(s, on_signal)
     try:
-        async with SessionRouter(config) as router:
+        async with make_router() as router:
             await migrate(router)
             metrics = _serve_metrics(router, args)
             metrics_url = metrics.url if metrics is not None else None
@@ -208,6 +294,9 @@ async def _demo(
                 model=args.model,
                 think=(think / 3, think * 5 / 3),
             )
+            placed = placement(router, convs.session_ids)
+            if placed is not None:
+                print(format_placement(placed), file=out, flush=True)
             view = LiveView(out, tty=out.isatty(), duration=args.duration or None)
             convs.start()
             try:
@@ -237,6 +326,7 @@ async def _demo(
                 source=source,
                 metrics_url=metrics_url,
                 interrupted=interrupted,
+                session_ids=convs.session_ids,
             )
     finally:
         for s, handler in previous.items():
@@ -244,7 +334,7 @@ async def _demo(
             signal.signal(s, handler)
 
 
-def _serve_metrics(router: SessionRouter, args: argparse.Namespace) -> Any:
+def _serve_metrics(router: Router, args: argparse.Namespace) -> Any:
     if args.no_metrics:
         return None
     try:

@@ -118,6 +118,13 @@ def add_drill_command(sub: Any) -> None:
         default=1.5,
         help="seconds of workload after recovery",
     )
+    p.add_argument(
+        "--shards",
+        type=flag(count(1, 8)),
+        default=1,
+        help="run on N local shards (a cluster each, one ShardedRouter); the fault hits "
+        "shard s1, and the sessions of the other shards must see no error (default 1)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p.add_argument("--plot", metavar="FILE.png", help="draw a timeline (needs matplotlib)")
     p.add_argument(
@@ -168,6 +175,15 @@ def options_from_args(args: argparse.Namespace) -> DrillOptions:
     from ..drills.options import DrillOptions
 
     patroni = patroni_options(args)
+    if args.shards > 1:
+        if args.patroni or args.trigger:
+            raise ValueError(
+                "--shards starts its own local clusters: leave --patroni and --trigger out"
+            )
+        if args.break_router:
+            raise ValueError("--break-router breaks one cluster's router: leave --shards out")
+        if args.sessions < 2 * args.shards:
+            raise ValueError(f"--shards {args.shards} needs --sessions >= {2 * args.shards}")
     table = PATRONI_NAMES if args.patroni else list(SCENARIOS)
     if args.scenario not in (*table, "all"):
         flag = "with" if args.patroni else "without"
@@ -186,6 +202,7 @@ def options_from_args(args: argparse.Namespace) -> DrillOptions:
         keep_cluster=args.keep_cluster,
         fsync=not args.no_fsync,
         break_router=args.break_router,
+        shards=args.shards,
         **patroni,
     )
 

@@ -8,16 +8,18 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from .common import (
     add_hosts_arguments,
     add_schema_argument,
-    command_config,
     fail,
-    run_on_hosts,
+    run_on_router,
 )
 from .progress import Progress
+
+if TYPE_CHECKING:
+    from ..router.protocol import Router
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -78,10 +80,11 @@ def run_export_command(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         return fail("export", exc)
     try:
-        return run_on_hosts(
+        return run_on_router(
             "export",
             args,
-            lambda hosts: _export(args, hosts, metadata, out or sys.stdout),
+            lambda router: _export(args, router, metadata, out or sys.stdout),
+            schema=args.schema,
             errors=(OSError,),
         )
     finally:
@@ -89,27 +92,26 @@ def run_export_command(args: argparse.Namespace) -> int:
             out.close()
 
 
-async def _export(args: argparse.Namespace, hosts: list[str], metadata: Any, out: IO[str]) -> int:
+async def _export(args: argparse.Namespace, router: Router, metadata: Any, out: IO[str]) -> int:
     import psycopg
 
+    from ..errors import RouterError
     from ..export.dump import export_lines
-    from ..router import RouterError, SessionRouter
 
     progress = Progress()
     counts = {"conversations": 0, "items": 0, "usage_rows": 0}
     t0 = time.monotonic()
     try:
-        async with SessionRouter(command_config(hosts, args.schema)) as router:
-            async for line in export_lines(router, session_ids_=args.session, metadata=metadata):
-                out.write(line)
-                out.write("\n")
-                kind = line[line.index(":") + 1 : line.index(",")].strip().strip('"')
-                key = {"conversation": "conversations", "item": "items", "usage": "usage_rows"}
-                if kind in key:
-                    counts[key[kind]] += 1
-                progress.show(
-                    f"exported {counts['conversations']} conversations, {counts['items']} items"
-                )
+        async for line in export_lines(router, session_ids_=args.session, metadata=metadata):
+            out.write(line)
+            out.write("\n")
+            kind = line[line.index(":") + 1 : line.index(",")].strip().strip('"')
+            key = {"conversation": "conversations", "item": "items", "usage": "usage_rows"}
+            if kind in key:
+                counts[key[kind]] += 1
+            progress.show(
+                f"exported {counts['conversations']} conversations, {counts['items']} items"
+            )
     except (RouterError, psycopg.Error, OSError) as exc:
         print(f"pgsessions export: {exc}", file=sys.stderr)
         return 1
@@ -139,19 +141,23 @@ def _lines(path: Path) -> Iterator[str]:
 
 
 def run_import_command(args: argparse.Namespace) -> int:
-    return run_on_hosts(
-        "import", args, lambda hosts: _import(args, hosts), errors=(FileNotFoundError, RuntimeError)
+    return run_on_router(
+        "import",
+        args,
+        lambda router: _import(args, router),
+        schema=args.schema,
+        errors=(FileNotFoundError, RuntimeError),
     )
 
 
-async def _import(args: argparse.Namespace, hosts: list[str]) -> int:
+async def _import(args: argparse.Namespace, router: Router) -> int:
     import psycopg
 
     from ..errors import ExportFormatError
     from ..export.load import ImportSummary, import_records
     from ..export.records import ConversationRecord, read_export
     from ..export.sdk_sources import SourceStats, safe_url, sqlalchemy_records, sqlite_records
-    from ..router import RouterError, SessionRouter
+    from ..router import RouterError
 
     stats = SourceStats()
     tables = {"sessions_table": args.sessions_table, "messages_table": args.messages_table}
@@ -185,8 +191,7 @@ async def _import(args: argparse.Namespace, hosts: list[str]) -> int:
 
     t0 = time.monotonic()
     try:
-        async with SessionRouter(command_config(hosts, args.schema)) as router:
-            summary = await import_records(router, guarded(), replace=args.replace, progress=show)
+        summary = await import_records(router, guarded(), replace=args.replace, progress=show)
     except ExportFormatError as exc:
         print(
             f"pgsessions import: {source}: {exc} (nothing after that line was read)",

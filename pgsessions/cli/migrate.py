@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from typing import Any
 
-from .common import add_hosts_arguments, run_on_hosts
+from .common import add_hosts_arguments, run_on_hosts, shards_given
 
 
 def add_migrate_command(subparsers: Any) -> None:
@@ -44,9 +43,8 @@ def add_migrate_command(subparsers: Any) -> None:
 
 def run_migrate_command(args: argparse.Namespace) -> int:
     isolation = None if args.tenant_isolation is None else args.tenant_isolation == "on"
-    if not args.hosts and not os.environ.get("PGSESSIONS_HOSTS"):
-        if os.environ.get("PGSESSIONS_SHARDS"):
-            return asyncio.run(_migrate_shards(args.schema, args.grant_to, isolation))
+    if shards_given(args.hosts, local=args.local):
+        return asyncio.run(_migrate_shards(args.schema, args.grant_to, isolation))
     return run_on_hosts(
         "migrate", args, lambda hosts: _migrate(hosts, args.schema, args.grant_to, isolation)
     )

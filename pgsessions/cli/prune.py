@@ -5,16 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..router.settings import count, flag
 from .common import (
     add_hosts_arguments,
     add_schema_argument,
-    command_config,
     fail,
-    run_on_hosts,
+    run_on_router,
 )
+
+if TYPE_CHECKING:
+    from ..router.protocol import Router
 
 
 def add_prune_command(sub: Any) -> None:
@@ -53,14 +55,16 @@ def run_prune_command(args: argparse.Namespace) -> int:
         ops = parse_duration(args.ops_older_than)
     except ValueError as exc:
         return fail("prune", exc)
-    return run_on_hosts("prune", args, lambda hosts: _prune(args, hosts, older, ops))
+    return run_on_router(
+        "prune", args, lambda router: _prune(args, router, older, ops), schema=args.schema
+    )
 
 
-async def _prune(args: argparse.Namespace, hosts: list[str], older: Any, ops: Any) -> int:
+async def _prune(args: argparse.Namespace, router: Router, older: Any, ops: Any) -> int:
     import psycopg
 
     from ..retention.prune import PruneSummary, prune
-    from ..router import RouterError, SessionRouter
+    from ..router import RouterError
     from .progress import Progress
 
     bar = Progress()
@@ -69,15 +73,14 @@ async def _prune(args: argparse.Namespace, hosts: list[str], older: Any, ops: An
         bar.show(f"deleted {s.conversations_deleted} conversations, {s.items_deleted} items")
 
     try:
-        async with SessionRouter(command_config(hosts, args.schema)) as router:
-            summary = await prune(
-                router,
-                older_than=older,
-                ops_older_than=ops,
-                batch=args.batch,
-                item_batch=args.item_batch,
-                progress=show,
-            )
+        summary = await prune(
+            router,
+            older_than=older,
+            ops_older_than=ops,
+            batch=args.batch,
+            item_batch=args.item_batch,
+            progress=show,
+        )
     except (RouterError, psycopg.Error) as exc:
         print(f"pgsessions prune: {exc}", file=sys.stderr)
         return 1

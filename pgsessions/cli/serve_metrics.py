@@ -7,10 +7,13 @@ import asyncio
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..router.settings import count, flag
-from .common import add_hosts_arguments, fail, run_on_hosts
+from .common import add_hosts_arguments, fail, run_on_router
+
+if TYPE_CHECKING:
+    from ..router.protocol import Router
 
 #: where ``--basic-auth-user``'s password comes from when no ``--basic-auth-password-file``
 PASSWORD_ENV = "PGSESSIONS_METRICS_PASSWORD"
@@ -23,7 +26,8 @@ def add_serve_metrics_command(subparsers: Any) -> None:
         "serve-metrics",
         help="serve Prometheus /metrics and /healthz for a router over the cluster",
         description="Open a router over the cluster and serve /metrics and /healthz until "
-        "interrupted. Hosts: --hosts, else PGSESSIONS_HOSTS, "
+        "interrupted. Hosts: --hosts, else PGSESSIONS_HOSTS, else every shard of "
+        "PGSESSIONS_SHARDS (each shard's series labelled with its name), "
         "else (only with --local) the local cluster.",
     )
     add_hosts_arguments(p)
@@ -31,7 +35,11 @@ def add_serve_metrics_command(subparsers: Any) -> None:
     p.add_argument(
         "--port", type=flag(count(0, 65535)), default=9464, help="port to listen on (default 9464)"
     )
-    p.add_argument("--name", default="default", help="router name label (default 'default')")
+    p.add_argument(
+        "--name",
+        default="default",
+        help="router name label (default 'default'; on shards: each shard's name)",
+    )
     p.add_argument(
         "--tls-cert", type=Path, metavar="PEM", help="serve HTTPS only, with this certificate"
     )
@@ -86,16 +94,17 @@ def run_serve_metrics(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         return fail("serve-metrics", exc)
     # ssl.SSLError (a bad certificate) is an OSError
-    return run_on_hosts(
-        "serve-metrics", args, lambda hosts: _serve(hosts, args, auth), errors=(OSError,)
+    return run_on_router(
+        "serve-metrics",
+        args,
+        lambda router: _serve(router, args, auth),
+        errors=(OSError,),
+        name=args.name,
     )
 
 
-async def _serve(
-    hosts: list[str] | str, args: argparse.Namespace, auth: tuple[str, str] | None
-) -> int:
+async def _serve(router: Router, args: argparse.Namespace, auth: tuple[str, str] | None) -> int:
     from ..monitoring.server import serve
-    from ..router import RouterConfig, SessionRouter
 
     if auth is not None and args.tls_cert is None:
         print(
@@ -103,20 +112,18 @@ async def _serve(
             "password in clear text",
             file=sys.stderr,
         )
-    config = RouterConfig.from_env(hosts=hosts, name=args.name)
-    async with SessionRouter(config) as router:
-        server = serve(
-            router,
-            args.host,
-            args.port,
-            certfile=args.tls_cert,
-            keyfile=args.tls_key,
-            basic_auth=auth,
-        )
-        try:
-            print(f"serving {server.url}/metrics and {server.url}/healthz (Ctrl-C stops)")
-            sys.stdout.flush()
-            await asyncio.Event().wait()
-        finally:
-            server.stop()
+    server = serve(
+        router,
+        args.host,
+        args.port,
+        certfile=args.tls_cert,
+        keyfile=args.tls_key,
+        basic_auth=auth,
+    )
+    try:
+        print(f"serving {server.url}/metrics and {server.url}/healthz (Ctrl-C stops)")
+        sys.stdout.flush()
+        await asyncio.Event().wait()
+    finally:
+        server.stop()
     return 0

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..router.settings import count, flag
 from ..sessions.sql.reports import REPORTS
 from .common import (
     add_hosts_arguments,
     add_schema_argument,
-    command_config,
     fail,
     print_status_table,
-    run_on_hosts,
+    run_on_router,
 )
+
+if TYPE_CHECKING:
+    from ..router.protocol import Router
 
 TITLES = {
     "by_day": "tokens and requests by day (UTC)",
@@ -63,31 +64,21 @@ def run_usage_command(args: argparse.Namespace) -> int:
         since, until = parse_instant(args.since), parse_instant(args.until)
     except ValueError as exc:
         return fail("usage", exc)
-    return run_on_hosts("usage", args, lambda hosts: _usage(args, hosts, since, until))
+    return run_on_router(
+        "usage", args, lambda router: _usage(args, router, since, until), schema=args.schema
+    )
 
 
-async def _usage(args: argparse.Namespace, hosts: list[str], since: Any, until: Any) -> int:
-    import psycopg
-
+async def _usage(args: argparse.Namespace, router: Router, since: Any, until: Any) -> int:
     from ..analytics.report import columns, explain_report, usage_report
-    from ..router import RouterError, SessionRouter
 
     names = args.report or list(REPORTS)
-    try:
-        async with SessionRouter(command_config(hosts, args.schema)) as router:
-            if args.explain:
-                for name in names:
-                    plan = await explain_report(
-                        router, name, since=since, until=until, top=args.top
-                    )
-                    print(f"== {name}\n{plan}\n")
-                return 0
-            report = await usage_report(
-                router, since=since, until=until, top=args.top, reports=names
-            )
-    except (RouterError, psycopg.Error) as exc:
-        print(f"pgsessions usage: {exc}", file=sys.stderr)
-        return 1
+    if args.explain:
+        for name in names:
+            plan = await explain_report(router, name, since=since, until=until, top=args.top)
+            print(f"== {name}\n{plan}\n")
+        return 0
+    report = await usage_report(router, since=since, until=until, top=args.top, reports=names)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
         return 0

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..sessions.sql.tools import usage_totals_sql
+from .shards import format_placement, placement
 from .stats import DemoStats, percentile
 from .view import router_stats
 
@@ -15,13 +17,17 @@ USAGE_KEYS = ("runs", "requests", "input_tokens", "output_tokens", "total_tokens
 
 
 async def usage_from_db(router: Router, prefix: str) -> dict[str, int]:
-    """Totals over this run's rows of ``usage_logs`` (read on the primary)."""
+    """Totals over this run's rows of ``usage_logs`` (read on the primary of each cluster)."""
     query = usage_totals_sql(router.config.schema)
-    async with router.primary_connection() as conn:
-        cur = await conn.execute(query, (prefix + "-%",))
-        row = await cur.fetchone()
-    assert row is not None
-    return {k: int(v) for k, v in zip(USAGE_KEYS, row, strict=True)}
+    totals = dict.fromkeys(USAGE_KEYS, 0)
+    for cluster in router.clusters():
+        async with cluster.primary_connection() as conn:
+            cur = await conn.execute(query, (prefix + "-%",))
+            row = await cur.fetchone()
+        assert row is not None
+        for k, v in zip(USAGE_KEYS, row, strict=True):
+            totals[k] += int(v)
+    return totals
 
 
 def _lat(values: list[float]) -> dict[str, Any]:
@@ -44,6 +50,7 @@ async def summarize(
     source: str,
     metrics_url: str | None,
     interrupted: bool,
+    session_ids: Sequence[str] = (),
 ) -> dict[str, Any]:
     rs = router_stats(router)
     reads: dict[str, dict[str, int]] = rs.get("reads", {})
@@ -94,6 +101,7 @@ async def summarize(
             for h in router.topology().hosts
         ],
         "metrics_url": f"{metrics_url}/metrics" if metrics_url else None,
+        "shards": placement(router, session_ids),
     }
 
 
@@ -120,12 +128,15 @@ def format_summary(s: dict[str, Any]) -> str:
         f"failovers {s['failovers']}",
         f"reads      {r['total']}: {r['on_replicas_pct']}% on replicas ({reasons or 'none'})",
         f"by host    {', '.join(f'{h} {n}' for h, n in r['by_host'].items()) or '-'}",
-        f"writes     {s['writes']} (all on the primary)",
+        f"writes     {s['writes']} "
+        + ("(each on its shard's primary)" if s.get("shards") else "(all on the primary)"),
         f"latency    {ms('get_items')}; {ms('add_items')}; {ms('turn')}",
         f"usage_logs {db['runs']} runs, {db['requests']} requests, {db['input_tokens']} input + "
         f"{db['output_tokens']} output = {db['total_tokens']} tokens "
         + ("(matches the workload's own count)" if u["match"] else f"(MISMATCH: {u['workload']})"),
     ]
+    if s.get("shards"):
+        lines.append(format_placement(s["shards"]))
     if s["error_kinds"]:
         lines.append("errors     " + "; ".join(f"{n}x {e}" for e, n in s["error_kinds"].items()))
     if s["metrics_url"]:

@@ -23,8 +23,14 @@ def _lag(h: Any) -> str:
 
 
 def router_stats(router: Router) -> dict[str, Any]:
+    """The router's counters; over shards, every shard's added up."""
     stats = getattr(router, "stats", None)
-    return stats() if callable(stats) else {}
+    out: dict[str, Any] = stats() if callable(stats) else {}
+    if isinstance(out.get("shards"), dict):
+        from .shards import merged_stats
+
+        return merged_stats(out["shards"])
+    return out
 
 
 class LiveView:

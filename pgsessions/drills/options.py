@@ -25,6 +25,9 @@ class DrillOptions:
     keep_cluster: bool = False
     fsync: bool = True
     break_router: str | None = None
+    #: local shards (``--shards N``): one cluster each behind a ShardedRouter; the
+    #: scenario's fault hits the first shard
+    shards: int = 1
     check_interval: float = 0.2
     failover_timeout: float = 20.0
     recover_timeout: float = 45.0

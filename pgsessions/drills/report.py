@@ -23,9 +23,10 @@ def format_scenario(r: dict[str, Any]) -> str:
     t = r["timings"]
     w, rd = r["writes"], r["reads"]
     verdict = "PASS" if r["passed"] else "FAIL"
+    over = f" over {len(r['shards'])} shards" if r.get("shards") else ""
     lines = [
         f"== {r['scenario']} ({r['mode']}) {verdict}  "
-        f"[{r['sessions']} sessions, {r['duration_s']:.1f}s, verified on {r['verified_on']}]"
+        f"[{r['sessions']} sessions{over}, {r['duration_s']:.1f}s, verified on {r['verified_on']}]"
     ]
     fault = next((e for e in r["events"] if e["kind"] == "fault"), None)
     if fault:
@@ -63,6 +64,7 @@ def format_scenario(r: dict[str, Any]) -> str:
         f"  data       lost {r['lost']}, duplicated {r['duplicated']}, "
         f"reordered {r['reordered']}, torn {r['torn']}, stale reads {r['stale_reads']}"
     )
+    lines.extend(shard_lines(r))
     if r["loss_explanation"]:
         lines.append(f"  loss       {r['loss_explanation']}")
     for ex in r["stale_examples"][:3]:
@@ -111,3 +113,22 @@ def format_summary(reports: list[dict[str, Any]]) -> str:
     table = ["  ".join(c.ljust(wd) for c, wd in zip(row, widths, strict=True)) for row in rows]
     verdict = "all invariants held" if passed == len(reports) else "INVARIANTS VIOLATED"
     return "\n".join([*table, f"{passed}/{len(reports)} scenarios passed: {verdict}"])
+
+
+def shard_lines(r: dict[str, Any]) -> list[str]:
+    """The per-shard lines of a sharded scenario's text report."""
+    lines = []
+    for name, s in r.get("shards", {}).items():
+        role = "faulted" if s["faulted"] else "untouched"
+        lines.append(
+            f"  shard {name:<4} {role:<9} {s['sessions']} sessions: writes "
+            f"{s['writes_acknowledged']} ok, {s['writes_failed']} failed "
+            f"(longest gap {s['longest_write_gap_s'] * 1000:.0f}ms); reads {s['reads_ok']} ok, "
+            f"{s['reads_failed']} failed; lost {s['lost']}, duplicated {s['duplicated']}, "
+            f"stale {s['stale_reads']}"
+        )
+    if "misplaced_items" in r:
+        lines.append(
+            f"  placement  items stored on a shard not owning them: {r['misplaced_items']}"
+        )
+    return lines

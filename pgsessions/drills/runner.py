@@ -13,7 +13,7 @@ from typing import Any
 
 from ..devcluster import LocalCluster
 from ..devcluster.proxy import TcpProxy
-from ..router import RouterConfig, SessionRouter
+from ..router import RouterConfig, SessionRouter, ShardedRouter
 from ..router.dsn import host_label
 from ..sessions import migrate
 from .broken import DroppingSession, TokenIgnoringRouter
@@ -21,6 +21,14 @@ from .ledger import Ledger, LedgerObserver, short_error
 from .options import DrillOptions
 from .sampler import NodeSampler, TopologyWatcher
 from .scenarios import SCENARIOS, TRIGGER, DrillContext, Scenario
+from .shards import (
+    FAULTED,
+    ShardClusters,
+    load_stored_shards,
+    owners_of,
+    per_shard_reports,
+    start_shard_clusters,
+)
 from .verify import analyse, find_writable, load_stored
 from .workload import DrillWorkload, SessionFactory
 
@@ -46,6 +54,29 @@ def make_router(config: RouterConfig, opts: DrillOptions) -> SessionRouter:
     if opts.break_router == "skip-token-check":
         return TokenIgnoringRouter(config)
     return SessionRouter(config)
+
+
+def _drill_router(
+    config: RouterConfig, opts: DrillOptions, shard_hosts: dict[str, list[str]]
+) -> SessionRouter | ShardedRouter:
+    """The drill's router: over one cluster, or a ShardedRouter over ``shard_hosts``."""
+    if not shard_hosts:
+        return make_router(config, opts)
+    configs = {
+        s: dataclasses.replace(config, hosts=hosts, name=f"{config.name}-{s}")
+        for s, hosts in shard_hosts.items()
+    }
+    return ShardedRouter(configs)
+
+
+async def _proxied_hosts(cluster: LocalCluster, proxies: dict[str, TcpProxy]) -> list[str]:
+    """A TCP proxy per node of ``cluster`` (kept in ``proxies``): the DSNs through them."""
+    hosts = []
+    for n in cluster.nodes:
+        proxy = await TcpProxy("127.0.0.1", n.port).start()
+        proxies[n.name] = proxy
+        hosts.append(n.dsn.replace(f":{n.port}/", f":{proxy.port}/"))
+    return hosts
 
 
 def session_factory(opts: DrillOptions) -> SessionFactory | None:
@@ -123,6 +154,9 @@ async def run_scenario(scenario: Scenario, opts: DrillOptions) -> dict[str, Any]
     log = opts.log
     mode = "sync" if opts.sync else "async"
     cluster: LocalCluster | None = None
+    shard_clusters: ShardClusters | None = None
+    shard_hosts: dict[str, list[str]] = {}
+    owners: dict[str, str] = {}
     proxies: dict[str, TcpProxy] = {}
     deployment: Any = None
     t_start = time.monotonic()
@@ -136,6 +170,18 @@ async def run_scenario(scenario: Scenario, opts: DrillOptions) -> dict[str, Any]
                 dataclasses.replace(opts, log=lambda line: log(f"[{scenario.name}] {line}"))
             )
             node_dsns, router_hosts = deployment.node_dsns, deployment.router_hosts
+        elif opts.shards > 1:
+            log(
+                f"[{scenario.name}] starting {opts.shards} local clusters (one per shard): "
+                f"primary + 2 replicas each ({mode}); the fault hits shard {FAULTED}"
+            )
+            shard_clusters = await start_shard_clusters(opts)
+            cluster = shard_clusters.faulted
+            node_dsns = shard_clusters.node_dsns()
+            shard_hosts = {s: [n.dsn for n in c.nodes] for s, c in shard_clusters.clusters.items()}
+            if scenario.proxied:
+                shard_hosts[FAULTED] = await _proxied_hosts(cluster, proxies)
+            router_hosts = shard_hosts[FAULTED]  # each shard's config gets its own hosts
         else:
             log(f"[{scenario.name}] starting a local cluster: primary + 2 replicas ({mode})")
             cluster = LocalCluster(
@@ -145,14 +191,11 @@ async def run_scenario(scenario: Scenario, opts: DrillOptions) -> dict[str, Any]
             node_dsns = {n.name: n.dsn for n in cluster.nodes}
             router_hosts = [n.dsn for n in cluster.nodes]
             if scenario.proxied:
-                router_hosts = []
-                for n in cluster.nodes:
-                    proxy = await TcpProxy("127.0.0.1", n.port).start()
-                    proxies[n.name] = proxy
-                    router_hosts.append(n.dsn.replace(f":{n.port}/", f":{proxy.port}/"))
+                router_hosts = await _proxied_hosts(cluster, proxies)
         host_names = {host_label(d): name for name, d in node_dsns.items()}
+        in_shard = f"{FAULTED}/" if shard_clusters is not None else ""
         for name, p in proxies.items():
-            host_names[f"127.0.0.1:{p.port}"] = f"{name} via proxy"
+            host_names[f"127.0.0.1:{p.port}"] = f"{in_shard}{name} via proxy"
 
         ledger = Ledger()
         sampler = NodeSampler(node_dsns, ledger)
@@ -171,10 +214,11 @@ async def run_scenario(scenario: Scenario, opts: DrillOptions) -> dict[str, Any]
             hold=opts.hold,
             sync=opts.sync,
             deployment=deployment,
+            shard=FAULTED if shard_clusters is not None else None,
         )
         recovered = False
         try:
-            async with make_router(config, opts) as router:
+            async with _drill_router(config, opts, shard_hosts) as router:
                 await migrate(router)
                 router.add_observer(LedgerObserver(ledger))
                 watcher = TopologyWatcher(router, ledger)
@@ -208,14 +252,23 @@ async def run_scenario(scenario: Scenario, opts: DrillOptions) -> dict[str, Any]
                     progress.cancel()
                     await workload.finish()
                     await watcher.stop()
+                if isinstance(router, ShardedRouter):
+                    owners = owners_of(router, workload.session_ids)
         finally:
             await asyncio.to_thread(sampler.stop)
             for p in proxies.values():
                 await p.stop()
             proxies.clear()
 
-        verify_name, verify_dsn = await asyncio.to_thread(find_writable, node_dsns)
-        stored = await asyncio.to_thread(load_stored, verify_dsn, opts.schema, prefix)
+        misplaced = 0
+        if shard_clusters is not None:
+            stored, verified, misplaced = await asyncio.to_thread(
+                load_stored_shards, shard_clusters, opts.schema, prefix, owners
+            )
+            verify_name = ", ".join(verified.values())
+        else:
+            verify_name, verify_dsn = await asyncio.to_thread(find_writable, node_dsns)
+            stored = await asyncio.to_thread(load_stored, verify_dsn, opts.schema, prefix)
         report = analyse(
             ledger,
             stored,
@@ -227,6 +280,24 @@ async def run_scenario(scenario: Scenario, opts: DrillOptions) -> dict[str, Any]
         )
         if deployment is not None:
             await asyncio.to_thread(deployment.add_to_report, report, ledger, ctx)
+        if shard_clusters is not None:
+            report["shards"], shard_failures = per_shard_reports(
+                ledger,
+                stored,
+                ctx,
+                owners,
+                recovered=recovered,
+                host_names=host_names,
+                failover_timeout=config.failover_timeout,
+            )
+            report["misplaced_items"] = misplaced
+            report["faulted_shard"] = FAULTED
+            if misplaced:
+                shard_failures.append(
+                    f"{misplaced} items stored on a shard that does not own their session"
+                )
+            report["failures"].extend(shard_failures)
+            report["passed"] = not report["failures"]
         report["verified_on"] = verify_name
         report["duration_s"] = round(time.monotonic() - t_start, 1)
         report["mode"] = mode
@@ -235,11 +306,17 @@ async def run_scenario(scenario: Scenario, opts: DrillOptions) -> dict[str, Any]
         kept = cluster or (deployment.cluster if deployment is not None else None)
         if kept is not None and opts.keep_cluster:
             report["cluster_dir"] = str(kept.base_dir)
+        if shard_clusters is not None and opts.keep_cluster:
+            report["cluster_dirs"] = {
+                s: str(c.base_dir) for s, c in shard_clusters.clusters.items()
+            }
         return report
     finally:
         for p in proxies.values():
             await p.stop()
-        if cluster is not None and not opts.keep_cluster:
+        if shard_clusters is not None and not opts.keep_cluster:
+            await asyncio.to_thread(shard_clusters.stop)
+        elif cluster is not None and not opts.keep_cluster:
             await asyncio.to_thread(cluster.stop)
         if deployment is not None and not opts.keep_cluster:
             await asyncio.to_thread(deployment.stop)

@@ -45,6 +45,8 @@ class DrillContext:
     #: a role change means a failover (False when the scenario makes a rogue primary)
     role_change_is_promotion: bool = True
     notes: list[str] = field(default_factory=list)
+    #: the shard whose cluster the scenario breaks (``--shards``): its steps name it
+    shard: str | None = None
 
     def need_cluster(self) -> LocalCluster:
         if self.cluster is None:
@@ -52,6 +54,8 @@ class DrillContext:
         return self.cluster
 
     def mark(self, kind: str, detail: str) -> None:
+        if self.shard is not None and kind not in ("recovered", "not_recovered"):
+            detail = f"shard {self.shard}: {detail}"  # the workload's recovery is every shard's
         e = self.ledger.event(kind, detail)
         self.log(f"+{e.t:5.2f}s {kind}: {detail}")
 

@@ -58,8 +58,9 @@ def load_stored(dsn: str, schema: str, prefix: str) -> StoredItems:
 
 
 def _lsn(token: str | None) -> int | None:
+    """The LSN of a token; a sharded token (``s1:0/4000028``) names its shard first."""
     try:
-        return parse_lsn(token) if token else None
+        return parse_lsn(token.rsplit(":", 1)[-1]) if token else None
     except ValueError:
         return None
 

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
 
+from ..router.execution import Setup
+from ..router.fencing import is_moved, owner_and_fence, refresh, run_fence
 from ..sessions.items import utf8_safe
 from ..sessions.limits import MAX_ITEM_BYTES, check_text
 from ..sessions.schema import migrate_hint
@@ -29,6 +31,8 @@ if TYPE_CHECKING:
 Outcome = Literal["imported", "unchanged", "replaced", "conflict", "error"]
 #: items sent per INSERT statement (a large conversation takes several, in one transaction)
 CHUNK = 1000
+#: directory reads an import makes for a conversation whose bucket moved under it
+_MOVED_ATTEMPTS = 3
 
 
 @dataclass
@@ -194,8 +198,10 @@ async def _import_one(
     sql: ImportStatements,
     rec: ConversationRecord,
     replace: bool,
+    fence: Setup | None = None,
 ) -> Outcome:
     async with conn.transaction():
+        await run_fence(conn, fence)  # over shards: refused unless the owner (nothing written)
         if rec.tenant:
             # the tables' tenant columns default to this setting (migration 0006), and with
             # isolation on the policies check it
@@ -234,7 +240,9 @@ async def import_records(
     progress: Callable[[ImportSummary], None] | None = None,
 ) -> ImportSummary:
     """Write ``records`` on the primary, each conversation all or nothing; see the module.
-    Over several clusters (a ShardedRouter) each conversation goes to its owner's primary.
+    Over several clusters (a ShardedRouter) each conversation goes to its owner's primary,
+    fenced like a session's write: a bucket that moved meanwhile is written on its new owner
+    (an error for the record if none took it after a few directory reads).
 
     A record the database refuses (bad JSON text, U+0000 in metadata, ...) is reported in
     ``errors`` and leaves its conversation as it was; the others are still imported. Runs
@@ -256,13 +264,24 @@ async def import_records(
             # one admin connection per cluster, opened at its first conversation
             conns: dict[int, psycopg.AsyncConnection[Any]] = {}
 
-            async def conn_for(session_id: str) -> psycopg.AsyncConnection[Any]:
-                cluster = router.cluster_for(session_id)
+            async def conn_for(cluster: Router) -> psycopg.AsyncConnection[Any]:
                 conn = conns.get(id(cluster))
                 if conn is None:
                     conn = await stack.enter_async_context(cluster.primary_connection())
                     conns[id(cluster)] = conn
                 return conn
+
+            async def write(rec: ConversationRecord) -> Outcome:
+                for attempt in range(_MOVED_ATTEMPTS):
+                    owner, fence = owner_and_fence(router, rec.session_id)
+                    conn = await conn_for(owner)
+                    try:
+                        return await _import_one(conn, sql, rec, replace, fence)
+                    except psycopg.Error as exc:
+                        if not is_moved(exc) or attempt == _MOVED_ATTEMPTS - 1:
+                            raise
+                        await refresh(router)  # the bucket moved: write it on its owner
+                raise AssertionError("unreachable")
 
             async for rec in each():
                 try:
@@ -270,10 +289,14 @@ async def import_records(
                         raise ValueError(rec.error)
                     check_session_id(rec.session_id)
                     check_limits(rec)
-                    conn = await conn_for(rec.session_id)
-                    outcome = await _import_one(conn, sql, rec.checked(), replace)
+                    outcome = await write(rec.checked())
                 except (ValueError, psycopg.errors.DataError, psycopg.errors.IntegrityError) as e:
                     summary.errors.append(f"{rec.session_id!r}: {str(e).splitlines()[0]}")
+                    outcome = "error"
+                except psycopg.Error as e:
+                    if not is_moved(e):
+                        raise
+                    summary.errors.append(f"{rec.session_id!r}: its bucket moved: {e}")
                     outcome = "error"
                 if outcome in ("imported", "replaced"):
                     summary.items += len(rec.items)

@@ -2,7 +2,8 @@
 
 Gauges come from the router's topology snapshot and its pools' ``get_stats()`` at scrape
 time (no query, no polling loop); counters and histograms come from each router's
-:class:`~.metrics.RouterMetrics`. Every series carries ``router`` (RouterConfig.name).
+:class:`~.metrics.RouterMetrics`. Every series carries ``router`` (RouterConfig.name), and
+the series of a ShardedRouter's shards also ``shard`` (the shard's name).
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ class PgSessionsCollector:
                 target = families[fam.name + "_total" if fam.type == "counter" else fam.name]
                 target.samples.extend(s for s in fam.samples if not s.name.endswith("_created"))
             try:
-                snapshot = _snapshot_families(metrics.name, router)
+                snapshot = _snapshot_families(metrics, router)
             except Exception:  # one broken router must not break the scrape of the others
                 log.warning(
                     "pgsessions: cannot read router %r's state", metrics.name, exc_info=True
@@ -136,16 +137,16 @@ class PgSessionsCollector:
         return list(families.values())
 
 
-def _archiver_families(name: str, topo: Topology) -> list[Metric]:
+def _archiver_families(metrics: RouterMetrics, topo: Topology) -> list[Metric]:
     """The primary's WAL archiving health (pg_stat_archiver, read by the health check)."""
 
     def counter(metric: str) -> CounterMetricFamily:
         spec = SPECS[metric]
-        return CounterMetricFamily(metric, spec.help, labels=("router", *spec.labels))
+        return CounterMetricFamily(metric, spec.help, labels=(*metrics.base_names, *spec.labels))
 
     def gauge(metric: str) -> GaugeMetricFamily:
         spec = SPECS[metric]
-        return GaugeMetricFamily(metric, spec.help, labels=("router", *spec.labels))
+        return GaugeMetricFamily(metric, spec.help, labels=(*metrics.base_names, *spec.labels))
 
     archived = counter("pgsessions_archive_archived_total")
     failed = counter("pgsessions_archive_failed_total")
@@ -155,7 +156,7 @@ def _archiver_families(name: str, topo: Topology) -> list[Metric]:
         a = h.archiver
         if a is None or h.role != "primary":
             continue
-        labels = (name, safe_host(h.host))
+        labels = (*metrics.base, safe_host(h.host))
         archived.add_metric(labels, float(a.archived_count))
         failed.add_metric(labels, float(a.failed_count))
         if a.last_archived_age is not None:
@@ -165,12 +166,13 @@ def _archiver_families(name: str, topo: Topology) -> list[Metric]:
     return [archived, failed, age, pending]
 
 
-def _snapshot_families(name: str, router: Router) -> list[Metric]:
+def _snapshot_families(metrics: RouterMetrics, router: Router) -> list[Metric]:
     topo = router.topology()
+    base = metrics.base
 
     def gauge(metric: str) -> GaugeMetricFamily:
         spec = SPECS[metric]
-        return GaugeMetricFamily(metric, spec.help, labels=("router", *spec.labels))
+        return GaugeMetricFamily(metric, spec.help, labels=(*metrics.base_names, *spec.labels))
 
     up, eligible = gauge("pgsessions_host_up"), gauge("pgsessions_replica_eligible")
     lag_b, lag_s = (
@@ -184,22 +186,22 @@ def _snapshot_families(name: str, router: Router) -> list[Metric]:
     for h in topo.hosts:
         host = safe_host(h.host)
         roles[host] = h.role
-        up.add_metric((name, host, h.role), 1.0 if h.up else 0.0)
+        up.add_metric((*base, host, h.role), 1.0 if h.up else 0.0)
         if h.role == "replica":
-            eligible.add_metric((name, host), 1.0 if h.eligible and not h.banned else 0.0)
+            eligible.add_metric((*base, host), 1.0 if h.eligible and not h.banned else 0.0)
             if h.lag_bytes is not None:
-                lag_b.add_metric((name, host), float(max(h.lag_bytes, 0)))
+                lag_b.add_metric((*base, host), float(max(h.lag_bytes, 0)))
             if h.lag_seconds is not None:
-                lag_s.add_metric((name, host), float(max(h.lag_seconds, 0.0)))
+                lag_s.add_metric((*base, host), float(max(h.lag_seconds, 0.0)))
     for host, stats in pool_stats(router, topo).items():
-        labels = (name, host, roles.get(host, "unknown"))
+        labels = (*base, host, roles.get(host, "unknown"))
         size.add_metric(labels, float(stats.get("pool_size", 0)))
         avail.add_metric(labels, float(stats.get("pool_available", 0)))
         waiting.add_metric(labels, float(stats.get("requests_waiting", 0)))
     primary = known_primary(topo)
-    known.add_metric((name,), 1.0 if primary else 0.0)
+    known.add_metric(base, 1.0 if primary else 0.0)
     n_writable = len(topo.split_brain) or (1 if primary else 0)
-    writable.add_metric((name,), float(n_writable))
+    writable.add_metric(base, float(n_writable))
     return [
         up,
         eligible,
@@ -210,7 +212,7 @@ def _snapshot_families(name: str, router: Router) -> list[Metric]:
         waiting,
         known,
         writable,
-        *_archiver_families(name, topo),
+        *_archiver_families(metrics, topo),
     ]
 
 
@@ -231,18 +233,41 @@ def instrument(router: Router, registry: CollectorRegistry | None = None) -> Rou
     Idempotent per router and registry. Several routers share a registry when their
     ``RouterConfig.name`` differ; a closed router stops reporting. A router over several
     clusters (a ShardedRouter) is instrumented cluster by cluster: each shard's series carry
-    ``router=<its RouterConfig.name>`` (the shard's name unless set); the first's are
-    returned.
+    ``shard=<the shard's name>`` and ``router=<its RouterConfig.name>`` (the shard's name
+    unless set); the first's are returned.
     """
     clusters = router.clusters()
     if len(clusters) != 1 or clusters[0] is not router:
-        made = [instrument(c, registry) for c in clusters]
+        made = [_instrument_one(c, registry, shard) for shard, c in shards_of(router)]
         return made[0]
+    return _instrument_one(router, registry, None)
+
+
+def shards_of(router: Router) -> list[tuple[str, Router]]:
+    """(shard name, cluster router) of each cluster a router over several reaches.
+
+    A ShardedRouter names its shards (``.shards``); a router that reaches several clusters
+    without naming them gets each cluster's ``RouterConfig.name``.
+    """
+    named = getattr(router, "shards", None)
+    clusters = router.clusters()
+    if isinstance(named, Mapping):
+        by_id = {id(r): name for name, r in named.items()}
+        return [(by_id.get(id(c), c.config.name), c) for c in clusters]
+    return [(c.config.name, c) for c in clusters]
+
+
+def _instrument_one(
+    router: Router, registry: CollectorRegistry | None, shard: str | None
+) -> RouterMetrics:
     collector = collector_for(registry if registry is not None else REGISTRY)
     existing = collector.get(router)
-    if existing is not None:
-        return existing
-    metrics = RouterMetrics(router)
+    if existing is not None and (shard is None or existing.shard == shard):
+        return existing  # a shard instrumented on its own keeps its shard label
+    if existing is not None:  # the same cluster, now known as a shard: relabel its series
+        existing.detach()
+        collector.remove(existing)
+    metrics = RouterMetrics(router, shard)
     collector.add(metrics)
     router.add_observer(metrics)
     return metrics

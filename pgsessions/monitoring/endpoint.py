@@ -10,7 +10,14 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
-from .collector import REGISTRY, instrument, known_primary, router_is_open, routers_in
+from .collector import (
+    REGISTRY,
+    collector_for,
+    instrument,
+    known_primary,
+    router_is_open,
+    routers_in,
+)
 
 if TYPE_CHECKING:
     from ..router.protocol import Router
@@ -32,10 +39,10 @@ class Endpoint:
             self._routers: list[Router] | None = None
         else:
             given = [routers] if not isinstance(routers, Sequence) else list(routers)
+            for r in given:  # a ShardedRouter's clusters get their shard label
+                instrument(r, self.registry)
             # a router over several clusters (shards) answers for each of them
             self._routers = [c for r in given for c in r.clusters()]
-            for r in self._routers:
-                instrument(r, self.registry)
 
     @property
     def routers(self) -> list[Router]:
@@ -61,12 +68,16 @@ class Endpoint:
         report: dict[str, object] = {}
         ok = True
         routers = self.routers
+        collector = collector_for(self.registry)
         for r in routers:
+            metrics = collector.get(r)
+            shard = metrics.shard if metrics is not None else None
             topo = r.topology()
             is_open = router_is_open(r)
             primary = known_primary(topo) if is_open else None
             ok = ok and primary is not None
             report[r.config.name] = {
+                **({"shard": shard} if shard is not None else {}),
                 "open": is_open,
                 "primary": primary,
                 "eligible_replicas": len(topo.eligible()),

@@ -251,57 +251,78 @@ def safe_host(host: str) -> str:
     return host_label(host)
 
 
-def _counter(spec_name: str, labels: tuple[str, ...]) -> Counter:
+def base_labels(shard: str | None) -> tuple[str, ...]:
+    """The labels every series of a router carries: ``router``, and ``shard`` for a shard
+    of a ShardedRouter (a plain SessionRouter's series have no ``shard`` label)."""
+    return ("router", "shard") if shard is not None else ("router",)
+
+
+def _counter(spec_name: str, labels: tuple[str, ...], base: tuple[str, ...]) -> Counter:
     spec = SPECS[spec_name]
     name = spec_name.removesuffix("_total")
-    return Counter(name, spec.help, ("router", *labels), registry=None)
+    return Counter(name, spec.help, (*base, *labels), registry=None)
 
 
-def _histogram(spec_name: str, labels: tuple[str, ...], buckets: tuple[float, ...]) -> Histogram:
+def _histogram(
+    spec_name: str, labels: tuple[str, ...], buckets: tuple[float, ...], base: tuple[str, ...]
+) -> Histogram:
     spec = SPECS[spec_name]
-    return Histogram(spec_name, spec.help, ("router", *labels), buckets=buckets, registry=None)
+    return Histogram(spec_name, spec.help, (*base, *labels), buckets=buckets, registry=None)
 
 
 class RouterMetrics:
     """Counters and histograms of one router, fed by the router's observer hooks.
 
     Create it with :func:`pgsessions.monitoring.instrument`. It holds the router weakly;
-    :meth:`detach` removes the observer and stops the router's reporting.
+    :meth:`detach` removes the observer and stops the router's reporting. ``shard``: the
+    shard's name when the router is one shard of a ShardedRouter (every series then carries
+    ``shard=<name>`` beside ``router``).
     """
 
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, shard: str | None = None) -> None:
         self.name = router.config.name
+        self.shard = shard
+        #: label names and values every series of this router starts with
+        self.base_names = base_labels(shard)
+        self.base: tuple[str, ...] = (self.name, shard) if shard is not None else (self.name,)
+        base = self.base_names
         self._router = weakref.ref(router)
         self.detached = False
-        self.routed = _counter("pgsessions_routed_total", ("operation", "role", "reason"))
+        self.routed = _counter("pgsessions_routed_total", ("operation", "role", "reason"), base)
         self.duration = _histogram(
-            "pgsessions_operation_duration_seconds", ("operation", "role"), LATENCY_BUCKETS
+            "pgsessions_operation_duration_seconds", ("operation", "role"), LATENCY_BUCKETS, base
         )
-        self.errors = _counter("pgsessions_operation_errors_total", ("operation", "error"))
-        self.retries = _counter("pgsessions_retries_total", ("operation", "reason"))
+        self.errors = _counter("pgsessions_operation_errors_total", ("operation", "error"), base)
+        self.retries = _counter("pgsessions_retries_total", ("operation", "reason"), base)
         self.pool_wait = _histogram(
-            "pgsessions_pool_wait_seconds", ("host", "role"), POOL_WAIT_BUCKETS
+            "pgsessions_pool_wait_seconds", ("host", "role"), POOL_WAIT_BUCKETS, base
         )
-        self.connections_lost = _counter("pgsessions_pool_connections_lost_total", ("host", "role"))
-        self.failovers = _counter("pgsessions_failovers_total", ())
+        self.connections_lost = _counter(
+            "pgsessions_pool_connections_lost_total", ("host", "role"), base
+        )
+        self.failovers = _counter("pgsessions_failovers_total", (), base)
         self.failover_duration = _histogram(
-            "pgsessions_failover_duration_seconds", (), FAILOVER_BUCKETS
+            "pgsessions_failover_duration_seconds", (), FAILOVER_BUCKETS, base
         )
-        self.split_brain = _counter("pgsessions_split_brain_total", ())
-        self.overloaded = _counter("pgsessions_overloaded_total", ("operation", "host", "role"))
-        self.tokens_capped = _counter("pgsessions_tokens_capped_total", ())
-        self.batch_size = _histogram("pgsessions_write_batch_size", (), BATCH_SIZE_BUCKETS)
-        self.batches = _counter("pgsessions_write_batches_total", ("outcome",))
+        self.split_brain = _counter("pgsessions_split_brain_total", (), base)
+        self.overloaded = _counter(
+            "pgsessions_overloaded_total", ("operation", "host", "role"), base
+        )
+        self.tokens_capped = _counter("pgsessions_tokens_capped_total", (), base)
+        self.batch_size = _histogram("pgsessions_write_batch_size", (), BATCH_SIZE_BUCKETS, base)
+        self.batches = _counter("pgsessions_write_batches_total", ("outcome",), base)
         self.batch_wait = _histogram(
-            "pgsessions_write_batch_wait_seconds", ("operation",), BATCH_WAIT_BUCKETS
+            "pgsessions_write_batch_wait_seconds", ("operation",), BATCH_WAIT_BUCKETS, base
         )
-        self.coalesced = _counter("pgsessions_coalesced_writes_total", ("operation", "outcome"))
+        self.coalesced = _counter(
+            "pgsessions_coalesced_writes_total", ("operation", "outcome"), base
+        )
         # unlabelled series exist (at 0) from the start, so rate() and alerts see them
-        self._failovers = self.failovers.labels(self.name)
-        self._failover_duration = self.failover_duration.labels(self.name)
-        self._split_brain = self.split_brain.labels(self.name)
-        self._tokens_capped = self.tokens_capped.labels(self.name)
-        self._batch_size = self.batch_size.labels(self.name)
+        self._failovers = self.failovers.labels(*self.base)
+        self._failover_duration = self.failover_duration.labels(*self.base)
+        self._split_brain = self.split_brain.labels(*self.base)
+        self._tokens_capped = self.tokens_capped.labels(*self.base)
+        self._batch_size = self.batch_size.labels(*self.base)
 
     @property
     def router(self) -> Router | None:
@@ -339,33 +360,33 @@ class RouterMetrics:
     # RouterObserver hooks: cheap, never raise -----------------------------------------------
     def on_route(self, operation: str, role: str, reason: str) -> None:
         try:
-            self.routed.labels(self.name, operation, role, reason).inc()
+            self.routed.labels(*self.base, operation, role, reason).inc()
         except Exception:  # pragma: no cover - a metric must never break a request
             log.debug("on_route failed", exc_info=True)
 
     def on_operation(self, operation: str, role: str, seconds: float, error: str | None) -> None:
         try:
-            self.duration.labels(self.name, operation, role).observe(seconds)
+            self.duration.labels(*self.base, operation, role).observe(seconds)
             if error is not None:
-                self.errors.labels(self.name, operation, error).inc()
+                self.errors.labels(*self.base, operation, error).inc()
         except Exception:  # pragma: no cover
             log.debug("on_operation failed", exc_info=True)
 
     def on_retry(self, operation: str, reason: str) -> None:
         try:
-            self.retries.labels(self.name, operation, reason).inc()
+            self.retries.labels(*self.base, operation, reason).inc()
         except Exception:  # pragma: no cover
             log.debug("on_retry failed", exc_info=True)
 
     def on_pool_wait(self, host: str, role: str, seconds: float) -> None:
         try:
-            self.pool_wait.labels(self.name, safe_host(host), role).observe(seconds)
+            self.pool_wait.labels(*self.base, safe_host(host), role).observe(seconds)
         except Exception:  # pragma: no cover
             log.debug("on_pool_wait failed", exc_info=True)
 
     def on_connection_lost(self, host: str, role: str) -> None:
         try:
-            self.connections_lost.labels(self.name, safe_host(host), role).inc()
+            self.connections_lost.labels(*self.base, safe_host(host), role).inc()
         except Exception:  # pragma: no cover
             log.debug("on_connection_lost failed", exc_info=True)
 
@@ -384,7 +405,7 @@ class RouterMetrics:
 
     def on_overload(self, operation: str, host: str, role: str) -> None:
         try:
-            self.overloaded.labels(self.name, operation, safe_host(host), role).inc()
+            self.overloaded.labels(*self.base, operation, safe_host(host), role).inc()
         except Exception:  # pragma: no cover
             log.debug("on_overload failed", exc_info=True)
 
@@ -397,18 +418,18 @@ class RouterMetrics:
     def on_write_batch(self, size: int, outcome: str) -> None:
         try:
             self._batch_size.observe(size)
-            self.batches.labels(self.name, outcome).inc()
+            self.batches.labels(*self.base, outcome).inc()
         except Exception:  # pragma: no cover
             log.debug("on_write_batch failed", exc_info=True)
 
     def on_batch_wait(self, operation: str, seconds: float) -> None:
         try:
-            self.batch_wait.labels(self.name, operation).observe(seconds)
+            self.batch_wait.labels(*self.base, operation).observe(seconds)
         except Exception:  # pragma: no cover
             log.debug("on_batch_wait failed", exc_info=True)
 
     def on_write_coalescing(self, operation: str, outcome: str) -> None:
         try:
-            self.coalesced.labels(self.name, operation, outcome).inc()
+            self.coalesced.labels(*self.base, operation, outcome).inc()
         except Exception:  # pragma: no cover
             log.debug("on_write_coalescing failed", exc_info=True)

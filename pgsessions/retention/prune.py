@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg import errors
 
+from ..router.execution import Setup
+from ..router.fencing import is_moved, owner_and_fence, run_fence
 from ..router.settings import INT32_MAX, count
 from ..sessions.schema import migrate_hint
 from ..sessions.sql.retention import prune_sql
@@ -43,6 +45,8 @@ class PruneSummary:
     conversations_deleted: int = 0
     conversations_kept_written_again: int = 0
     conversations_skipped_locked: int = 0
+    #: over shards: found on a shard that does not own its bucket (left for the owner)
+    conversations_skipped_not_owned: int = 0
     items_deleted: int = 0
     usage_rows_deleted: int = 0
     op_ids_deleted: int = 0
@@ -79,13 +83,22 @@ async def prune(
     summary = PruneSummary()
     for cluster in router.clusters():  # each cluster prunes its own conversations
         await _prune_cluster(
-            cluster, summary, older_than, batch, item_batch, ops_older_than, lock_timeout, progress
+            router,
+            cluster,
+            summary,
+            older_than,
+            batch,
+            item_batch,
+            ops_older_than,
+            lock_timeout,
+            progress,
         )
     summary.seconds = round(time.monotonic() - t0, 3)
     return summary
 
 
 async def _prune_cluster(
+    top: Router,
     router: Router,
     summary: PruneSummary,
     older_than: timedelta,
@@ -113,7 +126,11 @@ async def _prune_cluster(
                 ids = [r[0] for r in await cur.fetchall()]
                 summary.transactions += 1
                 for sid in ids:
-                    await _prune_one(conn, sql, sid, cutoff, item_batch, summary)
+                    owner, fence = owner_and_fence(top, sid)
+                    if owner is not router:  # over shards: the bucket lives elsewhere now
+                        summary.conversations_skipped_not_owned += 1
+                    else:
+                        await _prune_one(conn, sql, sid, cutoff, item_batch, summary, fence)
                     if progress is not None:
                         progress(summary)
                 if len(ids) < batch:
@@ -142,18 +159,23 @@ async def _prune_one(
     cutoff: datetime,
     item_batch: int,
     summary: PruneSummary,
+    fence: Setup | None = None,
 ) -> None:
+    """Prune one conversation; over shards each transaction runs ``fence`` first."""
     params = {"sid": sid, "cutoff": cutoff, "batch": item_batch}
     removed = 0
     try:
         while True:
-            cur = await conn.execute(sql["items"], params)
+            async with conn.transaction():
+                await run_fence(conn, fence)
+                cur = await conn.execute(sql["items"], params)
             summary.transactions += 1
             removed += cur.rowcount
             if cur.rowcount < item_batch:
                 break
         async with conn.transaction():
             summary.transactions += 1
+            await run_fence(conn, fence)
             cur = await conn.execute(sql["lock_expired"], params)
             row = await cur.fetchone()
             if row is None:
@@ -181,3 +203,8 @@ async def _prune_one(
     except errors.LockNotAvailable:
         summary.items_deleted += removed  # committed before the transaction that timed out
         summary.conversations_skipped_locked += 1
+    except psycopg.Error as exc:
+        if not is_moved(exc):
+            raise
+        summary.items_deleted += removed  # the bucket moved away meanwhile: left to its owner
+        summary.conversations_skipped_not_owned += 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
@@ -45,6 +46,7 @@ from .shard_sql import ShardSql, shard_sql
 from .topology import Topology
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 ShardConfig = RouterConfig | str | Sequence[str]
 #: how long a refresh waits for a shard before counting it with its last claim
@@ -114,6 +116,8 @@ class ShardedRouter:
         #: what each shard claimed when it last answered
         self._last_claims: dict[str, ShardClaim] = {}
         self._thread: LoopThread | None = None
+        #: reads the directory again every check_interval while the router is open
+        self._refresher: asyncio.Task[None] | None = None
         self._open = False
         self._pid = os.getpid()
         #: statements sent again to the owner after a shard refused them
@@ -189,10 +193,18 @@ class ShardedRouter:
             await asyncio.gather(*(r.close() for r in self._order), return_exceptions=True)
             raise
         self._open = True
+        self._refresher = asyncio.get_running_loop().create_task(
+            self._keep_directory_fresh(), name="pgsessions-directory"
+        )
 
     async def close(self) -> None:
         """Close every shard's router (promptly, with requests in flight)."""
         self._open = False
+        refresher, self._refresher = self._refresher, None
+        if refresher is not None and not refresher.done():
+            refresher.cancel()
+            if refresher.get_loop() is asyncio.get_running_loop():
+                await asyncio.gather(refresher, return_exceptions=True)
         await asyncio.gather(*(r.close() for r in self._order), return_exceptions=True)
 
     async def __aenter__(self) -> ShardedRouter:
@@ -326,6 +338,21 @@ class ShardedRouter:
         self._require_open()
         self._directory = await self._read_directory(complete=False)
         return self._directory
+
+    async def _keep_directory_fresh(self) -> None:
+        """Read the directory every check_interval, so that reads (which follow it) reach a
+        bucket's new owner within one check after a move even without a refusal."""
+        while self._open:
+            await asyncio.sleep(self.config.check_interval)
+            if not self._open or self._pid != os.getpid():
+                return
+            try:
+                await self.refresh()
+            except (psycopg.Error, ShardError, DirectoryError, OSError, TimeoutError) as exc:
+                # the last directory stays; writes are fenced, and the next check retries
+                log.debug("directory refresh failed: %s", exc)
+            except RouterClosedError:
+                return
 
     async def after_migrate(self) -> None:
         """On a fresh set-up (no shard set up yet) spread the buckets evenly over the
@@ -586,6 +613,15 @@ class ShardedRouter:
         if k is None:
             raise TypeError("cluster_for() needs a route key or a session id")
         return self._routers[self._place(k.session_id).shard]
+
+    def admin_fence(self, key: KeyLike) -> tuple[SessionRouter, Setup]:
+        """The owner of ``key``'s bucket and the fence a write of one's own there (an
+        import, a prune) runs first in its transaction: ``(sql, (bucket, epoch))``."""
+        k = route_key(key)
+        if k is None:
+            raise TypeError("admin_fence() needs a route key or a session id")
+        at = self._place(k.session_id)
+        return self._routers[at.shard], (self._sql.fence, (at.bucket, at.epoch))
 
     def topology(self) -> Topology:
         """Every shard's hosts in one snapshot; ``primary`` lists each shard's primary

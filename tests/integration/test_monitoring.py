@@ -492,6 +492,103 @@ def test_alert_rules_fire_as_documented(promtool: str, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def test_alerts_of_one_shard_name_that_shard(promtool: str, tmp_path: Path) -> None:
+    """Two shards of one ShardedRouter: shard s2 loses its primary and fails over; the alerts
+    carry shard="s2" (and say so in their summary), s1 raises none."""
+    (tmp_path / "alerts.yml").write_text((DEPLOY / "alerts.yml").read_text())
+    base = 'instance="agent1:9464",job="pgsessions",router="{0}",shard="{0}"'
+    s1, s2 = base.format("s1"), base.format("s2")
+    tests = [
+        {
+            "interval": "15s",
+            "input_series": [
+                {"series": f"pgsessions_primary_known{{{s1}}}", "values": "1x15"},
+                {"series": f"pgsessions_primary_known{{{s2}}}", "values": "1 0x10 1x4"},
+                {"series": f"pgsessions_failovers_total{{{s1}}}", "values": "0x15"},
+                {"series": f"pgsessions_failovers_total{{{s2}}}", "values": "0x11 1x4"},
+            ],
+            "alert_rule_test": [
+                {
+                    "eval_time": "2m",
+                    "alertname": "PgsessionsPrimaryUnknown",
+                    "exp_alerts": [
+                        {
+                            "exp_labels": {
+                                "instance": "agent1:9464",
+                                "router": "s2",
+                                "shard": "s2",
+                                "severity": "critical",
+                            },
+                            "exp_annotations": {
+                                "summary": "No writable primary is known in shard s2: writes "
+                                "are failing",
+                            },
+                        }
+                    ],
+                },
+                {
+                    "eval_time": "3m30s",
+                    "alertname": "PgsessionsFailover",
+                    "exp_alerts": [
+                        {
+                            "exp_labels": {
+                                "instance": "agent1:9464",
+                                "job": "pgsessions",
+                                "router": "s2",
+                                "shard": "s2",
+                                "severity": "info",
+                            },
+                        }
+                    ],
+                },
+            ],
+        }
+    ]
+    yaml = pytest.importorskip("yaml", reason=NEED_YAML)
+    rules = yaml.safe_load((DEPLOY / "alerts.yml").read_text())
+    by_name = {r["alert"]: r for r in rules["groups"][0]["rules"]}
+    for r in by_name.values():  # every rule groups by shard (or keeps every label)
+        expr = " ".join(r["expr"].split())
+        for clause in ("by (", "on ("):
+            for grouping in expr.split(clause)[1:]:
+                assert "shard" in grouping.split(")")[0], (r["alert"], expr)
+    # the summary and description are checked for PgsessionsPrimaryUnknown only
+    for name, r in by_name.items():
+        if name != "PgsessionsPrimaryUnknown":
+            r.pop("annotations")
+        else:
+            r["annotations"] = {"summary": r["annotations"]["summary"]}
+    (tmp_path / "alerts.yml").write_text(json.dumps(rules))
+    (tmp_path / "alerts_test.yml").write_text(
+        json.dumps({"rule_files": ["alerts.yml"], "evaluation_interval": "15s", "tests": tests})
+    )
+    proc = subprocess.run(
+        [promtool, "test", "rules", "alerts_test.yml"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_dashboard_filters_and_splits_by_shard() -> None:
+    dash = json.loads((DEPLOY / "grafana-dashboard.json").read_text())
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    shard = variables["shard"]
+    assert shard["includeAll"] and shard["allValue"] == ".*"  # .* also matches no label
+    assert "shard)" in shard["query"]["query"]
+    for panel in dash["panels"]:
+        for target in panel["targets"]:
+            expr = target["expr"]
+            for sel in re.findall(r"\{[^}]*\}", expr):
+                assert 'shard=~"$shard"' in sel, (panel["title"], expr)
+            # every aggregation keeps the shard, and the legend names it
+            for by in re.findall(r"\b(?:sum|min|max|count)\s*(by \([^)]*\))?\s*\(", expr):
+                assert by.startswith("by (shard"), (panel["title"], expr)
+            assert "{{shard}}" in target["legendFormat"], panel["title"]
+
+
 def test_alerts_have_runbooks_and_cover_the_issue() -> None:
     yaml = pytest.importorskip("yaml", reason=NEED_YAML)
     rules = yaml.safe_load((DEPLOY / "alerts.yml").read_text())["groups"][0]["rules"]
@@ -535,6 +632,7 @@ def concrete(expr: str) -> str:
         .replace("$__range", "1h")
         .replace("$instance", ".*")
         .replace("$router", ".*")
+        .replace("$shard", ".*")
     )
 
 

@@ -141,6 +141,10 @@ async def test_prometheus_scrapes_lag_per_replica(
         assert [t["health"] for t in targets["activeTargets"]] == ["up"]
         up = await asyncio.to_thread(prom.api, "query", query="pgsessions_host_up")
         assert len(up["result"]) == 3
+        # a SessionRouter's series have no shard label: the dashboard's "All" (.*) keeps them
+        assert all("shard" not in r["metric"] for r in up["result"])
+        up = await asyncio.to_thread(prom.api, "query", query='pgsessions_host_up{shard=~".*"}')
+        assert len(up["result"]) == 3
 
         # the alert rules are loaded and evaluate without error
         async def rules_evaluated() -> bool:
@@ -164,6 +168,7 @@ async def test_prometheus_scrapes_lag_per_replica(
                     .replace("$__range", "5m")
                     .replace("$instance", ".*")
                     .replace("$router", ".*")
+                    .replace("$shard", ".*")
                 )
                 await asyncio.to_thread(prom.api, "query", query=expr)
     finally:

@@ -159,6 +159,32 @@ async def test_a_stale_directory_is_refused_and_the_write_lands_once_on_the_owne
         assert other.redirects == 1
 
 
+async def test_reads_follow_a_move_within_a_check_without_any_refusal(
+    sharded: ShardedRouter, two: tuple[LocalCluster, LocalCluster], shard_schema: str
+) -> None:
+    a, b = two
+    sid = sid_on(sharded, "s1")
+    bucket = bucket_of(sid, 64)
+    await PostgresSession(sid, sharded).add_items([user("on s1")])
+    b.primary.execute(
+        f'INSERT INTO "{shard_schema}".conversations (session_id) VALUES (%s)', (sid,)
+    )
+    a.primary.execute(f'DELETE FROM "{shard_schema}".shard_buckets WHERE bucket = %s', (bucket,))
+    b.primary.execute(
+        f'INSERT INTO "{shard_schema}".shard_buckets (bucket, epoch) VALUES (%s, 2)', (bucket,)
+    )
+    redirects = sharded.redirects
+
+    # no write is refused: the router reads the directory again on its own
+    async def moved() -> bool:
+        return sharded._place(sid).shard == "s2"
+
+    assert await apoll(moved, within=5.0)
+    assert sharded.redirects == redirects
+    # reads now go to the new owner (which holds the conversation but no item yet)
+    assert await PostgresSession(sid, sharded).get_items() == []
+
+
 def sharded_dir_before(router: ShardedRouter, bucket: int):  # type: ignore[no-untyped-def]
     """``router``'s directory with ``bucket`` back on s1 at epoch 1 (a stale copy)."""
     d = router.directory
@@ -482,12 +508,20 @@ async def test_metrics_and_health_answer_for_each_shard(sharded: ShardedRouter) 
     for shard in ("s1", "s2"):
         assert any(
             line.startswith("pgsessions_routed_total")
-            and f'router="{shard}"' in line
+            and f'router="{shard}",shard="{shard}"' in line
             and 'reason="write"' in line
             for line in text.splitlines()
         ), shard
+        # every series of a shard carries shard=<name>, the snapshot's gauges too
+        assert f'pgsessions_primary_known{{router="{shard}",shard="{shard}"}} 1.0' in text
+    lines = [x for x in text.splitlines() if x.startswith("pgsessions_")]
+    assert lines and all('shard="s' in x for x in lines)
     status, body = Endpoint(sharded, registry).health()
     assert status == 200 and sorted(json.loads(body)["routers"]) == ["s1", "s2"]
+    assert {n: h["shard"] for n, h in json.loads(body)["routers"].items()} == {
+        "s1": "s1",
+        "s2": "s2",
+    }
     uninstrument(sharded, registry)
     assert 'router="s1"' not in generate_latest(registry).decode()
 

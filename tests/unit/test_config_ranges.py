@@ -168,6 +168,7 @@ FLAGS = [
     (["drill", "all"], "--after"),
     (["drill", "all"], "--ttl"),
     (["drill", "all"], "--loop-wait"),
+    (["drill", "all"], "--shards"),
 ]
 
 
