@@ -279,18 +279,23 @@ async def test_prerequisites_are_checked_before_anything_changes(
     b.primary.execute(f'DELETE FROM "{schema}".conversations WHERE session_id = %s', (sid,))
     assert replication_left(a) == [] and replication_left(b) == []
     assert a.primary.execute(f'SELECT count(*) FROM "{schema}".shard_moves') == [(0,)]
-    # a source without wal_level = logical
+    # a source without wal_level = logical (a set-up of its own: another schema)
     plain = cluster_factory(replicas=0)
-    cfgs = configs(two, schema)
-    cfgs["s1"] = RouterConfig(hosts=plain.dsns(), schema=schema, failover_timeout=10)
-    async with ShardedRouter(cfgs, buckets=BUCKETS) as other:
-        await migrate(other)
-        d2 = other.directory
-        assert d2 is not None
-        x = next(x for x in range(BUCKETS) if d2.owners[x] == "s1")
-        with pytest.raises(MoveError, match="shard 's1': wal_level is 'replica'"):
-            await move_buckets(other, [x], to="s2")
-    drop_schema(plain, schema)
+    other_schema = f"{schema}_p"
+    cfgs = {
+        "s1": RouterConfig(hosts=plain.dsns(), schema=other_schema, failover_timeout=10),
+        "s2": RouterConfig(hosts=b.dsns(), schema=other_schema, failover_timeout=10),
+    }
+    try:
+        async with ShardedRouter(cfgs, buckets=BUCKETS) as other:
+            await migrate(other)
+            d2 = other.directory
+            assert d2 is not None
+            x = next(x for x in range(BUCKETS) if d2.owners[x] == "s1")
+            with pytest.raises(MoveError, match="shard 's1': wal_level is 'replica'"):
+                await move_buckets(other, [x], to="s2")
+    finally:
+        drop_schema(b, other_schema)
 
 
 KILLER = r"""
