@@ -16,6 +16,9 @@ from typing import Any
 from .cluster import STATE_FILE, LocalCluster
 from .errors import ClusterError
 
+#: what a shard needs for `pgsessions shard move` (pgsessions.shards.move)
+MOVE_SETTINGS = {"wal_level": "logical"}
+
 
 def shard_dirs(base: Path) -> list[Path]:
     """The shard directories of a sharded layout in ``base`` (empty: not one)."""
@@ -43,8 +46,9 @@ def shards_command(args: argparse.Namespace, base: Path) -> int:
         started: dict[str, bool] = {}
         for i in range(1, args.shards + 1):
             name = f"s{i}"
+            # wal_level = logical: buckets move between shards by logical replication
             cluster, started[name] = ensure_local_cluster(
-                base / name, replicas=args.replicas, sync=args.sync
+                base / name, replicas=args.replicas, sync=args.sync, settings=MOVE_SETTINGS
             )
             shards[name] = cluster.dsns()
         took = time.monotonic() - t0
