@@ -40,6 +40,7 @@ import psycopg
 from ..errors import ShardError
 from ..router.directory import ranges
 from ..router.dsn import redact
+from ..router.loops import running_loop
 from ..router.session_router import SessionRouter
 from ..router.sharded import ShardedRouter
 from . import move_sql as m
@@ -137,7 +138,10 @@ async def _rows(conn: Conn, query: Any, params: Any = None) -> list[tuple[Any, .
 
 async def _primary_dsn(router: SessionRouter) -> str:
     """The DSN of ``router``'s primary as configured (the subscription connects with it)."""
-    h = await router._primary_for_admin()
+    if running_loop() is not router._loop:  # served on another loop (SessionRouter.start)
+        h = await router._away(lambda r: r._primary_for_admin())
+    else:
+        h = await router._primary_for_admin()
     return h.dsn
 
 

@@ -25,6 +25,7 @@ from pgsessions.router.placement import bucket_of
 from pgsessions.shards import (
     MoveError,
     MoveProgress,
+    abort_move,
     leftovers,
     move_buckets,
     resume_moves,
@@ -376,3 +377,47 @@ async def test_a_mover_killed_in_a_phase_is_resumed_to_a_consistent_end(
     d = sharded.directory
     assert d is not None and (d.owners[bucket], d.epochs[bucket]) == ("s2", 2)
     assert await resume_moves(sharded) == []
+
+
+@pytest.mark.parametrize("phase", ["caught-up", "fenced"])
+async def test_a_move_killed_before_its_flip_rolls_back_with_abort(
+    sharded: ShardedRouter, two: tuple[LocalCluster, LocalCluster], schema: str, phase: str
+) -> None:
+    a, b = two
+    d = sharded.directory
+    assert d is not None
+    bucket = next(x for x in range(BUCKETS) if d.owners[x] == "s1")
+    sids = sids_in(bucket, 2)
+    expected: list[str] = []
+    for sid in sids:
+        expected += await fill(sharded, sid)
+    cfg = {
+        n: {"hosts": c.dsns(), "schema": schema, "failover_timeout": 30}
+        for n, c in zip(("s1", "s2"), two, strict=True)
+    }
+    proc = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", KILLER, json.dumps([cfg, [bucket], "s2", phase])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert contents(b, schema, sids) == sorted(expected)  # the copy is there
+    status = await shard_status(sharded)
+    assert len(status["in_progress"]) == 1 and leftovers(status) == []
+    assert len(status["shards"]["s1"]["slots"]) == 1  # listed: it retains WAL
+    assert await abort_move(sharded) == status["in_progress"]
+    assert contents(b, schema, sids) == []
+    assert contents(a, schema, sids) == sorted(expected)
+    assert replication_left(a) == [] and replication_left(b) == []
+    assert a.primary.execute(f'SELECT phase FROM "{schema}".shard_moves') == [("aborted",)]
+    d = sharded.directory
+    assert d is not None
+    assert (d.owners[bucket], d.epochs[bucket]) == ("s1", 2 if phase == "fenced" else 1)
+    # writable again where it is, and movable again
+    await PostgresSession(sids[0], sharded).add_items([user("after")])
+    [result] = await move_buckets(sharded, [bucket], to="s2")
+    assert not result.resumed
+    assert contents(b, schema, sids) == sorted([*expected, "after"])
