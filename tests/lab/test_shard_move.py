@@ -217,6 +217,9 @@ async def test_moves_under_writers_store_every_write_once_and_leave_nothing_behi
         max(s for t, s, x in lat if x == bucket and start <= t <= end)
         for bucket, start, end in windows
     ]
+    during = sorted(
+        s for bucket, start, end in windows for t, s, x in lat if x == bucket and start <= t <= end
+    )
     cutovers = [r.pause for r in results if r.pause is not None]
     report = {
         "moves": len(results),
@@ -224,6 +227,12 @@ async def test_moves_under_writers_store_every_write_once_and_leave_nothing_behi
         "move_seconds": [round(r.seconds, 2) for r in results],
         "cutover_seconds": [round(p, 3) for p in cutovers],
         "writer_pause_max_per_move": [round(p, 3) for p in pauses],
+        "writes_during_moves": len(during),
+        "write_seconds_p50_p99_max": [
+            round(during[len(during) // 2], 4),
+            round(during[int(len(during) * 0.99)], 4),
+            round(during[-1], 4),
+        ],
         "writes_acked": len(acked),
     }
     print("shard-move measurements", json.dumps(report))
