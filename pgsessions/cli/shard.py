@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import shlex
 import sys
 from typing import Any
 
@@ -42,6 +43,35 @@ def add_shard_command(subparsers: Any) -> None:
     mv.add_argument("buckets", help="a bucket (7), a range (0-63) or a list (1,5,9-12)")
     mv.add_argument("--to", required=True, metavar="NAME", help="the shard that takes them")
     common(mv)
+    add = sub.add_parser(
+        "add",
+        help="make a new cluster a shard owning no bucket yet",
+        description="Migrate the cluster that PGSESSIONS_SHARDS lists as NAME and give it its "
+        "shard identity (no bucket: move or rebalance some to it).",
+    )
+    add.add_argument("name", metavar="NAME")
+    common(add)
+    rb = sub.add_parser(
+        "rebalance",
+        help="even the buckets out over the shards (moves of at most --limit buckets)",
+    )
+    rb.add_argument("--limit", type=int, default=64, help="buckets per move (default 64)")
+    rb.add_argument(
+        "--without",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a shard that gives all its buckets away (before `shard remove NAME`)",
+    )
+    common(rb)
+    rm = sub.add_parser(
+        "remove",
+        help="take a shard that owns no bucket out of the set-up",
+        description="Refused while the shard owns buckets or a move is in progress; then "
+        "its identity is deleted and the PGSESSIONS_SHARDS without it is printed.",
+    )
+    rm.add_argument("name", metavar="NAME")
+    common(rm)
     common(sub.add_parser("status", help="owner and epoch per bucket range, moves, leftovers"))
     common(sub.add_parser("resume", help="run every interrupted move to its end"))
     common(sub.add_parser("abort", help="roll back every interrupted move that has not flipped"))
@@ -83,6 +113,7 @@ async def _run(args: argparse.Namespace) -> int:
 
     from ..router import RouterError, ShardedRouter
     from ..router.directory import ranges
+    from ..shards import grow
     from ..shards import move as mv
 
     overrides: dict[str, object] = {"read_from_replicas": False}
@@ -90,12 +121,36 @@ async def _run(args: argparse.Namespace) -> int:
         overrides["schema"] = args.schema
     progress = _printer(args.json)
     try:
+        if args.shard_cmd == "add":
+            return await _add(args.name, overrides, args.json)
         router = ShardedRouter.from_env(**overrides)
         async with router:
             if args.shard_cmd == "move":
                 buckets = mv.parse_buckets(args.buckets)
                 results = await mv.move_buckets(router, buckets, to=args.to, progress=progress)
                 _results(results, args.json)
+            elif args.shard_cmd == "rebalance":
+                if args.limit < 1:
+                    raise ValueError(f"--limit must be >= 1, got {args.limit}")
+                results = await grow.rebalance(
+                    router, limit=args.limit, without=args.without, progress=progress
+                )
+                _results(results, args.json)
+            elif args.shard_cmd == "remove":
+                await grow.remove_shard(router, args.name)
+                import os
+
+                from ..router.shard_env import parse_shards, render_shards
+
+                rest = parse_shards(os.environ["PGSESSIONS_SHARDS"])
+                rest.pop(args.name, None)
+                env = render_shards(rest)
+                print(
+                    json.dumps({"removed": args.name, "PGSESSIONS_SHARDS": env})
+                    if args.json
+                    else f"shard {args.name} removed; now use\n"
+                    f"export PGSESSIONS_SHARDS={shlex.quote(env)}"
+                )
             elif args.shard_cmd == "resume":
                 _results(await mv.resume_moves(router, progress=progress), args.json)
             elif args.shard_cmd == "abort":
@@ -123,6 +178,32 @@ async def _run(args: argparse.Namespace) -> int:
     except (ValueError, RouterError, psycopg.Error) as exc:
         print(f"pgsessions shard {args.shard_cmd}: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+async def _add(name: str, overrides: dict[str, object], as_json: bool) -> int:
+    import os
+
+    from ..router import RouterConfig, ShardedRouter
+    from ..router.shard_env import parse_shards
+    from ..shards import grow
+
+    shards = parse_shards(os.environ.get("PGSESSIONS_SHARDS", ""))
+    if name not in shards:
+        raise ValueError(f"PGSESSIONS_SHARDS lists no shard {name!r}: add NAME=DSN,... to it")
+    raw = os.environ.get("PGSESSIONS_BUCKETS", "").strip()
+    buckets = int(raw) if raw else 1024
+    config = RouterConfig.from_env(**{**overrides, "hosts": shards[name], "name": name})
+    await grow.add_shard(name, config, buckets=buckets)
+    async with ShardedRouter.from_env(**overrides) as router:  # the set-up opens with it
+        counts = router.stats()["buckets"]
+    if as_json:
+        print(json.dumps({"added": name, "buckets": counts}))
+    else:
+        print(
+            f"shard {name} added (owns no bucket); buckets per shard: "
+            + ", ".join(f"{n} {c}" for n, c in counts.items())
+        )
     return 0
 
 
