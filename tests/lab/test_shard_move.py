@@ -20,14 +20,18 @@ import pytest
 
 from pgsessions import PostgresSession, migrate
 from pgsessions.devcluster import LocalCluster
+from pgsessions.errors import ShardError
 from pgsessions.router import RouterConfig, ShardedRouter
 from pgsessions.router.placement import bucket_of
 from pgsessions.shards import (
     MoveError,
     MoveProgress,
     abort_move,
+    add_shard,
     leftovers,
     move_buckets,
+    rebalance,
+    remove_shard,
     resume_moves,
     shard_status,
 )
@@ -430,3 +434,78 @@ async def test_a_move_killed_before_its_flip_rolls_back_with_abort(
     [result] = await move_buckets(sharded, [bucket], to="s2")
     assert not result.resumed
     assert contents(b, schema, sids) == sorted([*expected, "after"])
+
+
+async def test_a_third_shard_is_added_rebalanced_onto_while_writing_then_emptied_and_removed(
+    sharded: ShardedRouter,
+    two: tuple[LocalCluster, LocalCluster],
+    schema: str,
+    cluster_factory: Callable[..., LocalCluster],
+) -> None:
+    third = cluster_factory(replicas=0, settings={"wal_level": "logical"})
+    clusters = {"s1": two[0], "s2": two[1], "s3": third}
+    history = [f"grow-{i}" for i in range(60)]
+    for sid in history[:20]:
+        await fill(sharded, sid)
+    cfgs = configs(two, schema)
+    cfgs["s3"] = RouterConfig(
+        hosts=third.dsns(), schema=schema, check_interval=0.1, failover_timeout=30
+    )
+    await add_shard("s3", cfgs["s3"], buckets=BUCKETS)
+    await add_shard("s3", cfgs["s3"], buckets=BUCKETS)  # idempotent
+    try:
+        async with ShardedRouter(cfgs, buckets=BUCKETS) as three:
+            assert three.stats()["buckets"] == {"s1": 32, "s2": 32, "s3": 0}
+            acked: list[str] = []
+            errors: list[str] = []
+            stop = False
+
+            async def writer(sid: str) -> None:
+                s = PostgresSession(sid, three)
+                n = 0
+                while not stop:
+                    try:
+                        await s.add_items([user(f"{sid}/{n}")])
+                        acked.append(f"{sid}/{n}")
+                    except Exception as exc:
+                        errors.append(repr(exc))
+                    n += 1
+
+            tasks = [asyncio.create_task(writer(sid)) for sid in history[20:26]]
+            assert await apoll(lambda: _at_least(acked, 30), 20)
+            results = await rebalance(three, limit=8)
+            assert three.stats()["buckets"] == {"s1": 22, "s2": 21, "s3": 21}
+            assert sum(len(r.buckets) for r in results) == 21
+            assert all(len(r.buckets) <= 8 for r in results)
+            emptied = await rebalance(three, without=["s3"])
+            assert three.stats()["buckets"] == {"s1": 32, "s2": 32, "s3": 0}
+            n = len(acked)
+            assert await apoll(lambda: _at_least(acked, n + 30), 20)
+            stop = True
+            await asyncio.gather(*tasks)
+            assert errors == [] and emptied
+            d = three.directory
+            assert d is not None
+            for sid in history[:26]:
+                owner = d.place(sid).shard
+                for name, c in clusters.items():
+                    got = contents(c, schema, [sid])
+                    assert bool(got) == (name == owner), (sid, name)
+            stored = sorted(
+                x for c in clusters.values() for x in contents(c, schema, history[20:26])
+            )
+            assert stored == sorted(acked)
+            with pytest.raises(ShardError, match="shard 's1': owns 32 buckets"):
+                await remove_shard(three, "s1")
+            await remove_shard(three, "s3")
+            assert third.primary.execute(f'SELECT count(*) FROM "{schema}".shard_identity') == [
+                (0,)
+            ]
+            for c in clusters.values():
+                assert replication_left(c) == []
+    finally:
+        _drop_move_objects(third)
+        drop_schema(third, schema)
+    # the set-up of the two opens as before
+    async with ShardedRouter(configs(two, schema), buckets=BUCKETS) as again:
+        assert again.stats()["buckets"] == {"s1": 32, "s2": 32}
