@@ -397,6 +397,12 @@ async def test_cluster_up_shards_prints_the_environment_of_a_sharded_router(
             {"first": 2, "last": 7, "owner": "s1", "epoch": 1},
         ]
         assert state["in_progress"] == [] and state["leftovers"] == []
+        even = await asyncio.to_thread(pgsessions_cli, "shard", "rebalance", "--json")
+        assert even.returncode == 0, even.stderr
+        done = [json.loads(line) for line in even.stdout.splitlines()]
+        assert [(d["buckets"], d["target"]) for d in done if d["event"] == "moved"] == [
+            ([14, 15], "s1")
+        ]
         text = cluster_cli("up", "--shards", "2", "--replicas", "1", "--dir", str(d)).stdout
         assert "already running" in text and "export PGSESSIONS_SHARDS=" in text
     finally:
