@@ -230,7 +230,10 @@ def _print_status(status: dict[str, Any], ranges: Any) -> None:
         span = str(r["first"]) if r["first"] == r["last"] else f"{r['first']}-{r['last']}"
         print(f"  {span:>12}  {r['owner'] or '(no owner: moving)'}  epoch {r['epoch']}")
     for name, info in status["shards"].items():
-        print(f"shard {name}: {info['buckets']} buckets")
+        print(
+            f"shard {name}: {info['buckets']} buckets, about {info['rows_estimate']} rows, "
+            f"{info['bytes'] / 1e6:.1f} MB"
+        )
         for mvd in info["moves"]:
             print(
                 f"  move {mvd['id']} {mvd['source']} -> {mvd['target']} buckets "

@@ -168,6 +168,8 @@ class _Mover:
         self.t0 = time.monotonic()
         self.result = MoveResult(rec.id, rec.source, rec.target, rec.buckets, rec.epochs)
         self._phase_t = self.t0
+        #: when this mover's fence committed (None: fenced by an earlier run)
+        self.fenced_at: float | None = None
 
     def emit(self, phase: str, **extra: Any) -> None:
         now = time.monotonic()
@@ -324,9 +326,8 @@ class _Mover:
             )
             await dst.execute(m.take(self.schema), (list(r.buckets), new))
         await src.execute(m.set_phase(self.schema), ("flipped", "flipped", None, r.id))
-        at = getattr(self, "fenced_at", None)
-        if at is not None:
-            self.result.pause = time.monotonic() - at
+        if self.fenced_at is not None:
+            self.result.pause = time.monotonic() - self.fenced_at
         self.emit("flipped")
 
     async def cleanup(self, src: Conn, dst: Conn) -> None:
@@ -647,6 +648,8 @@ async def shard_status(router: ShardedRouter, *, history: int = 10) -> dict[str,
                     )
                     if phase not in m.FINISHED:
                         unfinished.add(i)
+            size = await _rows(conn, m.SIZES, (schema,))
+            info["rows_estimate"], info["bytes"] = (int(size[0][0]), int(size[0][1]))
             info["publications"] = [p for (p,) in await _rows(conn, m.LEFTOVER_PUBLICATIONS)]
             info["subscriptions"] = [s for (s,) in await _rows(conn, m.LEFTOVER_SUBSCRIPTIONS)]
             info["slots"] = [

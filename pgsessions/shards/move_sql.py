@@ -74,6 +74,13 @@ COPY_PROGRESS = (
     "SELECT coalesce(sum(p.tuples_processed), 0)::bigint FROM pg_stat_progress_copy p"
     " JOIN pg_class c ON c.oid = p.relid WHERE c.relnamespace = %s::regnamespace"
 )
+#: (estimated rows, bytes with indexes and TOAST) of a shard's session tables
+SIZES = (
+    "SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint,"
+    " coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c"
+    " WHERE c.relnamespace = %s::regnamespace AND c.relkind = 'r'"
+    " AND c.relname IN ('conversations', 'messages', 'usage_logs', 'branches', 'tenant_ops')"
+)
 PUBLICATION_EXISTS = "SELECT EXISTS (SELECT FROM pg_publication WHERE pubname = %s)"
 SUBSCRIPTION_EXISTS = "SELECT EXISTS (SELECT FROM pg_subscription WHERE subname = %s)"
 LEFTOVER_PUBLICATIONS = (

@@ -206,6 +206,7 @@ async def test_moves_under_writers_store_every_write_once_and_leave_nothing_behi
     assert [(d.owners[x], d.epochs[x]) for x in moving] == [("s2", 4), ("s2", 2)]
     status = await shard_status(sharded)
     assert status["in_progress"] == [] and leftovers(status) == []
+    assert status["shards"]["s2"]["bytes"] > 0
     # each phase in order (the copy also reports its rows every second)
     assert list(dict.fromkeys(e.phase for e in events if e.move_id == results[0].move_id)) == [
         "copying",

@@ -397,6 +397,9 @@ async def test_cluster_up_shards_prints_the_environment_of_a_sharded_router(
             {"first": 2, "last": 7, "owner": "s1", "epoch": 1},
         ]
         assert state["in_progress"] == [] and state["leftovers"] == []
+        shown = await asyncio.to_thread(pgsessions_cli, "shard", "status")
+        assert "       0-1  s2  epoch 2" in shown.stdout, shown.stdout
+        assert "moves in progress: none" in shown.stdout and "leftovers: none" in shown.stdout
         even = await asyncio.to_thread(pgsessions_cli, "shard", "rebalance", "--json")
         assert even.returncode == 0, even.stderr
         done = [json.loads(line) for line in even.stdout.splitlines()]
