@@ -19,6 +19,7 @@ from . import (
     migrate,
     prune,
     serve_metrics,
+    shard,
     status,
     usage,
 )
@@ -37,6 +38,7 @@ COMMANDS = (
     (export, export.add_export_commands),
     (usage, usage.add_usage_command),
     (prune, prune.add_prune_command),
+    (shard, shard.add_shard_command),
 )
 
 

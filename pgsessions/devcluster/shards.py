@@ -16,8 +16,8 @@ from typing import Any
 from .cluster import STATE_FILE, LocalCluster
 from .errors import ClusterError
 
-#: the settings of every shard's cluster beyond a local cluster's own
-LOGICAL = {"wal_level": "logical"}
+#: what a shard needs for `pgsessions shard move` (pgsessions.shards.move)
+MOVE_SETTINGS = {"wal_level": "logical"}
 
 
 def shard_dirs(base: Path) -> list[Path]:
@@ -46,9 +46,9 @@ def shards_command(args: argparse.Namespace, base: Path) -> int:
         started: dict[str, bool] = {}
         for i in range(1, args.shards + 1):
             name = f"s{i}"
-            # logical: moving buckets between shards copies them by logical replication
+            # wal_level = logical: buckets move between shards by logical replication
             cluster, started[name] = ensure_local_cluster(
-                base / name, replicas=args.replicas, sync=args.sync, settings=LOGICAL
+                base / name, replicas=args.replicas, sync=args.sync, settings=MOVE_SETTINGS
             )
             shards[name] = cluster.dsns()
         took = time.monotonic() - t0

@@ -920,6 +920,24 @@ CREATE TABLE {schema}.shard_identity (
     CONSTRAINT shard_identity_singleton_check CHECK (singleton)
 );
 
+CREATE TABLE {schema}.shard_moves (
+    id text NOT NULL,
+    source text NOT NULL,
+    target text NOT NULL,
+    buckets integer[] NOT NULL,
+    epochs bigint[] NOT NULL,
+    phase text NOT NULL,
+    rows_moved bigint,
+    started_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    finished_at timestamp with time zone,
+    CONSTRAINT shard_moves_buckets_check CHECK ((cardinality(buckets) > 0)),
+    CONSTRAINT shard_moves_check CHECK ((target <> source)),
+    CONSTRAINT shard_moves_check1 CHECK ((cardinality(epochs) = cardinality(buckets))),
+    CONSTRAINT shard_moves_id_check CHECK ((id ~ '^[a-z0-9_]{1,40}$'::text)),
+    CONSTRAINT shard_moves_phase_check CHECK ((phase = ANY (ARRAY['copying'::text, 'fenced'::text, 'flipped'::text, 'done'::text, 'aborted'::text])))
+);
+
 CREATE TABLE {schema}.usage_logs (
     session_id text NOT NULL,
     user_turn_number integer NOT NULL,
@@ -954,6 +972,9 @@ ALTER TABLE ONLY {schema}.shard_buckets
 ALTER TABLE ONLY {schema}.shard_identity
     ADD CONSTRAINT shard_identity_pkey PRIMARY KEY (singleton);
 
+ALTER TABLE ONLY {schema}.shard_moves
+    ADD CONSTRAINT shard_moves_pkey PRIMARY KEY (id);
+
 ALTER TABLE ONLY {schema}.tenant_ops
     ADD CONSTRAINT tenant_ops_pkey PRIMARY KEY (session_id, op_id, tenant, bucket);
 
@@ -971,6 +992,8 @@ CREATE INDEX conversations_tenant_active_idx ON {schema}.conversations USING btr
 CREATE UNIQUE INDEX messages_op_key ON {schema}.messages USING btree (op) WHERE (op IS NOT NULL);
 
 CREATE INDEX ops_created_idx ON {schema}.tenant_ops USING btree (created_at);
+
+CREATE UNIQUE INDEX shard_moves_one_at_a_time ON {schema}.shard_moves USING btree ((true)) WHERE (phase <> ALL (ARRAY['done'::text, 'aborted'::text]));
 
 CREATE INDEX usage_logs_created_idx ON {schema}.usage_logs USING btree (created_at);
 

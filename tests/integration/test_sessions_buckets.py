@@ -153,7 +153,7 @@ async def test_the_upgrade_fills_the_rows_already_there(router: SessionRouter) -
     await migrate(router, migrations=before)
     s = await fill(router, "before-0012")
     items = await s.get_items()
-    assert await migrate(router) == ["0012"]
+    assert (await migrate(router))[:1] == ["0012"]  # and any later migration
     assert await wrong_buckets(router, DEFAULT_BUCKETS) == dict.fromkeys(BUCKET_TABLES, 0)
     assert await s.get_items() == items
     await s.add_items([user("after")])

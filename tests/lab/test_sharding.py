@@ -398,7 +398,7 @@ async def test_cluster_up_shards_prints_the_environment_of_a_sharded_router(
         monkeypatch.setenv("PGSESSIONS_BUCKETS", "16")
         migrated = await asyncio.to_thread(pgsessions_cli, "migrate")
         assert migrated.returncode == 0, migrated.stderr
-        assert "shard 's1': at version 0012, 8 of 16 buckets" in migrated.stdout
+        assert "shard 's1': at version 0013, 8 of 16 buckets" in migrated.stdout
         router = ShardedRouter.from_env(check_interval=0.1)
         assert [c.config.name for c in router.clusters()] == ["s1", "s2"]
         async with router:
@@ -416,6 +416,27 @@ async def test_cluster_up_shards_prints_the_environment_of_a_sharded_router(
             "s1": ["primary", "replica"],
             "s2": ["primary", "replica"],
         }
+        # the shards can move buckets (wal_level = logical): `pgsessions shard move`
+        moved = await asyncio.to_thread(pgsessions_cli, "shard", "move", "0-1", "--to", "s2")
+        assert moved.returncode == 0, moved.stderr
+        assert ": flipped" in moved.stdout and "moved buckets 0-1 s1 -> s2" in moved.stdout
+        shown = await asyncio.to_thread(pgsessions_cli, "shard", "status", "--json")
+        assert shown.returncode == 0, shown.stderr
+        state = json.loads(shown.stdout)
+        assert state["ranges"][:2] == [
+            {"first": 0, "last": 1, "owner": "s2", "epoch": 2},
+            {"first": 2, "last": 7, "owner": "s1", "epoch": 1},
+        ]
+        assert state["in_progress"] == [] and state["leftovers"] == []
+        shown = await asyncio.to_thread(pgsessions_cli, "shard", "status")
+        assert "       0-1  s2  epoch 2" in shown.stdout, shown.stdout
+        assert "moves in progress: none" in shown.stdout and "leftovers: none" in shown.stdout
+        even = await asyncio.to_thread(pgsessions_cli, "shard", "rebalance", "--json")
+        assert even.returncode == 0, even.stderr
+        done = [json.loads(line) for line in even.stdout.splitlines()]
+        assert [(d["buckets"], d["target"]) for d in done if d["event"] == "moved"] == [
+            ([14, 15], "s1")
+        ]
         text = cluster_cli("up", "--shards", "2", "--replicas", "1", "--dir", str(d)).stdout
         assert "already running" in text and "export PGSESSIONS_SHARDS=" in text
     finally:

@@ -1,0 +1,512 @@
+"""Moving buckets between shards online (pgsessions.shards.move) on real clusters: two
+local clusters with wal_level = logical as shards s1 and s2. Writers keep writing the moving
+buckets' sessions during the moves; a router with a stale directory is redirected; a mover
+killed (SIGKILL, a real crash) in each phase is resumed by the next run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+
+from pgsessions import PostgresSession, migrate
+from pgsessions.devcluster import LocalCluster
+from pgsessions.errors import ShardError
+from pgsessions.router import RouterConfig, ShardedRouter
+from pgsessions.router.placement import bucket_of
+from pgsessions.shards import (
+    MoveError,
+    MoveProgress,
+    abort_move,
+    add_shard,
+    leftovers,
+    move_buckets,
+    rebalance,
+    remove_shard,
+    resume_moves,
+    shard_status,
+)
+from tests.conftest import drop_schema
+from tests.helpers import apoll, assistant, run_result, user
+
+BUCKETS = 64
+TABLES = ("conversations", "messages", "usage_logs", "branches", "tenant_ops")
+
+
+@pytest.fixture(scope="module")
+def two() -> Iterator[tuple[LocalCluster, LocalCluster]]:
+    a = LocalCluster(replicas=0, fsync=False, settings={"wal_level": "logical"})
+    b = LocalCluster(replicas=0, fsync=False, settings={"wal_level": "logical"})
+    try:
+        a.start()
+        b.start()
+        yield a, b
+    finally:
+        a.stop()
+        b.stop()
+
+
+def _drop_move_objects(c: LocalCluster) -> None:
+    for (name,) in c.primary.execute(
+        "SELECT subname::text FROM pg_subscription WHERE subname LIKE 'pgs_move_%'"
+    ):
+        c.primary.execute(f'DROP SUBSCRIPTION "{name}"')
+    for (name,) in c.primary.execute(
+        "SELECT pubname::text FROM pg_publication WHERE pubname LIKE 'pgs_move_%'"
+    ):
+        c.primary.execute(f'DROP PUBLICATION "{name}"')
+    c.primary.execute(
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+        " WHERE slot_name LIKE 'pgs_move_%' AND NOT active"
+    )
+
+
+@pytest.fixture
+def schema(two: tuple[LocalCluster, LocalCluster]) -> Iterator[str]:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    yield name
+    for c in two:
+        _drop_move_objects(c)
+    for c in two:
+        drop_schema(c, name)
+
+
+def configs(two: tuple[LocalCluster, LocalCluster], schema: str) -> dict[str, RouterConfig]:
+    return {
+        n: RouterConfig(hosts=c.dsns(), schema=schema, check_interval=0.1, failover_timeout=30)
+        for n, c in zip(("s1", "s2"), two, strict=True)
+    }
+
+
+@pytest.fixture
+async def sharded(
+    two: tuple[LocalCluster, LocalCluster], schema: str
+) -> AsyncIterator[ShardedRouter]:
+    async with ShardedRouter(configs(two, schema), buckets=BUCKETS) as r:
+        await migrate(r)
+        yield r
+
+
+def sids_in(bucket: int, n: int, prefix: str = "mv") -> list[str]:
+    out = []
+    for i in range(1_000_000):
+        sid = f"{prefix}-{i}"
+        if bucket_of(sid, BUCKETS) == bucket:
+            out.append(sid)
+            if len(out) == n:
+                return out
+    raise AssertionError("no session ids found")
+
+
+def bucket_rows(c: LocalCluster, schema: str, buckets: list[int]) -> dict[str, int]:
+    out = {}
+    for t in TABLES:
+        rows = c.primary.execute(
+            f'SELECT count(*) FROM "{schema}"."{t}" WHERE bucket = ANY(%s)', (buckets,)
+        )
+        out[t] = int(rows[0][0])
+    return out
+
+
+def contents(c: LocalCluster, schema: str, sids: list[str]) -> list[str]:
+    rows = c.primary.execute(
+        f"SELECT item->>'content' FROM \"{schema}\".messages WHERE session_id = ANY(%s)",
+        (sids,),
+    )
+    return sorted(r[0] for r in rows)
+
+
+def replication_left(c: LocalCluster) -> list[tuple[Any, ...]]:
+    return c.primary.execute(
+        "SELECT 'slot', slot_name::text FROM pg_replication_slots"
+        " UNION ALL SELECT 'pub', pubname::text FROM pg_publication"
+        " UNION ALL SELECT 'sub', subname::text FROM pg_subscription"
+    )
+
+
+async def fill(router: ShardedRouter, sid: str) -> list[str]:
+    """Rows in every table for ``sid``; returns the contents of its messages."""
+    s = PostgresSession(sid, router, metadata={"team": "red"})
+    await s.add_items([user(f"{sid}/q"), assistant(f"{sid}/a")])
+    await s.store_run_usage(run_result(10))
+    await s.create_branch_from_turn(1, "other")
+    await s.add_items([user(f"{sid}/branch")])
+    await s.switch_to_branch("main")
+    return [f"{sid}/q", f"{sid}/a", f"{sid}/branch"]  # a branch shares its turns
+
+
+async def test_moves_under_writers_store_every_write_once_and_leave_nothing_behind(
+    sharded: ShardedRouter, two: tuple[LocalCluster, LocalCluster], schema: str
+) -> None:
+    a, b = two
+    d = sharded.directory
+    assert d is not None
+    on_s1 = [x for x in range(BUCKETS) if d.owners[x] == "s1"]
+    moving = on_s1[:2]
+    # history to copy, in every table
+    history = {x: sids_in(x, 3, prefix=f"old{x}") for x in moving}
+    expected: list[str] = []
+    for sids in history.values():
+        for sid in sids:
+            expected += await fill(sharded, sid)
+    writing = {x: sids_in(x, 2) for x in moving}
+    acked: list[str] = []
+    errors: list[str] = []
+    lat: list[tuple[float, float, int]] = []  # (start, seconds, bucket)
+    stop = False
+
+    async def writer(sid: str, bucket: int) -> None:
+        s = PostgresSession(sid, sharded)
+        n = 0
+        while not stop:
+            text = f"{sid}/{n}"
+            t0 = time.monotonic()
+            try:
+                await s.add_items([user(text)])
+                acked.append(text)
+            except Exception as exc:
+                errors.append(repr(exc))
+            lat.append((t0, time.monotonic() - t0, bucket))
+            n += 1
+
+    tasks = [asyncio.create_task(writer(s, x)) for x, ss in writing.items() for s in ss]
+    assert await apoll(lambda: _at_least(acked, 40), 20)
+    events: list[MoveProgress] = []
+    windows: list[tuple[int, float, float]] = []
+    results = []
+    plan = [([moving[0]], "s2"), ([moving[1]], "s2"), ([moving[0]], "s1"), ([moving[0]], "s2")]
+    for buckets, to in plan:
+        t0 = time.monotonic()
+        results += await move_buckets(sharded, buckets, to=to, progress=events.append)
+        windows.append((buckets[0], t0, time.monotonic()))
+        n = len(acked)
+        assert await apoll(lambda n=n: _at_least(acked, n + 20), 20)  # type: ignore[misc]
+    stop = True
+    await asyncio.gather(*tasks)
+    assert errors == []
+    assert sharded.redirects >= 1  # writers refused by the fence went to the new owner
+    # every acknowledged write once, all of the moving buckets on s2 now, none on s1
+    all_sids = [s for ss in [*history.values(), *writing.values()] for s in ss]
+    assert contents(b, schema, all_sids) == sorted(expected + acked)
+    assert contents(a, schema, all_sids) == []
+    assert bucket_rows(a, schema, moving) == dict.fromkeys(TABLES, 0)
+    assert all(v > 0 for v in bucket_rows(b, schema, moving).values())
+    assert replication_left(a) == [] and replication_left(b) == []
+    d = sharded.directory
+    assert d is not None
+    assert [(d.owners[x], d.epochs[x]) for x in moving] == [("s2", 4), ("s2", 2)]
+    status = await shard_status(sharded)
+    assert status["in_progress"] == [] and leftovers(status) == []
+    assert status["shards"]["s2"]["bytes"] > 0
+    # each phase in order (the copy also reports its rows every second)
+    assert list(dict.fromkeys(e.phase for e in events if e.move_id == results[0].move_id)) == [
+        "copying",
+        "copied",
+        "caught-up",
+        "fenced",
+        "flipped",
+        "done",
+    ]
+    # the write pause per move, from the callers' side: the longest write to the moving
+    # bucket that started during the move
+    pauses = [
+        max(s for t, s, x in lat if x == bucket and start <= t <= end)
+        for bucket, start, end in windows
+    ]
+    during = sorted(
+        s for bucket, start, end in windows for t, s, x in lat if x == bucket and start <= t <= end
+    )
+    cutovers = [r.pause for r in results if r.pause is not None]
+    report = {
+        "moves": len(results),
+        "rows_moved": [r.rows_moved for r in results],
+        "move_seconds": [round(r.seconds, 2) for r in results],
+        "cutover_seconds": [round(p, 3) for p in cutovers],
+        "writer_pause_max_per_move": [round(p, 3) for p in pauses],
+        "writes_during_moves": len(during),
+        "write_seconds_p50_p99_max": [
+            round(during[len(during) // 2], 4),
+            round(during[int(len(during) * 0.99)], 4),
+            round(during[-1], 4),
+        ],
+        "writes_acked": len(acked),
+    }
+    print("shard-move measurements", json.dumps(report))
+    assert all(r.rows_moved > 0 for r in results)
+    assert max(pauses) < 5.0, report
+
+
+async def _at_least(items: list[str], n: int) -> bool:
+    return len(items) >= n
+
+
+async def test_a_router_with_a_stale_directory_is_refused_and_lands_once_on_the_new_owner(
+    sharded: ShardedRouter, two: tuple[LocalCluster, LocalCluster], schema: str
+) -> None:
+    a, b = two
+    d = sharded.directory
+    assert d is not None
+    bucket = next(x for x in range(BUCKETS) if d.owners[x] == "s1")
+    sid = sids_in(bucket, 1)[0]
+    async with ShardedRouter(configs(two, schema), buckets=BUCKETS) as stale:
+        await PostgresSession(sid, stale).add_items([user("before")])
+        [result] = await move_buckets(sharded, [bucket], to="s2")
+        assert stale.directory is not None and stale.directory.owners[bucket] == "s1"
+        await PostgresSession(sid, stale).add_items([user("after")])
+        assert stale.redirects == 1
+        assert stale.directory.owners[bucket] == "s2"
+    assert contents(b, schema, [sid]) == ["after", "before"]
+    assert contents(a, schema, [sid]) == []
+    assert result.rows_moved >= 2  # the conversation and its message
+
+
+async def test_prerequisites_are_checked_before_anything_changes(
+    sharded: ShardedRouter,
+    two: tuple[LocalCluster, LocalCluster],
+    schema: str,
+    cluster_factory: Callable[..., LocalCluster],
+) -> None:
+    a, b = two
+    d = sharded.directory
+    assert d is not None
+    mine = next(x for x in range(BUCKETS) if d.owners[x] == "s1")
+    with pytest.raises(ValueError, match="no shard 's9'"):
+        await move_buckets(sharded, [mine], to="s9")
+    with pytest.raises(ValueError, match="0-63"):
+        await move_buckets(sharded, [BUCKETS], to="s2")
+    # the target holds rows of the bucket it does not own
+    sid = sids_in(mine, 1)[0]
+    b.primary.execute(
+        f'INSERT INTO "{schema}".conversations (session_id, bucket) VALUES (%s, %s)',
+        (sid, mine),
+    )
+    with pytest.raises(MoveError, match="shard 's2': holds rows of buckets"):
+        await move_buckets(sharded, [mine], to="s2")
+    b.primary.execute(f'DELETE FROM "{schema}".conversations WHERE session_id = %s', (sid,))
+    assert replication_left(a) == [] and replication_left(b) == []
+    assert a.primary.execute(f'SELECT count(*) FROM "{schema}".shard_moves') == [(0,)]
+    # a source without wal_level = logical (a set-up of its own: another schema)
+    plain = cluster_factory(replicas=0)
+    other_schema = f"{schema}_p"
+    cfgs = {
+        "s1": RouterConfig(hosts=plain.dsns(), schema=other_schema, failover_timeout=10),
+        "s2": RouterConfig(hosts=b.dsns(), schema=other_schema, failover_timeout=10),
+    }
+    try:
+        async with ShardedRouter(cfgs, buckets=BUCKETS) as other:
+            await migrate(other)
+            d2 = other.directory
+            assert d2 is not None
+            x = next(x for x in range(BUCKETS) if d2.owners[x] == "s1")
+            with pytest.raises(MoveError, match="shard 's1': wal_level is 'replica'"):
+                await move_buckets(other, [x], to="s2")
+    finally:
+        drop_schema(b, other_schema)
+
+
+KILLER = r"""
+import asyncio, json, os, signal, sys
+from pgsessions.router import RouterConfig, ShardedRouter
+from pgsessions.shards import move_buckets
+
+cfg, buckets, to, phase = json.loads(sys.argv[1])
+
+def progress(event):
+    print(event.phase, flush=True)
+    if event.phase == phase:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+async def main():
+    shards = {n: RouterConfig(**c) for n, c in cfg.items()}
+    async with ShardedRouter(shards, buckets=64) as router:
+        await move_buckets(router, buckets, to=to, progress=progress)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("phase", ["copying", "caught-up", "fenced", "flipped"])
+async def test_a_mover_killed_in_a_phase_is_resumed_to_a_consistent_end(
+    sharded: ShardedRouter, two: tuple[LocalCluster, LocalCluster], schema: str, phase: str
+) -> None:
+    a, b = two
+    d = sharded.directory
+    assert d is not None
+    bucket = next(x for x in range(BUCKETS) if d.owners[x] == "s1")
+    sids = sids_in(bucket, 3)
+    expected: list[str] = []
+    for sid in sids:
+        expected += await fill(sharded, sid)
+    cfg = {
+        n: {"hosts": c.dsns(), "schema": schema, "failover_timeout": 30}
+        for n, c in zip(("s1", "s2"), two, strict=True)
+    }
+    proc = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", KILLER, json.dumps([cfg, [bucket], "s2", phase])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert proc.stdout.split()[-1] == phase
+    recorded = a.primary.execute(f'SELECT phase FROM "{schema}".shard_moves')
+    want = {"copying": "copying", "caught-up": "copying", "fenced": "fenced", "flipped": "flipped"}[
+        phase
+    ]
+    assert recorded == [(want,)]
+    # never two owners; none only between the fence and the flip
+    owners = [
+        name
+        for name, c in (("s1", a), ("s2", b))
+        if c.primary.execute(
+            f'SELECT count(*) FROM "{schema}".shard_buckets WHERE bucket = %s', (bucket,)
+        )
+        == [(1,)]
+    ]
+    assert owners == {"copying": ["s1"], "fenced": [], "flipped": ["s2"]}[want]
+    # a write meanwhile: waits out a fenced bucket and lands once where the owner is
+    write = asyncio.create_task(PostgresSession(sids[0], sharded).add_items([user("during")]))
+    if want != "fenced":
+        await write
+    events: list[MoveProgress] = []
+    [result] = await move_buckets(sharded, [bucket], to="s2", progress=events.append)
+    await write
+    assert result.resumed and events[0].phase == "resumed"
+    assert contents(b, schema, sids) == sorted([*expected, "during"])
+    assert contents(a, schema, sids) == []
+    assert bucket_rows(a, schema, [bucket]) == dict.fromkeys(TABLES, 0)
+    assert replication_left(a) == [] and replication_left(b) == []
+    assert a.primary.execute(f'SELECT phase FROM "{schema}".shard_moves') == [("done",)]
+    d = sharded.directory
+    assert d is not None and (d.owners[bucket], d.epochs[bucket]) == ("s2", 2)
+    assert await resume_moves(sharded) == []
+
+
+@pytest.mark.parametrize("phase", ["caught-up", "fenced"])
+async def test_a_move_killed_before_its_flip_rolls_back_with_abort(
+    sharded: ShardedRouter, two: tuple[LocalCluster, LocalCluster], schema: str, phase: str
+) -> None:
+    a, b = two
+    d = sharded.directory
+    assert d is not None
+    bucket = next(x for x in range(BUCKETS) if d.owners[x] == "s1")
+    sids = sids_in(bucket, 2)
+    expected: list[str] = []
+    for sid in sids:
+        expected += await fill(sharded, sid)
+    cfg = {
+        n: {"hosts": c.dsns(), "schema": schema, "failover_timeout": 30}
+        for n, c in zip(("s1", "s2"), two, strict=True)
+    }
+    proc = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", KILLER, json.dumps([cfg, [bucket], "s2", phase])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert contents(b, schema, sids) == sorted(expected)  # the copy is there
+    status = await shard_status(sharded)
+    assert len(status["in_progress"]) == 1 and leftovers(status) == []
+    assert len(status["shards"]["s1"]["slots"]) == 1  # listed: it retains WAL
+    assert await abort_move(sharded) == status["in_progress"]
+    assert contents(b, schema, sids) == []
+    assert contents(a, schema, sids) == sorted(expected)
+    assert replication_left(a) == [] and replication_left(b) == []
+    assert a.primary.execute(f'SELECT phase FROM "{schema}".shard_moves') == [("aborted",)]
+    d = sharded.directory
+    assert d is not None
+    assert (d.owners[bucket], d.epochs[bucket]) == ("s1", 2 if phase == "fenced" else 1)
+    # writable again where it is, and movable again
+    await PostgresSession(sids[0], sharded).add_items([user("after")])
+    [result] = await move_buckets(sharded, [bucket], to="s2")
+    assert not result.resumed
+    assert contents(b, schema, sids) == sorted([*expected, "after"])
+
+
+async def test_a_third_shard_is_added_rebalanced_onto_while_writing_then_emptied_and_removed(
+    sharded: ShardedRouter,
+    two: tuple[LocalCluster, LocalCluster],
+    schema: str,
+    cluster_factory: Callable[..., LocalCluster],
+) -> None:
+    third = cluster_factory(replicas=0, settings={"wal_level": "logical"})
+    clusters = {"s1": two[0], "s2": two[1], "s3": third}
+    history = [f"grow-{i}" for i in range(60)]
+    for sid in history[:20]:
+        await fill(sharded, sid)
+    cfgs = configs(two, schema)
+    cfgs["s3"] = RouterConfig(
+        hosts=third.dsns(), schema=schema, check_interval=0.1, failover_timeout=30
+    )
+    await add_shard("s3", cfgs["s3"], buckets=BUCKETS)
+    await add_shard("s3", cfgs["s3"], buckets=BUCKETS)  # idempotent
+    try:
+        async with ShardedRouter(cfgs, buckets=BUCKETS) as three:
+            assert three.stats()["buckets"] == {"s1": 32, "s2": 32, "s3": 0}
+            acked: list[str] = []
+            errors: list[str] = []
+            stop = False
+
+            async def writer(sid: str) -> None:
+                s = PostgresSession(sid, three)
+                n = 0
+                while not stop:
+                    try:
+                        await s.add_items([user(f"{sid}/{n}")])
+                        acked.append(f"{sid}/{n}")
+                    except Exception as exc:
+                        errors.append(repr(exc))
+                    n += 1
+
+            tasks = [asyncio.create_task(writer(sid)) for sid in history[20:26]]
+            assert await apoll(lambda: _at_least(acked, 30), 20)
+            results = await rebalance(three, limit=8)
+            assert three.stats()["buckets"] == {"s1": 22, "s2": 21, "s3": 21}
+            assert sum(len(r.buckets) for r in results) == 21
+            assert all(len(r.buckets) <= 8 for r in results)
+            emptied = await rebalance(three, without=["s3"])
+            assert three.stats()["buckets"] == {"s1": 32, "s2": 32, "s3": 0}
+            n = len(acked)
+            assert await apoll(lambda: _at_least(acked, n + 30), 20)
+            stop = True
+            await asyncio.gather(*tasks)
+            assert errors == [] and emptied
+            d = three.directory
+            assert d is not None
+            for sid in history[:26]:
+                owner = d.place(sid).shard
+                for name, c in clusters.items():
+                    got = contents(c, schema, [sid])
+                    assert bool(got) == (name == owner), (sid, name)
+            stored = sorted(
+                x for c in clusters.values() for x in contents(c, schema, history[20:26])
+            )
+            assert stored == sorted(acked)
+            with pytest.raises(ShardError, match="shard 's1': owns 32 buckets"):
+                await remove_shard(three, "s1")
+            await remove_shard(three, "s3")
+            assert third.primary.execute(f'SELECT count(*) FROM "{schema}".shard_identity') == [
+                (0,)
+            ]
+            for c in clusters.values():
+                assert replication_left(c) == []
+    finally:
+        _drop_move_objects(third)
+        drop_schema(third, schema)
+    # the set-up of the two opens as before
+    async with ShardedRouter(configs(two, schema), buckets=BUCKETS) as again:
+        assert again.stats()["buckets"] == {"s1": 32, "s2": 32}
