@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from ..router.protocol import owned_buckets
 from ..sessions.items import encode_metadata
 from ..sessions.schema import migrate_hint
 from ..sessions.sql.export import conversation_sql, list_sql
@@ -29,11 +30,14 @@ async def session_ids(
     """Every session id (or those whose metadata contains ``metadata``), cluster by cluster,
     in id order, in keyset pages of ``page``."""
     meta = encode_metadata(metadata)
-    query = list_sql(router.config.schema, meta is not None)
     for cluster in router.clusters():
+        # over shards, a shard lists only the buckets it owns (not a move's leftovers)
+        owned = owned_buckets(router, cluster)
+        query = list_sql(router.config.schema, meta is not None, owned is not None)
         after = ""
         while True:
-            params: list[Any] = [after] + ([meta] if meta is not None else []) + [page]
+            params: list[Any] = [after] + ([meta] if meta is not None else [])
+            params += ([owned] if owned is not None else []) + [page]
             with migrate_hint(router.config.schema):
                 rows = await cluster.execute_read("export_list", None, query, params)
             for (sid,) in rows:

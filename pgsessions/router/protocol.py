@@ -141,3 +141,11 @@ class SetsUpAfterMigrate(Protocol):
     spreads the buckets of a fresh set-up); :func:`pgsessions.migrate` calls it."""
 
     async def after_migrate(self) -> None: ...
+
+
+def owned_buckets(router: Router, cluster: Router) -> list[int] | None:
+    """The buckets ``router``'s directory gives ``cluster`` (one of its clusters), so that a
+    statement over a shard's conversations skips what a move left on an old owner; None
+    for a router over one cluster, or before a sharded set-up is made."""
+    owned_by = getattr(router, "owned_by", None)
+    return None if owned_by is None or len(router.clusters()) < 2 else owned_by(cluster)

@@ -607,6 +607,18 @@ class ShardedRouter:
         """Each shard's router, in the order of the shards' names."""
         return self._order
 
+    def owned_by(self, cluster: Router) -> list[int] | None:
+        """The buckets the directory gives ``cluster`` (one of :meth:`clusters`), for
+        statements over a shard's conversations that must skip the rows a move left behind
+        on its old owner; None before the set-up is made."""
+        directory = self._directory
+        if directory is None:
+            return None
+        name = next((n for n, r in self._routers.items() if r is cluster), None)
+        if name is None:
+            raise ValueError(f"{cluster!r} is not a shard of this router")
+        return [b for b, owner in enumerate(directory.owners) if owner == name]
+
     def cluster_for(self, key: KeyLike) -> SessionRouter:
         """The router of the shard owning ``key``'s bucket (DirectoryError: none)."""
         k = route_key(key)

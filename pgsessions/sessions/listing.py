@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from ..router.protocol import owned_buckets
 from ..router.settings import INT64_MAX, count
 from .ids import check_tenant
 from .items import decode, encode_metadata
@@ -105,12 +106,19 @@ async def list_sessions(
     query = list_sessions_sql(
         router.config.schema, after=after is not None, metadata=metadata is not None
     )
-    params.append(limit + 1)
     setup = None if tenant is None else (statements(router.config.schema).set_tenant, (tenant,))
+    owned_query = list_sessions_sql(
+        router.config.schema, after=after is not None, metadata=metadata is not None, owned=True
+    )
 
     async def page_of(cluster: Router) -> list[tuple[Any, ...]]:
+        # over shards, a shard lists only the buckets it owns (not a move's leftovers)
+        owned = owned_buckets(router, cluster)
+        q, p = (query, [*params, limit + 1])
+        if owned is not None:
+            q, p = owned_query, [*params, owned, limit + 1]
         return await cluster.execute_read(
-            "list_sessions", None, query, params, token=consistency_token, setup=setup
+            "list_sessions", None, q, p, token=consistency_token, setup=setup
         )
 
     with migrate_hint(router.config.schema), tenant_errors(None, tenant):

@@ -185,6 +185,34 @@ async def test_reads_follow_a_move_within_a_check_without_any_refusal(
     assert await PostgresSession(sid, sharded).get_items() == []
 
 
+async def test_a_moves_leftovers_on_the_old_owner_are_listed_and_exported_once(
+    sharded: ShardedRouter, two: tuple[LocalCluster, LocalCluster], shard_schema: str
+) -> None:
+    a, b = two
+    sid = sid_on(sharded, "s1")
+    bucket = bucket_of(sid, 64)
+    await PostgresSession(sid, sharded).add_items([user("copied")])
+    # the state between a move's flip and its clean-up: both shards hold the rows, s2 owns
+    b.primary.execute(
+        f'INSERT INTO "{shard_schema}".conversations (session_id, item_count) VALUES (%s, 1)',
+        (sid,),
+    )
+    a.primary.execute(f'DELETE FROM "{shard_schema}".shard_buckets WHERE bucket = %s', (bucket,))
+    b.primary.execute(
+        f'INSERT INTO "{shard_schema}".shard_buckets (bucket, epoch) VALUES (%s, 2)', (bucket,)
+    )
+    await sharded.refresh()
+    assert sharded.owned_by(sharded.shards["s1"]) == [
+        x for x in range(64) if x < 32 and x != bucket
+    ]
+    listed = [i.session_id for i in (await list_sessions(sharded, limit=100)).sessions]
+    assert listed.count(sid) == 1
+    exported = [json.loads(line) for line in [x async for x in export_lines(sharded)][1:]]
+    assert [r.get("session_id") for r in exported if r.get("kind") == "conversation"].count(
+        sid
+    ) == 1
+
+
 def sharded_dir_before(router: ShardedRouter, bucket: int):  # type: ignore[no-untyped-def]
     """``router``'s directory with ``bucket`` back on s1 at epoch 1 (a stale copy)."""
     d = router.directory

@@ -51,9 +51,12 @@ def conversation_sql(schema: str) -> str:
     )
 
 
-def list_sql(schema: str, with_metadata: bool) -> str:
+def list_sql(schema: str, with_metadata: bool, owned: bool = False) -> str:
+    """Session ids after %s [containing the jsonb %s] [in the buckets %s], up to %s."""
     s = quote_ident(schema)
     where = " AND metadata @> %s::jsonb" if with_metadata else ""
+    if owned:
+        where += " AND bucket = ANY(%s::integer[])"
     return (
         f"SELECT session_id FROM {s}.conversations WHERE session_id > %s{where}"
         " ORDER BY session_id LIMIT %s"

@@ -193,10 +193,11 @@ _ACTIVE_AT = "date_bin('1 minute', %s::timestamptz, timestamptz '2000-01-01 00:0
 
 
 @lru_cache(maxsize=64)
-def list_sessions_sql(schema: str, *, after: bool, metadata: bool) -> str:
+def list_sessions_sql(schema: str, *, after: bool, metadata: bool, owned: bool = False) -> str:
     """One page, most recently updated first. Parameters in order: the tenant ('' for
     none); with ``after`` the cursor's updated_at twice and its session id; with
-    ``metadata`` the jsonb it must contain; the row limit."""
+    ``metadata`` the jsonb it must contain; with ``owned`` the buckets (int[]) this shard
+    owns; the row limit."""
     s = quote_ident(schema)
     # named even where row-level security filters too: the index leads with the tenant
     where = ["tenant = %s"]
@@ -207,6 +208,8 @@ def list_sessions_sql(schema: str, *, after: bool, metadata: bool) -> str:
         where.append("(updated_at, session_id) < (%s, %s)")
     if metadata:
         where.append("metadata @> %s::jsonb")
+    if owned:
+        where.append("bucket = ANY(%s::integer[])")
     return (
         f"SELECT session_id, created_at, updated_at, item_count, metadata::text"
         f" FROM {s}.conversations"
