@@ -205,7 +205,9 @@ class RouterConfig:
         variable), ``PGSESSIONS_SESSION_TTL`` (seconds), ``PGSESSIONS_READ_FROM_REPLICAS``
         (true/false), ``PGSESSIONS_SCHEMA``, ``PGSESSIONS_NO_REPLICA_POLICY``,
         ``PGSESSIONS_PREPARED_STATEMENTS`` (auto, on, off), ``PGSESSIONS_PATRONI``
-        (comma-separated REST URLs). Keyword arguments override the environment.
+        (comma-separated REST URLs), ``PGSESSIONS_COALESCE_WRITES`` and
+        ``PGSESSIONS_COALESCE_READS`` (``off`` turns one off). Keyword arguments override
+        the environment.
         """
         hosts = os.environ.get("PGSESSIONS_HOSTS", "")
         kw: dict[str, object] = {

@@ -836,6 +836,12 @@ class SessionRouter:
         it is a lower bound of the replica's position for any later statement: the router
         keeps it, so that later reads up to there skip the replay check (the column stays in
         the rows returned).
+
+        With ``RouterConfig.coalesce_reads``, replica reads that start in the same event-loop
+        step for the same host and ``setup`` go in one pipeline on one connection: one replay
+        check for the group, then each read (its own snapshot, taken after the check). A
+        read the check does not cover, or whose group failed, runs alone as above; a read
+        with no company runs alone.
         """
         if running_loop() is not self._loop:
             return await self._away(
