@@ -954,6 +954,9 @@ class SessionRouter:
     ) -> Rows:
         h = plan.host
         assert h is not None and h.pool is not None
+        # the pool as planned: the monitor may retire it while the read waits for its group
+        # (a closed pool raises PoolClosed, retried elsewhere)
+        pool = h.pool
         # the whole attempt (checkout included) gets one statement deadline on a replica:
         # past it, another host is a better bet than this one's queue
         budget = self._deadline_for_statement() + self.config.catch_up_wait
@@ -972,7 +975,7 @@ class SessionRouter:
                 return grouped
             # alone: no other read started with it, its group failed, or the group's replay
             # check did not cover its position (it waits on its own below)
-        async with h.pool.connection(
+        async with pool.connection(
             wait=wait, as_primary=not on_replica, on_wait=self._on_pool_wait(h)
         ) as conn:
             left = budget - (time.monotonic() - start) if on_replica else budget
