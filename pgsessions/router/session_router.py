@@ -427,7 +427,9 @@ class SessionRouter:
 
         ``reads`` is ``{role: {reason: n}}``; ``retries`` is ``{"read"|"write": {reason: n}}``;
         ``bans`` counts hosts taken out of use after a failed request until a check;
-        ``writes_queued`` the writes waiting for a batch right now (see coalesce_writes).
+        ``writes_queued`` the writes waiting for a batch right now (see coalesce_writes);
+        ``read_groups`` the groups of replica reads sent in one round trip and
+        ``reads_grouped`` the reads they answered (see coalesce_reads).
         """
         out = self._counters.stats(self._host_list)
         out["writes_queued"] = len(self._coalescer.queue) if self._coalescer is not None else 0
