@@ -96,6 +96,8 @@ class RouterConfig:
     patroni: list[str] | tuple[str, ...] | str = ()
     #: writes waiting at the same moment share one transaction and round trip (see README)
     coalesce_writes: bool = True
+    #: replica reads starting at the same moment share one round trip (see README)
+    coalesce_reads: bool = True
     _conninfos: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
     _prepare_modes: dict[str, str] = field(
         default_factory=dict, init=False, repr=False, compare=False
@@ -203,7 +205,9 @@ class RouterConfig:
         variable), ``PGSESSIONS_SESSION_TTL`` (seconds), ``PGSESSIONS_READ_FROM_REPLICAS``
         (true/false), ``PGSESSIONS_SCHEMA``, ``PGSESSIONS_NO_REPLICA_POLICY``,
         ``PGSESSIONS_PREPARED_STATEMENTS`` (auto, on, off), ``PGSESSIONS_PATRONI``
-        (comma-separated REST URLs). Keyword arguments override the environment.
+        (comma-separated REST URLs), ``PGSESSIONS_COALESCE_WRITES`` and
+        ``PGSESSIONS_COALESCE_READS`` (``off`` turns one off). Keyword arguments override
+        the environment.
         """
         hosts = os.environ.get("PGSESSIONS_HOSTS", "")
         kw: dict[str, object] = {
@@ -215,6 +219,7 @@ class RouterConfig:
             or cls.prepared_statements,
             "patroni": os.environ.get("PGSESSIONS_PATRONI", ""),
             "coalesce_writes": os.environ.get("PGSESSIONS_COALESCE_WRITES", "on") != "off",
+            "coalesce_reads": os.environ.get("PGSESSIONS_COALESCE_READS", "on") != "off",
         }
         for knob, rng in SETTINGS.items():
             env = f"PGSESSIONS_{knob.upper()}"

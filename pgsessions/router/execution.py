@@ -175,6 +175,35 @@ async def read_if_replayed(
     return (rows if seen is not None and seen >= lsn else None), seen
 
 
+async def read_group(
+    conn: Conn,
+    lsn: int | None,
+    statements: list[tuple[Query, Params | None]],
+    setup: Setups | None = None,
+) -> tuple[list[Rows], int | None]:
+    """Several reads in one pipeline (one round trip): the replay check first when ``lsn``
+    is given, then ``setup``, then each statement; returns each one's rows and the replay
+    position seen before them (None without a check).
+
+    Under read committed each statement takes its own snapshot, after the check, so every
+    read sees at least what the check saw replayed (as in :func:`read_if_replayed`). They
+    share one implicit transaction (``setup`` covers all): one failing aborts the others,
+    and the error is raised (the caller runs each read alone then).
+    """
+    async with conn.pipeline():
+        check = await conn.execute(_REPLAY_LSN_SQL) if lsn is not None else None
+        await _setup(conn, setup)
+        curs = []
+        for query, params in statements:
+            cur = conn.cursor()
+            await cur.execute(cast(QueryNoTemplate, query), params)
+            curs.append(cur)
+    row = await check.fetchone() if check is not None else None
+    rows = [await c.fetchall() if c.description is not None else [] for c in curs]
+    seen = parse_lsn(row[0]) if row is not None and row[0] is not None else None
+    return rows, seen
+
+
 async def wait_replay(conn: Conn, lsn: int, seconds: float) -> bool:
     """Poll the replica until it has replayed ``lsn``, for at most ``seconds``."""
     give_up = time.monotonic() + seconds

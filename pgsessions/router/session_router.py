@@ -57,6 +57,7 @@ from .planner import ReadPlan, plan_read, required_position
 from .pools import watchdog
 from .privileges import require_pg_monitor
 from .protocol import KeyLike, Router, route_key
+from .readgroups import Group, ReadGroups, check_lsn, served
 from .tokens import TokenStore, newest
 from .topology import Topology
 
@@ -129,6 +130,11 @@ class SessionRouter:
         self._coalescer: Coalescer[tuple[Rows, str]] | None = (
             Coalescer(self._run_batch, self._withdrawn) if config.coalesce_writes else None
         )
+        #: replica reads starting at the same moment share a round trip (None: off)
+        self._read_groups: ReadGroups | None = (
+            ReadGroups(self._start_read_group) if config.coalesce_reads else None
+        )
+        self._group_tasks: set[asyncio.Task[None]] = set()
         on_fork_in_child(self)
 
     def __repr__(self) -> str:
@@ -421,10 +427,14 @@ class SessionRouter:
 
         ``reads`` is ``{role: {reason: n}}``; ``retries`` is ``{"read"|"write": {reason: n}}``;
         ``bans`` counts hosts taken out of use after a failed request until a check;
-        ``writes_queued`` the writes waiting for a batch right now (see coalesce_writes).
+        ``writes_queued`` the writes waiting for a batch right now (see coalesce_writes);
+        ``read_groups`` the groups of replica reads sent in one round trip and
+        ``reads_grouped`` the reads they answered (see coalesce_reads).
         """
         out = self._counters.stats(self._host_list)
         out["writes_queued"] = len(self._coalescer.queue) if self._coalescer is not None else 0
+        out["read_groups"] = self._counters.counts[("read_group",)]
+        out["reads_grouped"] = self._counters.counts[("read_grouped",)]
         return out
 
     def pool_stats(self) -> dict[str, dict[str, int]]:
@@ -828,6 +838,12 @@ class SessionRouter:
         it is a lower bound of the replica's position for any later statement: the router
         keeps it, so that later reads up to there skip the replay check (the column stays in
         the rows returned).
+
+        With ``RouterConfig.coalesce_reads``, replica reads that start in the same event-loop
+        step for the same host and ``setup`` go in one pipeline on one connection: one replay
+        check for the group, then each read (its own snapshot, taken after the check). A
+        read the check does not cover, or whose group failed, runs alone as above; a read
+        with no company runs alone.
         """
         if running_loop() is not self._loop:
             return await self._away(
@@ -940,6 +956,9 @@ class SessionRouter:
     ) -> Rows:
         h = plan.host
         assert h is not None and h.pool is not None
+        # the pool as planned: the monitor may retire it while the read waits for its group
+        # (a closed pool raises PoolClosed, retried elsewhere)
+        pool = h.pool
         # the whole attempt (checkout included) gets one statement deadline on a replica:
         # past it, another host is a better bet than this one's queue
         budget = self._deadline_for_statement() + self.config.catch_up_wait
@@ -952,7 +971,13 @@ class SessionRouter:
         known = self._monitor.primary_lsn
         known = h.seen_flush if known is None or h.seen_flush > known else known
         check_token = not on_replica and token_lsn is not None and token_lsn > known
-        async with h.pool.connection(
+        if on_replica and self._read_groups is not None:
+            grouped = await self._read_groups.join(h.label, setup, query, params, plan.wait_lsn)
+            if grouped is not None:
+                return grouped
+            # alone: no other read started with it, its group failed, or the group's replay
+            # check did not cover its position (it waits on its own below)
+        async with pool.connection(
             wait=wait, as_primary=not on_replica, on_wait=self._on_pool_wait(h)
         ) as conn:
             left = budget - (time.monotonic() - start) if on_replica else budget
@@ -978,6 +1003,50 @@ class SessionRouter:
                         self._counters.emit("on_token_capped")
                     return rows
                 return await execution.read(conn, query, params, setup)
+
+    def _start_read_group(self, group: Group) -> None:
+        task = asyncio.get_running_loop().create_task(self._run_read_group(group))
+        self._group_tasks.add(task)
+        task.add_done_callback(self._group_tasks.discard)
+
+    async def _run_read_group(self, group: Group) -> None:
+        """Run a group of replica reads in one pipeline on one connection and settle each
+        member: its rows, or None (it runs alone) when the group failed or its replay
+        check did not cover the member's position."""
+        members = group.members
+        results: list[Rows] | None = None
+        seen: int | None = None
+        h = self._hosts.get(group.host)
+        try:
+            if h is not None and h.pool is not None and h.usable:
+                budget = self._deadline_for_statement() + self.config.catch_up_wait
+                async with h.pool.connection(
+                    wait=min(self.config.pool_timeout, budget),
+                    as_primary=False,
+                    on_wait=self._on_pool_wait(h),
+                ) as conn:
+                    with watchdog(conn, budget):
+                        results, seen = await execution.read_group(
+                            conn,
+                            check_lsn(members),
+                            [(m.query, m.params) for m in members],
+                            group.setup,
+                        )
+                if seen is not None:
+                    h.saw_replay(seen)  # later reads up to here skip the check
+                self._counters.add("read_group")
+        except Exception:
+            results = None  # each read runs alone and meets the failure on its own path
+        finally:
+            ok = served(members, seen) if results is not None else [False] * len(members)
+            for i, m in enumerate(members):
+                if m.future.done():
+                    continue
+                if ok[i] and results is not None:
+                    self._counters.add("read_grouped")
+                    m.future.set_result(results[i])
+                else:
+                    m.future.set_result(None)
 
     # admin -----------------------------------------------------------------------------
     @asynccontextmanager

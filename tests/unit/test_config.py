@@ -58,8 +58,11 @@ def test_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PGSESSIONS_CHECK_INTERVAL", "soon")
     with pytest.raises(ValueError, match="PGSESSIONS_CHECK_INTERVAL"):
         RouterConfig.from_env()
-    monkeypatch.delenv("PGSESSIONS_HOSTS")
     monkeypatch.delenv("PGSESSIONS_CHECK_INTERVAL")
+    assert cfg.coalesce_reads and cfg.coalesce_writes  # on by default
+    monkeypatch.setenv("PGSESSIONS_COALESCE_READS", "off")
+    assert not RouterConfig.from_env().coalesce_reads
+    monkeypatch.delenv("PGSESSIONS_HOSTS")
     with pytest.raises(ValueError, match="PGSESSIONS_HOSTS"):
         RouterConfig.from_env()
 

@@ -1,0 +1,135 @@
+"""Read coalescing (RouterConfig.coalesce_reads) on real servers with real replicas: reads
+that start together share a round trip, each sees its own session's writes, gets its own
+rows or its own error, and tenants' settings never cross.
+
+``asyncio.gather`` starts its reads in the same loop step: the moment a coalesced write
+batch creates, when every writer of the batch reads its history at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import psycopg
+import pytest
+
+from pgsessions import SessionRouter
+from pgsessions.devcluster import LocalCluster
+from tests.integration.test_router import Store, fast_config
+
+
+@pytest.fixture
+def store(schema: str) -> Store:
+    return Store(schema)
+
+
+@pytest.fixture
+async def rtr(cluster: LocalCluster, schema: str, store: Store) -> AsyncIterator[SessionRouter]:
+    async with SessionRouter(fast_config(cluster.dsns(), schema)) as r:
+        await store.create(r)
+        await asyncio.to_thread(cluster.wait_caught_up)
+        yield r
+
+
+@pytest.mark.owner_sql  # creates a table of its own
+async def test_reads_started_together_share_a_round_trip_and_see_their_writes(
+    rtr: SessionRouter, store: Store
+) -> None:
+    tag = uuid.uuid4().hex[:6]
+    sids = [f"rg-{tag}-{i}" for i in range(12)]
+    for _ in range(3):
+        ops = await asyncio.gather(*(store.add(rtr, sid) for sid in sids))
+        groups0, grouped0 = rtr.stats()["read_groups"], rtr.stats()["reads_grouped"]
+        got = await asyncio.gather(*(store.get(rtr, sid) for sid in sids))
+        # read-your-writes: each read ends with its own session's newest write
+        assert [g[-1] for g in got] == [op for op, _ in ops]
+        st = rtr.stats()
+        assert st["read_groups"] > groups0
+        assert st["reads_grouped"] >= grouped0 + 2
+    assert [len(g) for g in got] == [3] * 12
+    assert st["reads_on_replicas"] == st["reads_total"]
+
+
+@pytest.mark.fault
+@pytest.mark.owner_sql  # creates a table of its own
+async def test_a_group_check_behind_the_writes_sends_each_read_its_own_way(
+    rtr: SessionRouter, store: Store, cluster: LocalCluster
+) -> None:
+    """Replay paused on both replicas: the group's replay check does not cover the reads'
+    tokens, so each waits on its own and then reads the primary: still its own writes."""
+    tag = uuid.uuid4().hex[:6]
+    sids = [f"rp-{tag}-{i}" for i in range(6)]
+    try:
+        for node in cluster.replicas:
+            await asyncio.to_thread(cluster.pause_replay, node)
+        ops = await asyncio.gather(*(store.add(rtr, sid) for sid in sids))
+        grouped0 = rtr.stats()["reads_grouped"]
+        got = await asyncio.gather(*(store.get(rtr, sid) for sid in sids))
+        assert got == [[op] for op, _ in ops]
+        st = rtr.stats()
+        assert st["reads_grouped"] == grouped0  # none served by a group that was behind
+        assert st["reads"]["primary"]["token_ahead"] >= 6
+    finally:
+        for node in cluster.replicas:
+            await asyncio.to_thread(cluster.resume_replay, node)
+        await asyncio.to_thread(cluster.wait_caught_up)
+
+
+@pytest.mark.owner_sql  # creates a table of its own
+async def test_a_failing_read_in_a_group_fails_only_its_caller(
+    rtr: SessionRouter, store: Store
+) -> None:
+    tag = uuid.uuid4().hex[:6]
+    sids = [f"rb-{tag}-{i}" for i in range(5)]
+    ops = await asyncio.gather(*(store.add(rtr, sid) for sid in sids))
+    results = await asyncio.gather(
+        *(store.get(rtr, sid) for sid in sids),
+        rtr.execute_read("bad", None, "SELECT 1/0"),
+        return_exceptions=True,
+    )
+    assert results[:5] == [[op] for op, _ in ops]
+    assert isinstance(results[5], psycopg.errors.DivisionByZero)
+
+
+async def test_reads_of_different_tenants_never_share_a_transaction(rtr: SessionRouter) -> None:
+    """Each read's setup (transaction-local settings) reaches its own statement only."""
+
+    def read(tenant: str) -> asyncio.Future[list[tuple[str]]]:
+        return asyncio.ensure_future(
+            rtr.execute_read(
+                "get_items",
+                None,
+                "SELECT current_setting('pgsessions_test.tenant', true)",
+                setup=("SELECT set_config('pgsessions_test.tenant', %s, true)", (tenant,)),
+            )
+        )
+
+    for _ in range(3):
+        tenants = [f"t{i % 3}" for i in range(12)]
+        got = await asyncio.gather(*(read(t) for t in tenants))
+        assert [rows[0][0] for rows in got] == tenants
+    assert rtr.stats()["reads_grouped"] >= 2
+    # outside a read, nothing stays set on the pooled connections
+    plain = await asyncio.gather(
+        *(
+            rtr.execute_read("x", None, "SELECT current_setting('pgsessions_test.tenant', true)")
+            for _ in range(8)
+        )
+    )
+    assert all(rows[0][0] in (None, "") for rows in plain)
+
+
+@pytest.mark.owner_sql  # creates a table of its own
+async def test_coalescing_reads_off_sends_every_read_alone(
+    cluster: LocalCluster, schema: str, store: Store
+) -> None:
+    async with SessionRouter(fast_config(cluster.dsns(), schema, coalesce_reads=False)) as r:
+        await store.create(r)
+        await asyncio.to_thread(cluster.wait_caught_up)
+        sids = [f"ro-{uuid.uuid4().hex[:6]}-{i}" for i in range(8)]
+        ops = await asyncio.gather(*(store.add(r, sid) for sid in sids))
+        got = await asyncio.gather(*(store.get(r, sid) for sid in sids))
+        assert got == [[op] for op, _ in ops]
+        assert r.stats()["read_groups"] == 0 and r.stats()["reads_grouped"] == 0
