@@ -208,5 +208,14 @@ def drop_subscription(name: str) -> sql.Composed:
     return sql.SQL("DROP SUBSCRIPTION IF EXISTS {}").format(sql.Identifier(name))
 
 
+def detach_subscription(name: str) -> list[sql.Composed]:
+    """A subscription without its slot (dropping it then leaves the publisher alone)."""
+    n = sql.Identifier(name)
+    return [
+        sql.SQL("ALTER SUBSCRIPTION {} DISABLE").format(n),
+        sql.SQL("ALTER SUBSCRIPTION {} SET (slot_name = NONE)").format(n),
+    ]
+
+
 def drop_publication(name: str) -> sql.Composed:
     return sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(name))
