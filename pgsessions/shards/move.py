@@ -339,6 +339,13 @@ class _Mover:
             await self._wait(
                 "the catch-up after the fence", r.source, lambda: self._slot_reached(src, lsn)
             )
+            # and the source's replicas hold the fence: a failover of the source after the
+            # flip cannot give the buckets back to it (two owners)
+            await self._wait(
+                "the source's replicas to flush the fence",
+                r.source,
+                lambda: _one(src, m.STANDBYS_FLUSHED, (lsn,)),
+            )
             await dst.execute(m.take(self.schema), (list(r.buckets), new))
         await src.execute(m.set_phase(self.schema), ("flipped", "flipped", None, r.id))
         if self.fenced_at is not None:
