@@ -23,6 +23,8 @@ class ShardSql:
     lock: str
     claim_identity: str
     claim_buckets: str
+    #: the buckets this shard fenced in a move not flipped yet (migration 0013's shard_moves)
+    fenced_moves: str
 
 
 def shard_sql(schema: str) -> ShardSql:
@@ -44,5 +46,9 @@ def shard_sql(schema: str) -> ShardSql:
         claim_buckets=(
             f"INSERT INTO {qs}.shard_buckets (bucket, epoch)"
             " SELECT b, 1 FROM unnest(%s::integer[]) AS b ON CONFLICT DO NOTHING"
+        ),
+        fenced_moves=(
+            f"SELECT coalesce(array_agg(b), '{{}}') FROM {qs}.shard_moves m"
+            " CROSS JOIN unnest(m.buckets) AS b WHERE m.phase = 'fenced'"
         ),
     )

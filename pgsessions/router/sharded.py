@@ -330,7 +330,26 @@ class ShardedRouter:
 
     async def _read_directory(self, *, complete: bool) -> Directory | None:
         claims = await self._claims(lenient=not complete)
-        return build_directory(claims, self.buckets, complete=complete)
+        directory = build_directory(claims, self.buckets, complete=False)
+        if complete and directory is not None:
+            none = {b for b, owner in enumerate(directory.owners) if owner is None}
+            # buckets between a move's fence and its flip are owned by none on purpose:
+            # calls to them wait for the flip; any other ownerless bucket is an error
+            if none and not none <= await self._fenced_in_moves():
+                build_directory(claims, self.buckets, complete=True)
+        return directory
+
+    async def _fenced_in_moves(self) -> set[int]:
+        """The buckets some shard fenced in a move that has not flipped yet (none when the
+        shards have no record of moves, or it cannot be read)."""
+        out: set[int] = set()
+        for router in self._order:
+            try:
+                rows = await router.execute_read("shard_moves", None, self._sql.fenced_moves)
+            except psycopg.Error:
+                continue
+            out.update(rows[0][0] if rows else ())
+        return out
 
     async def refresh(self) -> Directory | None:
         """Read the directory from the shards again (after a refusal, or a move); a shard

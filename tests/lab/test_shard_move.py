@@ -20,7 +20,7 @@ import pytest
 
 from pgsessions import PostgresSession, migrate
 from pgsessions.devcluster import LocalCluster
-from pgsessions.errors import ShardError
+from pgsessions.errors import DirectoryError, ShardError
 from pgsessions.router import RouterConfig, ShardedRouter
 from pgsessions.router.placement import bucket_of
 from pgsessions.shards import (
@@ -580,3 +580,45 @@ async def test_a_source_failover_mid_move_stops_it_safely_and_abort_rolls_it_bac
     finally:
         src.stop()
         dst.stop()
+
+
+async def test_a_router_opened_while_a_move_is_fenced_opens_and_resumes_it(
+    sharded: ShardedRouter, two: tuple[LocalCluster, LocalCluster], schema: str
+) -> None:
+    """Killed between its fence and its flip, a move leaves its buckets owned by no shard: a
+    router opened afterwards (another process, `pgsessions shard resume`) still opens, and
+    resumes it; a bucket owned by none outside a move is still refused at open."""
+    a, b = two
+    d = sharded.directory
+    assert d is not None
+    bucket = next(x for x in range(BUCKETS) if d.owners[x] == "s1")
+    sids = sids_in(bucket, 2, prefix="fz")
+    expected: list[str] = []
+    for sid in sids:
+        expected += await fill(sharded, sid)
+    cfg = {
+        n: {"hosts": c.dsns(), "schema": schema, "failover_timeout": 30}
+        for n, c in zip(("s1", "s2"), two, strict=True)
+    }
+    proc = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", KILLER, json.dumps([cfg, [bucket], "s2", "fenced"])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    async with ShardedRouter(configs(two, schema), buckets=BUCKETS) as fresh:
+        assert fresh.directory is not None and fresh.directory.owners[bucket] is None
+        [result] = await resume_moves(fresh)
+        assert result.resumed
+        assert fresh.directory is not None and fresh.directory.owners[bucket] == "s2"
+        await PostgresSession(sids[0], fresh).add_items([user("after")])
+    assert contents(b, schema, sids) == sorted([*expected, "after"])
+    # an ownerless bucket that no move fenced: refused at open, naming the buckets
+    other = next(x for x in range(BUCKETS) if d.owners[x] == "s1" and x != bucket)
+    a.primary.execute(f'DELETE FROM "{schema}".shard_buckets WHERE bucket = %s', (other,))
+    with pytest.raises(DirectoryError, match=f"buckets {other} are owned by none"):
+        async with ShardedRouter(configs(two, schema), buckets=BUCKETS):
+            pass
