@@ -1,0 +1,326 @@
+"""The bucket-move drill (``pgsessions drill shard-move``).
+
+Two local shards (``wal_level = logical``) are set up and a third cluster is started and
+added as shard s3, owning no bucket; the drill workload (the ledger) writes through one
+ShardedRouter over the three, so on s1 and s2, while :func:`~pgsessions.shards.rebalance`
+moves a third of the buckets onto s3. Afterwards the ledger is checked over every shard
+(lost, duplicated, stale reads: all 0) and the write pause of each move is measured from the
+callers' side: the longest write, started during the move, of a session in a moving bucket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..devcluster import LocalCluster
+from ..router import RouterConfig, ShardedRouter
+from ..router.placement import bucket_of
+from ..sessions import migrate
+from ..shards import (
+    MoveProgress,
+    MoveResult,
+    add_shard,
+    leftovers,
+    plan_rebalance,
+    rebalance,
+    shard_status,
+)
+from .ledger import Ledger, LedgerObserver
+from .options import DrillOptions
+from .runner import _wait_until
+from .scenarios import DrillContext
+from .shards import ShardClusters, load_stored_shards, owners_of
+from .verify import analyse
+
+NAME = "shard-move"
+#: the bucket count of the drill's set-up, and the most buckets moved at once
+BUCKETS = 64
+MOVE_LIMIT = 8
+#: targets per move, from the callers' side (seconds)
+PAUSE_P99_TARGET = 1.0
+PAUSE_MAX_TARGET = 2.0
+
+
+@dataclass
+class MoveWindow:
+    """When one move ran (from its first progress step to ``done``), as ledger times."""
+
+    move_id: str
+    buckets: tuple[int, ...]
+    source: str
+    target: str
+    start: float
+    end: float | None = None
+    phases: dict[str, float] = field(default_factory=dict)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0-1) of ``values`` by the nearest rank (0 when empty)."""
+    if not values:
+        return 0.0
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def move_pauses(ledger: Ledger, windows: list[MoveWindow], buckets: int) -> list[dict[str, Any]]:
+    """Per move: the longest write of a session in a moving bucket that started during the
+    move (a write in flight at the end counts up to then), and the longest gap between two
+    acknowledged writes of the moving buckets around the move."""
+    out = []
+    now = ledger.now()
+    for w in windows:
+        end = w.end if w.end is not None else now
+        moving = set(w.buckets)
+        writes = [x for x in ledger.writes if bucket_of(x.session, buckets) in moving]
+        during = [x for x in writes if w.start <= x.start <= end]
+        longest = max(
+            ((x.end if x.end is not None else now) - x.start for x in during), default=0.0
+        )
+        acks = sorted(x.end for x in writes if x.ok and x.end is not None)
+        around = [t for t in acks if w.start <= t <= end]
+        before = [t for t in acks if t < w.start][-1:]
+        after = [t for t in acks if t > end][:1]
+        seq = before + around + after
+        gap = max((b - a for a, b in itertools.pairwise(seq)), default=0.0)
+        out.append(
+            {
+                "move_id": w.move_id,
+                "source": w.source,
+                "target": w.target,
+                "buckets": list(w.buckets),
+                "seconds": round(end - w.start, 3),
+                "writes_during": len(during),
+                "writes_failed_during": sum(1 for x in during if x.ok is False),
+                "pause_s": round(longest, 4),
+                "longest_ack_gap_s": round(gap, 4),
+                "phases_at_s": {k: round(v - w.start, 3) for k, v in w.phases.items()},
+            }
+        )
+    return out
+
+
+def spread_sessions(prefix: str, n: int, moves: list[list[int]], buckets: int) -> list[str]:
+    """``n`` session ids starting with ``prefix``: every other one in a bucket of the planned
+    ``moves`` (taking the moves in turn, so each move has writers while they last), the
+    others in buckets that stay."""
+    moving = {b for batch in moves for b in batch}
+    staying = [b for b in range(buckets) if b not in moving]
+    wanted: list[int] = []
+    for i in range(n):
+        k = i // 2
+        if moves and (i % 2 == 0 or not staying):
+            batch = moves[k % len(moves)]
+            wanted.append(batch[(k // len(moves)) % len(batch)])
+        else:
+            wanted.append(staying[(k * 7) % len(staying)])
+    out: list[str] = []
+    for i, b in enumerate(wanted):
+        j = 0
+        while bucket_of(f"{prefix}-{i:03d}-{j}", buckets) != b:
+            j += 1
+        out.append(f"{prefix}-{i:03d}-{j}")
+    return out
+
+
+def _config(cluster: LocalCluster, opts: DrillOptions, name: str) -> RouterConfig:
+    return RouterConfig(
+        hosts=[n.dsn for n in cluster.nodes],
+        schema=opts.schema,
+        check_interval=opts.check_interval,
+        failover_timeout=opts.failover_timeout,
+        name=name,
+        connect_timeout=2.0,
+    )
+
+
+async def _start(opts: DrillOptions, clusters: ShardClusters, name: str) -> LocalCluster:
+    c = LocalCluster(
+        replicas=1,
+        sync=opts.sync,
+        fsync=opts.fsync,
+        keep=opts.keep_cluster,
+        settings={"wal_level": "logical"},
+    )
+    clusters.clusters[name] = c
+    await asyncio.to_thread(c.start)
+    return c
+
+
+async def run_shard_move(opts: DrillOptions) -> dict[str, Any]:
+    """Run the drill once and return its report (``passed``, ``failures``, the figures)."""
+    log = opts.log
+    t_begin = time.monotonic()
+    clusters = ShardClusters()
+    run_id = uuid.uuid4().hex[:8]
+    prefix = f"drill-{NAME}-{run_id}"
+    try:
+        log(f"[{NAME}] starting shards s1 and s2 (primary + 1 replica, wal_level = logical)")
+        for s in ("s1", "s2"):
+            await _start(opts, clusters, s)
+        configs = {
+            s: _config(c, opts, f"drill-{NAME}-{run_id}-{s}") for s, c in clusters.clusters.items()
+        }
+        async with ShardedRouter(dict(configs), buckets=BUCKETS) as two:
+            await migrate(two)  # spreads the buckets over s1 and s2
+        log(f"[{NAME}] starting shard s3 and adding it (it owns no bucket yet)")
+        c3 = await _start(opts, clusters, "s3")
+        configs["s3"] = _config(c3, opts, f"drill-{NAME}-{run_id}-s3")
+        await add_shard("s3", configs["s3"], buckets=BUCKETS)
+
+        ledger = Ledger()
+        ctx = DrillContext(ledger=ledger, log=lambda line: log(f"[{NAME}] {line}"), sync=opts.sync)
+        windows: dict[str, MoveWindow] = {}
+        results: list[MoveResult] = []
+
+        def progress(p: MoveProgress) -> None:
+            t = ledger.now()
+            w = windows.get(p.move_id)
+            if w is None:
+                w = windows[p.move_id] = MoveWindow(p.move_id, p.buckets, p.source, p.target, t)
+                ledger.event("note", f"move {p.move_id} of {len(p.buckets)} buckets started")
+            w.phases.setdefault(p.phase, t)
+            if p.phase == "done":
+                w.end = t
+                log(f"[{NAME}] move {p.move_id} {p.source} -> {p.target} done in {p.seconds:.2f}s")
+
+        from .workload import DrillWorkload
+
+        async with ShardedRouter(dict(configs), buckets=BUCKETS) as router:
+            router.add_observer(LedgerObserver(ledger))
+            before = router.stats()["buckets"]
+            directory = router.directory
+            assert directory is not None
+            plan = plan_rebalance(directory, list(router.shards), limit=MOVE_LIMIT)
+            workload = DrillWorkload(router, ledger, prefix=prefix, sessions=opts.sessions)
+            # sessions in the buckets that will move, and in those that stay
+            workload.session_ids = spread_sessions(
+                prefix, opts.sessions, [batch for batch, _ in plan], BUCKETS
+            )
+            workload.start()
+            try:
+                total = len(workload.session_ids)
+                await _wait_until(lambda: ledger.sessions_acked_since(0) >= total, 30)
+                await asyncio.sleep(max(0.0, opts.warmup - ledger.now()))
+                log(f"[{NAME}] rebalancing onto s3 (at most {MOVE_LIMIT} buckets a move)")
+                t0 = ledger.now()
+                results = await rebalance(router, limit=MOVE_LIMIT, progress=progress)
+                rebalance_s = ledger.now() - t0
+                await asyncio.sleep(opts.after)
+            finally:
+                await workload.finish()
+            after = router.stats()["buckets"]
+            owners = owners_of(router, workload.session_ids)
+            status = await shard_status(router)
+
+        stored, verified, misplaced = await asyncio.to_thread(
+            load_stored_shards, clusters, opts.schema, prefix, owners
+        )
+        report = analyse(
+            ledger,
+            stored,
+            ctx,
+            scenario=NAME,
+            recovered=True,
+            host_names={},
+            failover_timeout=opts.failover_timeout,
+        )
+        failures: list[str] = list(report["failures"])
+        moves = move_pauses(ledger, list(windows.values()), BUCKETS)
+        by_id = {r.move_id: r for r in results}
+        for m in moves:
+            r = by_id.get(m["move_id"])
+            m["rows_moved"] = r.rows_moved if r is not None else None
+            m["cutover_s"] = round(r.pause, 4) if r is not None and r.pause is not None else None
+        # the pause of a move that no session's write hit is no measurement: left out
+        pauses = [float(m["pause_s"]) for m in moves if m["writes_during"]]
+        pause = {
+            "p50_s": round(percentile(pauses, 0.5), 4),
+            "p99_s": round(percentile(pauses, 0.99), 4),
+            "max_s": round(max(pauses, default=0.0), 4),
+            "moves_measured": len(pauses),
+        }
+        rows_moved = sum(r.rows_moved for r in results)
+        bytes_s3 = int(status["shards"]["s3"]["bytes"])
+        left = leftovers(status)
+        if not results:
+            failures.append("no bucket was moved")
+        if after.get("s3", 0) == 0:
+            failures.append("shard s3 owns no bucket after the rebalance")
+        if not pauses:
+            failures.append("no write of the workload hit a moving bucket during a move")
+        if pause["p99_s"] >= PAUSE_P99_TARGET:
+            failures.append(f"write pause p99 {pause['p99_s']}s >= {PAUSE_P99_TARGET}s")
+        if pause["max_s"] >= PAUSE_MAX_TARGET:
+            failures.append(f"write pause max {pause['max_s']}s >= {PAUSE_MAX_TARGET}s")
+        if report["writes"]["failed"] or report["reads"]["failed"]:
+            failures.append(
+                f"{report['writes']['failed']} writes and {report['reads']['failed']} reads "
+                "failed during the moves"
+            )
+        if misplaced:
+            failures.append(f"{misplaced} items stored on a shard that does not own their session")
+        if status["in_progress"]:
+            failures.append(f"moves left in progress: {', '.join(status['in_progress'])}")
+        if left:
+            failures.append(f"replication objects left behind: {left}")
+        report.update(
+            {
+                "passed": not failures,
+                "failures": failures,
+                "mode": "sync" if opts.sync else "async",
+                "buckets": BUCKETS,
+                "buckets_before": before,
+                "buckets_after": after,
+                "moves": moves,
+                "move_count": len(results),
+                "write_pause": pause,
+                "targets": {"p99_s": PAUSE_P99_TARGET, "max_s": PAUSE_MAX_TARGET},
+                "rows_moved": rows_moved,
+                "bytes_on_s3_after": bytes_s3,
+                "rebalance_s": round(rebalance_s, 3),
+                "redirects": router.redirects,
+                "misplaced_items": misplaced,
+                "leftovers": [list(x) for x in left],
+                "verified_on": ", ".join(verified.values()),
+                "duration_s": round(time.monotonic() - t_begin, 1),
+            }
+        )
+        if opts.keep_cluster:
+            report["cluster_dirs"] = {s: str(c.base_dir) for s, c in clusters.clusters.items()}
+        return report
+    finally:
+        if not opts.keep_cluster:
+            await asyncio.to_thread(clusters.stop)
+
+
+def format_shard_move(r: dict[str, Any]) -> str:
+    """The human-readable report."""
+    if "moves" not in r:
+        return f"{NAME}: FAILED: {'; '.join(r.get('failures', []))}"
+    p = r["write_pause"]
+    lines = [
+        f"{NAME} ({r['mode']}, {r['sessions']} sessions, {r['buckets']} buckets): "
+        f"{'PASSED' if r['passed'] else 'FAILED'}",
+        f"  buckets before {r['buckets_before']}, after {r['buckets_after']}",
+        f"  {r['move_count']} moves in {r['rebalance_s']}s, {r['rows_moved']} rows moved, "
+        f"s3 holds {r['bytes_on_s3_after']} bytes; {r['redirects']} redirects",
+        f"  write pause per move: p50 {p['p50_s']}s, p99 {p['p99_s']}s, max {p['max_s']}s "
+        f"(targets: p99 < {r['targets']['p99_s']}s, max < {r['targets']['max_s']}s)",
+    ]
+    for m in r["moves"]:
+        lines.append(
+            f"    {m['source']} -> {m['target']} {len(m['buckets'])} buckets: {m['seconds']}s, "
+            f"{m['rows_moved']} rows, pause {m['pause_s']}s, cutover {m['cutover_s']}s, "
+            f"{m['writes_during']} writes during"
+        )
+    lines.append(
+        f"  writes acknowledged {r['writes']['acknowledged']}, failed {r['writes']['failed']}; "
+        f"lost {r['lost']}, duplicated {r['duplicated']}, stale reads {r['stale_reads']}"
+    )
+    lines += [f"  FAIL: {f}" for f in r["failures"]]
+    return "\n".join(lines)
