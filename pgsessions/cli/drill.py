@@ -162,6 +162,12 @@ def add_drill_command(sub: Any) -> None:
         choices=BREAKS,
         help="test the drill itself: break the router on purpose (must FAIL)",
     )
+    p.add_argument(
+        "--kill-mover",
+        action="store_true",
+        help="shard-move: run the rebalance in a process of its own, kill it (SIGKILL) "
+        "mid-copy and run it again to resume",
+    )
     add_pitr_arguments(p)
     p.set_defaults(func=run_drill_command)
 
@@ -220,6 +226,9 @@ def run_drill_command(args: argparse.Namespace) -> int:
         return run_pitr_command(args)
     if args.scenario == "shard-move":
         return run_shard_move_command(args)
+    if args.kill_mover:
+        print("pgsessions drill: --kill-mover is for shard-move", file=sys.stderr)
+        return 2
     try:
         opts = options_from_args(args)
     except ValueError as exc:
@@ -275,7 +284,7 @@ def run_shard_move_command(args: argparse.Namespace) -> int:
         keep_cluster=args.keep_cluster,
         fsync=not args.no_fsync,
     )
-    report = asyncio.run(run_shard_move(opts))
+    report = asyncio.run(run_shard_move(opts, kill_mover=args.kill_mover))
     if args.json:
         print(json.dumps({"passed": report["passed"], "scenarios": [report]}, indent=2))
     else:

@@ -12,8 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
+import signal
+import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +28,6 @@ from ..router.placement import bucket_of
 from ..sessions import migrate
 from ..shards import (
     MoveProgress,
-    MoveResult,
     add_shard,
     leftovers,
     plan_rebalance,
@@ -151,8 +155,51 @@ async def _start(opts: DrillOptions, clusters: ShardClusters, name: str) -> Loca
     return c
 
 
-async def run_shard_move(opts: DrillOptions) -> dict[str, Any]:
-    """Run the drill once and return its report (``passed``, ``failures``, the figures)."""
+def _spec(configs: dict[str, RouterConfig], kill_at: str | None) -> dict[str, Any]:
+    """What :mod:`.mover_process` needs: the shards' configurations, the plan's limits."""
+    keys = ("hosts", "schema", "check_interval", "failover_timeout", "name", "connect_timeout")
+    return {
+        "shards": {n: {k: getattr(c, k) for k in keys} for n, c in configs.items()},
+        "buckets": BUCKETS,
+        "limit": MOVE_LIMIT,
+        "kill_at": kill_at,
+    }
+
+
+async def run_mover_process(
+    spec: dict[str, Any], progress: Callable[[MoveProgress], None]
+) -> tuple[int, list[dict[str, Any]], str]:
+    """Run the rebalance in a process of its own (:mod:`.mover_process`), passing each of
+    its progress steps to ``progress``: its exit status, its results and its stderr's end."""
+    with tempfile.TemporaryFile() as err:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "pgsessions.drills.mover_process",
+            json.dumps(spec),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=err,
+        )
+        results: list[dict[str, Any]] = []
+        assert proc.stdout is not None
+        async for line in proc.stdout:
+            msg = json.loads(line)
+            if "progress" in msg:
+                d = msg["progress"]
+                d["buckets"] = tuple(d["buckets"])
+                progress(MoveProgress(**d))
+            elif "results" in msg:
+                results = msg["results"]
+        rc = await proc.wait()
+        err.seek(0)
+        tail = err.read().decode(errors="replace")[-600:]
+    return rc, results, tail
+
+
+async def run_shard_move(opts: DrillOptions, *, kill_mover: bool = False) -> dict[str, Any]:
+    """Run the drill once and return its report (``passed``, ``failures``, the figures).
+    ``kill_mover``: the rebalance runs in a process of its own, killed (SIGKILL) at the start
+    of the first copy, then run again, which resumes the move and does the rest."""
     log = opts.log
     t_begin = time.monotonic()
     clusters = ShardClusters()
@@ -175,7 +222,10 @@ async def run_shard_move(opts: DrillOptions) -> dict[str, Any]:
         ledger = Ledger()
         ctx = DrillContext(ledger=ledger, log=lambda line: log(f"[{NAME}] {line}"), sync=opts.sync)
         windows: dict[str, MoveWindow] = {}
-        results: list[MoveResult] = []
+        #: move id -> (rows moved, the mover's cutover seconds)
+        moved: dict[str, tuple[int, float | None]] = {}
+        failures: list[str] = []
+        killed: dict[str, Any] | None = None
 
         def progress(p: MoveProgress) -> None:
             t = ledger.now()
@@ -208,7 +258,12 @@ async def run_shard_move(opts: DrillOptions) -> dict[str, Any]:
                 await asyncio.sleep(max(0.0, opts.warmup - ledger.now()))
                 log(f"[{NAME}] rebalancing onto s3 (at most {MOVE_LIMIT} buckets a move)")
                 t0 = ledger.now()
-                results = await rebalance(router, limit=MOVE_LIMIT, progress=progress)
+                if kill_mover:
+                    killed = await _killed_and_resumed(router, configs, progress, failures, log)
+                    moved = killed.pop("moved")
+                else:
+                    results = await rebalance(router, limit=MOVE_LIMIT, progress=progress)
+                    moved = {r.move_id: (r.rows_moved, r.pause) for r in results}
                 rebalance_s = ledger.now() - t0
                 await asyncio.sleep(opts.after)
             finally:
@@ -229,13 +284,12 @@ async def run_shard_move(opts: DrillOptions) -> dict[str, Any]:
             host_names={},
             failover_timeout=opts.failover_timeout,
         )
-        failures: list[str] = list(report["failures"])
+        failures = list(report["failures"]) + failures
         moves = move_pauses(ledger, list(windows.values()), BUCKETS)
-        by_id = {r.move_id: r for r in results}
         for m in moves:
-            r = by_id.get(m["move_id"])
-            m["rows_moved"] = r.rows_moved if r is not None else None
-            m["cutover_s"] = round(r.pause, 4) if r is not None and r.pause is not None else None
+            rows, cut = moved.get(m["move_id"], (None, None))
+            m["rows_moved"] = rows
+            m["cutover_s"] = round(cut, 4) if cut is not None else None
         # the pause of a move that no session's write hit is no measurement: left out
         pauses = [float(m["pause_s"]) for m in moves if m["writes_during"]]
         pause = {
@@ -244,10 +298,10 @@ async def run_shard_move(opts: DrillOptions) -> dict[str, Any]:
             "max_s": round(max(pauses, default=0.0), 4),
             "moves_measured": len(pauses),
         }
-        rows_moved = sum(r.rows_moved for r in results)
+        rows_moved = sum(rows for rows, _ in moved.values())
         bytes_s3 = int(status["shards"]["s3"]["bytes"])
         left = leftovers(status)
-        if not results:
+        if not moved:
             failures.append("no bucket was moved")
         if after.get("s3", 0) == 0:
             failures.append("shard s3 owns no bucket after the rebalance")
@@ -277,7 +331,8 @@ async def run_shard_move(opts: DrillOptions) -> dict[str, Any]:
                 "buckets_before": before,
                 "buckets_after": after,
                 "moves": moves,
-                "move_count": len(results),
+                "move_count": len(moved),
+                "mover_killed": killed,
                 "write_pause": pause,
                 "targets": {"p99_s": PAUSE_P99_TARGET, "max_s": PAUSE_MAX_TARGET},
                 "rows_moved": rows_moved,
@@ -298,6 +353,38 @@ async def run_shard_move(opts: DrillOptions) -> dict[str, Any]:
             await asyncio.to_thread(clusters.stop)
 
 
+async def _killed_and_resumed(
+    router: ShardedRouter,
+    configs: dict[str, RouterConfig],
+    progress: Callable[[MoveProgress], None],
+    failures: list[str],
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """The rebalance in a mover process killed by SIGKILL mid-copy, then in another that
+    resumes it: what happened (``moved``: the second run's results by move id)."""
+    rc, _, err = await run_mover_process(_spec(configs, "copying"), progress)
+    if rc != -signal.SIGKILL:
+        failures.append(f"the mover was not killed mid-copy (exit status {rc}): {err}")
+    left = (await shard_status(router))["in_progress"]
+    log(f"[{NAME}] mover killed (SIGKILL) mid-copy; moves in progress: {', '.join(left)}")
+    if not left:
+        failures.append("no move was in progress after the mover was killed")
+    rc2, results, err2 = await run_mover_process(_spec(configs, None), progress)
+    if rc2 != 0:
+        failures.append(f"the mover run again failed (exit status {rc2}): {err2}")
+    resumed = [r["move_id"] for r in results if r.get("resumed")]
+    if left and not set(left) <= set(resumed):
+        failures.append(f"the killed move {', '.join(left)} was not resumed")
+    log(f"[{NAME}] mover run again: resumed {', '.join(resumed) or 'none'}")
+    return {
+        "phase": "copying",
+        "exit_status": rc,
+        "in_progress_after_kill": left,
+        "resumed": resumed,
+        "moved": {r["move_id"]: (int(r["rows_moved"]), r["pause"]) for r in results},
+    }
+
+
 def format_shard_move(r: dict[str, Any]) -> str:
     """The human-readable report."""
     if "moves" not in r:
@@ -312,6 +399,12 @@ def format_shard_move(r: dict[str, Any]) -> str:
         f"  write pause per move: p50 {p['p50_s']}s, p99 {p['p99_s']}s, max {p['max_s']}s "
         f"(targets: p99 < {r['targets']['p99_s']}s, max < {r['targets']['max_s']}s)",
     ]
+    k = r.get("mover_killed")
+    if k:
+        lines.append(
+            f"  mover killed (SIGKILL) at {k['phase']}: exit {k['exit_status']}, in progress "
+            f"{k['in_progress_after_kill']}, resumed by the next run {k['resumed']}"
+        )
     for m in r["moves"]:
         lines.append(
             f"    {m['source']} -> {m['target']} {len(m['buckets'])} buckets: {m['seconds']}s, "
