@@ -402,8 +402,9 @@ def format_shard_move(r: dict[str, Any]) -> str:
     k = r.get("mover_killed")
     if k:
         lines.append(
-            f"  mover killed (SIGKILL) at {k['phase']}: exit {k['exit_status']}, in progress "
-            f"{k['in_progress_after_kill']}, resumed by the next run {k['resumed']}"
+            f"  mover killed (SIGKILL) at {k['phase']}: exit {k['exit_status']}, "
+            f"{len(k['in_progress_after_kill'])} move left in progress, "
+            f"{len(k['resumed'])} resumed by the next run"
         )
     for m in r["moves"]:
         lines.append(
