@@ -164,9 +164,13 @@ def add_drill_command(sub: Any) -> None:
     )
     p.add_argument(
         "--kill-mover",
-        action="store_true",
-        help="shard-move: run the rebalance in a process of its own, kill it (SIGKILL) "
-        "mid-copy and run it again to resume",
+        nargs="?",
+        const="copying",
+        choices=["copying", "caught-up", "flipped"],
+        metavar="PHASE",
+        help="shard-move: run the rebalance in a process of its own, kill it (SIGKILL) at "
+        "the first step of PHASE (copying, caught-up, flipped; default copying) "
+        "and run it again to resume",
     )
     add_pitr_arguments(p)
     p.set_defaults(func=run_drill_command)

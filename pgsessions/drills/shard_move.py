@@ -196,10 +196,17 @@ async def run_mover_process(
     return rc, results, tail
 
 
-async def run_shard_move(opts: DrillOptions, *, kill_mover: bool = False) -> dict[str, Any]:
+#: the phases ``--kill-mover`` can kill the mover in (at the first step of that phase).
+#: Not ``fenced``: while a move is fenced its buckets are owned by no shard, and a router
+#: opened then (the mover run again, in a new process) refuses the incomplete directory.
+KILL_PHASES = ("copying", "caught-up", "flipped")
+
+
+async def run_shard_move(opts: DrillOptions, *, kill_mover: str | None = None) -> dict[str, Any]:
     """Run the drill once and return its report (``passed``, ``failures``, the figures).
-    ``kill_mover``: the rebalance runs in a process of its own, killed (SIGKILL) at the start
-    of the first copy, then run again, which resumes the move and does the rest."""
+    ``kill_mover`` (a phase of :data:`KILL_PHASES`): the rebalance runs in a process of its
+    own, killed (SIGKILL) at the first step of that phase of its first move, then run again,
+    which resumes the move and does the rest."""
     log = opts.log
     t_begin = time.monotonic()
     clusters = ShardClusters()
@@ -259,7 +266,9 @@ async def run_shard_move(opts: DrillOptions, *, kill_mover: bool = False) -> dic
                 log(f"[{NAME}] rebalancing onto s3 (at most {MOVE_LIMIT} buckets a move)")
                 t0 = ledger.now()
                 if kill_mover:
-                    killed = await _killed_and_resumed(router, configs, progress, failures, log)
+                    killed = await _killed_and_resumed(
+                        router, configs, kill_mover, progress, failures, log
+                    )
                     moved = killed.pop("moved")
                 else:
                     results = await rebalance(router, limit=MOVE_LIMIT, progress=progress)
@@ -356,28 +365,30 @@ async def run_shard_move(opts: DrillOptions, *, kill_mover: bool = False) -> dic
 async def _killed_and_resumed(
     router: ShardedRouter,
     configs: dict[str, RouterConfig],
+    phase: str,
     progress: Callable[[MoveProgress], None],
     failures: list[str],
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    """The rebalance in a mover process killed by SIGKILL mid-copy, then in another that
+    """The rebalance in a mover process killed by SIGKILL in ``phase``, then in another that
     resumes it: what happened (``moved``: the second run's results by move id)."""
-    rc, _, err = await run_mover_process(_spec(configs, "copying"), progress)
+    rc, _, err = await run_mover_process(_spec(configs, phase), progress)
     if rc != -signal.SIGKILL:
-        failures.append(f"the mover was not killed mid-copy (exit status {rc}): {err}")
+        failures.append(f"the mover was not killed at {phase} (exit status {rc}): {err}")
     left = (await shard_status(router))["in_progress"]
-    log(f"[{NAME}] mover killed (SIGKILL) mid-copy; moves in progress: {', '.join(left)}")
+    log(f"[{NAME}] mover killed (SIGKILL) at {phase}; moves in progress: {', '.join(left)}")
     if not left:
         failures.append("no move was in progress after the mover was killed")
     rc2, results, err2 = await run_mover_process(_spec(configs, None), progress)
     if rc2 != 0:
         failures.append(f"the mover run again failed (exit status {rc2}): {err2}")
+        log(f"[{NAME}] the mover run again failed (exit status {rc2}): {err2}")
     resumed = [r["move_id"] for r in results if r.get("resumed")]
     if left and not set(left) <= set(resumed):
         failures.append(f"the killed move {', '.join(left)} was not resumed")
     log(f"[{NAME}] mover run again: resumed {', '.join(resumed) or 'none'}")
     return {
-        "phase": "copying",
+        "phase": phase,
         "exit_status": rc,
         "in_progress_after_kill": left,
         "resumed": resumed,
@@ -409,7 +420,8 @@ def format_shard_move(r: dict[str, Any]) -> str:
     for m in r["moves"]:
         lines.append(
             f"    {m['source']} -> {m['target']} {len(m['buckets'])} buckets: {m['seconds']}s, "
-            f"{m['rows_moved']} rows, pause {m['pause_s']}s, cutover {m['cutover_s']}s, "
+            f"{m['rows_moved']} rows, pause {m['pause_s']}s, cutover "
+            f"{'-' if m['cutover_s'] is None else str(m['cutover_s']) + 's'}, "
             f"{m['writes_during']} writes during"
         )
     lines.append(

@@ -28,8 +28,8 @@ def test_spread_sessions_puts_writers_in_every_planned_move() -> None:
     assert percentile([], 0.99) == 0.0 and percentile([3.0, 1.0, 2.0], 0.5) == 2.0
 
 
-@pytest.mark.parametrize("kill", [False, True], ids=["rebalance", "kill-mover"])
-def test_shard_move_drill_through_the_cli(kill: bool) -> None:
+@pytest.mark.parametrize("kill", [None, "copying", "flipped"])
+def test_shard_move_drill_through_the_cli(kill: str | None) -> None:
     proc = subprocess.run(
         [
             sys.executable,
@@ -45,7 +45,7 @@ def test_shard_move_drill_through_the_cli(kill: bool) -> None:
             "1.5",
             "--after",
             "0.5",
-            *(["--kill-mover"] if kill else []),
+            *(["--kill-mover", kill] if kill else []),
         ],
         capture_output=True,
         text=True,
@@ -67,7 +67,7 @@ def test_shard_move_drill_through_the_cli(kill: bool) -> None:
     assert all(m["seconds"] > 0 for m in r["moves"])
     k = r["mover_killed"]
     if kill:  # killed mid-copy (a real SIGKILL), left in progress, resumed by the next run
-        assert k["exit_status"] == -9 and k["phase"] == "copying"
+        assert k["exit_status"] == -9 and k["phase"] == kill
         assert k["in_progress_after_kill"] and k["in_progress_after_kill"] == k["resumed"]
     else:
         assert k is None
