@@ -85,8 +85,16 @@ def add_drill_command(sub: Any) -> None:
         "scenario",
         nargs="?",
         default="all",
-        choices=[*SCENARIOS, *(n for n in PATRONI_NAMES if n not in SCENARIOS), "pitr", "all"],
-        help="which scenario (default: all failover scenarios; pitr: point-in-time recovery)",
+        choices=[
+            *SCENARIOS,
+            *(n for n in PATRONI_NAMES if n not in SCENARIOS),
+            "pitr",
+            "shard-move",
+            "all",
+        ],
+        help="which scenario (default: all failover scenarios; pitr: point-in-time recovery; "
+        "shard-move: two shards, a third added and the buckets rebalanced onto it while "
+        "the workload writes)",
     )
     add_patroni_arguments(p)
     p.add_argument(
@@ -154,6 +162,16 @@ def add_drill_command(sub: Any) -> None:
         choices=BREAKS,
         help="test the drill itself: break the router on purpose (must FAIL)",
     )
+    p.add_argument(
+        "--kill-mover",
+        nargs="?",
+        const="copying",
+        choices=["copying", "caught-up", "flipped"],
+        metavar="PHASE",
+        help="shard-move: run the rebalance in a process of its own, kill it (SIGKILL) at "
+        "the first step of PHASE (copying, caught-up, flipped; default copying) "
+        "and run it again to resume",
+    )
     add_pitr_arguments(p)
     p.set_defaults(func=run_drill_command)
 
@@ -210,6 +228,11 @@ def options_from_args(args: argparse.Namespace) -> DrillOptions:
 def run_drill_command(args: argparse.Namespace) -> int:
     if args.scenario == "pitr":
         return run_pitr_command(args)
+    if args.scenario == "shard-move":
+        return run_shard_move_command(args)
+    if args.kill_mover:
+        print("pgsessions drill: --kill-mover is for shard-move", file=sys.stderr)
+        return 2
     try:
         opts = options_from_args(args)
     except ValueError as exc:
@@ -239,3 +262,35 @@ def run_drill_command(args: argparse.Namespace) -> int:
             print()
         print(format_summary(reports))
     return 0 if ok else 1
+
+
+def run_shard_move_command(args: argparse.Namespace) -> int:
+    """``pgsessions drill shard-move``: its own local shards, the moves under the workload."""
+    if args.hosts or args.trigger or args.patroni or args.break_router or args.shards != 1:
+        print(
+            "pgsessions drill: shard-move starts its own three local shards: leave --hosts, "
+            "--trigger, --patroni, --break-router and --shards out",
+            file=sys.stderr,
+        )
+        return 2
+    from ..drills.options import DrillOptions
+    from ..drills.runner import quiet_pool_logs
+    from ..drills.shard_move import format_shard_move, run_shard_move
+
+    quiet_pool_logs()
+    opts = DrillOptions(
+        scenarios=["shard-move"],
+        sync=args.sync,
+        sessions=args.sessions,
+        warmup=args.warmup,
+        after=args.after,
+        schema=args.schema,
+        keep_cluster=args.keep_cluster,
+        fsync=not args.no_fsync,
+    )
+    report = asyncio.run(run_shard_move(opts, kill_mover=args.kill_mover))
+    if args.json:
+        print(json.dumps({"passed": report["passed"], "scenarios": [report]}, indent=2))
+    else:
+        print(format_shard_move(report))
+    return 0 if report["passed"] else 1

@@ -15,7 +15,7 @@ from ..router.session_router import SessionRouter
 from ..router.shard_sql import shard_sql
 from ..router.sharded import ShardedRouter
 from ..sessions.schema import migrate
-from .move import MoveResult, Progress, move_buckets
+from .move import MoveResult, Progress, move_buckets, resume_moves
 
 
 async def add_shard(name: str, config: RouterConfig, *, buckets: int) -> None:
@@ -82,11 +82,13 @@ async def rebalance(
 ) -> list[MoveResult]:
     """Even the buckets out over every shard of ``router`` but those ``without`` (which
     give all theirs away: before :func:`remove_shard`), one move of at most ``limit``
-    buckets at a time (see :func:`.move.move_buckets`)."""
+    buckets at a time (see :func:`.move.move_buckets`). An unfinished move (a mover that
+    died) is resumed first: its buckets may be owned by no shard (fenced), which no plan
+    sees."""
+    results: list[MoveResult] = await resume_moves(router, progress=progress, wait=wait)
     directory = await router.refresh()
     if directory is None:
         raise ShardError(next(iter(router.shards)), "the sharded set-up is not made yet")
-    results: list[MoveResult] = []
     keep = [n for n in router.shards if n not in without]
     if not keep:
         raise ValueError("rebalance needs at least one shard to keep buckets")
