@@ -7,6 +7,7 @@
 from .asgi import metrics_app
 from .collector import REGISTRY, instrument, uninstrument
 from .metrics import METRICS, MetricSpec, RouterMetrics
+from .moves import MoveWatch
 from .server import MetricsServer, serve
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "REGISTRY",
     "MetricSpec",
     "MetricsServer",
+    "MoveWatch",
     "RouterMetrics",
     "instrument",
     "metrics_app",
