@@ -698,6 +698,11 @@ def test_dashboard_panels_cover_the_issue_and_use_our_metrics(
         "retries",
         "failovers",
         "wal archiving",
+        "moves in progress",
+        "move phase age",
+        "move replication lag",
+        "redirects per operation",
+        "leftover move slots",
     ):
         assert topic in titles, topic
     ids = [p["id"] for p in dash["panels"]]
