@@ -5,7 +5,7 @@
 """
 
 from .asgi import metrics_app
-from .collector import REGISTRY, instrument, uninstrument
+from .collector import REGISTRY, instrument, move_watch, uninstrument
 from .metrics import METRICS, MetricSpec, RouterMetrics
 from .moves import MoveWatch
 from .server import MetricsServer, serve
@@ -19,6 +19,7 @@ __all__ = [
     "RouterMetrics",
     "instrument",
     "metrics_app",
+    "move_watch",
     "serve",
     "uninstrument",
 ]

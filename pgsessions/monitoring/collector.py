@@ -308,6 +308,23 @@ def _instrument_one(
     return metrics
 
 
+def move_watch(
+    router: ShardedRouter,
+    registry: CollectorRegistry | None = None,
+    *,
+    interval: float | None = None,
+    timeout: float | None = None,
+) -> MoveWatch:
+    """The periodic check of ``router``'s moves that feeds the move gauges in ``registry``
+    (made by :func:`instrument`, or here); ``interval`` and ``timeout`` change its own."""
+    watch = collector_for(registry if registry is not None else REGISTRY).watch(router)
+    if interval is not None:
+        watch.interval = interval
+    if timeout is not None:
+        watch.timeout = timeout
+    return watch
+
+
 def uninstrument(router: Router, registry: CollectorRegistry | None = None) -> None:
     """Stop observing ``router`` (each of its clusters); its series disappear from
     ``registry``."""

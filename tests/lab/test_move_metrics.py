@@ -14,8 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from pgsessions import PostgresSession, migrate
 from pgsessions.devcluster import LocalCluster
-from pgsessions.monitoring import instrument
-from pgsessions.monitoring.collector import collector_for
+from pgsessions.monitoring import instrument, move_watch
 from pgsessions.router import ShardedRouter
 from pgsessions.shards import MoveProgress, drop_leftovers, move_buckets
 from tests.helpers import apoll, user
@@ -58,7 +57,7 @@ async def test_move_gauges_redirects_and_leftovers(
     async with ShardedRouter(configs(two, schema), buckets=BUCKETS) as sharded:
         await migrate(sharded)
         instrument(sharded, reg)
-        collector_for(reg).watch(sharded).interval = 0.05
+        move_watch(sharded, reg, interval=0.05)
         d = sharded.directory
         assert d is not None
         bucket = next(x for x in range(BUCKETS) if d.owners[x] == "s1")
@@ -155,7 +154,7 @@ async def test_move_gauges_redirects_and_leftovers(
         assert _value(reg, "pgsessions_move_leftover_retained_bytes", "s1") == 0
 
         # a shard down: its check reports 0, the other shard's gauges stay, scrapes go on
-        collector_for(reg).watch(sharded).timeout = 1.0
+        move_watch(sharded, reg, timeout=1.0)
         b.stop_node(b.primary)
         try:
             assert await _until(reg, "pgsessions_move_check_up", "s2", 0.0)
