@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
+from ..router.protocol import owned_buckets
 from ..router.settings import INT64_MAX, count
 from ..sessions.schema import migrate_hint
 from ..sessions.sql.reports import REPORTS, report_sql
@@ -138,12 +139,14 @@ async def usage_report(
     router.add_observer(where)
     try:
         for name in reports:
-            query = report_sql(name, router.config.schema)
             cols = columns(name)
             per_cluster = []
             for cluster in router.clusters():
+                owned = owned_buckets(router, cluster)
+                query = report_sql(name, router.config.schema, owned is not None)
+                args = params if owned is None else {**params, "owned": owned}
                 with migrate_hint(router.config.schema):
-                    rows = await cluster.execute_read(f"usage_{name}", None, query, params)
+                    rows = await cluster.execute_read(f"usage_{name}", None, query, args)
                 per_cluster.append(
                     [{c: _plain(v) for c, v in zip(cols, row, strict=True)} for row in rows]
                 )

@@ -155,6 +155,21 @@ async def _unfinished(conn: Conn, schema: str) -> _Record | None:
     return _Record(i, src, dst, tuple(buckets), tuple(epochs), phase)
 
 
+async def _drop_subscription(dst: Conn, name: str) -> None:
+    """Drop a move's subscription with its slot. When the publisher cannot drop the slot
+    (the source's primary failed over: PostgreSQL 15 keeps a logical slot on the primary
+    only, so the slot is gone with it, or its host is down), the subscription is detached
+    from the slot and dropped alone."""
+    try:
+        await dst.execute(m.drop_subscription(name))
+    except psycopg.Error:
+        if dst.closed:
+            raise
+        for statement in m.detach_subscription(name):
+            await dst.execute(statement)
+        await dst.execute(m.drop_subscription(name))
+
+
 class _Mover:
     def __init__(
         self, router: ShardedRouter, rec: _Record, progress: Progress | None, timeout: float
@@ -324,6 +339,13 @@ class _Mover:
             await self._wait(
                 "the catch-up after the fence", r.source, lambda: self._slot_reached(src, lsn)
             )
+            # and the source's replicas hold the fence: a failover of the source after the
+            # flip cannot give the buckets back to it (two owners)
+            await self._wait(
+                "the source's replicas to flush the fence",
+                r.source,
+                lambda: _one(src, m.STANDBYS_FLUSHED, (lsn,)),
+            )
             await dst.execute(m.take(self.schema), (list(r.buckets), new))
         await src.execute(m.set_phase(self.schema), ("flipped", "flipped", None, r.id))
         if self.fenced_at is not None:
@@ -344,7 +366,7 @@ class _Mover:
         await self.router.refresh()
         # the subscription first (it drops its slot), then the publication: the deletes
         # below are not replicated anywhere
-        await dst.execute(m.drop_subscription(self.name))
+        await _drop_subscription(dst, self.name)
         await src.execute(m.drop_publication(self.name))
         await src.execute(m.DROP_SLOT, (self.name,))
         tables = [t for (t,) in await _rows(src, m.SESSION_TABLES, (self.schema,))]
@@ -576,7 +598,7 @@ async def abort_move(router: ShardedRouter, *, progress: Progress | None = None)
                     f"move {rec.id} flipped (the target owns buckets "
                     f"{ranges(rec.buckets)}): it cannot be rolled back; resume it",
                 )
-            await dst.execute(m.drop_subscription(name))
+            await _drop_subscription(dst, name)
             await src.execute(m.drop_publication(name))
             await src.execute(m.DROP_SLOT, (name,))
             tables = [t for (t,) in await _rows(dst, m.SESSION_TABLES, (schema,))]

@@ -59,6 +59,13 @@ SLOT_REACHED = (
     "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots WHERE slot_name = %s"
 )
 CURRENT_LSN = "SELECT pg_current_wal_lsn()::text"
+#: every physical standby streaming from this primary has flushed %s (logical walsenders,
+#: the moves' own, are left out): a failover of the source cannot lose the fence
+STANDBYS_FLUSHED = (
+    "SELECT coalesce(bool_and(r.flush_lsn >= %s::pg_lsn), true) FROM pg_stat_replication r"
+    " WHERE NOT EXISTS (SELECT FROM pg_replication_slots s"
+    " WHERE s.active_pid = r.pid AND s.slot_type = 'logical')"
+)
 DROP_SLOT = (
     "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
     " WHERE slot_name = %s AND NOT active"
@@ -206,6 +213,15 @@ def create_subscription(name: str, conninfo: str) -> sql.Composed:
 
 def drop_subscription(name: str) -> sql.Composed:
     return sql.SQL("DROP SUBSCRIPTION IF EXISTS {}").format(sql.Identifier(name))
+
+
+def detach_subscription(name: str) -> list[sql.Composed]:
+    """A subscription without its slot (dropping it then leaves the publisher alone)."""
+    n = sql.Identifier(name)
+    return [
+        sql.SQL("ALTER SUBSCRIPTION {} DISABLE").format(n),
+        sql.SQL("ALTER SUBSCRIPTION {} SET (slot_name = NONE)").format(n),
+    ]
 
 
 def drop_publication(name: str) -> sql.Composed:

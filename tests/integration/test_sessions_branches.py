@@ -1185,7 +1185,9 @@ async def test_upgrading_an_isolated_schema_isolates_branches(tenancy: Any) -> N
         a = PostgresSession("shared-id", app, tenant="A")
         await a.add_items([cast(Any, user("A's q1")), cast(Any, user("A's q2"))])
         async with SessionRouter(tenancy.owner_config()) as owner:
-            assert await migrate(owner) == ["0010", "0011", "0012"]
+            assert await migrate(owner) == [
+                m.version for m in load_migrations() if m.version >= "0010"
+            ]
             assert await tenant_isolation(owner)
         tenancy.cluster.wait_caught_up()
         a = PostgresSession("shared-id", app, tenant="A")

@@ -481,7 +481,7 @@ async def test_upgrading_keeps_each_tenants_recent_results(tenancy: Tenancy) -> 
             conn.execute(tenancy.q("SELECT {s}.set_tenant('B')"))
             assert conn.execute(tenancy.q(pop), (op,)).fetchall() == [(user("B's question"),)]
     async with SessionRouter(tenancy.owner_config()) as owner:
-        assert await migrate(owner) == ["0009", "0010", "0011", "0012"]
+        assert await migrate(owner) == [m.version for m in load_migrations() if m.version >= "0009"]
         assert await tenant_isolation(owner)
     with tenancy.connect() as conn:
         for tenant, expected in (("B", user("B's question")), ("A", None)):

@@ -510,3 +510,73 @@ async def test_a_third_shard_is_added_rebalanced_onto_while_writing_then_emptied
     # the set-up of the two opens as before
     async with ShardedRouter(configs(two, schema), buckets=BUCKETS) as again:
         assert again.stats()["buckets"] == {"s1": 32, "s2": 32}
+
+
+def move_objects(c: LocalCluster) -> list[tuple[Any, ...]]:
+    """The move's replication objects on ``c``'s primary (not its replicas' physical slots)."""
+    return [r for r in replication_left(c) if str(r[1]).startswith("pgs_move_")]
+
+
+async def test_a_source_failover_mid_move_stops_it_safely_and_abort_rolls_it_back() -> None:
+    """The source's primary crashes after the copy (PostgreSQL 15 keeps the logical slot on
+    the primary only, so the slot is lost with it); its replica is promoted. The bucket stays
+    on the source, writable; abort drops the subscription without its slot, deletes the
+    target's copy, and the bucket moves again from the new primary."""
+    src = LocalCluster(replicas=1, fsync=False, settings={"wal_level": "logical"})
+    dst = LocalCluster(replicas=0, fsync=False, settings={"wal_level": "logical"})
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    try:
+        src.start()
+        dst.start()
+        pair = (src, dst)
+        async with ShardedRouter(configs(pair, name), buckets=BUCKETS) as router:
+            await migrate(router)
+            d = router.directory
+            assert d is not None
+            bucket, other = [x for x in range(BUCKETS) if d.owners[x] == "s1"][:2]
+            # with the source's replica streaming, the flip waits for it to hold the fence
+            [first] = await move_buckets(router, [other], to="s2")
+            assert first.phases["flipped"] >= 0 and router.directory is not None
+            assert router.directory.owners[other] == "s2"
+            sids = sids_in(bucket, 2, prefix="fo")
+            expected: list[str] = []
+            for sid in sids:
+                expected += await fill(router, sid)
+            cfg = {
+                n: {"hosts": c.dsns(), "schema": name, "failover_timeout": 30}
+                for n, c in zip(("s1", "s2"), pair, strict=True)
+            }
+            proc = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-c", KILLER, json.dumps([cfg, [bucket], "s2", "caught-up"])],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env={**os.environ, "PYTHONPATH": os.getcwd()},
+            )
+            assert proc.returncode == -signal.SIGKILL, proc.stderr
+            replica = src.replicas[0]
+
+            async def recorded_on_replica() -> bool:
+                q = f"SELECT count(*) FROM \"{name}\".shard_moves WHERE phase = 'copying'"
+                return replica.execute(q) == [(1,)]
+
+            assert await apoll(recorded_on_replica, within=10.0)
+            src.crash(src.primary)
+            src.promote(replica)
+            # the bucket never left the source: writes go on there after its failover
+            await PostgresSession(sids[0], router).add_items([user("after failover")])
+            assert await abort_move(router)
+            assert move_objects(src) == [] and move_objects(dst) == []
+            assert contents(dst, name, sids) == []
+            assert contents(src, name, sids) == sorted([*expected, "after failover"])
+            d = router.directory
+            assert d is not None and (d.owners[bucket], d.epochs[bucket]) == ("s1", 1)
+            # and it moves again, from the new primary
+            [result] = await move_buckets(router, [bucket], to="s2")
+            assert not result.resumed
+            assert contents(dst, name, sids) == sorted([*expected, "after failover"])
+            assert move_objects(src) == [] and move_objects(dst) == []
+    finally:
+        src.stop()
+        dst.stop()

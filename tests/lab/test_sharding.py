@@ -192,6 +192,7 @@ async def test_a_moves_leftovers_on_the_old_owner_are_listed_and_exported_once(
     sid = sid_on(sharded, "s1")
     bucket = bucket_of(sid, 64)
     await PostgresSession(sid, sharded).add_items([user("copied")])
+    await PostgresSession(sid, sharded).store_run_usage(run_result(5))
     # the state between a move's flip and its clean-up: both shards hold the rows, s2 owns
     b.primary.execute(
         f'INSERT INTO "{shard_schema}".conversations (session_id, item_count) VALUES (%s, 1)',
@@ -211,6 +212,16 @@ async def test_a_moves_leftovers_on_the_old_owner_are_listed_and_exported_once(
     assert [r.get("session_id") for r in exported if r.get("kind") == "conversation"].count(
         sid
     ) == 1
+    # the usage row left on s1 is not counted; the one written on s2 after the flip is
+    moved = PostgresSession(sid, sharded)
+    await moved.add_items([user("on s2")])
+    await moved.store_run_usage(run_result(7))
+    now = datetime.now(UTC)
+    report = await usage_report(
+        sharded, since=now - timedelta(hours=1), until=now + timedelta(hours=1)
+    )
+    (by_model,) = report.reports["by_model"]
+    assert (by_model["turns"], by_model["total_tokens"]) == (1, 8)
 
 
 def sharded_dir_before(router: ShardedRouter, bucket: int):  # type: ignore[no-untyped-def]

@@ -91,15 +91,20 @@ _TEMPLATES = {
 REPORTS = tuple(_TEMPLATES)
 
 
-@lru_cache(maxsize=64)
-def report_sql(name: str, schema: str) -> str:
-    """The statement of report ``name`` for tables in ``schema``."""
+#: over shards: only the rows of the buckets this shard owns (not a move's leftovers)
+_OWNED = " AND {alias}bucket = ANY(%(owned)s::integer[])"
+
+
+@lru_cache(maxsize=128)
+def report_sql(name: str, schema: str, owned: bool = False) -> str:
+    """The statement of report ``name`` for tables in ``schema``; with ``owned``, only the
+    rows of the buckets in ``%(owned)s`` (int[])."""
     if name not in _TEMPLATES:
         raise ValueError(f"no report {name!r}: choose from {', '.join(REPORTS)}")
     return _TEMPLATES[name].format(
         s=quote_ident(schema),
         sums=_SUMS,
-        range=_RANGE,
-        since=updated_since("c", "since"),
+        range=_RANGE + (_OWNED.format(alias="") if owned else ""),
+        since=updated_since("c", "since") + (_OWNED.format(alias="c.") if owned else ""),
         until=updated_before("c", "until"),
     )
