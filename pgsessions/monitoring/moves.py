@@ -40,11 +40,11 @@ _HAS_TABLE = "SELECT to_regclass(%s) IS NOT NULL"
 _OBJECTS = (
     "SELECT 'slot', slot_name::text,"
     " pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint"
-    " FROM pg_replication_slots WHERE slot_name LIKE 'pgs\\_move\\_%%'"
+    " FROM pg_replication_slots WHERE slot_name LIKE 'pgs\\_move\\_%'"
     " UNION ALL SELECT 'publication', pubname::text, NULL::bigint FROM pg_publication"
-    " WHERE pubname LIKE 'pgs\\_move\\_%%'"
+    " WHERE pubname LIKE 'pgs\\_move\\_%'"
     " UNION ALL SELECT 'subscription', subname::text, NULL::bigint FROM pg_subscription"
-    " WHERE subname LIKE 'pgs\\_move\\_%%'"
+    " WHERE subname LIKE 'pgs\\_move\\_%'"
 )
 
 
