@@ -5,8 +5,9 @@
 """
 
 from .asgi import metrics_app
-from .collector import REGISTRY, instrument, uninstrument
+from .collector import REGISTRY, instrument, move_watch, uninstrument
 from .metrics import METRICS, MetricSpec, RouterMetrics
+from .moves import MoveWatch
 from .server import MetricsServer, serve
 
 __all__ = [
@@ -14,9 +15,11 @@ __all__ = [
     "REGISTRY",
     "MetricSpec",
     "MetricsServer",
+    "MoveWatch",
     "RouterMetrics",
     "instrument",
     "metrics_app",
+    "move_watch",
     "serve",
     "uninstrument",
 ]

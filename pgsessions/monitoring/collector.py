@@ -18,10 +18,12 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .metrics import METRICS, SPECS, RouterMetrics, safe_host
+from .moves import MoveWatch
 
 if TYPE_CHECKING:
     from ..router import Topology
     from ..router.protocol import Router
+    from ..router.sharded import ShardedRouter
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,8 @@ class PgSessionsCollector:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._entries: dict[str, RouterMetrics] = {}
+        #: the move checks of the ShardedRouters instrumented here
+        self._watches: list[MoveWatch] = []
 
     def add(self, metrics: RouterMetrics) -> None:
         """Add a router's metrics; a live router of the same name is an error."""
@@ -90,6 +94,26 @@ class PgSessionsCollector:
                     )
                 old.detach()
             self._entries[metrics.name] = metrics
+
+    def watch(self, router: ShardedRouter) -> MoveWatch:
+        """The move check of ``router`` (made on first use)."""
+        with self._lock:
+            for w in self._watches:
+                if w.router is router:
+                    return w
+            w = MoveWatch(router)
+            self._watches.append(w)
+            return w
+
+    def unwatch(self, router: Router) -> None:
+        with self._lock:
+            self._watches = [w for w in self._watches if w.router not in (None, router)]
+
+    def watches(self) -> list[MoveWatch]:
+        """The move checks of open ShardedRouters (those of collected ones are dropped)."""
+        with self._lock:
+            self._watches = [w for w in self._watches if w.router is not None]
+            return [w for w in self._watches if w.router is not None and not w.router.closed]
 
     def remove(self, metrics: RouterMetrics) -> None:
         with self._lock:
@@ -134,6 +158,13 @@ class PgSessionsCollector:
             for fam in snapshot:
                 key = fam.name + "_total" if fam.type == "counter" else fam.name
                 families[key].samples.extend(fam.samples)
+        for watch in self.watches():
+            try:
+                watch.request()  # a check on the router's loop: the scrape does not wait
+                for fam in watch.families():
+                    families[fam.name].samples.extend(fam.samples)
+            except Exception:
+                log.warning("pgsessions: cannot report the moves", exc_info=True)
         return list(families.values())
 
 
@@ -236,6 +267,10 @@ def instrument(router: Router, registry: CollectorRegistry | None = None) -> Rou
     ``shard=<the shard's name>`` and ``router=<its RouterConfig.name>`` (the shard's name
     unless set); the first's are returned.
     """
+    from ..router.sharded import ShardedRouter
+
+    if isinstance(router, ShardedRouter):
+        collector_for(registry if registry is not None else REGISTRY).watch(router)
     clusters = router.clusters()
     if len(clusters) != 1 or clusters[0] is not router:
         made = [_instrument_one(c, registry, shard) for shard, c in shards_of(router)]
@@ -273,9 +308,27 @@ def _instrument_one(
     return metrics
 
 
+def move_watch(
+    router: ShardedRouter,
+    registry: CollectorRegistry | None = None,
+    *,
+    interval: float | None = None,
+    timeout: float | None = None,
+) -> MoveWatch:
+    """The periodic check of ``router``'s moves that feeds the move gauges in ``registry``
+    (made by :func:`instrument`, or here); ``interval`` and ``timeout`` change its own."""
+    watch = collector_for(registry if registry is not None else REGISTRY).watch(router)
+    if interval is not None:
+        watch.interval = interval
+    if timeout is not None:
+        watch.timeout = timeout
+    return watch
+
+
 def uninstrument(router: Router, registry: CollectorRegistry | None = None) -> None:
     """Stop observing ``router`` (each of its clusters); its series disappear from
     ``registry``."""
+    collector_for(registry if registry is not None else REGISTRY).unwatch(router)
     clusters = router.clusters()
     if len(clusters) != 1 or clusters[0] is not router:
         for c in clusters:

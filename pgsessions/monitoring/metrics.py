@@ -215,9 +215,69 @@ METRICS: tuple[MetricSpec, ...] = (
         "Writes by what coalescing did with them: alone, batched, fallback, refused,"
         " withdrawn (caller cancelled while queued, never sent).",
     ),
+    MetricSpec(
+        "pgsessions_redirects_total",
+        "counter",
+        ("operation",),
+        "Statements this shard refused (SQLSTATE PGS01: it does not own the bucket, a move"
+        " took it) and the ShardedRouter sent again to the owner.",
+    ),
+    MetricSpec(
+        "pgsessions_moves_in_progress",
+        "gauge",
+        ("target", "phase"),
+        "Bucket moves from this shard (the source) to target in each phase (copying, fenced,"
+        " flipped); 0 when none.",
+    ),
+    MetricSpec(
+        "pgsessions_move_phase_seconds",
+        "gauge",
+        ("target", "phase"),
+        "Seconds the move from this shard to target has been in its current phase.",
+    ),
+    MetricSpec(
+        "pgsessions_move_lag_bytes",
+        "gauge",
+        ("target",),
+        "WAL bytes between this shard's (the source's) current WAL position and what the"
+        " move's replication slot confirmed (the target flushed).",
+    ),
+    MetricSpec(
+        "pgsessions_move_leftovers",
+        "gauge",
+        ("kind",),
+        "Replication slots, publications and subscriptions of moves (pgs_move_*) on this"
+        " shard that belong to no move in progress.",
+    ),
+    MetricSpec(
+        "pgsessions_move_leftover_retained_bytes",
+        "gauge",
+        (),
+        "WAL bytes this shard retains for leftover replication slots of moves.",
+    ),
+    MetricSpec(
+        "pgsessions_move_check_up",
+        "gauge",
+        (),
+        "1 if the last periodic check of this shard's moves reached its primary, else 0"
+        " (the move gauges of the shard are then absent).",
+    ),
 )
 
 SPECS = {m.name: m for m in METRICS}
+
+#: the metrics only a ShardedRouter's shards expose (the redirects, the move gauges)
+SHARD_ONLY = frozenset(
+    {
+        "pgsessions_redirects_total",
+        "pgsessions_moves_in_progress",
+        "pgsessions_move_phase_seconds",
+        "pgsessions_move_lag_bytes",
+        "pgsessions_move_leftovers",
+        "pgsessions_move_leftover_retained_bytes",
+        "pgsessions_move_check_up",
+    }
+)
 
 LATENCY_BUCKETS = (
     0.0005,
@@ -317,6 +377,7 @@ class RouterMetrics:
         self.coalesced = _counter(
             "pgsessions_coalesced_writes_total", ("operation", "outcome"), base
         )
+        self.redirects = _counter("pgsessions_redirects_total", ("operation",), base)
         # unlabelled series exist (at 0) from the start, so rate() and alerts see them
         self._failovers = self.failovers.labels(*self.base)
         self._failover_duration = self.failover_duration.labels(*self.base)
@@ -354,6 +415,7 @@ class RouterMetrics:
             self.batches,
             self.batch_wait,
             self.coalesced,
+            self.redirects,
         ):
             yield from metric.collect()
 
@@ -433,3 +495,9 @@ class RouterMetrics:
             self.coalesced.labels(*self.base, operation, outcome).inc()
         except Exception:  # pragma: no cover
             log.debug("on_write_coalescing failed", exc_info=True)
+
+    def on_redirect(self, operation: str) -> None:
+        try:
+            self.redirects.labels(*self.base, operation).inc()
+        except Exception:  # pragma: no cover
+            log.debug("on_redirect failed", exc_info=True)

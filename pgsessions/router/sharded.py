@@ -442,7 +442,7 @@ class ShardedRouter:
                 if not _is_moved(exc):
                     raise
             attempt = 1
-            self.redirects += 1
+            self._redirected(operation, first.shard)
             again = True
             if self._directory is seen:
                 await self.refresh()
@@ -456,7 +456,7 @@ class ShardedRouter:
                 if not _is_moved(exc):
                     raise
                 attempt += 1
-                self.redirects += 1
+                self._redirected(operation, place.shard)
                 if time.monotonic() >= deadline:
                     raise BucketMovedError(
                         f"shard {place.shard!r} refused bucket {place.bucket} at epoch "
@@ -470,6 +470,12 @@ class ShardedRouter:
                         await asyncio.sleep(backoff(attempt - 1))
                     await self.refresh()
                 again = True
+
+    def _redirected(self, operation: str, shard: str) -> None:
+        """Count a refusal (PGS01) by ``shard``: ``redirects``, and the shard's observers that
+        have an ``on_redirect(operation)`` hook (the metrics' pgsessions_redirects_total)."""
+        self.redirects += 1
+        self._routers[shard]._counters.emit("on_redirect", operation)
 
     # statements ------------------------------------------------------------------------
     async def execute_write(

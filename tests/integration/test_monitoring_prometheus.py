@@ -150,7 +150,7 @@ async def test_prometheus_scrapes_lag_per_replica(
         async def rules_evaluated() -> bool:
             groups = (await asyncio.to_thread(prom.api, "rules"))["groups"]
             rules = [r for g in groups for r in g["rules"]]
-            return len(rules) == 7 and all(
+            return len(rules) == 11 and all(
                 r["health"] == "ok" and r["lastEvaluation"][:4] != "0001" for r in rules
             )
 
