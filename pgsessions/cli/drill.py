@@ -166,10 +166,10 @@ def add_drill_command(sub: Any) -> None:
         "--kill-mover",
         nargs="?",
         const="copying",
-        choices=["copying", "caught-up", "flipped"],
+        choices=["copying", "caught-up", "fenced", "flipped"],
         metavar="PHASE",
         help="shard-move: run the rebalance in a process of its own, kill it (SIGKILL) at "
-        "the first step of PHASE (copying, caught-up, flipped; default copying) "
+        "the first step of PHASE (copying, caught-up, fenced, flipped; default copying) "
         "and run it again to resume",
     )
     add_pitr_arguments(p)

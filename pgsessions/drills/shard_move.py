@@ -196,10 +196,8 @@ async def run_mover_process(
     return rc, results, tail
 
 
-#: the phases ``--kill-mover`` can kill the mover in (at the first step of that phase).
-#: Not ``fenced``: while a move is fenced its buckets are owned by no shard, and a router
-#: opened then (the mover run again, in a new process) refuses the incomplete directory.
-KILL_PHASES = ("copying", "caught-up", "flipped")
+#: the phases ``--kill-mover`` can kill the mover in (at the first step of that phase)
+KILL_PHASES = ("copying", "caught-up", "fenced", "flipped")
 
 
 async def run_shard_move(opts: DrillOptions, *, kill_mover: str | None = None) -> dict[str, Any]:
@@ -299,8 +297,12 @@ async def run_shard_move(opts: DrillOptions, *, kill_mover: str | None = None) -
             rows, cut = moved.get(m["move_id"], (None, None))
             m["rows_moved"] = rows
             m["cutover_s"] = round(cut, 4) if cut is not None else None
-        # the pause of a move that no session's write hit is no measurement: left out
-        pauses = [float(m["pause_s"]) for m in moves if m["writes_during"]]
+        # the pause of a move that no session's write hit is no measurement: left out; nor
+        # is the killed move's (it lasts until the mover runs again: reported per move)
+        crashed = set(killed["resumed"]) if killed else set()
+        pauses = [
+            float(m["pause_s"]) for m in moves if m["writes_during"] and m["move_id"] not in crashed
+        ]
         pause = {
             "p50_s": round(percentile(pauses, 0.5), 4),
             "p99_s": round(percentile(pauses, 0.99), 4),

@@ -28,7 +28,7 @@ def test_spread_sessions_puts_writers_in_every_planned_move() -> None:
     assert percentile([], 0.99) == 0.0 and percentile([3.0, 1.0, 2.0], 0.5) == 2.0
 
 
-@pytest.mark.parametrize("kill", [None, "copying", "flipped"])
+@pytest.mark.parametrize("kill", [None, "copying", "fenced", "flipped"])
 def test_shard_move_drill_through_the_cli(kill: str | None) -> None:
     proc = subprocess.run(
         [
