@@ -74,7 +74,8 @@ class ShardedRouter:
 
     ``shards`` maps a shard's name (letters, digits, ``_``, ``-``) to its RouterConfig (or
     hosts); every shard uses the same schema. ``buckets`` is the bucket count of the set-up,
-    fixed when :func:`pgsessions.migrate` first spreads the buckets. ``check_reads``: every
+    fixed when :func:`pgsessions.migrate` first spreads the buckets. ``directory_interval``:
+    how often the directory is read again (default: ``check_interval``). ``check_reads``: every
     read checks ownership on the shard too (one more statement per read); without it
     reads go to the owner the directory names. Use it wherever a
     SessionRouter is accepted: ``async with ShardedRouter(...) as router``, or
@@ -87,6 +88,7 @@ class ShardedRouter:
         *,
         buckets: int = DEFAULT_BUCKETS,
         check_reads: bool = False,
+        directory_interval: float | None = None,
     ) -> None:
         if not shards:
             raise ValueError("ShardedRouter needs at least one shard")
@@ -99,6 +101,16 @@ class ShardedRouter:
         #: reads check ownership too (one more statement in their pipeline); by default a
         #: read goes to the owner the directory names, and writes are fenced
         self.check_reads = check_reads
+        if directory_interval is not None and not (
+            isinstance(directory_interval, int | float)
+            and not isinstance(directory_interval, bool)
+            and 0 < directory_interval <= 3600
+        ):
+            raise ValueError(
+                f"directory_interval must be a number of seconds in (0, 3600], "
+                f"got {directory_interval!r}"
+            )
+        self._directory_interval = directory_interval
         configs: dict[str, RouterConfig] = {}
         for name in sorted(shards):
             shard_tokens.check_shard_name(name)
@@ -152,6 +164,13 @@ class ShardedRouter:
         """The first shard's settings (schema, session TTL, ...: statements are written for
         them, and every shard shares the schema)."""
         return self._order[0].config
+
+    @property
+    def directory_interval(self) -> float:
+        """How often the directory is read again (seconds; the first shard's
+        ``check_interval`` unless given)."""
+        given = self._directory_interval
+        return self.config.check_interval if given is None else float(given)
 
     @property
     def shards(self) -> Mapping[str, SessionRouter]:
@@ -221,11 +240,17 @@ class ShardedRouter:
         *,
         buckets: int = DEFAULT_BUCKETS,
         check_reads: bool = False,
+        directory_interval: float | None = None,
         timeout: float | None = None,
     ) -> ShardedRouter:
         """An open router served by an event loop thread of its own, shared by its shards
         (see :meth:`SessionRouter.start`); close it with :meth:`stop`."""
-        router = cls(shards, buckets=buckets, check_reads=check_reads)
+        router = cls(
+            shards,
+            buckets=buckets,
+            check_reads=check_reads,
+            directory_interval=directory_interval,
+        )
         thread = LoopThread("pgsessions-sharded")
         thread.start()
         router._thread = thread
@@ -359,10 +384,10 @@ class ShardedRouter:
         return self._directory
 
     async def _keep_directory_fresh(self) -> None:
-        """Read the directory every check_interval, so that reads (which follow it) reach a
+        """Read the directory every directory_interval, so that reads (which follow it) reach a
         bucket's new owner within one check after a move even without a refusal."""
         while self._open:
-            await asyncio.sleep(self.config.check_interval)
+            await asyncio.sleep(self.directory_interval)
             if not self._open or self._pid != os.getpid():
                 return
             try:

@@ -6,6 +6,7 @@ killed (SIGKILL, a real crash) in each phase is resumed by the next run."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -91,7 +92,7 @@ def configs(two: tuple[LocalCluster, LocalCluster], schema: str) -> dict[str, Ro
 async def sharded(
     two: tuple[LocalCluster, LocalCluster], schema: str
 ) -> AsyncIterator[ShardedRouter]:
-    async with ShardedRouter(configs(two, schema), buckets=BUCKETS) as r:
+    async with ShardedRouter(configs(two, schema), buckets=BUCKETS, directory_interval=3600) as r:
         await migrate(r)
         yield r
 
@@ -257,7 +258,9 @@ async def test_a_router_with_a_stale_directory_is_refused_and_lands_once_on_the_
     assert d is not None
     bucket = next(x for x in range(BUCKETS) if d.owners[x] == "s1")
     sid = sids_in(bucket, 1)[0]
-    async with ShardedRouter(configs(two, schema), buckets=BUCKETS) as stale:
+    # a router that reads the directory again only a minute from now: stale across the move
+    slow = {n: dataclasses.replace(c, check_interval=60.0) for n, c in configs(two, schema).items()}
+    async with ShardedRouter(slow, buckets=BUCKETS) as stale:
         await PostgresSession(sid, stale).add_items([user("before")])
         [result] = await move_buckets(sharded, [bucket], to="s2")
         assert stale.directory is not None and stale.directory.owners[bucket] == "s1"

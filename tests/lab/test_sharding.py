@@ -6,6 +6,7 @@ misconfiguration at open, and a fault that stays inside its shard."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import subprocess
 import sys
@@ -82,7 +83,8 @@ def configs(
 async def sharded(
     two: tuple[LocalCluster, LocalCluster], shard_schema: str
 ) -> AsyncIterator[ShardedRouter]:
-    async with ShardedRouter(configs(two, shard_schema), buckets=64) as r:
+    # the directory is read again on a refusal only: tests make its copy stale on purpose
+    async with ShardedRouter(configs(two, shard_schema), buckets=64, directory_interval=3600) as r:
         await migrate(r)
         yield r
 
@@ -137,21 +139,30 @@ async def test_a_stale_directory_is_refused_and_the_write_lands_once_on_the_owne
     bucket = bucket_of(sid, 64)
     # a move, as issue 30's cutover will make it: the old owner lets go, the new one takes
     # the bucket at a new epoch; this router still holds the old directory
-    a.primary.execute(f'DELETE FROM "{shard_schema}".shard_buckets WHERE bucket = %s', (bucket,))
-    b.primary.execute(
-        f'INSERT INTO "{shard_schema}".shard_buckets (bucket, epoch) VALUES (%s, 2)', (bucket,)
-    )
-    assert sharded._place(sid).shard == "s1"
-    s = PostgresSession(sid, sharded)
-    await s.add_items([user("after the move")])
-    assert sharded.redirects >= 1
-    assert sharded._place(sid) == sharded._place(sid).__class__(bucket, "s2", 2)
-    assert messages_on(a, shard_schema, sid) == 0
-    assert messages_on(b, shard_schema, sid) == 1
-    assert s.consistency_token is not None and s.consistency_token.startswith("s2:")
-    assert [i["content"] for i in await s.get_items()] == ["after the move"]
+    # routers that read the directory again only a minute from now: stale across the move
+    slow = {
+        n: dataclasses.replace(c, check_interval=60.0)
+        for n, c in configs(two, shard_schema).items()
+    }
+    async with ShardedRouter(slow, buckets=64) as stale:
+        a.primary.execute(
+            f'DELETE FROM "{shard_schema}".shard_buckets WHERE bucket = %s', (bucket,)
+        )
+        b.primary.execute(
+            f'INSERT INTO "{shard_schema}".shard_buckets (bucket, epoch) VALUES (%s, 2)',
+            (bucket,),
+        )
+        assert stale._place(sid).shard == "s1"
+        s = PostgresSession(sid, stale)
+        await s.add_items([user("after the move")])
+        assert stale.redirects >= 1
+        assert stale._place(sid) == stale._place(sid).__class__(bucket, "s2", 2)
+        assert messages_on(a, shard_schema, sid) == 0
+        assert messages_on(b, shard_schema, sid) == 1
+        assert s.consistency_token is not None and s.consistency_token.startswith("s2:")
+        assert [i["content"] for i in await s.get_items()] == ["after the move"]
     # a read through a router with the old directory is refused by s1 and redirected too
-    async with ShardedRouter(configs(two, shard_schema), buckets=64, check_reads=True) as other:
+    async with ShardedRouter(slow, buckets=64, check_reads=True) as other:
         other._directory = sharded_dir_before(other, bucket)
         assert [i["content"] for i in await PostgresSession(sid, other).get_items()] == [
             "after the move"
@@ -166,23 +177,29 @@ async def test_reads_follow_a_move_within_a_check_without_any_refusal(
     sid = sid_on(sharded, "s1")
     bucket = bucket_of(sid, 64)
     await PostgresSession(sid, sharded).add_items([user("on s1")])
-    b.primary.execute(
-        f'INSERT INTO "{shard_schema}".conversations (session_id) VALUES (%s)', (sid,)
-    )
-    a.primary.execute(f'DELETE FROM "{shard_schema}".shard_buckets WHERE bucket = %s', (bucket,))
-    b.primary.execute(
-        f'INSERT INTO "{shard_schema}".shard_buckets (bucket, epoch) VALUES (%s, 2)', (bucket,)
-    )
-    redirects = sharded.redirects
+    async with ShardedRouter(
+        configs(two, shard_schema), buckets=64, directory_interval=0.1
+    ) as reader:
+        assert reader._place(sid).shard == "s1"
+        b.primary.execute(
+            f'INSERT INTO "{shard_schema}".conversations (session_id) VALUES (%s)', (sid,)
+        )
+        a.primary.execute(
+            f'DELETE FROM "{shard_schema}".shard_buckets WHERE bucket = %s', (bucket,)
+        )
+        b.primary.execute(
+            f'INSERT INTO "{shard_schema}".shard_buckets (bucket, epoch) VALUES (%s, 2)',
+            (bucket,),
+        )
 
-    # no write is refused: the router reads the directory again on its own
-    async def moved() -> bool:
-        return sharded._place(sid).shard == "s2"
+        # no write is refused: the router reads the directory again on its own
+        async def moved() -> bool:
+            return reader._place(sid).shard == "s2"
 
-    assert await apoll(moved, within=5.0)
-    assert sharded.redirects == redirects
-    # reads now go to the new owner (which holds the conversation but no item yet)
-    assert await PostgresSession(sid, sharded).get_items() == []
+        assert await apoll(moved, within=5.0)
+        assert reader.redirects == 0
+        # reads now go to the new owner (which holds the conversation but no item yet)
+        assert await PostgresSession(sid, reader).get_items() == []
 
 
 async def test_a_moves_leftovers_on_the_old_owner_are_listed_and_exported_once(
@@ -617,7 +634,9 @@ async def test_an_application_role_runs_the_fence_and_reads_the_directory(
     try:
         async with ShardedRouter(as_role(owner), buckets=64) as r:
             await migrate(r, grant_to=app)
-        async with ShardedRouter(as_role(app), buckets=64, check_reads=True) as r:
+        async with ShardedRouter(
+            as_role(app), buckets=64, check_reads=True, directory_interval=3600
+        ) as r:
             sid = sid_on(r, "s1")
             s = PostgresSession(sid, r)
             await s.add_items([user("as the app")])

@@ -190,3 +190,19 @@ def test_the_newer_of_two_tokens_of_one_shard_is_one_of_them() -> None:
     assert shard_tokens.merge(["s1:0/10", "s2:0/20"]) == "s1:0/10+s2:0/20"
     with pytest.raises(ValueError, match="sharded consistency token"):
         shard_tokens.merge(["s1:0/10", "s1:nope"])
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, 3601, True, "1"])
+def test_directory_interval_out_of_range_is_refused_naming_it(bad: object) -> None:
+    from pgsessions.router import ShardedRouter
+
+    with pytest.raises(ValueError, match="directory_interval must be"):
+        ShardedRouter({"s1": "postgresql://h1/db"}, directory_interval=bad)  # type: ignore[arg-type]
+
+
+def test_directory_interval_defaults_to_the_check_interval() -> None:
+    from pgsessions.router import RouterConfig, ShardedRouter
+
+    cfg = RouterConfig(hosts=["postgresql://h1/db"], check_interval=0.3)
+    assert ShardedRouter({"s1": cfg}).directory_interval == 0.3
+    assert ShardedRouter({"s1": cfg}, directory_interval=5).directory_interval == 5.0
