@@ -252,6 +252,8 @@ async def test_pool_waiting_rises_when_requests_outnumber_connections(
         replica_pool_min=1,
         replica_pool_max=2,
         no_replica_policy="primary",
+        # reads started together would share one checkout: each must take a connection
+        coalesce_reads=False,
     )
     async with SessionRouter(config) as router:
         with serve(router, port=0, registry=registry) as server:
