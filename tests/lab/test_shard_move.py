@@ -337,6 +337,24 @@ asyncio.run(main())
 """
 
 
+async def killed_mover(
+    pair: tuple[LocalCluster, LocalCluster], schema: str, bucket: int, phase: str
+) -> subprocess.CompletedProcess[str]:
+    """A mover of ``bucket`` from s1 to s2 in a process of its own, SIGKILLed at ``phase``."""
+    cfg = {
+        n: {"hosts": c.dsns(), "schema": schema, "failover_timeout": 30}
+        for n, c in zip(("s1", "s2"), pair, strict=True)
+    }
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", KILLER, json.dumps([cfg, [bucket], "s2", phase])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+
+
 @pytest.mark.parametrize("phase", ["copying", "caught-up", "fenced", "flipped"])
 async def test_a_mover_killed_in_a_phase_is_resumed_to_a_consistent_end(
     sharded: ShardedRouter, two: tuple[LocalCluster, LocalCluster], schema: str, phase: str
@@ -349,18 +367,7 @@ async def test_a_mover_killed_in_a_phase_is_resumed_to_a_consistent_end(
     expected: list[str] = []
     for sid in sids:
         expected += await fill(sharded, sid)
-    cfg = {
-        n: {"hosts": c.dsns(), "schema": schema, "failover_timeout": 30}
-        for n, c in zip(("s1", "s2"), two, strict=True)
-    }
-    proc = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-c", KILLER, json.dumps([cfg, [bucket], "s2", phase])],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": os.getcwd()},
-    )
+    proc = await killed_mover(two, schema, bucket, phase)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert proc.stdout.split()[-1] == phase
     recorded = a.primary.execute(f'SELECT phase FROM "{schema}".shard_moves')
@@ -408,18 +415,7 @@ async def test_a_move_killed_before_its_flip_rolls_back_with_abort(
     expected: list[str] = []
     for sid in sids:
         expected += await fill(sharded, sid)
-    cfg = {
-        n: {"hosts": c.dsns(), "schema": schema, "failover_timeout": 30}
-        for n, c in zip(("s1", "s2"), two, strict=True)
-    }
-    proc = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-c", KILLER, json.dumps([cfg, [bucket], "s2", phase])],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": os.getcwd()},
-    )
+    proc = await killed_mover(two, schema, bucket, phase)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert contents(b, schema, sids) == sorted(expected)  # the copy is there
     status = await shard_status(sharded)
@@ -545,18 +541,7 @@ async def test_a_source_failover_mid_move_stops_it_safely_and_abort_rolls_it_bac
             expected: list[str] = []
             for sid in sids:
                 expected += await fill(router, sid)
-            cfg = {
-                n: {"hosts": c.dsns(), "schema": name, "failover_timeout": 30}
-                for n, c in zip(("s1", "s2"), pair, strict=True)
-            }
-            proc = await asyncio.to_thread(
-                subprocess.run,
-                [sys.executable, "-c", KILLER, json.dumps([cfg, [bucket], "s2", "caught-up"])],
-                capture_output=True,
-                text=True,
-                timeout=120,
-                env={**os.environ, "PYTHONPATH": os.getcwd()},
-            )
+            proc = await killed_mover(pair, name, bucket, "caught-up")
             assert proc.returncode == -signal.SIGKILL, proc.stderr
             replica = src.replicas[0]
 
@@ -599,18 +584,7 @@ async def test_a_router_opened_while_a_move_is_fenced_opens_and_resumes_it(
     expected: list[str] = []
     for sid in sids:
         expected += await fill(sharded, sid)
-    cfg = {
-        n: {"hosts": c.dsns(), "schema": schema, "failover_timeout": 30}
-        for n, c in zip(("s1", "s2"), two, strict=True)
-    }
-    proc = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-c", KILLER, json.dumps([cfg, [bucket], "s2", "fenced"])],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": os.getcwd()},
-    )
+    proc = await killed_mover(two, schema, bucket, "fenced")
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     async with ShardedRouter(configs(two, schema), buckets=BUCKETS) as fresh:
         assert fresh.directory is not None and fresh.directory.owners[bucket] is None
