@@ -105,6 +105,15 @@ def messages_on(c: LocalCluster, schema: str, sid: str) -> int:
     return int(rows[0][0])
 
 
+def hand_over(old: LocalCluster, new: LocalCluster, schema: str, bucket: int, epoch: int) -> None:
+    """Move ``bucket``'s ownership from ``old`` to ``new`` at ``epoch`` behind the routers'
+    backs, as a move's fence and flip do (its rows stay where they are)."""
+    old.primary.execute(f'DELETE FROM "{schema}".shard_buckets WHERE bucket = %s', (bucket,))
+    new.primary.execute(
+        f'INSERT INTO "{schema}".shard_buckets (bucket, epoch) VALUES (%s, %s)', (bucket, epoch)
+    )
+
+
 async def test_migrate_spreads_buckets_and_sessions_land_on_their_owner(
     sharded: ShardedRouter, two: tuple[LocalCluster, LocalCluster], shard_schema: str
 ) -> None:
@@ -145,13 +154,7 @@ async def test_a_stale_directory_is_refused_and_the_write_lands_once_on_the_owne
         for n, c in configs(two, shard_schema).items()
     }
     async with ShardedRouter(slow, buckets=64) as stale:
-        a.primary.execute(
-            f'DELETE FROM "{shard_schema}".shard_buckets WHERE bucket = %s', (bucket,)
-        )
-        b.primary.execute(
-            f'INSERT INTO "{shard_schema}".shard_buckets (bucket, epoch) VALUES (%s, 2)',
-            (bucket,),
-        )
+        hand_over(a, b, shard_schema, bucket, 2)
         assert stale._place(sid).shard == "s1"
         s = PostgresSession(sid, stale)
         await s.add_items([user("after the move")])
@@ -184,13 +187,7 @@ async def test_reads_follow_a_move_within_a_check_without_any_refusal(
         b.primary.execute(
             f'INSERT INTO "{shard_schema}".conversations (session_id) VALUES (%s)', (sid,)
         )
-        a.primary.execute(
-            f'DELETE FROM "{shard_schema}".shard_buckets WHERE bucket = %s', (bucket,)
-        )
-        b.primary.execute(
-            f'INSERT INTO "{shard_schema}".shard_buckets (bucket, epoch) VALUES (%s, 2)',
-            (bucket,),
-        )
+        hand_over(a, b, shard_schema, bucket, 2)
 
         # no write is refused: the router reads the directory again on its own
         async def moved() -> bool:
@@ -215,10 +212,7 @@ async def test_a_moves_leftovers_on_the_old_owner_are_listed_and_exported_once(
         f'INSERT INTO "{shard_schema}".conversations (session_id, item_count) VALUES (%s, 1)',
         (sid,),
     )
-    a.primary.execute(f'DELETE FROM "{shard_schema}".shard_buckets WHERE bucket = %s', (bucket,))
-    b.primary.execute(
-        f'INSERT INTO "{shard_schema}".shard_buckets (bucket, epoch) VALUES (%s, 2)', (bucket,)
-    )
+    hand_over(a, b, shard_schema, bucket, 2)
     await sharded.refresh()
     assert sharded.owned_by(sharded.shards["s1"]) == [
         x for x in range(64) if x < 32 and x != bucket
@@ -565,10 +559,7 @@ async def test_every_write_is_fenced_in_its_own_statement(
     assert await s.get_items() == []
     # taken away from s2 under the router: each kind of write is refused there and redirected
     bucket = bucket_of(sid, 64)
-    b.primary.execute(f'DELETE FROM "{shard_schema}".shard_buckets WHERE bucket = %s', (bucket,))
-    a.primary.execute(
-        f'INSERT INTO "{shard_schema}".shard_buckets (bucket, epoch) VALUES (%s, 3)', (bucket,)
-    )
+    hand_over(b, a, shard_schema, bucket, 3)
     before = sharded.redirects
     await s.update_metadata({"k": "moved"})
     assert sharded.redirects == before + 1 and sharded._place(sid).shard == "s1"
@@ -642,13 +633,7 @@ async def test_an_application_role_runs_the_fence_and_reads_the_directory(
             await s.add_items([user("as the app")])
             bucket = bucket_of(sid, 64)
             a, b = two
-            a.primary.execute(
-                f'DELETE FROM "{shard_schema}".shard_buckets WHERE bucket = %s', (bucket,)
-            )
-            b.primary.execute(
-                f'INSERT INTO "{shard_schema}".shard_buckets (bucket, epoch) VALUES (%s, 2)',
-                (bucket,),
-            )
+            hand_over(a, b, shard_schema, bucket, 2)
             await s.add_items([user("moved")])
             assert r.redirects == 1 and messages_on(b, shard_schema, sid) == 1
             assert [i["content"] for i in await s.get_items()] == ["moved"]
