@@ -213,6 +213,8 @@ async def test_a_moves_leftovers_on_the_old_owner_are_listed_and_exported_once(
         (sid,),
     )
     hand_over(a, b, shard_schema, bucket, 2)
+    # written behind the router's back, so no token makes a replica read wait for it
+    b.wait_caught_up()
     await sharded.refresh()
     assert sharded.owned_by(sharded.shards["s1"]) == [
         x for x in range(64) if x < 32 and x != bucket
