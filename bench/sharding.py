@@ -2,9 +2,9 @@
 
 1. Client CPU per turn (get_items(50) then add_items(2 items)) through a ShardedRouter over
    one shard against a SessionRouter on the same cluster and schema (target: within 3%):
-   one coroutine, process CPU time, best of 3 runs per round, rounds interleaved (which
-   router goes first alternates); the ratio
-   of the bests and the median of the rounds' paired ratios.
+   one coroutine, process CPU time, the two routers' turns interleaved turn by turn (which
+   goes first alternates), summed per router and round; the ratio of the best rounds and the
+   median of the rounds' paired ratios.
 2. The spread of 10,000 sessions over two shards (two clusters): sessions and writes each
    shard holds, counted on its primary (target: within 5% of even).
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import time
 import uuid
 from typing import Any
 
@@ -50,11 +51,20 @@ async def turn_cpu(dsn: str, n: int, rounds: int) -> dict[str, Any]:
             return run
 
         labels = list(sessions)
-        for r in range(rounds):
-            # alternate which router goes first, so a drift within a round favours neither
-            for label in labels if r % 2 == 0 else labels[::-1]:
-                cpu, _wall = await _cpu_per_call(turn(sessions[label]), n)
-                best[label].append(cpu)
+        turns = {label: turn(s) for label, s in sessions.items()}
+        for label in labels:  # warm-up
+            await _cpu_per_call(turns[label], max(50, n // 10))
+        for _ in range(rounds):
+            # turn by turn, which router goes first alternating: the machine's drift (other
+            # work, frequency) lands on both routers' sums alike
+            spent = dict.fromkeys(labels, 0.0)
+            for i in range(n):
+                for label in labels if i % 2 == 0 else labels[::-1]:
+                    c0 = time.process_time()
+                    await turns[label]()
+                    spent[label] += time.process_time() - c0
+            for label in labels:
+                best[label].append(spent[label] / n * 1e6)
         async with plain.primary_connection() as c:
             await c.execute(f'DROP SCHEMA "{schema}" CASCADE')
     plain_us = min(best["SessionRouter"])

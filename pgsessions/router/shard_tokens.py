@@ -61,6 +61,18 @@ def part_for(token: str | None, shard: str) -> str | None:
     """The LSN text ``token`` holds for ``shard`` (None: none); ValueError for a non-token."""
     if token is None:
         return None
+    # the common case, a session's own token of this one shard ('s1:0/4000028'), is its LSN
+    # text as it stands (validated by the cached parse); anything else takes the full path
+    n = len(shard)
+    if isinstance(token, str) and token[n : n + 1] == ":" and token.startswith(shard):
+        lsn_text = token[n + 1 :]
+        if "+" not in lsn_text:
+            try:
+                parse_lsn(lsn_text)
+            except ValueError:
+                pass  # the full path names the whole token
+            else:
+                return lsn_text
     for name, lsn in parse(token).items():
         if name == shard:
             return format_lsn(lsn)

@@ -64,9 +64,12 @@ def _with(first: Setup, setup: Setups | None) -> Setups:
     return [first, *setup] if isinstance(setup, list) else [first, setup]
 
 
+_SEQUENCES = (list, tuple)
+
+
 def _positional(params: Params | None) -> bool:
     """Whether ``params`` are positional (a fence's two can go before them)."""
-    return params is None or isinstance(params, list | tuple)
+    return params is None or isinstance(params, _SEQUENCES)
 
 
 class ShardedRouter:
@@ -127,6 +130,8 @@ class ShardedRouter:
         self._directory: Directory | None = None
         #: what each shard claimed when it last answered
         self._last_claims: dict[str, ShardClaim] = {}
+        #: the claims the directory was last built from, and what was built
+        self._built: tuple[list[ShardClaim], Directory | None] | None = None
         self._thread: LoopThread | None = None
         #: reads the directory again every check_interval while the router is open
         self._refresher: asyncio.Task[None] | None = None
@@ -355,6 +360,10 @@ class ShardedRouter:
 
     async def _read_directory(self, *, complete: bool) -> Directory | None:
         claims = await self._claims(lenient=not complete)
+        if not complete and self._built is not None and claims == self._built[0]:
+            # the periodic re-read mostly finds nothing changed: the directory built from
+            # the same claims is the one to keep
+            return self._built[1]
         directory = build_directory(claims, self.buckets, complete=False)
         if complete and directory is not None:
             none = {b for b, owner in enumerate(directory.owners) if owner is None}
@@ -362,6 +371,7 @@ class ShardedRouter:
             # calls to them wait for the flip; any other ownerless bucket is an error
             if none and not none <= await self._fenced_in_moves():
                 build_directory(claims, self.buckets, complete=True)
+        self._built = (claims, directory)
         return directory
 
     async def _fenced_in_moves(self) -> set[int]:
@@ -444,22 +454,26 @@ class ShardedRouter:
         operation: str,
         key: RouteKey,
         call: Callable[[SessionRouter, Placement, bool], Coroutine[Any, Any, T]],
+        *,
+        refused: bool = False,
     ) -> tuple[T, Placement]:
         """``call(owner, placement, again)`` on the owner of ``key``'s bucket; after a refusal
         the directory is read again and the call goes to the owner, until failover_timeout.
 
         The first attempt, when the directory places the key, runs without the loop (most
-        calls end there); the loop starts after a refusal or without a placement."""
+        calls end there); the loop starts after a refusal or without a placement.
+        ``refused``: the caller made the first attempt and it was refused (counted, and the
+        directory read again): only the loop runs."""
         self._require_open()
         seen = self._directory
         first = None
-        if seen is not None:
+        if seen is not None and not refused:
             try:
                 first = seen.place(key.session_id)
             except DirectoryError:
                 first = None
-        again = False
-        attempt = 0
+        again = refused
+        attempt = 1 if refused else 0
         if first is not None:
             try:
                 return await call(self._routers[first.shard], first, False), first
@@ -567,6 +581,26 @@ class ShardedRouter:
                 retry_params=retry_params,
             )
 
+        directory = self._directory
+        if self._open and directory is not None:
+            # the first attempt, on the owner the directory names, outside the loop (the
+            # common case ends here; a refusal or no owner goes round the loop)
+            try:
+                at = directory.place(k.session_id)
+            except DirectoryError:
+                pass
+            else:
+                try:
+                    rows, token = await call(self._routers[at.shard], at, False)
+                    return rows, f"{at.shard}:{token}"
+                except psycopg.Error as exc:
+                    if not _is_moved(exc):
+                        raise
+                self._redirected(operation, at.shard)
+                if self._directory is directory:
+                    await self.refresh()
+                (rows, token), place = await self._routed(operation, k, call, refused=True)
+                return rows, f"{place.shard}:{token}"
         (rows, token), place = await self._routed(operation, k, call)
         return rows, f"{place.shard}:{token}"
 
@@ -590,6 +624,25 @@ class ShardedRouter:
             return await self._order[0].execute_read(
                 operation, None, query, params, setup=setup, replay_column=replay_column
             )
+
+        directory = self._directory
+        if not self.check_reads and self._open and directory is not None:
+            # an unchecked read is never refused: it goes straight to the owner the directory
+            # names (a bucket owned by none, a move in flight, takes the loop below)
+            try:
+                at = directory.place(k.session_id)
+            except DirectoryError:
+                pass
+            else:
+                return await self._routers[at.shard].execute_read(
+                    operation,
+                    k,
+                    query,
+                    params,
+                    token=shard_tokens.part_for(token, at.shard),
+                    setup=setup,
+                    replay_column=replay_column,
+                )
 
         async def call(owner: SessionRouter, at: Placement, again: bool) -> Rows:
             check: Setup = (self._sql.owns, (at.bucket, at.epoch))

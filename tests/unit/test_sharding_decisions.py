@@ -148,6 +148,15 @@ def test_a_non_token_is_refused_naming_it(bad: str) -> None:
         shard_tokens.parse(bad)
 
 
+@pytest.mark.parametrize("bad", ["s1:", "s1:zz", "s1:0/1+", "s1:0/1:2", "s1:-0/1"])
+def test_a_shards_own_part_is_validated_on_the_quick_path_too(bad: str) -> None:
+    # a token of the one shard asked for skips the parse, not the check
+    with pytest.raises(ValueError, match="sharded consistency token"):
+        shard_tokens.part_for(bad, "s1")
+    assert shard_tokens.part_for("s1:0/4a", "s1") == "0/4a"
+    assert shard_tokens.part_for("s10:0/4a", "s1") is None
+
+
 def test_shard_names_are_plain() -> None:
     assert shard_tokens.check_shard_name("eu-west_1") == "eu-west_1"
     for bad in ("", "a+b", "a:b", "x" * 65, "a;b"):
