@@ -82,26 +82,13 @@ def part_for(token: str | None, shard: str) -> str | None:
 def merge(tokens: Iterable[str | None]) -> str | None:
     """The newest position of each shard among ``tokens`` as one token (None: no token)."""
     given = [t for t in tokens if t is not None]
-    if len(given) == 2:
-        newer = _newer_of_one_shard(given[0], given[1])
-        if newer is not None:
-            return newer
+    if len(given) == 2 and isinstance(given[0], str) and isinstance(given[1], str):
+        # a session's token and its next write's, of one shard: the common case, parsed
+        # (and validated) through the cache
+        a, b = _parts(given[0]), _parts(given[1])
+        if len(a) == 1 and len(b) == 1 and a[0][0] == b[0][0]:
+            return given[0] if a[0][1] >= b[0][1] else given[1]
     return _merge(given)
-
-
-def _newer_of_one_shard(a: str, b: str) -> str | None:
-    """The newer of two one-part tokens of the same shard (a session's token and its next
-    write's, the common case), or None when they are not that."""
-    if not isinstance(a, str) or not isinstance(b, str) or "+" in a or "+" in b:
-        return None
-    shard_a, sep_a, lsn_a = a.partition(":")
-    shard_b, _, lsn_b = b.partition(":")
-    if not sep_a or shard_a != shard_b or not SHARD_NAME.match(shard_a):
-        return None
-    try:
-        return a if parse_lsn(lsn_a) >= parse_lsn(lsn_b) else b
-    except ValueError:
-        return None  # the general path names the bad one
 
 
 def _merge(tokens: list[str]) -> str | None:

@@ -155,6 +155,10 @@ def test_a_shards_own_part_is_validated_on_the_quick_path_too(bad: str) -> None:
         shard_tokens.part_for(bad, "s1")
     assert shard_tokens.part_for("s1:0/4a", "s1") == "0/4a"
     assert shard_tokens.part_for("s10:0/4a", "s1") is None
+    # and merging two tokens of one shard (a session's and its write's) checks both
+    with pytest.raises(ValueError, match="sharded consistency token"):
+        shard_tokens.merge(["s1:0/10", bad])
+    assert shard_tokens.merge(["s1:0/10", "s1:0/9"]) == "s1:0/10"
 
 
 def test_shard_names_are_plain() -> None:
