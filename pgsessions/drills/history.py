@@ -35,7 +35,7 @@ def load_history(
     node.execute(
         f"INSERT INTO {q}.conversations (session_id, next_seq, item_count)"
         " SELECT s, %s + 1, %s FROM (SELECT %s || '-' || i AS s"
-        f" FROM generate_series(1, %s * %s / %s) i) g WHERE {q}.bucket_of(s, %s)"
+        f" FROM generate_series(1, %s::bigint * %s / %s) i) g WHERE {q}.bucket_of(s, %s)"
         " = ANY(%s) LIMIT %s",
         (per, per, prefix, n_conv, total_buckets, len(moving), total_buckets, moving, n_conv),
     )

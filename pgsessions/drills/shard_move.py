@@ -440,6 +440,7 @@ async def run_shard_move(
             m["rows_moved"] = r.get("rows_moved")
             cut = r.get("pause")
             m["cutover_s"] = round(cut, 4) if cut is not None else None
+            m["aborted"] = m["move_id"] in (crashed or {}).get("aborted", [])
         # the pause of a move that no session's write hit is no measurement: left out; nor
         # is the killed move's (it lasts until the mover runs again: reported per move), nor
         # the crashed move's (aborted)
@@ -777,6 +778,12 @@ def format_shard_move(r: dict[str, Any]) -> str:
             f"{len(k['resumed'])} resumed by the next run"
         )
     for m in r["moves"]:
+        if m.get("aborted"):
+            lines.append(
+                f"    {m['source']} -> {m['target']} {len(m['buckets'])} buckets: aborted "
+                f"after {m['seconds']}s, {m['writes_during']} writes during"
+            )
+            continue
         lines.append(
             f"    {m['source']} -> {m['target']} {len(m['buckets'])} buckets: {m['seconds']}s, "
             f"{m['rows_moved']} rows, pause {m['pause_s']}s, cutover "
