@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..devcluster import LocalCluster
-from ..router import RouterConfig, ShardedRouter
+from ..router import RouterConfig, ShardedRouter, shard_tokens
 from ..router.placement import bucket_of
 from ..sessions import PostgresSession, migrate
 from ..shards import (
@@ -48,7 +48,7 @@ from .options import DrillOptions
 from .runner import _wait_until
 from .scenarios import DrillContext, _promote_most_caught_up
 from .shards import ShardClusters, load_stored_shards, owners_of
-from .verify import analyse, find_writable, load_stored
+from .verify import StoredItems, analyse, find_writable, load_stored
 from .workload import make_batch
 
 NAME = "shard-move"
@@ -468,6 +468,11 @@ async def run_shard_move(
             crashed["writes_after_promotion"] = _acked_after(
                 ledger, crashed.get("promoted_at_s"), owners, crash.get("source")
             )
+            elsewhere = lost_off_shard(ledger, stored, crash.get("source"))
+            if elsewhere:  # the promoted replica's WAL explains no loss on another shard
+                failures.append(
+                    f"{elsewhere} acknowledged writes lost on a shard that did not crash"
+                )
             if not crashed["writes_after_promotion"]:
                 failures.append(
                     "no write of a session staying on the crashed source was acknowledged "
@@ -628,6 +633,21 @@ def _acked_after(ledger: Ledger, t: float | None, owners: dict[str, str], shard:
         for w in ledger.writes
         if w.ok and w.end is not None and w.end > t and owners.get(w.session) == shard
     )
+
+
+def lost_off_shard(ledger: Ledger, stored: StoredItems, shard: str | None) -> int:
+    """Acknowledged batches missing from ``stored`` whose token has no part for ``shard``
+    (the crashed source): a loss the crash cannot explain, in async mode too."""
+    have = {(sid, n) for sid, items in stored.items() for n, _ in items}
+    out = 0
+    for w in ledger.writes:
+        if w.ok and (w.session, w.n) not in have:
+            try:
+                mine = shard in shard_tokens.parse(w.token or "")
+            except ValueError:
+                mine = False
+            out += not mine
+    return out
 
 
 async def _stale_after(stale: StaleWriter, log: Callable[[str], None]) -> dict[str, Any]:

@@ -11,7 +11,14 @@ from typing import Any
 
 import pytest
 
-from pgsessions.drills.shard_move import BUCKETS, moving_rate, percentile, spread_sessions
+from pgsessions.drills.ledger import Ledger
+from pgsessions.drills.shard_move import (
+    BUCKETS,
+    lost_off_shard,
+    moving_rate,
+    percentile,
+    spread_sessions,
+)
 from pgsessions.router.placement import bucket_of
 
 pytestmark = pytest.mark.fault
@@ -45,6 +52,15 @@ def test_moving_rate_counts_the_copies_of_the_moves_copied_from_the_start() -> N
         "rows_per_s": 27,
     }
     assert moving_rate([], sizes)["mb_per_s"] is None
+
+
+def test_a_loss_off_the_crashed_shard_is_not_explained_by_the_crash() -> None:
+    ledger = Ledger()
+    for sid, token in (("a", "s1:0/10"), ("b", "s2:0/10"), ("c", "s2:0/20"), ("d", None)):
+        ledger.write_acked(ledger.write_started(sid, 1), token)
+    stored = {"c": [(1, 0), (1, 1)]}  # a (on s1) lost; b (s2) and d (no token) too
+    assert lost_off_shard(ledger, stored, "s1") == 2
+    assert lost_off_shard(ledger, {**stored, "b": [(1, 0)], "d": [(1, 1)]}, "s1") == 0
 
 
 def drill(*args: str) -> dict[str, Any]:
