@@ -568,6 +568,7 @@ def _crash_source(clusters: ShardClusters, ctx: DrillContext, p: MoveProgress) -
     first: it is what the promoted primary has to abort)."""
     c = clusters.clusters[p.source]
     ctx.cluster, ctx.shard = c, p.source
+    t0 = time.monotonic()
     try:
         c.wait_caught_up(10)
     except Exception as exc:  # the crash goes ahead: the drill's checks say what it cost
@@ -576,7 +577,14 @@ def _crash_source(clusters: ShardClusters, ctx: DrillContext, p: MoveProgress) -
     ctx.old_primary = old.name
     ctx.mark("fault", f"crash {old.name} (primary of move {p.move_id}'s source) at {p.phase}")
     c.crash(old)
-    return {"move_id": p.move_id, "source": p.source, "node": old.name, "phase": p.phase}
+    return {
+        "move_id": p.move_id,
+        "source": p.source,
+        "node": old.name,
+        "phase": p.phase,
+        # how long the event loop (the workload's too) stood still for the crash
+        "stall_s": round(time.monotonic() - t0, 3),
+    }
 
 
 async def _crashed_and_rebalanced(
@@ -784,7 +792,8 @@ def format_shard_move(r: dict[str, Any]) -> str:
     if c:
         lines.append(
             f"  source crash: {c.get('node')} (primary of {c.get('source')}) crashed at "
-            f"{c.get('phase')} of move {c.get('move_id')}; the mover stopped: "
+            f"{c.get('phase')} of move {c.get('move_id')} (a {c.get('stall_s')}s stall); "
+            "the mover stopped: "
             f"{c.get('mover_error') or 'no'}; {c.get('promoted')} promoted; aborted "
             f"{', '.join(c.get('aborted', [])) or 'nothing'}; {c.get('moves_after_failover')} "
             f"moves after the failover; {c.get('writes_after_promotion')} writes on the "
