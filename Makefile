@@ -102,7 +102,8 @@ demo: setup
 # then the point-in-time recovery drill with each backup tool (cp archive + pg_basebackup;
 # pgBackRest full/diff/incr from a replica, then a delta restore; Barman from a replica);
 # and the bucket-move drill: a third shard added and rebalanced onto while the workload writes
-# (then with the mover killed mid-copy, at its fence and once its move flipped, and run again to resume).
+# (then with the mover killed mid-copy, at its fence and once its move flipped, and run again to resume;
+# with a writer whose directory stays stale across the flips; with the source's primary crashed mid-copy).
 drill: setup backup-tools
 	$(VENV)/bin/pgsessions drill all --sync
 	$(VENV)/bin/pgsessions drill all --sync --shards 2
@@ -110,6 +111,8 @@ drill: setup backup-tools
 	$(VENV)/bin/pgsessions drill shard-move --sync --kill-mover copying
 	$(VENV)/bin/pgsessions drill shard-move --sync --kill-mover flipped
 	$(VENV)/bin/pgsessions drill shard-move --sync --kill-mover fenced
+	$(VENV)/bin/pgsessions drill shard-move --sync --variant stale-writer
+	$(VENV)/bin/pgsessions drill shard-move --sync --variant source-crash
 	$(VENV)/bin/pgsessions drill pitr
 	$(VENV)/bin/pgsessions drill pitr --tool pgbackrest
 	$(VENV)/bin/pgsessions drill pitr --tool barman --target time

@@ -22,6 +22,7 @@ from typing import Any
 async def run(mb: int, n_buckets: int) -> dict[str, Any]:
     from pgsessions import PostgresSession, RouterConfig, ShardedRouter, migrate
     from pgsessions.devcluster import LocalCluster
+    from pgsessions.drills.history import load_history
     from pgsessions.router.placement import bucket_of
     from pgsessions.shards import move_buckets
 
@@ -41,32 +42,9 @@ async def run(mb: int, n_buckets: int) -> dict[str, Any]:
             d = router.directory
             assert d is not None
             moving = [b for b in range(64) if d.owners[b] == "s1"][:n_buckets]
-            per = 100
-            n_conv = max(1, mb * 1024 // per)
-            src = clusters[0].primary
             t0 = time.monotonic()
-            src.execute(
-                f'INSERT INTO "{schema}".conversations (session_id, next_seq, item_count)'
-                " SELECT s, %s + 1, %s FROM (SELECT 'big-' || i AS s"
-                f' FROM generate_series(1, %s * 64 / %s) i) g WHERE "{schema}".bucket_of(s, 64)'
-                " = ANY(%s) LIMIT %s",
-                (per, per, n_conv, len(moving), moving, n_conv),
-            )
-            src.execute(
-                f'INSERT INTO "{schema}".messages (session_id, bucket, seq, item, role)'
-                " SELECT c.session_id, c.bucket, k,"
-                " json_build_object('role', 'user', 'content', repeat('x', 960)), 'user'"
-                f' FROM "{schema}".conversations c, generate_series(1, %s) k'
-                " WHERE c.bucket = ANY(%s)",
-                (per, moving),
-            )
-            src.execute("VACUUM ANALYZE")
+            size = load_history(clusters[0].primary, schema, moving, mb, total_buckets=64)
             loaded = time.monotonic() - t0
-            size = src.execute(
-                f'SELECT sum(pg_column_size(m.*))::bigint FROM "{schema}".messages m'
-                " WHERE bucket = ANY(%s)",
-                (moving,),
-            )[0][0]
             sids: dict[int, str] = {}
             i = 0
             while len(sids) < len(moving):

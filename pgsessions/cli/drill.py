@@ -172,6 +172,26 @@ def add_drill_command(sub: Any) -> None:
         "the first step of PHASE (copying, caught-up, fenced, flipped; default copying) "
         "and run it again to resume",
     )
+    p.add_argument(
+        "--variant",
+        choices=["stale-writer", "source-crash"],
+        help="shard-move: stale-writer: a second router whose directory stays stale writes "
+        "to sessions of the moving buckets before the moves, pauses across the flips and "
+        "writes again: each write must be refused by the old owner once (a redirect) and "
+        "stored once on the new owner; source-crash: the primary of the first move's source "
+        "crashes during its copy, its replica is promoted, the move must stop and be "
+        "aborted, and the rebalance runs again from the new primary (use --sync: with "
+        "asynchronous replication only writes beyond what the replica received may be lost)",
+    )
+    p.add_argument(
+        "--history-mb",
+        type=flag(non_negative(100_000.0)),
+        default=0.0,
+        metavar="N",
+        help="shard-move: preload about N MB of history (1 kB messages) into the buckets "
+        "that will move, so that the moving rate (MB/s, rows/s of the copies) is measured "
+        "on a real volume (default 0)",
+    )
     add_pitr_arguments(p)
     p.set_defaults(func=run_drill_command)
 
@@ -230,8 +250,11 @@ def run_drill_command(args: argparse.Namespace) -> int:
         return run_pitr_command(args)
     if args.scenario == "shard-move":
         return run_shard_move_command(args)
-    if args.kill_mover:
-        print("pgsessions drill: --kill-mover is for shard-move", file=sys.stderr)
+    if args.kill_mover or args.variant or args.history_mb:
+        print(
+            "pgsessions drill: --kill-mover, --variant and --history-mb are for shard-move",
+            file=sys.stderr,
+        )
         return 2
     try:
         opts = options_from_args(args)
@@ -273,6 +296,9 @@ def run_shard_move_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.kill_mover and args.variant:
+        print("pgsessions drill: --kill-mover and --variant go one at a time", file=sys.stderr)
+        return 2
     from ..drills.options import DrillOptions
     from ..drills.runner import quiet_pool_logs
     from ..drills.shard_move import format_shard_move, run_shard_move
@@ -288,7 +314,11 @@ def run_shard_move_command(args: argparse.Namespace) -> int:
         keep_cluster=args.keep_cluster,
         fsync=not args.no_fsync,
     )
-    report = asyncio.run(run_shard_move(opts, kill_mover=args.kill_mover))
+    report = asyncio.run(
+        run_shard_move(
+            opts, kill_mover=args.kill_mover, variant=args.variant, history_mb=args.history_mb
+        )
+    )
     if args.json:
         print(json.dumps({"passed": report["passed"], "scenarios": [report]}, indent=2))
     else:

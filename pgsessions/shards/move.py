@@ -276,6 +276,9 @@ class _Mover:
         last = [0.0]
 
         async def copied() -> bool:
+            # the source still answers: a copy from a crashed one never ends (the target's
+            # workers retry its old address), and the wait would last ``wait`` seconds
+            await src.execute("SELECT 1")
             got = await _rows(dst, m.SUBSCRIPTION_STATE, (self.name,))
             if not got:
                 raise MoveError(r.target, f"move {r.id}: subscription {self.name} is gone")
