@@ -28,6 +28,7 @@ from ..errors import (
     BucketMovedError,
     DirectoryError,
     RouterClosedError,
+    RouterError,
     ShardError,
 )
 from . import shard_tokens
@@ -371,8 +372,26 @@ class ShardedRouter:
             # calls to them wait for the flip; any other ownerless bucket is an error
             if none and not none <= await self._fenced_in_moves():
                 build_directory(claims, self.buckets, complete=True)
+        if self._directory is not None and directory is not None:
+            await self._see_moved_in(self._directory, directory)
         self._built = (claims, directory)
         return directory
+
+    async def _see_moved_in(self, old: Directory, new: Directory) -> None:
+        """Before reads follow ``new``, each shard it gives buckets the router did not see it
+        own makes its primary's WAL position a floor for its reads: the rows a move copied in
+        (a session's own writes among them) are there, while a replica of that shard behind
+        the flip would miss them, and the session's token names the old owner."""
+        gained = {o for o, was in zip(new.owners, old.owners, strict=True) if o and o != was}
+        for name in sorted(gained):
+            try:
+                async with self._routers[name].primary_connection():
+                    pass  # leaving the block raises the floor
+            except RouterClosedError:
+                raise
+            except (psycopg.Error, RouterError, OSError) as exc:
+                # the directory is not taken without the floor: reads would go stale
+                raise ShardError(name, f"cannot read its primary's position: {exc}") from exc
 
     async def _fenced_in_moves(self) -> set[int]:
         """The buckets some shard fenced in a move that has not flipped yet (none when the
