@@ -110,8 +110,9 @@ def build_directory(
 
     Raises ShardError (naming the shard) for two shards that are one cluster, a shard set
     up under another name or another bucket count than ``buckets``, or a shard not set up
-    beside shards that are; DirectoryError for a bucket claimed by two shards and, with
-    ``complete``, for buckets owned by none of them.
+    beside shards that are; DirectoryError for a bucket claimed by two shards at the same
+    epoch (at different epochs the newer claim wins: the older is a copy not yet caught up
+    with a move) and, with ``complete``, for buckets owned by none of them.
     """
     check_distinct_clusters(claims)
     if all(c.name is None for c in claims):
@@ -142,8 +143,14 @@ def build_directory(
                 raise ShardError(c.shard, f"claims bucket {bucket}, outside 0-{buckets - 1}")
             held = owners[bucket]
             if held is not None:
-                twice.setdefault(bucket, [held]).append(c.shard)
-                continue
+                # a move's target takes a bucket at a newer epoch than the source gave up:
+                # a source replica that has not replayed the fence yet claims the older one
+                if epoch < epochs[bucket]:
+                    continue
+                if epoch == epochs[bucket]:
+                    twice.setdefault(bucket, [held]).append(c.shard)
+                    continue
+                twice.pop(bucket, None)
             owners[bucket] = c.shard
             epochs[bucket] = epoch
     if twice:

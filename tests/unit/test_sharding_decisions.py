@@ -3,6 +3,7 @@ buckets, directory validation, which shard serves a key, and sharded tokens."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import pytest
@@ -120,6 +121,14 @@ def test_a_bucket_claimed_twice_or_by_none_is_refused_naming_the_buckets() -> No
         build_directory([claim("s1", range(5)), claim("s2", range(3, 8))], 8)
     with pytest.raises(DirectoryError, match="buckets 0-1, 7 are owned by none of the shards s1"):
         build_directory([claim("s1", range(2, 7))], 8)
+    # at different epochs the newer claim wins: a move's target over a source's replica
+    # that has not replayed the fence yet
+    newer = claim("s2", range(3, 8))
+    newer = dataclasses.replace(newer, owned={**dict(newer.owned or {}), 3: 2, 4: 2})
+    for claims in ([claim("s1", range(5)), newer], [newer, claim("s1", range(5))]):
+        d = build_directory(claims, 8)
+        assert d is not None
+        assert d.owners[2:5] == ("s1", "s2", "s2") and d.epochs[2:5] == (1, 2, 2)
     # while the router runs (a refresh), a bucket without owner fails the call that needs it
     d = build_directory([claim("s1", range(2, 8))], 8, complete=False)
     assert d is not None
