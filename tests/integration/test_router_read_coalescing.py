@@ -16,9 +16,11 @@ import psycopg
 import pytest
 from prometheus_client import CollectorRegistry
 
-from pgsessions import SessionRouter
+from pgsessions import PostgresSession, SessionRouter, migrate
 from pgsessions.devcluster import LocalCluster
-from pgsessions.monitoring import serve
+from pgsessions.monitoring import instrument, serve
+from pgsessions.router import ShardedRouter
+from tests.helpers import user
 from tests.integration.test_router import Store, fast_config
 from tests.monitoring_support import scrape
 
@@ -90,6 +92,51 @@ async def test_metrics_count_groups_waits_and_outcomes(
     allowed = {"router", "operation", "outcome"}
     for name in ("pgsessions_read_group_size_count", "pgsessions_coalesced_reads_total"):
         assert all(set(s.labels) <= allowed for s in result.samples(name))
+
+
+@pytest.mark.owner_sql  # migrates a schema of its own
+async def test_a_sharded_routers_read_group_series_carry_the_shard(
+    cluster: LocalCluster, schema: str
+) -> None:
+    """A ShardedRouter's shard reports its read groups with ``shard=<name>`` beside
+    ``router``, and its counts agree with the shard's own stats()."""
+    registry = CollectorRegistry()
+    tag = uuid.uuid4().hex[:6]
+    async with ShardedRouter({"s1": fast_config(cluster.dsns(), schema)}) as sharded:
+        await migrate(sharded)
+        instrument(sharded, registry)
+        sessions = [PostgresSession(f"rs-{tag}-{i}", sharded) for i in range(12)]
+        await asyncio.gather(*(s.add_items([user(f"m{i}")]) for i, s in enumerate(sessions)))
+        await asyncio.to_thread(cluster.wait_caught_up)
+        got = await asyncio.gather(*(s.get_items() for s in sessions))
+        assert [len(g) for g in got] == [1] * 12
+        st = sharded.shards["s1"].stats()
+        families = list(registry.collect())  # while open: a closed router stops reporting
+    values = {
+        (x.name, tuple(sorted(x.labels.items()))): x.value for f in families for x in f.samples
+    }
+
+    def value(name: str, **labels: str) -> float | None:
+        return values.get((name, tuple(sorted({"router": "s1", "shard": "s1", **labels}.items()))))
+
+    assert st["reads_grouped"] >= 2
+    assert value("pgsessions_read_group_size_sum") == st["reads_grouped"]
+    assert value("pgsessions_read_groups_total", outcome="served") == st["read_groups"]
+    # the sessions' get_items, and the router's own reads (shard_directory, shard_moves)
+    grouped = sum(
+        x.value
+        for f in families
+        for x in f.samples
+        if x.name == "pgsessions_coalesced_reads_total" and x.labels["outcome"] == "grouped"
+    )
+    assert grouped == st["reads_grouped"]
+    assert (
+        value("pgsessions_coalesced_reads_total", operation="get_items", outcome="grouped") or 0
+    ) >= 2
+    # no series of these metrics without the shard label
+    for fam in families:
+        if fam.name.startswith(("pgsessions_read_group", "pgsessions_coalesced_reads")):
+            assert fam.samples and all(x.labels.get("shard") == "s1" for x in fam.samples)
 
 
 @pytest.mark.fault
