@@ -263,7 +263,7 @@ async def run_conversations(
             pause = rng.uniform(low, high)
             before = time.perf_counter()
             await think(pause)
-            if begin <= before and time.perf_counter() <= end:
+            if begin <= before and before + pause <= end:  # a whole pause, in the window
                 stats.think_sum += pause
                 stats.think_count += 1
                 stats.slept_sum += time.perf_counter() - before
