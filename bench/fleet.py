@@ -525,8 +525,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress=args.progress,
     )
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(FLEET_CONTENDERS)
-    for n in names:
-        make_contender(n)  # unknown names fail before a cluster starts
+    unknown = [n for n in names if n not in FLEET_CONTENDERS]
+    if unknown:  # before a cluster starts
+        print(f"unknown contender(s): {', '.join(unknown)}", file=sys.stderr)
+        return 2
     log: Log = (lambda s: print(s, file=sys.stderr, flush=True)) if args.json else print
     cluster: Any = None
     workdir = Path(tempfile.mkdtemp(prefix="pgsessions-fleet-"))
