@@ -7,7 +7,7 @@ PYTHON ?= python3
 EXTRAS ?= dev,bench,plot,docs
 PYTEST_ARGS ?=
 
-.PHONY: setup postgres pgbouncer patroni backup-tools lint docs package-check check test test-app-role demo drill drill-patroni bench clean
+.PHONY: setup postgres pgbouncer patroni backup-tools lint docs package-check check test test-app-role demo drill drill-patroni bench bench-fleet clean
 
 setup: postgres $(VENV)/.installed-$(EXTRAS)
 
@@ -125,6 +125,11 @@ drill-patroni: setup patroni
 # All contenders, one interleaved run (about 11 minutes); writes bench/results/latest.{json,md}.
 bench: setup
 	$(VENV)/bin/pgsessions bench --save
+
+# The fleet (issue 31): 2,000 conversations from 8 processes with think time, pgsessions-routed
+# then SQLAlchemySession, 20 s each after a 5 s warm-up (about 3 minutes); see bench/README.md.
+bench-fleet: setup
+	$(PY) -m bench.fleet
 
 clean:
 	-$(VENV)/bin/pgsessions cluster down 2>/dev/null

@@ -2,7 +2,8 @@
 
 Modules: payloads (items), contenders (the five stores), harness (workloads, rounds, guard),
 wal (WAL bytes per add), servercpu (a server's CPU time from /proc), run (one run as a dict),
-report (machine, ratios, tables), cli (options and main).
+report (machine, ratios, tables), cli (options and main); fleet (`python -m bench.fleet`:
+many conversations from several processes with think time).
 """
 
 WORKLOADS = ("wal", "turn", "adds", "history", "read-heavy", "runner", "threads", "agent")

@@ -86,6 +86,10 @@ class Contender(abc.ABC):
         """Cumulative reads by ``role/reason`` where the contender routes reads, else None."""
         return None
 
+    async def warm(self, connections: int) -> None:  # noqa: B027 - optional hook
+        """Open ``connections`` pooled connections now, as a server long up has them (a
+        contender whose pool opens them at :meth:`open` has nothing to do)."""
+
     async def analyze(self) -> None:  # noqa: B027 - optional hook
         """Refresh planner statistics after seeding (what autovacuum would do soon anyway)."""
 
@@ -381,6 +385,12 @@ class SQLAlchemyContender(Contender):
         from agents.extensions.memory.sqlalchemy_session import SQLAlchemySession
 
         return SQLAlchemySession(session_id, engine=self._engine)
+
+    async def warm(self, connections: int) -> None:
+        # the engine's pool opens its connections lazily, the first requests would wait
+        conns = await asyncio.gather(*(self._engine.connect() for _ in range(connections)))
+        for conn in conns:
+            await conn.close()  # back to the pool, still open
 
     async def seed(self, session_id: str, count: int) -> None:
         s = sql.Identifier(self._schema)

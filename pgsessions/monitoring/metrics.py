@@ -216,6 +216,32 @@ METRICS: tuple[MetricSpec, ...] = (
         " withdrawn (caller cancelled while queued, never sent).",
     ),
     MetricSpec(
+        "pgsessions_read_group_size",
+        "histogram",
+        (),
+        "Replica reads per group (one connection checkout, one replay check, one round trip).",
+    ),
+    MetricSpec(
+        "pgsessions_read_groups_total",
+        "counter",
+        ("outcome",),
+        "Read groups by outcome: served (rows came back), failed (its reads then ran alone).",
+    ),
+    MetricSpec(
+        "pgsessions_read_group_wait_seconds",
+        "histogram",
+        ("operation",),
+        "Time a replica read waited for its group to be sent (reads run alone not counted).",
+    ),
+    MetricSpec(
+        "pgsessions_coalesced_reads_total",
+        "counter",
+        ("operation", "outcome"),
+        "Replica reads by what coalescing did with them: alone, grouped, uncovered (the"
+        " group's replay check did not cover it: ran alone), fallback (its group failed: ran"
+        " alone), withdrawn (caller cancelled before its rows came).",
+    ),
+    MetricSpec(
         "pgsessions_redirects_total",
         "counter",
         ("operation",),
@@ -377,6 +403,14 @@ class RouterMetrics:
         self.coalesced = _counter(
             "pgsessions_coalesced_writes_total", ("operation", "outcome"), base
         )
+        self.group_size = _histogram("pgsessions_read_group_size", (), BATCH_SIZE_BUCKETS, base)
+        self.groups = _counter("pgsessions_read_groups_total", ("outcome",), base)
+        self.group_wait = _histogram(
+            "pgsessions_read_group_wait_seconds", ("operation",), BATCH_WAIT_BUCKETS, base
+        )
+        self.coalesced_reads = _counter(
+            "pgsessions_coalesced_reads_total", ("operation", "outcome"), base
+        )
         self.redirects = _counter("pgsessions_redirects_total", ("operation",), base)
         # unlabelled series exist (at 0) from the start, so rate() and alerts see them
         self._failovers = self.failovers.labels(*self.base)
@@ -384,6 +418,7 @@ class RouterMetrics:
         self._split_brain = self.split_brain.labels(*self.base)
         self._tokens_capped = self.tokens_capped.labels(*self.base)
         self._batch_size = self.batch_size.labels(*self.base)
+        self._group_size = self.group_size.labels(*self.base)
 
     @property
     def router(self) -> Router | None:
@@ -415,6 +450,10 @@ class RouterMetrics:
             self.batches,
             self.batch_wait,
             self.coalesced,
+            self.group_size,
+            self.groups,
+            self.group_wait,
+            self.coalesced_reads,
             self.redirects,
         ):
             yield from metric.collect()
@@ -495,6 +534,25 @@ class RouterMetrics:
             self.coalesced.labels(*self.base, operation, outcome).inc()
         except Exception:  # pragma: no cover
             log.debug("on_write_coalescing failed", exc_info=True)
+
+    def on_read_group(self, size: int, outcome: str) -> None:
+        try:
+            self._group_size.observe(size)
+            self.groups.labels(*self.base, outcome).inc()
+        except Exception:  # pragma: no cover
+            log.debug("on_read_group failed", exc_info=True)
+
+    def on_read_group_wait(self, operation: str, seconds: float) -> None:
+        try:
+            self.group_wait.labels(*self.base, operation).observe(seconds)
+        except Exception:  # pragma: no cover
+            log.debug("on_read_group_wait failed", exc_info=True)
+
+    def on_read_coalescing(self, operation: str, outcome: str) -> None:
+        try:
+            self.coalesced_reads.labels(*self.base, operation, outcome).inc()
+        except Exception:  # pragma: no cover
+            log.debug("on_read_coalescing failed", exc_info=True)
 
     def on_redirect(self, operation: str) -> None:
         try:

@@ -57,6 +57,24 @@ class RouterObserver(Protocol):
         cancelled while it was queued: never sent)."""
 
 
+class ReadCoalescingObserver(Protocol):
+    """Hooks of read coalescing that an observer may have besides RouterObserver's (the
+    router skips an observer without them): monitoring/ counts them."""
+
+    def on_read_group(self, size: int, outcome: str) -> None:
+        """A group of ``size`` replica reads was sent on one connection in one round trip:
+        ``served`` (its rows came back) or ``failed`` (its reads then ran alone)."""
+
+    def on_read_group_wait(self, operation: str, seconds: float) -> None:
+        """A replica read waited ``seconds`` for its group to be sent."""
+
+    def on_read_coalescing(self, operation: str, outcome: str) -> None:
+        """What became of one replica read under coalescing: ``alone`` (no company: its own
+        path), ``grouped`` (answered by its group), ``uncovered`` (the group's replay check
+        did not show its position: it ran alone), ``fallback`` (its group failed: it ran
+        alone) or ``withdrawn`` (its caller was cancelled before its rows came)."""
+
+
 class Counters:
     """Plain counters keyed by tuples, plus the observers every event is sent to."""
 
@@ -69,8 +87,11 @@ class Counters:
 
     def emit(self, hook: str, *args: Any) -> None:
         for obs in list(self.observers):
+            fn = getattr(obs, hook, None)
+            if fn is None:  # an optional hook (ReadCoalescingObserver) it does not have
+                continue
             try:
-                getattr(obs, hook)(*args)
+                fn(*args)
             except Exception:  # an observer must never break a request
                 log.debug("observer %r failed in %s", obs, hook, exc_info=True)
 

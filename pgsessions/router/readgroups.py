@@ -9,12 +9,14 @@ grouped, one check covers the whole group and the reads follow it in the same pi
 A read joins the open group of its host and setup, or opens one whose send is scheduled for
 the next loop step (:data:`MAX_GROUP_READS` at most). A group of one runs alone, as without
 coalescing. How a group runs is the router's; :func:`served` (pure) decides which members a
-replay check covers.
+replay check covers. ``note(outcome, member)`` hears of the reads that never reach a group:
+``alone`` (no company) and ``withdrawn`` (its caller was cancelled before the send).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,13 +31,16 @@ MAX_GROUP_READS = 16
 
 @dataclass(eq=False)
 class Member:
-    """One read of a group: its statement, the replay position it needs (None: any), and
-    where its rows go (None: the read runs alone instead)."""
+    """One read of a group: its statement, the replay position it needs (None: any),
+    where its rows go (None: the read runs alone instead), its operation and when it
+    joined (time.monotonic())."""
 
     query: Query
     params: Params | None
     lsn: int | None
     future: asyncio.Future[Rows | None]
+    operation: str = ""
+    joined_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass(eq=False)
@@ -63,15 +68,28 @@ def served(members: Sequence[Member], seen: int | None) -> list[bool]:
 
 class ReadGroups:
     """The open groups of one router (one event loop). ``start(group)`` runs a group of two
-    or more and settles each member's future; it must not raise."""
+    or more and settles each member's future; it must not raise. ``note(outcome, member)``
+    (``alone`` or ``withdrawn``) must not raise either."""
 
-    def __init__(self, start: Callable[[Group], Any], max_reads: int = MAX_GROUP_READS) -> None:
+    def __init__(
+        self,
+        start: Callable[[Group], Any],
+        max_reads: int = MAX_GROUP_READS,
+        note: Callable[[str, Member], Any] | None = None,
+    ) -> None:
         self._start = start
         self._max = max_reads
+        self._note = note
         self._open: list[Group] = []
 
     def join(
-        self, host: str, setup: Setups | None, query: Query, params: Params | None, lsn: int | None
+        self,
+        host: str,
+        setup: Setups | None,
+        query: Query,
+        params: Params | None,
+        lsn: int | None,
+        operation: str = "",
     ) -> asyncio.Future[Rows | None]:
         """Add a read to the open group of ``host`` and ``setup`` (or a new one, sent at the
         next loop step); the future gives its rows, or None: run it alone."""
@@ -82,7 +100,7 @@ class ReadGroups:
             group = Group(host, setup)
             self._open.append(group)
             loop.call_soon(self._send, group)
-        group.members.append(Member(query, params, lsn, fut))
+        group.members.append(Member(query, params, lsn, fut, operation))
         if len(group.members) >= self._max:
             self._close(group)
         return fut
@@ -94,7 +112,13 @@ class ReadGroups:
     def _send(self, group: Group) -> None:
         self._close(group)
         live = [m for m in group.members if not m.future.done()]
+        if self._note is not None:
+            for m in group.members:
+                if m.future.done():
+                    self._note("withdrawn", m)
         if len(live) == 1:
+            if self._note is not None:
+                self._note("alone", live[0])
             live[0].future.set_result(None)  # alone: its own path, as without coalescing
         elif live:
             group.members = live

@@ -57,7 +57,7 @@ from .planner import ReadPlan, plan_read, required_position
 from .pools import watchdog
 from .privileges import require_pg_monitor
 from .protocol import KeyLike, Router, route_key
-from .readgroups import Group, ReadGroups, check_lsn, served
+from .readgroups import Group, Member, ReadGroups, check_lsn, served
 from .tokens import TokenStore, newest
 from .topology import Topology
 
@@ -132,7 +132,9 @@ class SessionRouter:
         )
         #: replica reads starting at the same moment share a round trip (None: off)
         self._read_groups: ReadGroups | None = (
-            ReadGroups(self._start_read_group) if config.coalesce_reads else None
+            ReadGroups(self._start_read_group, note=self._read_alone)
+            if config.coalesce_reads
+            else None
         )
         self._group_tasks: set[asyncio.Task[None]] = set()
         on_fork_in_child(self)
@@ -889,7 +891,9 @@ class SessionRouter:
                 h = plan.host
                 role = h.role
                 try:
-                    rows = await self._read_once(plan, query, params, deadline, token_lsn, setup)
+                    rows = await self._read_once(
+                        plan, query, params, deadline, token_lsn, setup, operation
+                    )
                     if replay_column and rows and h.role == "replica":
                         _saw_replay_column(h, rows[0])
                 except _NotCaughtUp:
@@ -953,6 +957,7 @@ class SessionRouter:
         deadline: float,
         token_lsn: int | None,
         setup: Setups | None = None,
+        operation: str = "",
     ) -> Rows:
         h = plan.host
         assert h is not None and h.pool is not None
@@ -972,7 +977,9 @@ class SessionRouter:
         known = h.seen_flush if known is None or h.seen_flush > known else known
         check_token = not on_replica and token_lsn is not None and token_lsn > known
         if on_replica and self._read_groups is not None:
-            grouped = await self._read_groups.join(h.label, setup, query, params, plan.wait_lsn)
+            grouped = await self._read_groups.join(
+                h.label, setup, query, params, plan.wait_lsn, operation
+            )
             if grouped is not None:
                 return grouped
             # alone: no other read started with it, its group failed, or the group's replay
@@ -1004,6 +1011,9 @@ class SessionRouter:
                     return rows
                 return await execution.read(conn, query, params, setup)
 
+    def _read_alone(self, outcome: str, member: Member) -> None:
+        self._counters.emit("on_read_coalescing", member.operation, outcome)
+
     def _start_read_group(self, group: Group) -> None:
         task = asyncio.get_running_loop().create_task(self._run_read_group(group))
         self._group_tasks.add(task)
@@ -1017,6 +1027,10 @@ class SessionRouter:
         results: list[Rows] | None = None
         seen: int | None = None
         h = self._hosts.get(group.host)
+        emit = self._counters.emit
+        sent = time.monotonic()
+        for m in members:
+            emit("on_read_group_wait", m.operation, sent - m.joined_at)
         try:
             if h is not None and h.pool is not None and h.usable:
                 budget = self._deadline_for_statement() + self.config.catch_up_wait
@@ -1038,14 +1052,18 @@ class SessionRouter:
         except Exception:
             results = None  # each read runs alone and meets the failure on its own path
         finally:
+            emit("on_read_group", len(members), "failed" if results is None else "served")
             ok = served(members, seen) if results is not None else [False] * len(members)
             for i, m in enumerate(members):
                 if m.future.done():
-                    continue
-                if ok[i] and results is not None:
+                    emit("on_read_coalescing", m.operation, "withdrawn")
+                elif ok[i] and results is not None:
                     self._counters.add("read_grouped")
+                    emit("on_read_coalescing", m.operation, "grouped")
                     m.future.set_result(results[i])
                 else:
+                    outcome = "fallback" if results is None else "uncovered"
+                    emit("on_read_coalescing", m.operation, outcome)
                     m.future.set_result(None)
 
     # admin -----------------------------------------------------------------------------

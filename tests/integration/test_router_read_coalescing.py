@@ -14,10 +14,15 @@ from collections.abc import AsyncIterator
 
 import psycopg
 import pytest
+from prometheus_client import CollectorRegistry
 
-from pgsessions import SessionRouter
+from pgsessions import PostgresSession, SessionRouter, migrate
 from pgsessions.devcluster import LocalCluster
+from pgsessions.monitoring import instrument, serve
+from pgsessions.router import ShardedRouter
+from tests.helpers import user
 from tests.integration.test_router import Store, fast_config
+from tests.monitoring_support import scrape
 
 
 @pytest.fixture
@@ -50,6 +55,88 @@ async def test_reads_started_together_share_a_round_trip_and_see_their_writes(
         assert st["reads_grouped"] >= grouped0 + 2
     assert [len(g) for g in got] == [3] * 12
     assert st["reads_on_replicas"] == st["reads_total"]
+
+
+@pytest.mark.owner_sql  # creates a table of its own
+async def test_metrics_count_groups_waits_and_outcomes(
+    rtr: SessionRouter, store: Store, cluster: LocalCluster
+) -> None:
+    """Replicas caught up: 12 reads started together are grouped (one group per replica
+    they went to, or alone), one read on its own is alone; the metrics agree with stats()."""
+    sids = [f"rm-{uuid.uuid4().hex[:6]}-{i}" for i in range(12)]
+    with serve(rtr, port=0, registry=CollectorRegistry()) as server:
+        ops = await asyncio.gather(*(store.add(rtr, sid) for sid in sids))
+        await asyncio.to_thread(cluster.wait_caught_up)
+        assert await store.get(rtr, sids[0]) == [ops[0][0]]  # alone
+        got = await asyncio.gather(*(store.get(rtr, sid) for sid in sids))
+        assert got == [[op] for op, _ in ops]
+        st = rtr.stats()
+        result = await scrape(server.url)
+    groups, grouped = st["read_groups"], st["reads_grouped"]
+    assert groups >= 1 and grouped >= 2
+    assert result.value("pgsessions_read_group_size_count") == groups
+    assert result.value("pgsessions_read_group_size_sum") == grouped
+    assert result.value("pgsessions_read_groups_total", outcome="served") == groups
+    assert result.value("pgsessions_read_groups_total", outcome="failed") is None
+    waits = result.value("pgsessions_read_group_wait_seconds_count", operation="get_items")
+    assert waits == grouped
+    outcome = {
+        o: result.value("pgsessions_coalesced_reads_total", operation="get_items", outcome=o)
+        for o in ("alone", "grouped", "uncovered", "fallback", "withdrawn")
+    }
+    assert outcome["grouped"] == grouped
+    assert outcome["alone"] is not None and outcome["alone"] + grouped == 13
+    assert outcome["uncovered"] is None and outcome["fallback"] is None
+    assert outcome["withdrawn"] is None
+    # a SessionRouter's series: router label only, no shard label
+    allowed = {"router", "operation", "outcome"}
+    for name in ("pgsessions_read_group_size_count", "pgsessions_coalesced_reads_total"):
+        assert all(set(s.labels) <= allowed for s in result.samples(name))
+
+
+@pytest.mark.owner_sql  # migrates a schema of its own
+async def test_a_sharded_routers_read_group_series_carry_the_shard(
+    cluster: LocalCluster, schema: str
+) -> None:
+    """A ShardedRouter's shard reports its read groups with ``shard=<name>`` beside
+    ``router``, and its counts agree with the shard's own stats()."""
+    registry = CollectorRegistry()
+    tag = uuid.uuid4().hex[:6]
+    async with ShardedRouter({"s1": fast_config(cluster.dsns(), schema)}) as sharded:
+        await migrate(sharded)
+        instrument(sharded, registry)
+        sessions = [PostgresSession(f"rs-{tag}-{i}", sharded) for i in range(12)]
+        await asyncio.gather(*(s.add_items([user(f"m{i}")]) for i, s in enumerate(sessions)))
+        await asyncio.to_thread(cluster.wait_caught_up)
+        got = await asyncio.gather(*(s.get_items() for s in sessions))
+        assert [len(g) for g in got] == [1] * 12
+        st = sharded.shards["s1"].stats()
+        families = list(registry.collect())  # while open: a closed router stops reporting
+    values = {
+        (x.name, tuple(sorted(x.labels.items()))): x.value for f in families for x in f.samples
+    }
+
+    def value(name: str, **labels: str) -> float | None:
+        return values.get((name, tuple(sorted({"router": "s1", "shard": "s1", **labels}.items()))))
+
+    assert st["reads_grouped"] >= 2
+    assert value("pgsessions_read_group_size_sum") == st["reads_grouped"]
+    assert value("pgsessions_read_groups_total", outcome="served") == st["read_groups"]
+    # the sessions' get_items, and the router's own reads (shard_directory, shard_moves)
+    grouped = sum(
+        x.value
+        for f in families
+        for x in f.samples
+        if x.name == "pgsessions_coalesced_reads_total" and x.labels["outcome"] == "grouped"
+    )
+    assert grouped == st["reads_grouped"]
+    assert (
+        value("pgsessions_coalesced_reads_total", operation="get_items", outcome="grouped") or 0
+    ) >= 2
+    # no series of these metrics without the shard label
+    for fam in families:
+        if fam.name.startswith(("pgsessions_read_group", "pgsessions_coalesced_reads")):
+            assert fam.samples and all(x.labels.get("shard") == "s1" for x in fam.samples)
 
 
 @pytest.mark.fault

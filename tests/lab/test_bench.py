@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 import pgsessions
@@ -21,6 +22,7 @@ from bench.contenders import (
     FloorSession,
     default_contenders,
 )
+from bench.fleet import FleetConfig, render, run_fleet
 from bench.harness import NO_SESSION, BenchConfig, check_history, percentile
 from bench.payloads import Payloads, check_seeded_tail
 from bench.report import render_markdown, render_text, targets
@@ -129,6 +131,40 @@ async def test_every_contender_runs_and_passes_the_guard(
         assert name in text and name in md
     assert "| contender |" in md
     assert "WAL bytes per add_items" in md and "primary CPU s/1000 turns" in md
+
+
+def test_the_fleet_runs_both_stores_from_processes(cluster: LocalCluster, tmp_path: Path) -> None:
+    """`python -m bench.fleet` at a tiny size: 2 spawned processes, 20 conversations, 3 s."""
+    env = _env(cluster, tmp_path)
+    cfg = FleetConfig(processes=2, conversations=20, seconds=3.0, warmup=1.0, progress=1.0)
+    lines: list[str] = []
+    report = run_fleet(env, cfg, log=lines.append)
+    want = ["pgsessions-routed"]
+    if importlib.util.find_spec("sqlalchemy") and importlib.util.find_spec("asyncpg"):
+        want.append("sqlalchemy")
+    by_name = {c["contender"]: c for c in report["contenders"]}
+    assert list(by_name) == want
+    for c in by_name.values():
+        assert c["failures"] == [] and c["violations"] == 0, c
+        assert (c["processes"], c["conversations"]) == (2, 20)
+        assert c["offered_turns_per_s"] == 16.0
+        assert c["turns"] > 0 and c["achieved_turns_per_s"] > 0 and c["allowed_turns_per_s"] > 0
+        assert 0 < c["add_p50_ms"] <= c["add_p99_ms"]
+        assert c["add_p50_ms"] <= c["turn_p50_ms"] <= c["turn_p99_ms"]
+        assert c["think_slept_mean_s"] >= 0.5 and c["client_cpu_ms_per_turn"] > 0
+    pgs = by_name["pgsessions-routed"]
+    assert pgs["errors"] == 0 and pgs["errors_by_type"] == {}
+    assert pgs["replica_read_share"] > 0
+    assert any("2 processes ready" in line for line in lines)
+    assert any(" turns, " in line for line in lines)  # progress
+    assert report["config"]["pool_size"] == env.pool_size
+    json.dumps(report)
+    assert all(name in render(report) for name in want)
+    with psycopg.connect(cluster.primary.dsn) as conn:  # each store's schema dropped
+        left = conn.execute(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE %s", (env.prefix + "%",)
+        ).fetchall()
+    assert left == []
 
 
 class _LossyFloorSession(FloorSession):

@@ -65,3 +65,23 @@ async def test_a_member_whose_caller_left_is_dropped() -> None:
     gone.cancel()
     await asyncio.sleep(0)
     assert not started and stays.result() is None  # one left: it runs alone
+
+
+async def test_note_hears_of_reads_alone_and_withdrawn() -> None:
+    started: list[Group] = []
+    notes: list[tuple[str, str]] = []
+    groups = ReadGroups(started.append, note=lambda out, m: notes.append((out, m.operation)))
+    gone = groups.join("r1:5432", None, "q", (1,), None, "get_items")
+    groups.join("r1:5432", None, "q", (2,), None, "get_items")
+    groups.join("r2:5432", None, "q", (3,), None, "other")
+    gone.cancel()
+    await asyncio.sleep(0)
+    assert not started
+    assert sorted(notes) == [("alone", "get_items"), ("alone", "other"), ("withdrawn", "get_items")]
+    a = groups.join("r1:5432", None, "q", (4,), None, "get_items")
+    b = groups.join("r1:5432", None, "q", (5,), None, "get_items")
+    await asyncio.sleep(0)
+    (g,) = started
+    assert [m.operation for m in g.members] == ["get_items", "get_items"]
+    assert all(m.joined_at <= g.members[-1].joined_at for m in g.members)
+    assert not a.done() and not b.done() and len(notes) == 3  # a group: the router's to count
