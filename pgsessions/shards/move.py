@@ -72,6 +72,8 @@ class MoveProgress:
     rows_copied: int | None = None
     #: bytes of the source's WAL the target has not confirmed yet
     lag_bytes: int | None = None
+    #: why the phase happens (copy-restarted: the target's primary failed over)
+    note: str | None = None
 
 
 @dataclass
@@ -153,6 +155,16 @@ async def _unfinished(conn: Conn, schema: str) -> _Record | None:
         return None
     i, src, dst, buckets, epochs, phase = got[0]
     return _Record(i, src, dst, tuple(buckets), tuple(epochs), phase)
+
+
+async def _delete_copy(dst: Conn, schema: str, buckets: Sequence[int]) -> None:
+    """Delete the target's rows of ``buckets`` (a move's copy), conversations last."""
+    tables = [t for (t,) in await _rows(dst, m.SESSION_TABLES, (schema,))]
+    for t in sorted(tables, key=lambda t: t == "conversations"):
+        while True:
+            cur = await dst.execute(m.delete_batch(schema, t), (list(buckets), DELETE_BATCH))
+            if cur.rowcount == 0:
+                break
 
 
 async def _drop_subscription(dst: Conn, name: str) -> None:
@@ -257,11 +269,30 @@ class _Mover:
             )
         return bool(got)
 
+    async def _failed_over(self, dst: Conn) -> str | None:
+        """Why the target's copy cannot be trusted: its primary is on another timeline than
+        when the subscription was made (a promoted replica may lack rows the source's slot
+        counts as applied). None when it is on the same one, or there is no subscription."""
+        got = await _rows(dst, m.SUBSCRIPTION_TIMELINE, (self.name,))
+        if not got:
+            return None
+        now = await _one(dst, m.TIMELINE)
+        if got[0][0] == f"timeline {now}":
+            return None
+        was = got[0][0] or "timeline unknown"
+        return f"its primary failed over since the copy started ({was}, now timeline {now})"
+
     async def copy(self, src: Conn, dst: Conn) -> None:
         r = self.rec
         tables = [t for (t,) in await _rows(src, m.SESSION_TABLES, (self.schema,))]
         if not await _one(src, m.PUBLICATION_EXISTS, (self.name,)):
             await src.execute(m.create_publication(self.schema, self.name, tables, r.buckets))
+        why = await self._failed_over(dst)
+        if why is not None:
+            # the buckets are still the source's: the copy starts again from nothing
+            self.emit("copy-restarted", note=f"shard {r.target!r}: {why}")
+            await _drop_subscription(dst, self.name)
+            await _delete_copy(dst, self.schema, r.buckets)
         if not await _one(dst, m.SUBSCRIPTION_EXISTS, (self.name,)):
             await src.execute(m.DROP_SLOT, (self.name,))  # a slot of an earlier attempt
             conninfo = await _primary_dsn(self.router.shards[r.source])
@@ -272,6 +303,9 @@ class _Mover:
                     r.target,
                     f"cannot subscribe to {redact(conninfo)}: {exc.diag.message_primary or exc}",
                 ) from exc
+            # a mover that dies before this comment restarts the copy (no timeline known)
+            timeline = await _one(dst, m.TIMELINE)
+            await dst.execute(m.comment_subscription(self.name, timeline))
         self.emit("copying")
         last = [0.0]
 
@@ -334,6 +368,19 @@ class _Mover:
                     " at other epochs than the move gives: the directory changed "
                     "under the move",
                 )
+            # the copy is on this primary: it is the one that subscribed
+            why = (
+                "its subscription is gone"
+                if not await _one(dst, m.SUBSCRIPTION_EXISTS, (self.name,))
+                else await self._failed_over(dst)
+            )
+            if why is not None:
+                raise MoveError(
+                    r.target,
+                    f"move {r.id}: {why}: it may lack rows the source's slot counts as "
+                    "applied; nothing was taken: abort the move (`pgsessions shard abort`: "
+                    "the source takes the buckets back) and move them again",
+                )
             # every write the source acknowledged before its fence is on the target
             lsn = await _one(src, m.CURRENT_LSN)
             await self._wait(
@@ -347,6 +394,15 @@ class _Mover:
                 lambda: _one(src, m.STANDBYS_FLUSHED, (lsn,)),
             )
             await dst.execute(m.take(self.schema), (list(r.buckets), new))
+        # the target's replicas hold the take (and the copy before it) before the source
+        # records the flip and later deletes its rows: a failover of the target from here on
+        # cannot lose them
+        tlsn = await _one(dst, m.CURRENT_LSN)
+        await self._wait(
+            "the target's replicas to flush the take",
+            r.target,
+            lambda: _one(dst, m.STANDBYS_FLUSHED, (tlsn,)),
+        )
         await src.execute(m.set_phase(self.schema), ("flipped", "flipped", None, r.id))
         if self.fenced_at is not None:
             self.result.pause = time.monotonic() - self.fenced_at
@@ -601,14 +657,7 @@ async def abort_move(router: ShardedRouter, *, progress: Progress | None = None)
             await _drop_subscription(dst, name)
             await src.execute(m.drop_publication(name))
             await src.execute(m.DROP_SLOT, (name,))
-            tables = [t for (t,) in await _rows(dst, m.SESSION_TABLES, (schema,))]
-            for t in sorted(tables, key=lambda t: t == "conversations"):
-                while True:
-                    cur = await dst.execute(
-                        m.delete_batch(schema, t), (list(rec.buckets), DELETE_BATCH)
-                    )
-                    if cur.rowcount == 0:
-                        break
+            await _delete_copy(dst, schema, rec.buckets)
             async with src.transaction():
                 if rec.phase == "fenced":
                     await src.execute(
