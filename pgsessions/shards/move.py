@@ -233,6 +233,12 @@ class _Mover:
                 return self.result
             if phase == "copying":
                 await self.copy(src, dst)
+                # the target is still the primary that copied (fails at once if it is down)
+                why = await self._failed_over(dst)
+                if why is not None:
+                    raise MoveError(
+                        r.target, f"move {r.id}: {why}: nothing was fenced: resume the move"
+                    )
                 await self.fence(src)
                 phase = "fenced"
             if phase == "fenced":

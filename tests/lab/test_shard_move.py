@@ -17,6 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import psycopg
 import pytest
 
 from pgsessions import PostgresSession, migrate
@@ -610,17 +611,18 @@ def owners_of(clusters: dict[str, LocalCluster], schema: str) -> dict[int, list[
     return out
 
 
-@pytest.mark.parametrize("phase", ["copying", "fenced"])
+@pytest.mark.parametrize("phase", ["copying", "fenced", "running"])
 async def test_a_target_failover_mid_move_restarts_its_copy_or_is_rolled_back(
     phase: str,
 ) -> None:
     """The target's primary crashes mid-move and its replica, cut off from it first (the
     worst case of asynchronous replication), is promoted: the source's slot counts as
     applied rows the new primary never got, and its subscription streams on from the slot.
-    Copying: `resume` sees the new timeline and copies again from nothing. Fenced: `resume`
-    refuses to flip, `abort` gives the bucket back to the source, the move runs again. Writers
-    write through the router all along; every acknowledged write is stored once, on the
-    bucket's owner, and each bucket has one owner."""
+    Copying (a killed mover's move, or the mover running: it stops before its fence):
+    `resume` sees the new timeline and copies again from nothing. Fenced: `resume` refuses to
+    flip, `abort` gives the bucket back to the source, the move runs again. Writers write
+    through the router all along; every acknowledged write is stored once, on the bucket's
+    owner, and each bucket has one owner."""
     src = LocalCluster(replicas=0, fsync=False, settings={"wal_level": "logical"})
     dst = LocalCluster(replicas=1, fsync=False, settings={"wal_level": "logical"})
     name = f"t_{uuid.uuid4().hex[:12]}"
@@ -656,32 +658,53 @@ async def test_a_target_failover_mid_move_restarts_its_copy_or_is_rolled_back(
             for sid in [*moving, *staying, *on_target]:
                 await write(sid, f"{sid}/before")
             tasks = [asyncio.create_task(writer(sid)) for sid in [*moving, *staying]]
-            proc = await killed_mover(pair, name, bucket, "caught-up")
-            assert proc.returncode == -signal.SIGKILL, proc.stderr
-            await asyncio.to_thread(dst.wait_caught_up)
             replica = dst.replicas[0]
-            await asyncio.to_thread(
-                dst.set_primary_conninfo, replica, "host=127.0.0.1 port=1 user=x"
-            )
-            for sid in moving:
-                await write(sid, f"{sid}/cut-off")
-            if phase == "fenced":
-                proc = await killed_mover(pair, name, bucket, "fenced")
+
+            def cut_off() -> None:  # the replica holds the copy, then stops streaming
+                dst.wait_caught_up()
+                dst.set_primary_conninfo(replica, "host=127.0.0.1 port=1 user=x")
+
+            def fail_over() -> None:
+                dst.crash(dst.primary)
+                dst.promote(replica)
+
+            if phase == "running":
+                # the mover runs here: the target fails over as the mover reports the catch-up
+
+                def progress(e: MoveProgress) -> None:
+                    if e.phase == "copied":
+                        cut_off()
+                    elif e.phase == "caught-up":
+                        fail_over()
+
+                with pytest.raises(psycopg.OperationalError):
+                    await move_buckets(router, [bucket], to="s2", progress=progress)
+                # it did not fence: the bucket stayed writable on the source
+                q = f'SELECT phase FROM "{name}".shard_moves'
+                assert src.primary.execute(q) == [("copying",)]
+            else:
+                proc = await killed_mover(pair, name, bucket, "caught-up")
                 assert proc.returncode == -signal.SIGKILL, proc.stderr
-            lsn = src.primary.execute("SELECT pg_current_wal_lsn()::text")[0][0]
+                await asyncio.to_thread(cut_off)
+                for sid in moving:
+                    await write(sid, f"{sid}/cut-off")
+                if phase == "fenced":
+                    proc = await killed_mover(pair, name, bucket, "fenced")
+                    assert proc.returncode == -signal.SIGKILL, proc.stderr
+                lsn = src.primary.execute("SELECT pg_current_wal_lsn()::text")[0][0]
 
-            async def confirmed() -> bool:
-                q = "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots"
-                got = src.primary.execute(q + " WHERE slot_name LIKE 'pgs_move_%%'", (lsn,))
-                return got == [(True,)]
+                async def confirmed() -> bool:
+                    q = "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots"
+                    got = src.primary.execute(q + " WHERE slot_name LIKE 'pgs_move_%%'", (lsn,))
+                    return got == [(True,)]
 
-            assert await apoll(confirmed, within=10.0)
-            dst.crash(dst.primary)
-            dst.promote(replica)
+                # the slot counts the cut-off writes as applied: the new primary lacks them
+                assert await apoll(confirmed, within=10.0)
+                await asyncio.to_thread(fail_over)
             # the target shard takes writes on its new primary (the router has found it)
             await write(on_target[0], f"{on_target[0]}/after failover")
             events: list[MoveProgress] = []
-            if phase == "copying":
+            if phase != "fenced":
                 [result] = await resume_moves(router, progress=events.append)
                 assert result.resumed
                 [restart] = [e for e in events if e.phase == "copy-restarted"]
