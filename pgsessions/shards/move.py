@@ -14,15 +14,19 @@ A move of some buckets from a source shard to a target shard:
    owns the buckets now; writers wait in the router's redirect loop.
 3. **flipped**: once the subscription's slot confirms a position past the fence's commit
    (the target applied and flushed every write the source acknowledged), the target takes
-   the buckets at epoch + 1; the phase is recorded on the source. Writers retry there.
+   the buckets at epoch + 1; once the target's streaming replicas hold that, the phase is
+   recorded on the source. Writers retry there.
 4. **done**: the subscription (and with it the slot), then the publication are dropped, and
    the source's rows of the buckets are deleted in batches of conversations.
 
 A mover that dies anywhere leaves the phase recorded: :func:`move_buckets` or
 :func:`resume_moves` run again resume the move from it (and :func:`abort_move` rolls back
-one that has not flipped yet). At every moment a bucket is owned by one shard at most: the
-source gives it up (committed) before the target takes it. One mover at a time works on a
-source shard (a session advisory lock, released when the mover's connection ends).
+one that has not flipped yet). A target on another timeline than when its subscription was
+made (its primary failed over: the source's slot may count as applied rows it never got)
+copies again while the move is copying, and makes a fenced move refuse to flip (abort it).
+At every moment a bucket is owned by one shard at most: the source gives it up (committed)
+before the target takes it. One mover at a time works on a source shard (a session
+advisory lock, released when the mover's connection ends).
 """
 
 from __future__ import annotations

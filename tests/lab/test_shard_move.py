@@ -611,7 +611,7 @@ def owners_of(clusters: dict[str, LocalCluster], schema: str) -> dict[int, list[
     return out
 
 
-@pytest.mark.parametrize("phase", ["copying", "fenced", "running"])
+@pytest.mark.parametrize("phase", ["copying", "running", "fenced", "flipped"])
 async def test_a_target_failover_mid_move_restarts_its_copy_or_is_rolled_back(
     phase: str,
 ) -> None:
@@ -620,7 +620,8 @@ async def test_a_target_failover_mid_move_restarts_its_copy_or_is_rolled_back(
     applied rows the new primary never got, and its subscription streams on from the slot.
     Copying (a killed mover's move, or the mover running: it stops before its fence):
     `resume` sees the new timeline and copies again from nothing. Fenced: `resume` refuses to
-    flip, `abort` gives the bucket back to the source, the move runs again. Writers write
+    flip, `abort` gives the bucket back to the source, the move runs again. Flipped (the
+    replica streaming): `resume` finishes the clean-up on the new primary. Writers write
     through the router all along; every acknowledged write is stored once, on the bucket's
     owner, and each bucket has one owner."""
     src = LocalCluster(replicas=0, fsync=False, settings={"wal_level": "logical"})
@@ -683,11 +684,13 @@ async def test_a_target_failover_mid_move_restarts_its_copy_or_is_rolled_back(
                 q = f'SELECT phase FROM "{name}".shard_moves'
                 assert src.primary.execute(q) == [("copying",)]
             else:
-                proc = await killed_mover(pair, name, bucket, "caught-up")
+                kill_at = "flipped" if phase == "flipped" else "caught-up"
+                proc = await killed_mover(pair, name, bucket, kill_at)
                 assert proc.returncode == -signal.SIGKILL, proc.stderr
-                await asyncio.to_thread(cut_off)
-                for sid in moving:
-                    await write(sid, f"{sid}/cut-off")
+                if phase != "flipped":  # flipped: the replica held the take when it was recorded
+                    await asyncio.to_thread(cut_off)
+                    for sid in moving:
+                        await write(sid, f"{sid}/cut-off")
                 if phase == "fenced":
                     proc = await killed_mover(pair, name, bucket, "fenced")
                     assert proc.returncode == -signal.SIGKILL, proc.stderr
@@ -707,8 +710,12 @@ async def test_a_target_failover_mid_move_restarts_its_copy_or_is_rolled_back(
             if phase != "fenced":
                 [result] = await resume_moves(router, progress=events.append)
                 assert result.resumed
-                [restart] = [e for e in events if e.phase == "copy-restarted"]
-                assert restart.note is not None and "now timeline 2" in restart.note
+                restarts = [e for e in events if e.phase == "copy-restarted"]
+                if phase == "flipped":
+                    assert restarts == []
+                else:
+                    [restart] = restarts
+                    assert restart.note is not None and "now timeline 2" in restart.note
                 want = [("done",)]
             else:
                 with pytest.raises(MoveError, match=r"shard 's2': .* failed over since the copy"):
