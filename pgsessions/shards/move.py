@@ -404,6 +404,8 @@ class _Mover:
                 lambda: _one(src, m.STANDBYS_FLUSHED, (lsn,)),
             )
             await dst.execute(m.take(self.schema), (list(r.buckets), new))
+            if self.fenced_at is not None:  # writers go on from here
+                self.result.pause = time.monotonic() - self.fenced_at
         # the target's replicas hold the take (and the copy before it) before the source
         # records the flip and later deletes its rows: a failover of the target from here on
         # cannot lose them
@@ -414,8 +416,6 @@ class _Mover:
             lambda: _one(dst, m.STANDBYS_FLUSHED, (tlsn,)),
         )
         await src.execute(m.set_phase(self.schema), ("flipped", "flipped", None, r.id))
-        if self.fenced_at is not None:
-            self.result.pause = time.monotonic() - self.fenced_at
         self.emit("flipped")
 
     async def cleanup(self, src: Conn, dst: Conn) -> None:
