@@ -21,7 +21,7 @@ import psycopg
 import pytest
 
 from pgsessions import PostgresSession, migrate
-from pgsessions.devcluster import LocalCluster
+from pgsessions.devcluster import LocalCluster, wait_for
 from pgsessions.errors import DirectoryError, ShardError
 from pgsessions.router import RouterConfig, ShardedRouter
 from pgsessions.router.placement import bucket_of
@@ -664,6 +664,8 @@ async def test_a_target_failover_mid_move_restarts_its_copy_or_is_rolled_back(
             def cut_off() -> None:  # the replica holds the copy, then stops streaming
                 dst.wait_caught_up()
                 dst.set_primary_conninfo(replica, "host=127.0.0.1 port=1 user=x")
+                sending = "SELECT count(*) FROM pg_stat_replication"
+                wait_for(lambda: dst.primary.execute(sending) == [(0,)], 10, "the cut-off")
 
             def fail_over() -> None:
                 dst.crash(dst.primary)
