@@ -99,6 +99,8 @@ def _printer(as_json: bool) -> Any:
             extra += f", rows {event.rows_copied}"
         if event.lag_bytes is not None:
             extra += f", lag {event.lag_bytes} bytes"
+        if event.note is not None:
+            extra += f" ({event.note})"
         print(
             f"[{event.seconds:7.2f}s] move {event.move_id} {event.source} -> {event.target} "
             f"buckets {ranges(event.buckets)}: {event.phase}{extra}",

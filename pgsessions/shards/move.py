@@ -14,15 +14,19 @@ A move of some buckets from a source shard to a target shard:
    owns the buckets now; writers wait in the router's redirect loop.
 3. **flipped**: once the subscription's slot confirms a position past the fence's commit
    (the target applied and flushed every write the source acknowledged), the target takes
-   the buckets at epoch + 1; the phase is recorded on the source. Writers retry there.
+   the buckets at epoch + 1; once the target's streaming replicas hold that, the phase is
+   recorded on the source. Writers retry there.
 4. **done**: the subscription (and with it the slot), then the publication are dropped, and
    the source's rows of the buckets are deleted in batches of conversations.
 
 A mover that dies anywhere leaves the phase recorded: :func:`move_buckets` or
 :func:`resume_moves` run again resume the move from it (and :func:`abort_move` rolls back
-one that has not flipped yet). At every moment a bucket is owned by one shard at most: the
-source gives it up (committed) before the target takes it. One mover at a time works on a
-source shard (a session advisory lock, released when the mover's connection ends).
+one that has not flipped yet). A target on another timeline than when its subscription was
+made (its primary failed over: the source's slot may count as applied rows it never got)
+copies again while the move is copying, and makes a fenced move refuse to flip (abort it).
+At every moment a bucket is owned by one shard at most: the source gives it up (committed)
+before the target takes it. One mover at a time works on a source shard (a session
+advisory lock, released when the mover's connection ends).
 """
 
 from __future__ import annotations
@@ -72,6 +76,8 @@ class MoveProgress:
     rows_copied: int | None = None
     #: bytes of the source's WAL the target has not confirmed yet
     lag_bytes: int | None = None
+    #: why the phase happens (copy-restarted: the target's primary failed over)
+    note: str | None = None
 
 
 @dataclass
@@ -155,6 +161,16 @@ async def _unfinished(conn: Conn, schema: str) -> _Record | None:
     return _Record(i, src, dst, tuple(buckets), tuple(epochs), phase)
 
 
+async def _delete_copy(dst: Conn, schema: str, buckets: Sequence[int]) -> None:
+    """Delete the target's rows of ``buckets`` (a move's copy), conversations last."""
+    tables = [t for (t,) in await _rows(dst, m.SESSION_TABLES, (schema,))]
+    for t in sorted(tables, key=lambda t: t == "conversations"):
+        while True:
+            cur = await dst.execute(m.delete_batch(schema, t), (list(buckets), DELETE_BATCH))
+            if cur.rowcount == 0:
+                break
+
+
 async def _drop_subscription(dst: Conn, name: str) -> None:
     """Drop a move's subscription with its slot. When the publisher cannot drop the slot
     (the source's primary failed over: PostgreSQL 15 keeps a logical slot on the primary
@@ -221,6 +237,12 @@ class _Mover:
                 return self.result
             if phase == "copying":
                 await self.copy(src, dst)
+                # the target is still the primary that copied (fails at once if it is down)
+                why = await self._failed_over(dst)
+                if why is not None:
+                    raise MoveError(
+                        r.target, f"move {r.id}: {why}: nothing was fenced: resume the move"
+                    )
                 await self.fence(src)
                 phase = "fenced"
             if phase == "fenced":
@@ -257,11 +279,30 @@ class _Mover:
             )
         return bool(got)
 
+    async def _failed_over(self, dst: Conn) -> str | None:
+        """Why the target's copy cannot be trusted: its primary is on another timeline than
+        when the subscription was made (a promoted replica may lack rows the source's slot
+        counts as applied). None when it is on the same one, or there is no subscription."""
+        got = await _rows(dst, m.SUBSCRIPTION_TIMELINE, (self.name,))
+        if not got:
+            return None
+        now = await _one(dst, m.TIMELINE)
+        if got[0][0] == f"timeline {now}":
+            return None
+        was = got[0][0] or "timeline unknown"
+        return f"its primary failed over since the copy started ({was}, now timeline {now})"
+
     async def copy(self, src: Conn, dst: Conn) -> None:
         r = self.rec
         tables = [t for (t,) in await _rows(src, m.SESSION_TABLES, (self.schema,))]
         if not await _one(src, m.PUBLICATION_EXISTS, (self.name,)):
             await src.execute(m.create_publication(self.schema, self.name, tables, r.buckets))
+        why = await self._failed_over(dst)
+        if why is not None:
+            # the buckets are still the source's: the copy starts again from nothing
+            self.emit("copy-restarted", note=f"shard {r.target!r}: {why}")
+            await _drop_subscription(dst, self.name)
+            await _delete_copy(dst, self.schema, r.buckets)
         if not await _one(dst, m.SUBSCRIPTION_EXISTS, (self.name,)):
             await src.execute(m.DROP_SLOT, (self.name,))  # a slot of an earlier attempt
             conninfo = await _primary_dsn(self.router.shards[r.source])
@@ -272,6 +313,9 @@ class _Mover:
                     r.target,
                     f"cannot subscribe to {redact(conninfo)}: {exc.diag.message_primary or exc}",
                 ) from exc
+            # a mover that dies before this comment restarts the copy (no timeline known)
+            timeline = await _one(dst, m.TIMELINE)
+            await dst.execute(m.comment_subscription(self.name, timeline))
         self.emit("copying")
         last = [0.0]
 
@@ -337,6 +381,19 @@ class _Mover:
                     " at other epochs than the move gives: the directory changed "
                     "under the move",
                 )
+            # the copy is on this primary: it is the one that subscribed
+            why = (
+                "its subscription is gone"
+                if not await _one(dst, m.SUBSCRIPTION_EXISTS, (self.name,))
+                else await self._failed_over(dst)
+            )
+            if why is not None:
+                raise MoveError(
+                    r.target,
+                    f"move {r.id}: {why}: it may lack rows the source's slot counts as "
+                    "applied; nothing was taken: abort the move (`pgsessions shard abort`: "
+                    "the source takes the buckets back) and move them again",
+                )
             # every write the source acknowledged before its fence is on the target
             lsn = await _one(src, m.CURRENT_LSN)
             await self._wait(
@@ -350,9 +407,18 @@ class _Mover:
                 lambda: _one(src, m.STANDBYS_FLUSHED, (lsn,)),
             )
             await dst.execute(m.take(self.schema), (list(r.buckets), new))
+            if self.fenced_at is not None:  # writers go on from here
+                self.result.pause = time.monotonic() - self.fenced_at
+        # the target's replicas hold the take (and the copy before it) before the source
+        # records the flip and later deletes its rows: a failover of the target from here on
+        # cannot lose them
+        tlsn = await _one(dst, m.CURRENT_LSN)
+        await self._wait(
+            "the target's replicas to flush the take",
+            r.target,
+            lambda: _one(dst, m.STANDBYS_FLUSHED, (tlsn,)),
+        )
         await src.execute(m.set_phase(self.schema), ("flipped", "flipped", None, r.id))
-        if self.fenced_at is not None:
-            self.result.pause = time.monotonic() - self.fenced_at
         self.emit("flipped")
 
     async def cleanup(self, src: Conn, dst: Conn) -> None:
@@ -604,14 +670,7 @@ async def abort_move(router: ShardedRouter, *, progress: Progress | None = None)
             await _drop_subscription(dst, name)
             await src.execute(m.drop_publication(name))
             await src.execute(m.DROP_SLOT, (name,))
-            tables = [t for (t,) in await _rows(dst, m.SESSION_TABLES, (schema,))]
-            for t in sorted(tables, key=lambda t: t == "conversations"):
-                while True:
-                    cur = await dst.execute(
-                        m.delete_batch(schema, t), (list(rec.buckets), DELETE_BATCH)
-                    )
-                    if cur.rowcount == 0:
-                        break
+            await _delete_copy(dst, schema, rec.buckets)
             async with src.transaction():
                 if rec.phase == "fenced":
                     await src.execute(

@@ -59,6 +59,12 @@ SLOT_REACHED = (
     "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots WHERE slot_name = %s"
 )
 CURRENT_LSN = "SELECT pg_current_wal_lsn()::text"
+#: the timeline this primary writes its WAL on (a promoted replica starts a new one)
+TIMELINE = "SELECT ('x' || left(pg_walfile_name(pg_current_wal_lsn()), 8))::bit(32)::int"
+#: the comment of a subscription: the target's timeline when it was created
+SUBSCRIPTION_TIMELINE = (
+    "SELECT obj_description(oid, 'pg_subscription') FROM pg_subscription WHERE subname = %s"
+)
 #: every physical standby streaming from this primary has flushed %s (logical walsenders,
 #: the moves' own, are left out): a failover of the source cannot lose the fence
 STANDBYS_FLUSHED = (
@@ -209,6 +215,12 @@ def create_subscription(name: str, conninfo: str) -> sql.Composed:
         " WITH (copy_data = true, create_slot = true, slot_name = {s},"
         " synchronous_commit = 'on')"
     ).format(n=sql.Identifier(name), c=sql.Literal(conninfo), s=sql.Literal(name))
+
+
+def comment_subscription(name: str, timeline: int) -> sql.Composed:
+    return sql.SQL("COMMENT ON SUBSCRIPTION {} IS {}").format(
+        sql.Identifier(name), sql.Literal(f"timeline {int(timeline)}")
+    )
 
 
 def drop_subscription(name: str) -> sql.Composed:

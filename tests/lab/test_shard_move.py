@@ -17,10 +17,11 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import psycopg
 import pytest
 
 from pgsessions import PostgresSession, migrate
-from pgsessions.devcluster import LocalCluster
+from pgsessions.devcluster import LocalCluster, wait_for
 from pgsessions.errors import DirectoryError, ShardError
 from pgsessions.router import RouterConfig, ShardedRouter
 from pgsessions.router.placement import bucket_of
@@ -599,3 +600,159 @@ async def test_a_router_opened_while_a_move_is_fenced_opens_and_resumes_it(
     with pytest.raises(DirectoryError, match=f"buckets {other} are owned by none"):
         async with ShardedRouter(configs(two, schema), buckets=BUCKETS):
             pass
+
+
+def owners_of(clusters: dict[str, LocalCluster], schema: str) -> dict[int, list[str]]:
+    """The shards whose primary's shard_buckets lists each bucket."""
+    out: dict[int, list[str]] = {x: [] for x in range(BUCKETS)}
+    for shard, c in clusters.items():
+        for (x,) in c.primary.execute(f'SELECT bucket FROM "{schema}".shard_buckets'):
+            out[x].append(shard)
+    return out
+
+
+@pytest.mark.parametrize("phase", ["copying", "running", "fenced", "flipped"])
+async def test_a_target_failover_mid_move_restarts_its_copy_or_is_rolled_back(
+    phase: str,
+) -> None:
+    """The target's primary crashes mid-move and its replica, cut off from it first (the
+    worst case of asynchronous replication), is promoted: the source's slot counts as
+    applied rows the new primary never got, and its subscription streams on from the slot.
+    Copying (a killed mover's move, or the mover running: it stops before its fence):
+    `resume` sees the new timeline and copies again from nothing. Fenced: `resume` refuses to
+    flip, `abort` gives the bucket back to the source, the move runs again. Flipped (the
+    replica streaming): `resume` finishes the clean-up on the new primary. Writers write
+    through the router all along; every acknowledged write is stored once, on the bucket's
+    owner, and each bucket has one owner."""
+    src = LocalCluster(replicas=0, fsync=False, settings={"wal_level": "logical"})
+    dst = LocalCluster(replicas=1, fsync=False, settings={"wal_level": "logical"})
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    try:
+        src.start()
+        dst.start()
+        pair = (src, dst)
+        async with ShardedRouter(configs(pair, name), buckets=BUCKETS) as router:
+            await migrate(router)
+            d = router.directory
+            assert d is not None
+            bucket, kept = [x for x in range(BUCKETS) if d.owners[x] == "s1"][:2]
+            theirs = next(x for x in range(BUCKETS) if d.owners[x] == "s2")
+            moving, staying = sids_in(bucket, 2, "tm"), sids_in(kept, 1, "tk")
+            on_target = sids_in(theirs, 1, "tt")
+            acked: list[str] = []
+            errors: list[str] = []
+            stop = False
+
+            async def write(sid: str, text: str) -> None:
+                await PostgresSession(sid, router).add_items([user(text)])
+                acked.append(text)
+
+            async def writer(sid: str) -> None:
+                n = 0
+                while not stop:
+                    try:
+                        await write(sid, f"{sid}/{n}")
+                    except Exception as exc:
+                        errors.append(repr(exc))
+                    n += 1
+
+            for sid in [*moving, *staying, *on_target]:
+                await write(sid, f"{sid}/before")
+            tasks = [asyncio.create_task(writer(sid)) for sid in [*moving, *staying]]
+            replica = dst.replicas[0]
+
+            def cut_off() -> None:  # the replica holds the copy, then stops streaming
+                dst.wait_caught_up()
+                dst.set_primary_conninfo(replica, "host=127.0.0.1 port=1 user=x")
+                sending = "SELECT count(*) FROM pg_stat_replication"
+                wait_for(lambda: dst.primary.execute(sending) == [(0,)], 10, "the cut-off")
+
+            def fail_over() -> None:
+                dst.crash(dst.primary)
+                dst.promote(replica)
+
+            if phase == "running":
+                # the mover runs here: the target fails over as the mover reports the catch-up
+
+                def progress(e: MoveProgress) -> None:
+                    if e.phase == "copied":
+                        cut_off()
+                    elif e.phase == "caught-up":
+                        fail_over()
+
+                with pytest.raises(psycopg.OperationalError):
+                    await move_buckets(router, [bucket], to="s2", progress=progress)
+                # it did not fence: the bucket stayed writable on the source
+                q = f'SELECT phase FROM "{name}".shard_moves'
+                assert src.primary.execute(q) == [("copying",)]
+            else:
+                kill_at = "flipped" if phase == "flipped" else "caught-up"
+                proc = await killed_mover(pair, name, bucket, kill_at)
+                assert proc.returncode == -signal.SIGKILL, proc.stderr
+                if phase != "flipped":  # flipped: the replica held the take when it was recorded
+                    await asyncio.to_thread(cut_off)
+                    for sid in moving:
+                        await write(sid, f"{sid}/cut-off")
+                if phase == "fenced":
+                    proc = await killed_mover(pair, name, bucket, "fenced")
+                    assert proc.returncode == -signal.SIGKILL, proc.stderr
+                lsn = src.primary.execute("SELECT pg_current_wal_lsn()::text")[0][0]
+
+                async def confirmed() -> bool:
+                    q = "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots"
+                    got = src.primary.execute(q + " WHERE slot_name LIKE 'pgs_move_%%'", (lsn,))
+                    return got == [(True,)]
+
+                # the slot counts the cut-off writes as applied: the new primary lacks them
+                assert await apoll(confirmed, within=10.0)
+                await asyncio.to_thread(fail_over)
+                if phase != "flipped":
+                    # and never gets them: the source's walsender starts its worker at the
+                    # slot's position ("has been already streamed, forwarding to")
+                    cut = {f"{sid}/cut-off" for sid in moving}
+                    assert cut.isdisjoint(contents(dst, name, moving))
+            # the target shard takes writes on its new primary (the router has found it)
+            await write(on_target[0], f"{on_target[0]}/after failover")
+            events: list[MoveProgress] = []
+            if phase != "fenced":
+                [result] = await resume_moves(router, progress=events.append)
+                assert result.resumed
+                restarts = [e for e in events if e.phase == "copy-restarted"]
+                if phase == "flipped":
+                    assert restarts == []
+                else:
+                    [restart] = restarts
+                    assert restart.note is not None and "now timeline 2" in restart.note
+                want = [("done",)]
+            else:
+                with pytest.raises(MoveError, match=r"shard 's2': .* failed over since the copy"):
+                    await resume_moves(router)
+                assert await abort_move(router)
+                assert contents(dst, name, moving) == []
+                [result] = await move_buckets(router, [bucket], to="s2")
+                assert not result.resumed
+                want = [("aborted",), ("done",)]
+            n = len(acked)
+            assert await apoll(lambda: _at_least(acked, n + 10), 20)
+            stop = True
+            await asyncio.gather(*tasks)
+            assert errors == []
+            d = router.directory
+            assert d is not None and d.owners[bucket] == "s2"
+            everyone = [*moving, *staying, *on_target]
+            assert contents(dst, name, everyone) == sorted(
+                t for t in acked if not t.startswith(tuple(staying))
+            )
+            assert contents(src, name, everyone) == sorted(
+                t for t in acked if t.startswith(tuple(staying))
+            )
+            owners = owners_of({"s1": src, "s2": dst}, name)
+            assert all(len(o) == 1 for o in owners.values()) and owners[bucket] == ["s2"]
+            status = await shard_status(router)
+            assert status["in_progress"] == [] and leftovers(status) == []
+            assert replication_left(src) == [] and move_objects(dst) == []
+            q = f'SELECT phase FROM "{name}".shard_moves ORDER BY started_at'
+            assert src.primary.execute(q) == want
+    finally:
+        src.stop()
+        dst.stop()

@@ -1,12 +1,20 @@
 """The pure decisions of the commands on a sharded set-up: when they open a ShardedRouter,
-what status prints for shards, how the demo adds up the shards' counters."""
+what status prints for shards, how the demo adds up the shards' counters, how a move's
+progress prints."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
+import pytest
+
 from pgsessions.cli.common import shards_given
+from pgsessions.cli.shard import _printer
 from pgsessions.cli.status import ShardReport, ShardState
 from pgsessions.demo.shards import format_placement, merged_stats
 from pgsessions.router.topology import HostState, Topology
+from pgsessions.shards import MoveProgress
 
 SHARDS = "s1=postgresql://a/db;s2=postgresql://b/db"
 
@@ -67,3 +75,15 @@ def test_the_demo_names_where_the_conversations_live() -> None:
         "shards     s1: 3 conversations (512 buckets; e.g. demo-1), "
         "s2: 0 conversations (512 buckets)"
     )
+
+
+def test_a_move_phase_prints_why_it_happens(capsys: pytest.CaptureFixture[str]) -> None:
+    note = "shard 's2': its primary failed over since the copy started"
+    event = MoveProgress("abc", "copy-restarted", "s1", "s2", (3, 4, 5), 1.5, note=note)
+    _printer(False)(event)
+    _printer(False)(dataclasses.replace(event, phase="copying", note=None))
+    first, second = capsys.readouterr().out.splitlines()
+    assert first.endswith(f"s1 -> s2 buckets 3-5: copy-restarted ({note})")
+    assert second.endswith("buckets 3-5: copying")
+    _printer(True)(event)
+    assert json.loads(capsys.readouterr().out)["note"] == note
