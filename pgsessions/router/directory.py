@@ -8,7 +8,7 @@ shard's claim (:class:`ShardClaim`) and builds one :class:`Directory` with
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 from ..errors import DirectoryError, ShardError
@@ -48,18 +48,29 @@ class Directory:
     buckets: int
     owners: tuple[str | None, ...]
     epochs: tuple[int, ...]
+    #: each bucket's Placement (None: owned by none), made once: every call asks for one
+    _placements: tuple[Placement | None, ...] = field(
+        init=False, repr=False, compare=False, default=()
+    )
+
+    def __post_init__(self) -> None:
+        placements = tuple(
+            None if owner is None else Placement(bucket, owner, epoch)
+            for bucket, (owner, epoch) in enumerate(zip(self.owners, self.epochs, strict=True))
+        )
+        object.__setattr__(self, "_placements", placements)
 
     def place(self, session_id: str) -> Placement:
         """Where ``session_id`` lives; DirectoryError when no shard reached owns its bucket."""
         bucket = _bucket(session_id, self.buckets)
-        owner = self.owners[bucket]
-        if owner is None:
+        at = self._placements[bucket]
+        if at is None:
             raise DirectoryError(
                 f"bucket {bucket} (of session {session_id!r}) is owned by none of the shards "
                 "this router reaches: is a shard missing from its configuration?",
                 [bucket],
             )
-        return Placement(bucket, owner, self.epochs[bucket])
+        return at
 
     def counts(self) -> dict[str, int]:
         """Buckets per owner."""

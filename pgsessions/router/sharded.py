@@ -18,7 +18,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 from psycopg.abc import Params, Query
@@ -28,7 +28,6 @@ from ..errors import (
     BucketMovedError,
     DirectoryError,
     RouterClosedError,
-    RouterError,
     ShardError,
 )
 from . import shard_tokens
@@ -39,6 +38,7 @@ from .directory import Directory, Placement, ShardClaim, build_directory
 from .dsn import redact
 from .execution import Rows, Setup, Setups
 from .loops import LoopThread, running_loop
+from .lsn import parse_lsn
 from .placement import DEFAULT_BUCKETS, spread
 from .protocol import KeyLike, RouteKey, Router, route_key
 from .session_router import SessionRouter
@@ -65,12 +65,8 @@ def _with(first: Setup, setup: Setups | None) -> Setups:
     return [first, *setup] if isinstance(setup, list) else [first, setup]
 
 
+#: positional parameters (a fence's two can go before them)
 _SEQUENCES = (list, tuple)
-
-
-def _positional(params: Params | None) -> bool:
-    """Whether ``params`` are positional (a fence's two can go before them)."""
-    return params is None or isinstance(params, _SEQUENCES)
 
 
 class ShardedRouter:
@@ -127,6 +123,9 @@ class ShardedRouter:
         _check_configs(configs)
         self._routers: dict[str, SessionRouter] = {n: SessionRouter(c) for n, c in configs.items()}
         self._order = tuple(self._routers.values())
+        #: the first shard's settings (schema, session TTL, ...: statements are written for
+        #: them, and every shard shares the schema)
+        self.config: RouterConfig = self._order[0].config
         self._sql: ShardSql = shard_sql(self.config.schema)
         self._directory: Directory | None = None
         #: what each shard claimed when it last answered
@@ -164,12 +163,6 @@ class ShardedRouter:
         counts = self._directory.counts() if self._directory is not None else {}
         shards = ", ".join(f"{n}: {counts.get(n, 0)} buckets" for n in self._routers)
         return f"ShardedRouter({shards}; buckets={self.buckets})"
-
-    @property
-    def config(self) -> RouterConfig:
-        """The first shard's settings (schema, session TTL, ...: statements are written for
-        them, and every shard shares the schema)."""
-        return self._order[0].config
 
     @property
     def directory_interval(self) -> float:
@@ -379,19 +372,14 @@ class ShardedRouter:
 
     async def _see_moved_in(self, old: Directory, new: Directory) -> None:
         """Before reads follow ``new``, each shard it gives buckets the router did not see it
-        own makes its primary's WAL position a floor for its reads: the rows a move copied in
-        (a session's own writes among them) are there, while a replica of that shard behind
-        the flip would miss them, and the session's token names the old owner."""
+        own is checked again: its primary's WAL position, a floor for its reads, then covers
+        the rows a move copied in (a session's own writes among them), which a replica of
+        that shard behind the flip would miss, while the session's token names the old
+        owner. A shard whose primary cannot be reached keeps what its monitor last saw."""
         gained = {o for o, was in zip(new.owners, old.owners, strict=True) if o and o != was}
-        for name in sorted(gained):
-            try:
-                async with self._routers[name].primary_connection():
-                    pass  # leaving the block raises the floor
-            except RouterClosedError:
-                raise
-            except (psycopg.Error, RouterError, OSError) as exc:
-                # the directory is not taken without the floor: reads would go stale
-                raise ShardError(name, f"cannot read its primary's position: {exc}") from exc
+        if gained:
+            now = time.monotonic()
+            await asyncio.gather(*(self._routers[n]._monitor.refresh(after=now) for n in gained))
 
     async def _fenced_in_moves(self) -> set[int]:
         """The buckets some shard fenced in a move that has not flipped yet (none when the
@@ -562,14 +550,18 @@ class ShardedRouter:
         Raises :class:`BucketMovedError` when no shard took the bucket within
         ``failover_timeout``, :class:`DirectoryError` when no shard reached owns it.
         """
-        k = route_key(key)
+        k = key if isinstance(key, RouteKey) else route_key(key)
         if k is None:
             raise TypeError(
                 "a ShardedRouter writes one conversation at a time: give a route key, or "
                 "run the statement on each of router.clusters()"
             )
 
-        inline = fenced_query is not None and _positional(params) and _positional(retry_params)
+        inline = (
+            fenced_query is not None
+            and (params is None or isinstance(params, _SEQUENCES))
+            and (retry_params is None or isinstance(retry_params, _SEQUENCES))
+        )
 
         async def call(owner: SessionRouter, at: Placement, again: bool) -> tuple[Rows, str]:
             first = retry_params if again and retry_params is not None else params
@@ -580,14 +572,10 @@ class ShardedRouter:
                     operation,
                     k,
                     fenced_query,
-                    (*route, *cast(Sequence[Any], first or ())),
+                    (*route, *(first or ())),
                     commits=commits,
                     setup=setup,
-                    retry_params=(
-                        None
-                        if retry_params is None
-                        else (*route, *cast(Sequence[Any], retry_params))
-                    ),
+                    retry_params=(None if retry_params is None else (*route, *retry_params)),
                 )
             fence: Setup = (self._sql.fence, (at.bucket, at.epoch))
             return await owner.execute_write(
@@ -638,7 +626,7 @@ class ShardedRouter:
         :meth:`SessionRouter.execute_read`), which with ``check_reads`` checks that it owns
         it; only ``token``'s part for that shard counts.
         A statement of no one conversation (``key`` None) runs on the first shard."""
-        k = route_key(key)
+        k = key if isinstance(key, RouteKey) else route_key(key)
         if k is None:
             return await self._order[0].execute_read(
                 operation, None, query, params, setup=setup, replay_column=replay_column
@@ -722,6 +710,21 @@ class ShardedRouter:
 
     def newest_token(self, *tokens: str | None) -> str | None:
         """The newest position of each shard among ``tokens``, as one token."""
+        if len(tokens) == 2:
+            # a session's token and its write's, both of one shard of this router: the
+            # common case, told by the shard's name and the two (cached) LSN parses
+            a, b = tokens
+            if isinstance(a, str) and isinstance(b, str):
+                shard, sep, lsn_a = a.partition(":")
+                if sep and shard in self._routers and b.startswith(shard):
+                    lsn_b = b[len(shard) :]
+                    if lsn_b[:1] == ":" and "+" not in a and "+" not in b:
+                        try:
+                            newer_a = parse_lsn(lsn_a) >= parse_lsn(lsn_b[1:])
+                        except ValueError:
+                            pass  # the general path names the bad one
+                        else:
+                            return a if newer_a else b
         return shard_tokens.merge(tokens)
 
     # clusters and observation ----------------------------------------------------------
