@@ -9,7 +9,7 @@ runs on, and ignores the others.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from functools import lru_cache
 
 from .lsn import format_lsn, parse_lsn
@@ -61,10 +61,18 @@ def part_for(token: str | None, shard: str) -> str | None:
     """The LSN text ``token`` holds for ``shard`` (None: none); ValueError for a non-token."""
     if token is None:
         return None
+    if token.__class__ is str:
+        # a session hands the same token to every read until its next write
+        return _part_for(token, shard)
+    raise ValueError(f"not a sharded consistency token: {token!r}")
+
+
+@lru_cache(maxsize=4096)
+def _part_for(token: str, shard: str) -> str | None:
     # the common case, a session's own token of this one shard ('s1:0/4000028'), is its LSN
-    # text as it stands (validated by the cached parse); anything else takes the full path
+    # text as it stands (validated by the parse); anything else takes the full path
     n = len(shard)
-    if isinstance(token, str) and token[n : n + 1] == ":" and token.startswith(shard):
+    if token[n : n + 1] == ":" and token.startswith(shard):
         lsn_text = token[n + 1 :]
         if "+" not in lsn_text:
             try:
@@ -77,6 +85,22 @@ def part_for(token: str | None, shard: str) -> str | None:
         if name == shard:
             return format_lsn(lsn)
     return None
+
+
+def newer(a: str | None, b: str | None, shards: Container[str]) -> str | None:
+    """The newer of two tokens (a session's and its write's): :func:`merge` of the two.
+    The common case, both one part of one of ``shards`` (names known valid), compares
+    the two LSNs (parsed through a cache) without parsing the tokens whole: the write's
+    token is new every time."""
+    if a.__class__ is str and b.__class__ is str:
+        assert isinstance(a, str) and isinstance(b, str)
+        n = a.find(":") + 1
+        if n and b[:n] == a[:n] and a[: n - 1] in shards and "+" not in a and "+" not in b:
+            try:
+                return a if parse_lsn(a[n:]) >= parse_lsn(b[n:]) else b
+            except ValueError:
+                pass  # merge names the bad one
+    return merge((a, b))
 
 
 def merge(tokens: Iterable[str | None]) -> str | None:

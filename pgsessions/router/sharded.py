@@ -38,7 +38,6 @@ from .directory import Directory, Placement, ShardClaim, build_directory
 from .dsn import redact
 from .execution import Rows, Setup, Setups
 from .loops import LoopThread, running_loop
-from .lsn import parse_lsn
 from .placement import DEFAULT_BUCKETS, spread
 from .protocol import KeyLike, RouteKey, Router, route_key
 from .session_router import SessionRouter
@@ -562,6 +561,59 @@ class ShardedRouter:
             and (params is None or isinstance(params, _SEQUENCES))
             and (retry_params is None or isinstance(retry_params, _SEQUENCES))
         )
+        directory = self._directory
+        if inline and self._open and directory is not None:
+            # the common case: the first attempt on the owner the directory names, the fence
+            # in the statement (a refusal, no owner or a fence of its own: the loop below)
+            try:
+                at = directory.place(k.session_id)
+            except DirectoryError:
+                pass
+            else:
+                route = (at.bucket, at.epoch)
+                try:
+                    rows, token = await self._routers[at.shard].execute_write(
+                        operation,
+                        k,
+                        fenced_query,  # type: ignore[arg-type]
+                        (*route, *(params or ())),
+                        commits=commits,
+                        setup=setup,
+                        retry_params=(None if retry_params is None else (*route, *retry_params)),
+                    )
+                    return rows, f"{at.shard}:{token}"
+                except psycopg.Error as exc:
+                    if not _is_moved(exc):
+                        raise
+                self._redirected(operation, at.shard)
+                if self._directory is directory:
+                    await self.refresh()
+                return await self._write_routed(
+                    operation, k, query, params, commits, setup, retry_params, fenced_query, True
+                )
+        return await self._write_routed(
+            operation, k, query, params, commits, setup, retry_params, fenced_query, False
+        )
+
+    async def _write_routed(
+        self,
+        operation: str,
+        k: RouteKey,
+        query: Query,
+        params: Params | None,
+        commits: bool,
+        setup: Setups | None,
+        retry_params: Params | None,
+        fenced_query: Query | None,
+        refused: bool,
+    ) -> tuple[Rows, str]:
+        """:meth:`execute_write` through :meth:`_routed` (``refused``: its first attempt
+        was refused, and the directory read again)."""
+        inline = (
+            fenced_query is not None
+            and (params is None or isinstance(params, _SEQUENCES))
+            and (retry_params is None or isinstance(retry_params, _SEQUENCES))
+        )
 
         async def call(owner: SessionRouter, at: Placement, again: bool) -> tuple[Rows, str]:
             first = retry_params if again and retry_params is not None else params
@@ -588,30 +640,10 @@ class ShardedRouter:
                 retry_params=retry_params,
             )
 
-        directory = self._directory
-        if self._open and directory is not None:
-            # the first attempt, on the owner the directory names, outside the loop (the
-            # common case ends here; a refusal or no owner goes round the loop)
-            try:
-                at = directory.place(k.session_id)
-            except DirectoryError:
-                pass
-            else:
-                try:
-                    rows, token = await call(self._routers[at.shard], at, False)
-                    return rows, f"{at.shard}:{token}"
-                except psycopg.Error as exc:
-                    if not _is_moved(exc):
-                        raise
-                self._redirected(operation, at.shard)
-                if self._directory is directory:
-                    await self.refresh()
-                (rows, token), place = await self._routed(operation, k, call, refused=True)
-                return rows, f"{place.shard}:{token}"
-        (rows, token), place = await self._routed(operation, k, call)
+        (rows, token), place = await self._routed(operation, k, call, refused=refused)
         return rows, f"{place.shard}:{token}"
 
-    async def execute_read(
+    def execute_read(
         self,
         operation: str,
         key: KeyLike,
@@ -621,36 +653,50 @@ class ShardedRouter:
         token: str | None = None,
         setup: Setups | None = None,
         replay_column: bool = False,
-    ) -> Rows:
+    ) -> Coroutine[Any, Any, Rows]:
         """Run one read on the shard the directory names for ``key``'s bucket (see
         :meth:`SessionRouter.execute_read`), which with ``check_reads`` checks that it owns
         it; only ``token``'s part for that shard counts.
-        A statement of no one conversation (``key`` None) runs on the first shard."""
+        A statement of no one conversation (``key`` None) runs on the first shard.
+
+        A coroutine like SessionRouter's: the common case hands back the owner's own (no
+        coroutine of this router's in between, which costs a frame per read)."""
         k = key if isinstance(key, RouteKey) else route_key(key)
         if k is None:
-            return await self._order[0].execute_read(
+            return self._order[0].execute_read(
                 operation, None, query, params, setup=setup, replay_column=replay_column
             )
-
         directory = self._directory
         if not self.check_reads and self._open and directory is not None:
             # an unchecked read is never refused: it goes straight to the owner the directory
             # names (a bucket owned by none, a move in flight, takes the loop below)
             try:
                 at = directory.place(k.session_id)
-            except DirectoryError:
-                pass
+                part = shard_tokens.part_for(token, at.shard)
+            except (DirectoryError, ValueError):
+                pass  # the loop below raises them, as a coroutine should
             else:
-                return await self._routers[at.shard].execute_read(
+                return self._routers[at.shard].execute_read(
                     operation,
                     k,
                     query,
                     params,
-                    token=shard_tokens.part_for(token, at.shard),
+                    token=part,
                     setup=setup,
                     replay_column=replay_column,
                 )
+        return self._read_routed(operation, k, query, params, token, setup, replay_column)
 
+    async def _read_routed(
+        self,
+        operation: str,
+        k: RouteKey,
+        query: Query,
+        params: Params | None,
+        token: str | None,
+        setup: Setups | None,
+        replay_column: bool,
+    ) -> Rows:
         async def call(owner: SessionRouter, at: Placement, again: bool) -> Rows:
             check: Setup = (self._sql.owns, (at.bucket, at.epoch))
             return await owner.execute_read(
@@ -711,20 +757,7 @@ class ShardedRouter:
     def newest_token(self, *tokens: str | None) -> str | None:
         """The newest position of each shard among ``tokens``, as one token."""
         if len(tokens) == 2:
-            # a session's token and its write's, both of one shard of this router: the
-            # common case, told by the shard's name and the two (cached) LSN parses
-            a, b = tokens
-            if isinstance(a, str) and isinstance(b, str):
-                shard, sep, lsn_a = a.partition(":")
-                if sep and shard in self._routers and b.startswith(shard):
-                    lsn_b = b[len(shard) :]
-                    if lsn_b[:1] == ":" and "+" not in a and "+" not in b:
-                        try:
-                            newer_a = parse_lsn(lsn_a) >= parse_lsn(lsn_b[1:])
-                        except ValueError:
-                            pass  # the general path names the bad one
-                        else:
-                            return a if newer_a else b
+            return shard_tokens.newer(*tokens, self._routers)
         return shard_tokens.merge(tokens)
 
     # clusters and observation ----------------------------------------------------------

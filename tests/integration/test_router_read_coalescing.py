@@ -40,12 +40,15 @@ async def rtr(cluster: LocalCluster, schema: str, store: Store) -> AsyncIterator
 
 @pytest.mark.owner_sql  # creates a table of its own
 async def test_reads_started_together_share_a_round_trip_and_see_their_writes(
-    rtr: SessionRouter, store: Store
+    rtr: SessionRouter, store: Store, cluster: LocalCluster
 ) -> None:
     tag = uuid.uuid4().hex[:6]
     sids = [f"rg-{tag}-{i}" for i in range(12)]
     for _ in range(3):
         ops = await asyncio.gather(*(store.add(rtr, sid) for sid in sids))
+        # a replica behind the writes (a loaded machine) sends some reads to the primary,
+        # alone: caught up, all 12 wait for replicas at once
+        await asyncio.to_thread(cluster.wait_caught_up)
         groups0, grouped0 = rtr.stats()["read_groups"], rtr.stats()["reads_grouped"]
         got = await asyncio.gather(*(store.get(rtr, sid) for sid in sids))
         # read-your-writes: each read ends with its own session's newest write

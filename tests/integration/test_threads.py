@@ -278,14 +278,22 @@ def test_operations_across_sessions_from_sync_code(started: SessionRouter) -> No
         s = PostgresSession(f"ops-{i}", started)
         started.run_sync(s.add_items([user(f"hello {i}")]))
         started.run_sync(s.store_run_usage(run_result(10 + i)))
-    page = asyncio.run(list_sessions(started, limit=10))
+    # the listing may be read on a replica: the last session's token (its writes are the
+    # newest on the one primary) makes it see all three
+    token = s.consistency_token
+    page = asyncio.run(list_sessions(started, limit=10, consistency_token=token))
     assert {p.session_id for p in page.sessions} >= {"ops-0", "ops-1", "ops-2"}
     now = datetime.now(UTC)
-    report = started.run_sync(
-        usage_report(started, since=now - timedelta(hours=1), until=now + timedelta(hours=1))
-    )
-    by_session = {r["session_id"]: r for r in report.reports["by_session"]}
-    assert [by_session[f"ops-{i}"]["input_tokens"] for i in range(3)] == [10, 11, 12]
+
+    def tokens_by_session() -> list[Any]:
+        # a report takes no token: it sees writes older than one monitor check
+        report = started.run_sync(
+            usage_report(started, since=now - timedelta(hours=1), until=now + timedelta(hours=1))
+        )
+        by_session = {r["session_id"]: r for r in report.reports["by_session"]}
+        return [by_session.get(f"ops-{i}", {}).get("input_tokens") for i in range(3)]
+
+    assert poll(lambda: tokens_by_session() == [10, 11, 12]), tokens_by_session()
 
     async def export() -> list[str]:
         return [line async for line in export_lines(started, session_ids_=["ops-1"])]

@@ -214,6 +214,32 @@ def test_the_newer_of_two_tokens_of_one_shard_is_one_of_them() -> None:
         shard_tokens.merge(["s1:0/10", "s1:nope"])
 
 
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("s1:0/20", "s1:0/10"),
+        ("s1:0/10", "s1:1/0"),
+        ("s1:0/A", "s1:0/a"),
+        (None, "s1:0/10"),
+        ("s1:0/10", None),
+        (None, None),
+        ("s1:0/10", "s2:0/20"),
+        ("s1:0/10+s2:0/5", "s2:0/20"),
+        ("s3:0/10", "s3:0/20"),  # a shard this router does not know: the whole parse
+        ("s10:0/1", "s1:0/2"),
+    ],
+)
+def test_the_newer_of_two_is_what_merging_them_gives(a: str | None, b: str | None) -> None:
+    assert shard_tokens.newer(a, b, {"s1", "s2", "s10"}) == shard_tokens.merge([a, b])
+
+
+@pytest.mark.parametrize("bad", ["s1:", "s1:zz", "s1:0/1+", "s1:0/1:2", "s1", "s 1:0/1"])
+def test_the_newer_of_two_checks_both(bad: str) -> None:
+    for pair in ((bad, "s1:0/10"), ("s1:0/10", bad)):
+        with pytest.raises(ValueError, match="sharded consistency token"):
+            shard_tokens.newer(*pair, {"s1", "s 1"})
+
+
 @pytest.mark.parametrize("bad", [0, -1.0, 3601, True, "1"])
 def test_directory_interval_out_of_range_is_refused_naming_it(bad: object) -> None:
     from pgsessions.router import ShardedRouter
