@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
 import psycopg
@@ -18,6 +19,7 @@ from psycopg.pq import TransactionStatus
 from .classify import classify
 from .lsn import parse_lsn
 from .pools import watchdog
+from .stacked import Stacked, split_rows, stacked_query
 
 Rows = list[tuple[Any, ...]]
 Conn = psycopg.AsyncConnection[Any]
@@ -93,8 +95,9 @@ async def write_batch(
 ) -> tuple[list[Rows], str]:
     """Run several writes in ONE transaction and return (each one's rows, token): BEGIN,
     the synchronous_commit guard, ``setup``, the statements in order, COMMIT and the token
-    query in one pipeline (one round trip, one commit). All or nothing: any error rolls the
-    whole transaction back; the connection is cut past ``seconds``."""
+    query in one pipeline (one round trip, one commit). Consecutive writes of one
+    :class:`~.stacked.Stacked` statement go as one statement over VALUES. All or nothing:
+    any error rolls the whole transaction back; the connection is cut past ``seconds``."""
     try:
         with watchdog(conn, seconds):
             async with conn.pipeline():
@@ -102,20 +105,48 @@ async def write_batch(
                 await conn.execute(_SYNC_COMMIT_SQL)
                 await _setup(conn, setup)
                 curs = []
-                for query, params in statements:
+                for query, params, k in _runs(statements):
                     cur = conn.cursor()
                     await cur.execute(cast(QueryNoTemplate, query), params)
-                    curs.append(cur)
+                    curs.append((cur, k))
                 await conn.execute("COMMIT")
                 token_cur = conn.cursor()
                 await token_cur.execute(TOKEN_SQL)
-            rows = [await c.fetchall() if c.description is not None else [] for c in curs]
+            rows: list[Rows] = []
+            for c, k in curs:
+                got = await c.fetchall() if c.description is not None else []
+                if k:
+                    rows.extend(split_rows(got, k))
+                else:
+                    rows.append(got)
             token_row = await token_cur.fetchone()
     except BaseException:
         await rollback_quietly(conn)
         raise
     assert token_row is not None
     return rows, str(token_row[0])
+
+
+def _runs(
+    statements: list[tuple[Query, Params | None]],
+) -> Iterator[tuple[Query, Params | None, int]]:
+    """The statements to send: each as it is (k 0), or a run of two or more writes of one
+    Stacked statement with positional parameters as one (k writes, parameters in turn)."""
+    i, n = 0, len(statements)
+    while i < n:
+        query, params = statements[i]
+        j = i + 1
+        if isinstance(query, Stacked) and isinstance(params, list | tuple):
+            while (
+                j < n and statements[j][0] is query and isinstance(statements[j][1], list | tuple)
+            ):
+                j += 1
+        if j - i >= 2:
+            flat = [x for _, p in statements[i:j] for x in cast(Sequence[Any], p)]
+            yield stacked_query(cast(Stacked, query), j - i), flat, j - i
+        else:
+            yield query, params, 0
+        i = j
 
 
 async def read(

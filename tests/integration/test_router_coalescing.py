@@ -229,6 +229,39 @@ async def test_queued_writes_share_one_transaction_each_told_its_own_result(
     router.remove_observer(events)
 
 
+async def test_a_batchs_add_items_go_as_one_statement(
+    router: SessionRouter, cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ten sessions' add_items queued together are sent as one statement over VALUES
+    (execution._runs, watched): each lands once, in order, with its own token."""
+    from pgsessions.router import execution
+
+    sent: list[int] = []
+    runs = execution._runs
+
+    def watched(statements: Any) -> Any:
+        for query, params, k in runs(statements):
+            sent.append(k)
+            yield query, params, k
+
+    monkeypatch.setattr(execution, "_runs", watched)
+    await migrate(router)
+    tag = uuid.uuid4().hex[:6]
+    sessions = [PostgresSession(f"st-{tag}-{i}", router) for i in range(10)]
+    async with slots_held(router, cluster.primary.dsn) as until_queued:
+        adds = [
+            asyncio.ensure_future(s.add_items([user(f"u {s.session_id}"), assistant("a")]))
+            for s in sessions
+        ]
+        await until_queued(10)
+    assert await asyncio.gather(*adds) == [None] * 10
+    assert 10 in sent  # the ten as one statement
+    for s in sessions:
+        assert s.consistency_token is not None
+        got = await PostgresSession(s.session_id, router).get_items()
+        assert [i["content"] for i in got] == [f"u {s.session_id}", "a"]
+
+
 async def test_a_failing_write_fails_only_its_caller(
     router: SessionRouter, cluster: LocalCluster
 ) -> None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import LiteralString
 
+from ...router.stacked import Stacked
 from .fragments import quote_ident
 
 
@@ -80,10 +81,19 @@ def statements(schema: str) -> Statements:
             "%s, %s, %b::text[]::json[], %b::text[], %b::text[], %s::jsonb, %s)"
         ),
         # add_items in a transaction the router commits (the same parameters): one write of
-        # a coalesced batch; the one row is (applied)
-        add_items_in_batch=q(
-            "SELECT {s}.add_items_checked("
-            "%s, %s, %b::text[]::json[], %b::text[], %b::text[], %s::jsonb, %s)"
+        # a coalesced batch; the one row is (applied). Stacked: the batch's add_items go as
+        # one statement over VALUES (router/stacked.py), hence the types named
+        add_items_in_batch=Stacked(
+            q("{s}.add_items_checked"),
+            (
+                "%s::text",
+                "%s::uuid",
+                "%b::text[]::json[]",
+                "%b::text[]",
+                "%b::text[]",
+                "%s::jsonb",
+                "%s::boolean",
+            ),
         ),
         # every write below takes a client operation id (migrations 0001 and 0004)
         pop_item=q("SELECT {s}.pop_item(%s, %s)::text"),
