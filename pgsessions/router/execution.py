@@ -112,7 +112,13 @@ async def write_batch(
                 await conn.execute("COMMIT")
                 token_cur = conn.cursor()
                 await token_cur.execute(TOKEN_SQL)
-            rows = await _rows_of(curs)
+            rows: list[Rows] = []
+            for c, k in curs:
+                got = await c.fetchall() if c.description is not None else []
+                if k:
+                    rows.extend(split_rows(got, k))
+                else:
+                    rows.append(got)
             token_row = await token_cur.fetchone()
     except BaseException:
         await rollback_quietly(conn)
@@ -121,23 +127,11 @@ async def write_batch(
     return rows, str(token_row[0])
 
 
-async def _rows_of(curs: list[tuple[psycopg.AsyncCursor[Any], int]]) -> list[Rows]:
-    """Each statement's rows, a stacked run's split back (k > 0: k statements)."""
-    rows: list[Rows] = []
-    for c, k in curs:
-        got = await c.fetchall() if c.description is not None else []
-        if k:
-            rows.extend(split_rows(got, k))
-        else:
-            rows.append(got)
-    return rows
-
-
 def _runs(
     statements: list[tuple[Query, Params | None]],
 ) -> Iterator[tuple[Query, Params | None, int]]:
-    """The statements to send: each as it is (k 0), or a run of two or more of one Stacked
-    statement with positional parameters as one (k of them, their parameters in turn)."""
+    """The statements to send: each as it is (k 0), or a run of two or more writes of one
+    Stacked statement with positional parameters as one (k writes, parameters in turn)."""
     i, n = 0, len(statements)
     while i < n:
         query, params = statements[i]
@@ -219,8 +213,7 @@ async def read_group(
     setup: Setups | None = None,
 ) -> tuple[list[Rows], int | None]:
     """Several reads in one pipeline (one round trip): the replay check first when ``lsn``
-    is given, then ``setup``, then each statement (consecutive ones of one
-    :class:`~.stacked.Stacked` statement as one); returns each one's rows and the replay
+    is given, then ``setup``, then each statement; returns each one's rows and the replay
     position seen before them (None without a check).
 
     Under read committed each statement takes its own snapshot, after the check, so every
@@ -232,12 +225,12 @@ async def read_group(
         check = await conn.execute(_REPLAY_LSN_SQL) if lsn is not None else None
         await _setup(conn, setup)
         curs = []
-        for query, params, k in _runs(statements):
+        for query, params in statements:
             cur = conn.cursor()
             await cur.execute(cast(QueryNoTemplate, query), params)
-            curs.append((cur, k))
+            curs.append(cur)
     row = await check.fetchone() if check is not None else None
-    rows = await _rows_of(curs)
+    rows = [await c.fetchall() if c.description is not None else [] for c in curs]
     seen = parse_lsn(row[0]) if row is not None and row[0] is not None else None
     return rows, seen
 

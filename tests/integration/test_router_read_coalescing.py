@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 import psycopg
 import pytest
@@ -224,36 +223,3 @@ async def test_coalescing_reads_off_sends_every_read_alone(
         got = await asyncio.gather(*(store.get(r, sid) for sid in sids))
         assert got == [[op] for op, _ in ops]
         assert r.stats()["read_groups"] == 0 and r.stats()["reads_grouped"] == 0
-
-
-@pytest.mark.owner_sql  # migrates a schema of its own
-async def test_a_groups_get_items_go_as_one_statement(
-    cluster: LocalCluster, schema: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Eight sessions' histories read together on a caught-up replica go as one statement
-    over VALUES (execution._runs, watched), each session its own items."""
-    from pgsessions.router import execution
-
-    sent: list[int] = []
-    runs = execution._runs
-
-    def watched(statements: Any) -> Any:
-        for query, params, k in runs(statements):
-            sent.append(k)
-            yield query, params, k
-
-    monkeypatch.setattr(execution, "_runs", watched)
-    async with SessionRouter(fast_config(cluster.dsns(), schema)) as r:
-        await migrate(r)
-        tag = uuid.uuid4().hex[:6]
-        sessions = [PostgresSession(f"sr-{tag}-{i}", r) for i in range(8)]
-        for i, s in enumerate(sessions):
-            await s.add_items([user(f"{s.session_id} {n}") for n in range(i + 1)])
-        await asyncio.to_thread(cluster.wait_caught_up)
-        sent.clear()
-        got = await asyncio.gather(*(s.get_items() for s in sessions))
-        assert [[item["content"] for item in g] for g in got] == [
-            [f"{s.session_id} {n}" for n in range(i + 1)] for i, s in enumerate(sessions)
-        ]
-        assert any(k >= 2 for k in sent), sent
-        assert r.stats()["reads_grouped"] >= 2

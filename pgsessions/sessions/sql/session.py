@@ -56,18 +56,9 @@ def statements(schema: str) -> Statements:
         # string_agg, not json_agg(...)::text: json has no cast to text, so that cast runs
         # the whole array through json's output and text's input, two more copies of it
         # (about a quarter of the statement's server CPU at 50 items of 1 KB)
-        # Stacked: the reads of a read group go as one statement over VALUES, each row's
-        # history a subquery (router/stacked.py)
-        get_items=Stacked(
-            q(
-                "SELECT string_agg(t.item::text, ',' ORDER BY t.seq),"
-                " pg_last_wal_replay_lsn()::text FROM {s}.branch_items(%s, %s, %s::bigint) t"
-            ),
-            q(
-                "(SELECT string_agg(t.item::text, ',' ORDER BY t.seq)"
-                " FROM {s}.branch_items({a0}, {a1}, {a2}) t), pg_last_wal_replay_lsn()::text"
-            ),
-            ("%s::text", "%s::text", "%s::bigint"),
+        get_items=q(
+            "SELECT string_agg(t.item::text, ',' ORDER BY t.seq), pg_last_wal_replay_lsn()::text"
+            " FROM {s}.branch_items(%s, %s, %s::bigint) t"
         ),
         # get_items with a time-to-live (%s interval first; the same columns): the latest N
         # rows, without those before the newest idle gap longer than the TTL (counting the gap
@@ -92,7 +83,7 @@ def statements(schema: str) -> Statements:
         # add_items in a transaction the router commits (the same parameters): one write of
         # a coalesced batch; the one row is (applied). Stacked: the batch's add_items go as
         # one statement over VALUES (router/stacked.py), hence the types named
-        add_items_in_batch=Stacked.call(
+        add_items_in_batch=Stacked(
             q("{s}.add_items_checked"),
             (
                 "%s::text",
