@@ -8,8 +8,8 @@ shard's claim (:class:`ShardClaim`) and builds one :class:`Directory` with
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from functools import lru_cache
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
 
 from ..errors import DirectoryError, ShardError
 from .placement import bucket_of
@@ -48,17 +48,14 @@ class Directory:
     buckets: int
     owners: tuple[str | None, ...]
     epochs: tuple[int, ...]
-    #: each bucket's Placement (None: owned by none), made once: every call asks for one
-    _placements: tuple[Placement | None, ...] = field(
-        init=False, repr=False, compare=False, default=()
-    )
 
-    def __post_init__(self) -> None:
-        placements = tuple(
+    @cached_property
+    def _placements(self) -> tuple[Placement | None, ...]:
+        """Each bucket's Placement (None: owned by none), made once: every call asks."""
+        return tuple(
             None if owner is None else Placement(bucket, owner, epoch)
             for bucket, (owner, epoch) in enumerate(zip(self.owners, self.epochs, strict=True))
         )
-        object.__setattr__(self, "_placements", placements)
 
     def place(self, session_id: str) -> Placement:
         """Where ``session_id`` lives; DirectoryError when no shard reached owns its bucket."""

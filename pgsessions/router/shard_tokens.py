@@ -61,7 +61,7 @@ def part_for(token: str | None, shard: str) -> str | None:
     """The LSN text ``token`` holds for ``shard`` (None: none); ValueError for a non-token."""
     if token is None:
         return None
-    if token.__class__ is str:
+    if isinstance(token, str):
         # a session hands the same token to every read until its next write
         return _part_for(token, shard)
     raise ValueError(f"not a sharded consistency token: {token!r}")
@@ -92,8 +92,7 @@ def newer(a: str | None, b: str | None, shards: Container[str]) -> str | None:
     The common case, both one part of one of ``shards`` (names known valid), compares
     the two LSNs (parsed through a cache) without parsing the tokens whole: the write's
     token is new every time."""
-    if a.__class__ is str and b.__class__ is str:
-        assert isinstance(a, str) and isinstance(b, str)
+    if isinstance(a, str) and isinstance(b, str):
         n = a.find(":") + 1
         if n and b[:n] == a[:n] and a[: n - 1] in shards and "+" not in a and "+" not in b:
             try:

@@ -68,6 +68,15 @@ def _with(first: Setup, setup: Setups | None) -> Setups:
 _SEQUENCES = (list, tuple)
 
 
+def _fenced_params(
+    at: Placement, params: Params | None, retry_params: Params | None
+) -> tuple[tuple[Any, ...], tuple[Any, ...] | None]:
+    """A fenced statement's parameters and retry parameters: bucket and epoch first."""
+    route = (at.bucket, at.epoch)
+    again = None if retry_params is None else (*route, *retry_params)
+    return (*route, *(params or ())), again
+
+
 class ShardedRouter:
     """Routes each conversation to the shard that owns its bucket.
 
@@ -570,16 +579,16 @@ class ShardedRouter:
             except DirectoryError:
                 pass
             else:
-                route = (at.bucket, at.epoch)
+                first, again = _fenced_params(at, params, retry_params)
                 try:
                     rows, token = await self._routers[at.shard].execute_write(
                         operation,
                         k,
                         fenced_query,  # type: ignore[arg-type]
-                        (*route, *(params or ())),
+                        first,
                         commits=commits,
                         setup=setup,
-                        retry_params=(None if retry_params is None else (*route, *retry_params)),
+                        retry_params=again,
                     )
                     return rows, f"{at.shard}:{token}"
                 except psycopg.Error as exc:
@@ -592,7 +601,15 @@ class ShardedRouter:
                     operation, k, query, params, commits, setup, retry_params, fenced_query, True
                 )
         return await self._write_routed(
-            operation, k, query, params, commits, setup, retry_params, fenced_query, False
+            operation,
+            k,
+            query,
+            params,
+            commits,
+            setup,
+            retry_params,
+            fenced_query if inline else None,
+            False,
         )
 
     async def _write_routed(
@@ -607,27 +624,22 @@ class ShardedRouter:
         fenced_query: Query | None,
         refused: bool,
     ) -> tuple[Rows, str]:
-        """:meth:`execute_write` through :meth:`_routed` (``refused``: its first attempt
-        was refused, and the directory read again)."""
-        inline = (
-            fenced_query is not None
-            and (params is None or isinstance(params, _SEQUENCES))
-            and (retry_params is None or isinstance(retry_params, _SEQUENCES))
-        )
+        """:meth:`execute_write` through :meth:`_routed` (``fenced_query``: None unless the
+        fence goes in the statement; ``refused``: the first attempt was refused, and the
+        directory read again)."""
 
         async def call(owner: SessionRouter, at: Placement, again: bool) -> tuple[Rows, str]:
             first = retry_params if again and retry_params is not None else params
-            if inline:
-                assert fenced_query is not None
-                route = (at.bucket, at.epoch)
+            if fenced_query is not None:
+                fenced, fenced_retry = _fenced_params(at, first, retry_params)
                 return await owner.execute_write(
                     operation,
                     k,
                     fenced_query,
-                    (*route, *(first or ())),
+                    fenced,
                     commits=commits,
                     setup=setup,
-                    retry_params=(None if retry_params is None else (*route, *retry_params)),
+                    retry_params=fenced_retry,
                 )
             fence: Setup = (self._sql.fence, (at.bucket, at.epoch))
             return await owner.execute_write(

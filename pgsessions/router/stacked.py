@@ -14,6 +14,7 @@ order, so the batch's lock order holds); ``n`` is checked anyway.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 import psycopg
@@ -33,29 +34,21 @@ class Stacked(str):
         self.placeholders = tuple(placeholders)
         return self
 
-    def __reduce__(self) -> Any:  # pickles (a router's statements cross processes in tests)
+    def __reduce__(self) -> Any:  # copy and pickle: str's own way calls __new__ with the text
         return (Stacked, (self.function, self.placeholders))
 
 
-_CACHE: dict[tuple[str, int], str] = {}
-
-
+@lru_cache(maxsize=256)
 def stacked_query(query: Stacked, k: int) -> str:
     """The one statement of ``k`` writes of ``query`` (parameters: each write's in turn);
-    its rows are ``(n, result)``, n = 1..k. Cached per (query, k)."""
-    key = (query, k)
-    text = _CACHE.get(key)
-    if text is None:
-        args = ", ".join(query.placeholders)
-        rows = ", ".join(f"({n}, {args})" for n in range(1, k + 1))
-        names = [f"a{i}" for i in range(len(query.placeholders))]
-        text = (
-            f"SELECT v.n, {query.function}({', '.join('v.' + a for a in names)})"
-            f" FROM (VALUES {rows}) AS v(n, {', '.join(names)})"
-        )
-        if len(_CACHE) < 4096:
-            _CACHE[key] = text
-    return text
+    its rows are ``(n, result)``, n = 1..k."""
+    args = ", ".join(query.placeholders)
+    rows = ", ".join(f"({n}, {args})" for n in range(1, k + 1))
+    names = [f"a{i}" for i in range(len(query.placeholders))]
+    return (
+        f"SELECT v.n, {query.function}({', '.join('v.' + a for a in names)})"
+        f" FROM (VALUES {rows}) AS v(n, {', '.join(names)})"
+    )
 
 
 def split_rows(rows: list[tuple[Any, ...]], k: int) -> list[list[tuple[Any, ...]]]:

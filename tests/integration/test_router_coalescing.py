@@ -262,6 +262,56 @@ async def test_a_batchs_add_items_go_as_one_statement(
         assert [i["content"] for i in got] == [f"u {s.session_id}", "a"]
 
 
+async def test_a_bad_write_inside_a_stacked_statement_fails_only_its_caller(
+    router: SessionRouter, cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An add_items whose operation id is no uuid, stacked with nine good ones: the one
+    statement fails, the batch rolls back, each write runs alone; the bad caller gets its
+    own error and its session stays exactly as it was, the nine land once."""
+    from pgsessions.router import execution
+    from pgsessions.sessions.items import encode_items
+    from pgsessions.sessions.sql.session import statements
+
+    sent: list[int] = []
+    runs = execution._runs
+
+    def watched(batch: Any) -> Any:
+        for query, params, k in runs(batch):
+            sent.append(k)
+            yield query, params, k
+
+    monkeypatch.setattr(execution, "_runs", watched)
+    await migrate(router)
+    sql = statements(router.config.schema)
+    tag = uuid.uuid4().hex[:6]
+    sessions = [PostgresSession(f"sb-{tag}-{i}", router) for i in range(9)]
+    victim = PostgresSession(f"sb-{tag}-bad", router)
+    await victim.add_items([user("kept")])
+    enc = encode_items([user("never")])
+    params = (victim.session_id, "not-a-uuid", enc.items, enc.roles, enc.types, None, False)
+    async with slots_held(router, cluster.primary.dsn) as until_queued:
+        good = [asyncio.ensure_future(s.add_items([user(s.session_id)])) for s in sessions]
+        bad = asyncio.ensure_future(
+            router.execute_write(
+                "add_items",
+                victim.session_id,
+                sql.add_items,
+                params,
+                commits=True,
+                retry_params=(*params[:-1], True),
+                batch_query=sql.add_items_in_batch,
+            )
+        )
+        await until_queued(10)
+    with pytest.raises(psycopg.errors.InvalidTextRepresentation, match="uuid"):
+        await bad
+    assert await asyncio.gather(*good) == [None] * 9
+    assert 10 in sent  # the ten went as one statement first
+    for s in sessions:
+        assert [i["content"] for i in await s.get_items()] == [s.session_id]
+    assert [i["content"] for i in await victim.get_items()] == ["kept"]
+
+
 async def test_a_failing_write_fails_only_its_caller(
     router: SessionRouter, cluster: LocalCluster
 ) -> None:

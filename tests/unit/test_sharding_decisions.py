@@ -254,3 +254,11 @@ def test_directory_interval_defaults_to_the_check_interval() -> None:
     cfg = RouterConfig(hosts=["postgresql://h1/db"], check_interval=0.3)
     assert ShardedRouter({"s1": cfg}).directory_interval == 0.3
     assert ShardedRouter({"s1": cfg}, directory_interval=5).directory_interval == 5.0
+
+
+def test_a_token_that_is_a_str_subclass_is_a_token() -> None:
+    class Text(str):
+        pass
+
+    assert shard_tokens.part_for(Text("s1:0/4a"), "s1") == "0/4a"
+    assert shard_tokens.newer(Text("s1:0/10"), Text("s1:0/20"), {"s1"}) == "s1:0/20"
