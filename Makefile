@@ -122,9 +122,11 @@ drill: setup backup-tools
 drill-patroni: setup patroni
 	$(VENV)/bin/pgsessions drill --patroni all --sync
 
-# All contenders, one interleaved run (about 11 minutes); writes bench/results/latest.{json,md}.
+# All contenders and pgsessions with coalescing off beside them, one interleaved run (about
+# 14 minutes), then the fleet (about 3); writes bench/results/latest.* and fleet-latest.*.
 bench: setup
-	$(VENV)/bin/pgsessions bench --save
+	$(VENV)/bin/pgsessions bench --save --variant coalesce_writes=false,coalesce_reads=false
+	$(PY) -m bench.fleet --save
 
 # The fleet (issue 31): 2,000 conversations from 8 processes with think time, pgsessions-routed
 # then SQLAlchemySession, 20 s each after a 5 s warm-up (about 3 minutes); see bench/README.md.

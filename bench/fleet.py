@@ -509,6 +509,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", default="", help=f"comma-separated ({','.join(FLEET_CONTENDERS)})")
     p.add_argument("--hosts", default="", help="an existing cluster (primary first) instead")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument(
+        "--save",
+        action="store_true",
+        help="also write results/fleet-latest.json and fleet-latest.md in the bench directory",
+    )
     return p
 
 
@@ -557,6 +562,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             cluster.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     print(json.dumps(report, indent=2) if args.json else render(report))
+    if args.save:
+        results = Path(__file__).resolve().parent / "results"
+        (results / "fleet-latest.json").write_text(json.dumps(report, indent=2) + "\n")
+        md = f"# Fleet ({time.strftime('%Y-%m-%d')})\n\n`python -m bench.fleet`\n\n"
+        (results / "fleet-latest.md").write_text(md + "```\n" + render(report) + "\n```\n")
+        print(f"wrote {results / 'fleet-latest.json'} and fleet-latest.md")
     bad = [c["contender"] for c in report["contenders"] if c["violations"] or c["failures"]]
     return 1 if bad else 0
 

@@ -23,6 +23,7 @@ from . import AGENT_CONTENDERS, WORKLOADS
 from .contenders import BenchEnv, Contender
 from .payloads import Payloads, assistant_marker, check_seeded_tail, item_text, user_marker
 from .report import FLOOR, HEADLINE
+from .wal import wal_by_record
 
 __all__ = ["WORKLOADS", "Bench", "BenchConfig"]
 
@@ -76,6 +77,10 @@ class RoundResult:
     server_cpu: float | None = None
     #: WAL bytes the primary wrote over the round (adds workload)
     server_wal: int | None = None
+    #: the primary's WAL insert position (bytes) when the round began (adds workload)
+    wal_start: int | None = None
+    #: CPU seconds the replicas' own processes spent over the round (turn workload)
+    replicas_cpu: float | None = None
 
     @property
     def tput(self) -> float:
@@ -97,6 +102,12 @@ class RoundResult:
             return None
         return 1000 * self.server_cpu / self.ops
 
+    @property
+    def replicas_cpu_per_1000(self) -> float | None:
+        if self.replicas_cpu is None or not self.ops:
+            return None
+        return 1000 * self.replicas_cpu / self.ops
+
 
 @dataclass
 class Cell:
@@ -109,6 +120,8 @@ class Cell:
     problems: list[str] = field(default_factory=list)
     #: reads by role/reason during this cell's measured rounds (routing contenders only)
     routing: dict[str, int] = field(default_factory=dict)
+    #: the last round's WAL per operation by record type (see wal.wal_by_record)
+    wal_records: dict[str, dict[str, float]] | None = None
 
     def median(self, attr: str) -> float:
         vals = [getattr(r, attr) for r in self.rounds]
@@ -125,9 +138,8 @@ class Cell:
         return on_replicas / total if total else 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        server = [r.server_cpu_per_1000 for r in self.rounds]
         wal = [r.wal_per_op for r in self.rounds]
-        return {
+        out = {
             "contender": self.contender,
             "ops_per_s": round(self.median("tput"), 1),
             "p50_ms": round(self.median("p50") * 1000, 3),
@@ -139,10 +151,11 @@ class Cell:
             "problems": self.problems[:5],
             "reads_routed": dict(sorted(self.routing.items())),
             "replica_read_share": round(self.replica_share(), 4),
-            "primary_cpu_s_per_1000": (
-                round(float(statistics.median(known)), 3)
-                if (known := [x for x in server if x is not None]) and len(known) == len(server)
-                else None
+            "primary_cpu_s_per_1000": _median_of_all(
+                [r.server_cpu_per_1000 for r in self.rounds], 3
+            ),
+            "replicas_cpu_s_per_1000": _median_of_all(
+                [r.replicas_cpu_per_1000 for r in self.rounds], 3
             ),
             "wal_bytes_per_op": (
                 round(float(statistics.median(w)), 1)
@@ -160,12 +173,28 @@ class Cell:
                     "primary_cpu_s_per_1000": (
                         None if r.server_cpu_per_1000 is None else round(r.server_cpu_per_1000, 3)
                     ),
+                    "replicas_cpu_s_per_1000": (
+                        None
+                        if r.replicas_cpu_per_1000 is None
+                        else round(r.replicas_cpu_per_1000, 3)
+                    ),
                     "wal_bytes_per_op": (None if r.wal_per_op is None else round(r.wal_per_op, 1)),
                     "errors": r.errors,
                 }
                 for r in self.rounds
             ],
         }
+        if self.wal_records is not None:
+            out["wal_records"] = self.wal_records
+        return out
+
+
+def _median_of_all(values: list[float | None], digits: int) -> float | None:
+    """The median of ``values`` when every round has one, else None."""
+    known = [x for x in values if x is not None]
+    if not known or len(known) != len(values):
+        return None
+    return round(float(statistics.median(known)), digits)
 
 
 @dataclass
@@ -211,12 +240,14 @@ async def drive(
     pause: Callable[[], float] | None = None,
     server_cpu: Callable[[], float] | None = None,
     server_wal: Callable[[], Awaitable[int]] | None = None,
+    replicas_cpu: Callable[[], float] | None = None,
 ) -> RoundResult:
     """Run ``op(state)`` in a loop, one task per state, for ``duration`` seconds.
 
     ``pause``: seconds each state waits after each operation (and once before its first,
     to spread the states out); not part of the latency. ``server_cpu``: a reading of the
-    server's CPU seconds, taken before and after; ``server_wal`` likewise its WAL position.
+    server's CPU seconds, taken before and after; ``server_wal`` likewise its WAL position,
+    ``replicas_cpu`` the replicas' CPU seconds.
     """
     latencies: list[float] = []
     errors = 0
@@ -248,10 +279,14 @@ async def drive(
 
     wal0 = await server_wal() if server_wal is not None else None
     server0 = server_cpu() if server_cpu is not None else None
+    replicas0 = replicas_cpu() if replicas_cpu is not None else None
     start, cpu0 = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker(s) for s in states))
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu0
     server = server_cpu() - server0 if server_cpu is not None and server0 is not None else None
+    replicas = (
+        replicas_cpu() - replicas0 if replicas_cpu is not None and replicas0 is not None else None
+    )
     wal = await server_wal() - wal0 if server_wal is not None and wal0 is not None else None
     latencies.sort()
     return RoundResult(
@@ -263,6 +298,8 @@ async def drive(
         errors=errors,
         server_cpu=server,
         server_wal=wal,
+        wal_start=wal0,
+        replicas_cpu=replicas,
     )
 
 
@@ -288,6 +325,10 @@ class Bench:
         self.states: dict[tuple[str, str], list[SessionState]] = {}
         #: problems outside any cell (seeding, final history check), per contender
         self.guard: dict[str, list[str]] = {c.name: [] for c in self.contenders}
+        #: CPU seconds so far of the primary's and of the replicas' processes (None: the
+        #: servers are not on this machine); the turn workload reports CPU per turn by them
+        self.primary_cpu: Callable[[], float] | None = None
+        self.replicas_cpu: Callable[[], float] | None = None
 
     # sessions -----------------------------------------------------------------------
     def sessions_for(self, c: Contender, workload: str, count: int) -> list[SessionState]:
@@ -366,7 +407,14 @@ class Bench:
 
         async def run_cell(name: str, duration: float, rec: Recorder | None) -> RoundResult:
             states = self.sessions_for(by_name[name], workload, sessions)
-            return await drive(states, op, duration, rec)
+            return await drive(
+                states,
+                op,
+                duration,
+                rec,
+                server_cpu=self.primary_cpu,
+                replicas_cpu=self.replicas_cpu,
+            )
 
         return await self.interleave(f"turn x{sessions}", list(by_name), run_cell)
 
@@ -394,7 +442,13 @@ class Bench:
             return await drive(states, op, duration, rec, server_cpu=server_cpu, server_wal=wal_lsn)
 
         try:
-            return await self.interleave(f"adds x{sessions}", list(by_name), run_cell)
+            cells = await self.interleave(f"adds x{sessions}", list(by_name), run_cell)
+            for c in cells.values():  # what the WAL of an add is made of, from the last round
+                last = c.rounds[-1] if c.rounds else None
+                if last is not None and last.wal_start is not None and last.server_wal:
+                    end = last.wal_start + last.server_wal
+                    c.wal_records = await wal_by_record(primary, last.wal_start, end, last.ops)
+            return cells
         finally:
             await primary.close()
 

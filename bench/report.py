@@ -27,8 +27,9 @@ UNITS = {
     "agent": "turns/s",
     "adds": "adds/s",
 }
-#: the routed contender with coalescing off (`--variant coalesce_writes=false`), if run
-NO_COALESCING = "pgsessions-routed[coalesce_writes=false]"
+#: the routed contender with coalescing off, if run (`make bench` runs it:
+#: `--variant coalesce_writes=false,coalesce_reads=false`)
+NO_COALESCING = "pgsessions-routed[coalesce_writes=false,coalesce_reads=false]"
 
 
 def _cpu_model() -> str:
@@ -301,6 +302,54 @@ def _routing_lines(block: dict[str, Any]) -> list[str]:
     return lines
 
 
+def cpu_profile_lines(block: dict[str, Any], cores: int | None) -> list[str]:
+    """Where a turn's CPU went, per contender: this process (client), the primary's
+    processes and the replicas' (medians of rounds, us per operation), their sum, and how
+    many of the machine's cores that sum kept busy at the contender's rate."""
+    lines = []
+    for c in block["cells"]:
+        primary, replicas = c.get("primary_cpu_s_per_1000"), c.get("replicas_cpu_s_per_1000")
+        if primary is None or replicas is None:
+            continue
+        client = c.get("client_cpu_us_per_op", 0.0)
+        total = client + 1000 * (primary + replicas)
+        busy = total * c["ops_per_s"] / 1e6
+        of = f" of {cores}" if cores else ""
+        lines.append(
+            f"CPU per op of {c['contender']}: client {client:,.0f} us, primary "
+            f"{1000 * primary:,.0f} us, replicas {1000 * replicas:,.0f} us, total {total:,.0f} us"
+            f" ({busy:.2f}{of} cores busy)"
+        )
+    return lines
+
+
+def wal_record_lines(block: dict[str, Any], top: int = 8) -> list[str]:
+    """WAL per operation by record type (pg_waldump, the last round), the record types
+    that differ most between the contenders first."""
+    by = {c["contender"]: c["wal_records"] for c in block["cells"] if c.get("wal_records")}
+    if not by:
+        return []
+    kinds = {k for recs in by.values() for k in recs}
+
+    def spread(kind: str) -> float:
+        sizes = [float(recs.get(kind, {}).get("bytes", 0.0)) for recs in by.values()]
+        return max(sizes) - min(sizes) if len(sizes) > 1 else max(sizes)
+
+    lines = ["WAL bytes per op by record type, last round (records per op in parentheses):"]
+    for kind in sorted(kinds, key=spread, reverse=True)[:top]:
+        parts = []
+        for name, recs in by.items():
+            r = recs.get(kind)
+            parts.append(f"{name} {r['bytes']:,.0f} ({r['records']:.2f})" if r else f"{name} -")
+        lines.append(f"  {kind}: " + ", ".join(parts))
+    return lines
+
+
+def _profile_lines(workload: str, block: dict[str, Any], results: dict[str, Any]) -> list[str]:
+    cores = results.get("machine", {}).get("cpu_count")
+    return cpu_profile_lines(block, cores) + (wal_record_lines(block) if workload == "adds" else [])
+
+
 def _statuses(results: dict[str, Any]) -> dict[str, str]:
     return {c["name"]: c["status"] for c in results.get("contenders", [])}
 
@@ -415,6 +464,7 @@ def render_text(results: dict[str, Any]) -> str:
         parts.append(f"{workload}: {b['label']}")
         parts.append(_table_text(*_table_args(workload, b, statuses)))
         parts += _routing_lines(b)
+        parts += _profile_lines(workload, b, results)
         parts.append("")
     share = results.get("runner_session_share")
     if share:
@@ -523,9 +573,9 @@ def render_markdown(results: dict[str, Any]) -> str:
             _table_md(*_table_args(workload, b, statuses)),
             "",
         ]
-        routing = _routing_lines(b)
-        if routing:
-            parts += [*routing, ""]
+        notes = _routing_lines(b) + _profile_lines(workload, b, results)
+        if notes:
+            parts += [("  - " if x.startswith("  ") else "- ") + x.strip() for x in notes] + [""]
     share = results.get("runner_session_share")
     if share:
         parts += [

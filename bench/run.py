@@ -11,7 +11,7 @@ from typing import Any
 from .contenders import BenchEnv, Contender, default_contenders
 from .harness import NO_SESSION, Bench, BenchConfig, Cell, Log
 from .report import HEADLINE, add_ratios, machine_info, targets
-from .servercpu import server_cpu_probe
+from .servercpu import replicas_cpu_probe, server_cpu_probe
 from .threads import threads_workload
 from .wal import measure_wal
 
@@ -62,6 +62,8 @@ async def run_bench(
     workloads: dict[str, list[dict[str, Any]]] = {}
     wal: dict[str, Any] | None = None
     bench = Bench(env, active, config, log)
+    bench.primary_cpu = await server_cpu_probe(env.primary_dsn)
+    bench.replicas_cpu = await replicas_cpu_probe(env.replica_dsns)
     try:
         for w in config.workloads:
             log(f"{w}:")

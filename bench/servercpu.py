@@ -15,7 +15,7 @@ that lands in whichever measurement happens to be running.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import psycopg
@@ -94,3 +94,12 @@ async def server_cpu_probe(dsn: str) -> Callable[[], float] | None:
     if pid is None:
         return None
     return lambda: tree_cpu_seconds(pid)
+
+
+async def replicas_cpu_probe(dsns: Sequence[str]) -> Callable[[], float] | None:
+    """The replicas' CPU seconds so far, summed (None: none given, or one cannot be read)."""
+    probes = [await server_cpu_probe(d) for d in dsns]
+    known = [p for p in probes if p is not None]
+    if not known or len(known) != len(probes):
+        return None
+    return lambda: sum(p() for p in known)

@@ -7,14 +7,20 @@ must write to keep per-session order. Both append the same turns (a user message
 ``pg_current_wal_insert_lsn()`` before and after gives the bytes. WAL volume is
 deterministic (what a noisy machine changes is time, not bytes), except for page splits and
 full-page images after a checkpoint: rounds alternate, and the median is reported.
+
+:func:`wal_by_record` breaks a stretch of WAL down by record type with ``pg_waldump
+--stats=record`` (the bench's own cluster: the server's data directory readable here).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import statistics
+import subprocess
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -107,3 +113,58 @@ async def measure_wal(
         "ratio": round(statistics.median(ratios), 3) if ratios else None,
         "rounds": [{k: round(v, 1) for k, v in r.items()} for r in per_round],
     }
+
+
+def lsn_text(position: int) -> str:
+    """A WAL position in bytes as pg_lsn text (``X/Y``)."""
+    return f"{position >> 32:X}/{position & 0xFFFFFFFF:X}"
+
+
+def parse_waldump_stats(text: str, ops: int, min_bytes: float = 1.0) -> dict[str, dict[str, float]]:
+    """``pg_waldump --stats=record`` output as {record type: {records, bytes}} per operation
+    (records and combined bytes, full-page images included), types under ``min_bytes`` per
+    operation left out."""
+    out: dict[str, dict[str, float]] = {}
+    for line in text.splitlines():
+        # "Heap/INSERT   1800 ( 24.56)   1526000 ( 70.10)   0 (  0.00)   1526000 ( 68.40)"
+        parts = line.replace("(", " ").replace(")", " ").split()
+        if len(parts) < 9 or "/" not in parts[0] or not parts[1].isdigit():
+            continue
+        records, combined = int(parts[1]), int(parts[7])
+        if ops and combined / ops >= min_bytes:
+            out[parts[0]] = {
+                "records": round(records / ops, 3),
+                "bytes": round(combined / ops, 1),
+            }
+    return out
+
+
+async def wal_by_record(
+    conn: psycopg.AsyncConnection[Any], start: int, end: int, ops: int
+) -> dict[str, dict[str, float]] | None:
+    """The WAL between positions ``start`` and ``end`` (bytes) per operation by record
+    type, read by pg_waldump from the server's pg_wal; None when that cannot be read here
+    (a remote server, no pg_waldump, WAL already recycled)."""
+    from pgsessions.devcluster.binaries import find_bindir
+
+    if ops <= 0 or end <= start:
+        return None
+    try:
+        cur = await conn.execute("SHOW data_directory")
+        row = await cur.fetchone()
+        waldump = find_bindir() / "pg_waldump"
+    except Exception:  # no privilege to read the setting, or no server binaries here
+        return None
+    wal_dir = Path(str(row[0]) if row else "") / "pg_wal"
+    if not wal_dir.is_dir() or not waldump.exists():
+        return None
+    argv = [str(waldump), "--stats=record", "-p", str(wal_dir)]
+    argv += ["-s", lsn_text(start), "-e", lsn_text(end)]
+    try:
+        done = await asyncio.to_thread(
+            subprocess.run, argv, capture_output=True, text=True, timeout=120
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    # the statistics are printed even when the stretch ends in a record still being written
+    return parse_waldump_stats(done.stdout, ops) or None

@@ -25,8 +25,15 @@ from bench.contenders import (
 from bench.fleet import FleetConfig, render, run_fleet
 from bench.harness import NO_SESSION, BenchConfig, check_history, percentile
 from bench.payloads import Payloads, check_seeded_tail
-from bench.report import render_markdown, render_text, targets
+from bench.report import (
+    cpu_profile_lines,
+    render_markdown,
+    render_text,
+    targets,
+    wal_record_lines,
+)
 from bench.run import run_bench
+from bench.wal import lsn_text, parse_waldump_stats
 from pgsessions.devcluster import LocalCluster
 
 
@@ -112,10 +119,18 @@ async def test_every_contender_runs_and_passes_the_guard(
     assert sum(agent["pgsessions-routed"]["reads_routed"].values()) > 0
     for c in agent.values():
         assert c["primary_cpu_s_per_1000"] is not None and c["primary_cpu_s_per_1000"] > 0
-    # concurrent adds: the primary's CPU and WAL per add, both stores
+    # concurrent adds: the primary's CPU and WAL per add, both stores, and what that WAL is
+    # made of (pg_waldump on the local cluster): every add inserts message rows
     for c in results["workloads"]["adds"][0]["cells"]:
         assert c["primary_cpu_s_per_1000"] is not None and c["primary_cpu_s_per_1000"] > 0
         assert c["wal_bytes_per_op"] is not None and c["wal_bytes_per_op"] > 0
+        records = c["wal_records"]
+        assert records["Heap/INSERT"]["bytes"] > 0, records
+        assert sum(r["bytes"] for r in records.values()) <= c["rounds"][-1]["wal_bytes_per_op"]
+    # the turn's CPU by process: the client, the primary and the replicas each did work
+    for c in results["workloads"]["turn"][0]["cells"]:
+        if c["contender"] in ("pgsessions-routed", "raw-floor"):
+            assert c["primary_cpu_s_per_1000"] > 0 and c["replicas_cpu_s_per_1000"] > 0, c
     names = [t["target"] for t in results["targets"]]
     assert len(names) == 11 and names[0].startswith("WAL bytes per add_items")
     assert any(n.startswith("adds x4: routed WAL bytes per add_items") for n in names)
@@ -131,6 +146,7 @@ async def test_every_contender_runs_and_passes_the_guard(
         assert name in text and name in md
     assert "| contender |" in md
     assert "WAL bytes per add_items" in md and "primary CPU s/1000 turns" in md
+    assert "CPU per op of raw-floor: client" in text and "Heap/INSERT:" in md
 
 
 def test_the_fleet_runs_both_stores_from_processes(cluster: LocalCluster, tmp_path: Path) -> None:
@@ -236,6 +252,67 @@ def test_targets_report_the_median_and_the_spread_of_per_round_ratios() -> None:
     assert sqla["value"] == 2.0 and sqla["rounds"] == [2.0, 3.0] and sqla["met"] is False
     text = render_text({"targets": list(out.values()), "workloads": {}, "contenders": []})
     assert "1.000 (rounds 0.900-1.200)" in text
+
+
+# pg_waldump --stats=record output, columns narrowed (the parser splits on blanks)
+WALDUMP_STATS = "\n".join(
+    [
+        "Type         N      (%)   Record size    (%)   FPI size    (%)   Combined size    (%)",
+        "----         -      ---   -----------    ---   --------    ---   -------------    ---",
+        "Transaction/COMMIT  160 ( 0.32)     5440 ( 0.03)     0 ( 0.00)     5440 ( 0.03)",
+        "Heap/INSERT  1751 (35.02)  1450000 (92.50)  8192 (50.00)  1458192 (92.00)",
+        "Btree/INSERT_UPPER  2 ( 0.00)  120 ( 0.00)  0 ( 0.00)  120 ( 0.00)",
+        "             --------      --------      --------      --------",
+        "Total  50007  15679261 [99.90%]  15984 [0.10%]  15695245 [100%]",
+    ]
+)
+
+
+def test_waldump_statistics_per_operation() -> None:
+    got = parse_waldump_stats(WALDUMP_STATS, ops=1000)
+    # combined size (full-page images included) per op; types under a byte per op left out
+    assert got == {
+        "Transaction/COMMIT": {"records": 0.16, "bytes": 5.4},
+        "Heap/INSERT": {"records": 1.751, "bytes": 1458.2},
+    }
+    assert lsn_text((3 << 32) + 0x1A2B) == "3/1A2B" and lsn_text(0) == "0/0"
+
+
+def test_profile_lines_name_where_the_cpu_and_the_wal_went() -> None:
+    def c(name: str, records: dict[str, Any] | None) -> dict[str, Any]:
+        return {
+            "contender": name,
+            "ops_per_s": 1000.0,
+            "client_cpu_us_per_op": 500.0,
+            "primary_cpu_s_per_1000": 0.25,
+            "replicas_cpu_s_per_1000": 0.4 if records else None,
+            "wal_records": records,
+        }
+
+    block = {
+        "cells": [
+            c(
+                "a",
+                {
+                    "Heap/INSERT": {"bytes": 1500.0, "records": 1.8},
+                    "Heap/LOCK": {"bytes": 59.0, "records": 1.1},
+                },
+            ),
+            c("b", {"Heap/INSERT": {"bytes": 1520.0, "records": 1.8}}),
+            c("c", None),
+        ]
+    }
+    cpu = cpu_profile_lines(block, cores=2)
+    assert cpu[0] == (
+        "CPU per op of a: client 500 us, primary 250 us, replicas 400 us, total 1,150 us"
+        " (1.15 of 2 cores busy)"
+    )
+    assert len(cpu) == 2  # c has no replica figure
+    wal = wal_record_lines(block)
+    # the biggest difference first; a type one contender did not write shows as "-"
+    assert wal[1] == "  Heap/LOCK: a 59 (1.10), b -"
+    assert wal[2] == "  Heap/INSERT: a 1,500 (1.80), b 1,520 (1.80)"
+    assert wal_record_lines({"cells": [c("c", None)]}) == []
 
 
 def test_guard_helpers() -> None:
