@@ -237,9 +237,10 @@ METRICS: tuple[MetricSpec, ...] = (
         "pgsessions_coalesced_reads_total",
         "counter",
         ("operation", "outcome"),
-        "Replica reads by what coalescing did with them: alone, grouped, uncovered (the"
-        " group's replay check did not cover it: ran alone), fallback (its group failed: ran"
-        " alone), withdrawn (caller cancelled before its rows came).",
+        "Replica reads by what coalescing did with them: alone, grouped, waited (answered by"
+        " its group after the group waited for the replica), uncovered (the replica did not"
+        " replay its position within catch_up_wait: read the primary), fallback (its group"
+        " failed: ran alone), withdrawn (caller cancelled before its rows came).",
     ),
     MetricSpec(
         "pgsessions_redirects_total",

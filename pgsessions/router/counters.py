@@ -70,9 +70,11 @@ class ReadCoalescingObserver(Protocol):
 
     def on_read_coalescing(self, operation: str, outcome: str) -> None:
         """What became of one replica read under coalescing: ``alone`` (no company: its own
-        path), ``grouped`` (answered by its group), ``uncovered`` (the group's replay check
-        did not show its position: it ran alone), ``fallback`` (its group failed: it ran
-        alone) or ``withdrawn`` (its caller was cancelled before its rows came)."""
+        path), ``grouped`` (answered by its group), ``waited`` (answered by its group after
+        the group waited for the replica to replay its position), ``uncovered`` (the replica
+        did not get there within ``catch_up_wait``: it read the primary), ``fallback`` (its
+        group failed: it ran alone) or ``withdrawn`` (its caller was cancelled before its
+        rows came)."""
 
 
 class Counters:

@@ -1021,50 +1021,98 @@ class SessionRouter:
 
     async def _run_read_group(self, group: Group) -> None:
         """Run a group of replica reads in one pipeline on one connection and settle each
-        member: its rows, or None (it runs alone) when the group failed or its replay
-        check did not cover the member's position."""
+        member: its rows, or None (it runs alone) when the group failed.
+
+        Members the replay check covered are answered at once. When it fell short of the
+        others, the group waits for the replica on the same connection (``catch_up_wait``)
+        and reads theirs again in one more pipeline: one poll for all of them, not a
+        checkout, a wasted read and a poll each; past the wait they go to the primary, as a
+        read alone would."""
         members = group.members
-        results: list[Rows] | None = None
-        seen: int | None = None
+        pending = list(range(len(members)))  # members not settled yet
+        failed = timed_out = False
         h = self._hosts.get(group.host)
         emit = self._counters.emit
         sent = time.monotonic()
         for m in members:
             emit("on_read_group_wait", m.operation, sent - m.joined_at)
         try:
-            if h is not None and h.pool is not None and h.usable:
-                budget = self._deadline_for_statement() + self.config.catch_up_wait
-                async with h.pool.connection(
-                    wait=min(self.config.pool_timeout, budget),
-                    as_primary=False,
-                    on_wait=self._on_pool_wait(h),
-                ) as conn:
-                    with watchdog(conn, budget):
-                        results, seen = await execution.read_group(
-                            conn,
-                            check_lsn(members),
-                            [(m.query, m.params) for m in members],
-                            group.setup,
+            if h is None or h.pool is None or not h.usable:
+                raise _NotCaughtUp()
+            budget = self._deadline_for_statement() + self.config.catch_up_wait
+            async with h.pool.connection(
+                wait=min(self.config.pool_timeout, budget),
+                as_primary=False,
+                on_wait=self._on_pool_wait(h),
+            ) as conn:
+                # the check and the reads, and for what it missed a wait and the reads again
+                with watchdog(conn, budget + self.config.catch_up_wait):
+                    results, seen = await execution.read_group(
+                        conn,
+                        check_lsn(members),
+                        [(m.query, m.params) for m in members],
+                        group.setup,
+                    )
+                    if seen is not None:
+                        h.saw_replay(seen)  # later reads up to here skip the check
+                    self._counters.add("read_group")
+                    covered = served(members, seen)
+                    pending = self._settle_grouped(members, pending, covered, results, "grouped")
+                    short = [members[i] for i in pending]
+                    need = check_lsn(short)
+                    if need is not None and not await execution.wait_replay(
+                        conn, need, self.config.catch_up_wait
+                    ):
+                        timed_out = True
+                    elif need is not None:
+                        h.saw_replay(need)
+                        again, _ = await execution.read_group(
+                            conn, None, [(m.query, m.params) for m in short], group.setup
                         )
-                if seen is not None:
-                    h.saw_replay(seen)  # later reads up to here skip the check
-                self._counters.add("read_group")
+                        results = [[] for _ in members]
+                        for i, rows in zip(pending, again, strict=True):
+                            results[i] = rows
+                        covered = [True] * len(members)
+                        pending = self._settle_grouped(members, pending, covered, results, "waited")
         except Exception:
-            results = None  # each read runs alone and meets the failure on its own path
+            failed = True  # each read left runs alone and meets the failure on its own path
         finally:
-            emit("on_read_group", len(members), "failed" if results is None else "served")
-            ok = served(members, seen) if results is not None else [False] * len(members)
-            for i, m in enumerate(members):
+            emit("on_read_group", len(members), "failed" if failed else "served")
+            for i in pending:
+                m = members[i]
                 if m.future.done():
                     emit("on_read_coalescing", m.operation, "withdrawn")
-                elif ok[i] and results is not None:
-                    self._counters.add("read_grouped")
-                    emit("on_read_coalescing", m.operation, "grouped")
-                    m.future.set_result(results[i])
+                elif timed_out:
+                    emit("on_read_coalescing", m.operation, "uncovered")
+                    m.future.set_exception(_NotCaughtUp())  # the caller replans: the primary
                 else:
-                    outcome = "fallback" if results is None else "uncovered"
-                    emit("on_read_coalescing", m.operation, outcome)
+                    emit("on_read_coalescing", m.operation, "fallback")
                     m.future.set_result(None)
+
+    def _settle_grouped(
+        self,
+        members: list[Member],
+        pending: list[int],
+        covered: list[bool],
+        rows: list[Rows],
+        outcome: str,
+    ) -> list[int]:
+        """Answer the pending members ``covered`` says the rows may answer (``outcome``
+        grouped or waited), drop those whose caller has gone; return the ones still
+        pending."""
+        emit = self._counters.emit
+        left = []
+        for i in pending:
+            m = members[i]
+            if m.future.done():
+                emit("on_read_coalescing", m.operation, "withdrawn")
+            elif covered[i]:
+                self._counters.add("read_grouped")
+                emit("on_read_coalescing", m.operation, outcome)
+                m.future.set_result(rows[i])
+            else:
+                left.append(i)
+        return left
 
     # admin -----------------------------------------------------------------------------
     @asynccontextmanager

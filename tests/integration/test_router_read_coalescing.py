@@ -21,7 +21,7 @@ from pgsessions.devcluster import LocalCluster
 from pgsessions.monitoring import instrument, serve
 from pgsessions.router import ShardedRouter
 from tests.helpers import user
-from tests.integration.test_router import Store, fast_config
+from tests.integration.test_router import Store, fast_config, wait_until
 from tests.monitoring_support import scrape
 
 
@@ -165,6 +165,51 @@ async def test_a_group_check_behind_the_writes_sends_each_read_its_own_way(
         for node in cluster.replicas:
             await asyncio.to_thread(cluster.resume_replay, node)
         await asyncio.to_thread(cluster.wait_caught_up)
+
+
+@pytest.mark.fault
+@pytest.mark.owner_sql  # creates a table of its own
+async def test_a_group_behind_the_writes_waits_for_the_replica_once_and_reads_again(
+    cluster: LocalCluster, schema: str, store: Store
+) -> None:
+    """Replay paused on both replicas while the reads' groups run their check: each group
+    waits (catch_up_wait) and, once replay resumes, reads its members again on the replica:
+    every read its own write, none on the primary, answered as "waited"."""
+    tag = uuid.uuid4().hex[:6]
+    sids = [f"rw-{tag}-{i}" for i in range(6)]
+    async with SessionRouter(fast_config(cluster.dsns(), schema, catch_up_wait=15.0)) as r:
+        await store.create(r)
+        await asyncio.to_thread(cluster.wait_caught_up)
+        with serve(r, port=0, registry=CollectorRegistry()) as server:
+            try:
+                for node in cluster.replicas:
+                    await asyncio.to_thread(cluster.pause_replay, node)
+                ops = await asyncio.gather(*(store.add(r, sid) for sid in sids))
+                before = r.stats()
+                reads = asyncio.gather(*(store.get(r, sid) for sid in sids))
+                # the groups have run their check (behind) and wait on the replicas
+                await wait_until(
+                    lambda: r.stats()["read_groups"] > before["read_groups"], 10, "a read group"
+                )
+                assert not reads.done()
+            finally:
+                for node in cluster.replicas:
+                    await asyncio.to_thread(cluster.resume_replay, node)
+            got = await asyncio.wait_for(reads, 20)
+            result = await scrape(server.url)
+        assert got == [[op] for op, _ in ops]
+        st = r.stats()
+        primary_reads = sum(st["reads"].get("primary", {}).values())
+        assert primary_reads == sum(before["reads"].get("primary", {}).values())
+
+        def outcome(o: str) -> float:
+            return (
+                result.value("pgsessions_coalesced_reads_total", operation="get_items", outcome=o)
+                or 0
+            )
+
+        assert outcome("waited") >= 2 and outcome("uncovered") == 0
+        assert outcome("waited") + outcome("grouped") + outcome("alone") == len(sids)
 
 
 @pytest.mark.owner_sql  # creates a table of its own
