@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
 import psycopg
+from psycopg import AsyncRawCursor
 from psycopg.abc import Params, Query, QueryNoTemplate
 from psycopg.pq import TransactionStatus
 
@@ -106,7 +107,8 @@ async def write_batch(
                 await _setup(conn, setup)
                 curs = []
                 for query, params, k in _runs(statements):
-                    cur = conn.cursor()
+                    # a stacked statement numbers its parameters: see stacked.py
+                    cur = AsyncRawCursor(conn) if k else conn.cursor()
                     await cur.execute(cast(QueryNoTemplate, query), params)
                     curs.append((cur, k))
                 await conn.execute("COMMIT")

@@ -81,30 +81,46 @@ def plan_read(
     ``excluded``: hosts that already failed this read. ``allow_wait``: False once a
     caught-up wait has failed. ``required`` None: any replica will do.
     """
-    prim = next((h for h in hosts if h.label == primary), None) if primary else None
+    # plain loops, not comprehensions: this runs on every read, and a comprehension's
+    # function and the cells it closes over are garbage the collector has to count
+    prim: H | None = None
+    if primary:
+        for h in hosts:
+            if h.label == primary:
+                prim = h
+                break
     if prim is not None and (not prim.usable or prim.label in excluded):
         prim = None
     if not config.read_from_replicas:
         return ReadPlan(prim, "primary_only")
+    candidates: list[H] = []
     if primary is not None:
-        candidates = [h for h in hosts if h.eligible and h.usable and h.label not in excluded]
+        for h in hosts:
+            if h.eligible and h.usable and h.label not in excluded:
+                candidates.append(h)
         served = "replica"
     else:
         # no primary (failover under way): any answering standby may serve what it has
-        candidates = [
-            h for h in hosts if h.role == "replica" and h.usable and h.label not in excluded
-        ]
+        for h in hosts:
+            if h.role == "replica" and h.usable and h.label not in excluded:
+                candidates.append(h)
         served = "no_primary"
     need = required
-    fresh = [h for h in candidates if need is None or h.replay_lsn >= need]
+    fresh: list[H] = []
+    for h in candidates:
+        if need is None or h.replay_lsn >= need:
+            fresh.append(h)
     if fresh:
         return ReadPlan(least_in_flight(fresh, _in_flight), served)
     if candidates and allow_wait and config.catch_up_wait > 0:
         # the most advanced replicas; usually all of them were level at the last check, and
         # read-your-writes traffic must not all queue on the first one
         top = max(h.replay_lsn for h in candidates)
-        best = least_in_flight([h for h in candidates if h.replay_lsn == top], _in_flight)
-        return ReadPlan(best, "caught_up_wait", wait_lsn=need)
+        level: list[H] = []
+        for h in candidates:
+            if h.replay_lsn == top:
+                level.append(h)
+        return ReadPlan(least_in_flight(level, _in_flight), "caught_up_wait", wait_lsn=need)
     if candidates:
         return ReadPlan(prim, "token_ahead")
     if config.no_replica_policy != "primary":
@@ -122,5 +138,6 @@ def least_in_flight(candidates: Sequence[T], in_flight: Callable[[T], int]) -> T
         raise ValueError("no candidates")
     if len(candidates) == 1:
         return candidates[0]
-    low = min(in_flight(c) for c in candidates)
-    return random.choice([c for c in candidates if in_flight(c) == low])
+    counts = [in_flight(c) for c in candidates]
+    low = min(counts)
+    return random.choice([c for c, n in zip(candidates, counts, strict=True) if n == low])

@@ -95,7 +95,11 @@ class ReadGroups:
         next loop step); the future gives its rows, or None: run it alone."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Rows | None] = loop.create_future()
-        group = next((g for g in self._open if g.host == host and g.setup == setup), None)
+        group = None
+        for g in self._open:  # a loop, not next(genexpr): no closure per read
+            if g.host == host and g.setup == setup:
+                group = g
+                break
         if group is None:
             group = Group(host, setup)
             self._open.append(group)

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import psycopg
@@ -561,17 +562,8 @@ class SessionRouter:
         programming errors are never retried).
         """
         if running_loop() is not self._loop:
-            return await self._away(
-                lambda r: r.execute_write(
-                    operation,
-                    key,
-                    query,
-                    params,
-                    commits=commits,
-                    setup=setup,
-                    retry_params=retry_params,
-                    batch_query=batch_query,
-                )
+            return await self._write_away(
+                operation, key, query, params, commits, setup, retry_params, batch_query
             )
         self._require_open()
         t0 = time.monotonic()
@@ -595,12 +587,16 @@ class SessionRouter:
                     c.release()
             else:
                 again = params if retry_params is None else retry_params
-
-                def alone() -> Coroutine[Any, Any, tuple[Rows, str]]:
-                    return self._write_with_retries(
-                        operation, query, again, deadline, commits, setup, retry_params
-                    )
-
+                alone = partial(
+                    self._write_with_retries,
+                    operation,
+                    query,
+                    again,
+                    deadline,
+                    commits,
+                    setup,
+                    retry_params,
+                )
                 sid = "" if k is None else k.session_id
                 rows, token = await c.queued(operation, sid, in_batch, params, setup, alone)
         except BaseException as exc:
@@ -613,6 +609,32 @@ class SessionRouter:
             self._tokens.remember(k, parse_lsn(token))
         self._counters.emit("on_operation", operation, "primary", time.monotonic() - t0, None)
         return rows, token
+
+    def _write_away(
+        self,
+        operation: str,
+        key: KeyLike,
+        query: Query,
+        params: Params | None,
+        commits: bool,
+        setup: Setups | None,
+        retry_params: Params | None,
+        batch_query: Query | None,
+    ) -> Coroutine[Any, Any, tuple[Rows, str]]:
+        # apart from execute_write: a closure there would make its arguments cells, built
+        # on every call (garbage the collector counts) though only this path uses them
+        return self._away(
+            lambda r: r.execute_write(
+                operation,
+                key,
+                query,
+                params,
+                commits=commits,
+                setup=setup,
+                retry_params=retry_params,
+                batch_query=batch_query,
+            )
+        )
 
     def _withdrawn(self, operation: str) -> None:
         self._counters.emit("on_write_coalescing", operation, "withdrawn")
@@ -742,13 +764,10 @@ class SessionRouter:
         setup: Setups | None,
         retry_params: Params | None,
     ) -> tuple[Rows, str]:
-        def attempt(p: Params | None) -> Coroutine[Any, Any, tuple[Rows, str]]:
-            return self._attempt_write(operation, query, p, deadline, commits, setup)
-
         # the first attempt runs outside tenacity: setting up its retry state costs about as
         # much CPU as the write itself, and almost every write succeeds at once
         try:
-            return await attempt(params)
+            return await self._attempt_write(operation, query, params, deadline, commits, setup)
         except (_NoPrimaryYet, psycopg.Error) as exc:
             if not self._write_retryable(exc):
                 self._raise_write_failure(exc)
@@ -756,6 +775,21 @@ class SessionRouter:
         await asyncio.sleep(max(0.0, min(backoff(1), deadline - time.monotonic())))
         if retry_params is not None:
             params = retry_params
+        return await self._write_retrying(operation, query, params, deadline, commits, setup)
+
+    async def _write_retrying(
+        self,
+        operation: str,
+        query: Query,
+        params: Params | None,
+        deadline: float,
+        commits: bool,
+        setup: Setups | None,
+    ) -> tuple[Rows, str]:
+        """The retries after a write's first attempt failed (retryably), with tenacity."""
+
+        def attempt(p: Params | None) -> Coroutine[Any, Any, tuple[Rows, str]]:
+            return self._attempt_write(operation, query, p, deadline, commits, setup)
 
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome is not None else None
@@ -812,6 +846,29 @@ class SessionRouter:
         raise _NoPrimaryYet()
 
     # reads -----------------------------------------------------------------------------
+    def _read_away(
+        self,
+        operation: str,
+        key: KeyLike,
+        query: Query,
+        params: Params | None,
+        token: str | None,
+        setup: Setups | None,
+        replay_column: bool,
+    ) -> Coroutine[Any, Any, Rows]:
+        # apart from execute_read, as _write_away is from execute_write
+        return self._away(
+            lambda r: r.execute_read(
+                operation,
+                key,
+                query,
+                params,
+                token=token,
+                setup=setup,
+                replay_column=replay_column,
+            )
+        )
+
     async def execute_read(
         self,
         operation: str,
@@ -848,17 +905,7 @@ class SessionRouter:
         with no company runs alone.
         """
         if running_loop() is not self._loop:
-            return await self._away(
-                lambda r: r.execute_read(
-                    operation,
-                    key,
-                    query,
-                    params,
-                    token=token,
-                    setup=setup,
-                    replay_column=replay_column,
-                )
-            )
+            return await self._read_away(operation, key, query, params, token, setup, replay_column)
         self._require_open()
         token_lsn = self._tokens.required(route_key(key), token)
         t0 = time.monotonic()

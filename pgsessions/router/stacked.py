@@ -9,6 +9,11 @@ them, which is most of what a write costs beside its own rows (server CPU per wr
 
 The rows come back in the VALUES' order (a scan of it, no sort: the function runs in that
 order, so the batch's lock order holds); ``n`` is checked anyway.
+
+The stacked statement numbers its parameters (``$1``, ``$2``, ...) and runs on a raw
+cursor: psycopg parses a ``%s`` statement on every execution once it has more than 50
+parameters (its cache of parsed statements skips those), so a batch of 8 writes or more
+would be parsed again each time, on the client, and leave its pieces to the collector.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ class Stacked(str):
     placeholders: tuple[str, ...]
 
     def __new__(cls, function: str, placeholders: Sequence[str]) -> Stacked:
+        for p in placeholders:
+            if p[:2] not in ("%s", "%b"):
+                raise ValueError(f"a placeholder starts with %s or %b, got {p!r}")
         self = super().__new__(cls, f"SELECT {function}({', '.join(placeholders)})")
         self.function = function
         self.placeholders = tuple(placeholders)
@@ -40,10 +48,16 @@ class Stacked(str):
 
 @lru_cache(maxsize=256)
 def stacked_query(query: Stacked, k: int) -> str:
-    """The one statement of ``k`` writes of ``query`` (parameters: each write's in turn);
-    its rows are ``(n, result)``, n = 1..k."""
-    args = ", ".join(query.placeholders)
-    rows = ", ".join(f"({n}, {args})" for n in range(1, k + 1))
+    """The one statement of ``k`` writes of ``query`` (parameters: each write's in turn,
+    numbered ``$1``... for a raw cursor, each keeping its placeholder's cast); its rows are
+    ``(n, result)``, n = 1..k. A ``%b`` parameter is sent as its dumper prefers (binary for
+    the router's ``TextArray``)."""
+    width = len(query.placeholders)
+    casts = [p[2:] for p in query.placeholders]
+    rows = ", ".join(
+        f"({n + 1}, " + ", ".join(f"${n * width + i + 1}{c}" for i, c in enumerate(casts)) + ")"
+        for n in range(k)
+    )
     names = [f"a{i}" for i in range(len(query.placeholders))]
     return (
         f"SELECT v.n, {query.function}({', '.join('v.' + a for a in names)})"

@@ -17,10 +17,14 @@ OTHER = Stacked("s.g", ("%s::text",))
 
 def test_a_stacked_statement_is_its_one_write_form() -> None:
     assert ADD == "SELECT s.f(%s::text, %s::uuid)"
+    # numbered parameters (a raw cursor: no client-side parsing), each with its cast
     assert stacked_query(ADD, 2) == (
-        "SELECT v.n, s.f(v.a0, v.a1) FROM (VALUES (1, %s::text, %s::uuid),"
-        " (2, %s::text, %s::uuid)) AS v(n, a0, a1)"
+        "SELECT v.n, s.f(v.a0, v.a1) FROM (VALUES (1, $1::text, $2::uuid),"
+        " (2, $3::text, $4::uuid)) AS v(n, a0, a1)"
     )
+    assert "$21::text, $22::uuid)) AS" in stacked_query(ADD, 11)
+    with pytest.raises(ValueError, match="starts with %s or %b"):
+        Stacked("s.h", ("$1::text",))
     again = pickle.loads(pickle.dumps(ADD))
     assert again == ADD and again.placeholders == ADD.placeholders
 
