@@ -138,7 +138,6 @@ class Cell:
         return on_replicas / total if total else 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        wal = [r.wal_per_op for r in self.rounds]
         out = {
             "contender": self.contender,
             "ops_per_s": round(self.median("tput"), 1),
@@ -157,11 +156,7 @@ class Cell:
             "replicas_cpu_s_per_1000": _median_of_all(
                 [r.replicas_cpu_per_1000 for r in self.rounds], 3
             ),
-            "wal_bytes_per_op": (
-                round(float(statistics.median(w)), 1)
-                if (w := [x for x in wal if x is not None]) and len(w) == len(wal)
-                else None
-            ),
+            "wal_bytes_per_op": _median_of_all([r.wal_per_op for r in self.rounds], 1),
             "rounds": [
                 {
                     "ops": r.ops,
@@ -170,15 +165,9 @@ class Cell:
                     "p50_ms": round(r.p50 * 1000, 3),
                     "p99_ms": round(r.p99 * 1000, 3),
                     "client_cpu_us_per_op": round(r.cpu_per_op * 1e6, 1),
-                    "primary_cpu_s_per_1000": (
-                        None if r.server_cpu_per_1000 is None else round(r.server_cpu_per_1000, 3)
-                    ),
-                    "replicas_cpu_s_per_1000": (
-                        None
-                        if r.replicas_cpu_per_1000 is None
-                        else round(r.replicas_cpu_per_1000, 3)
-                    ),
-                    "wal_bytes_per_op": (None if r.wal_per_op is None else round(r.wal_per_op, 1)),
+                    "primary_cpu_s_per_1000": _rounded(r.server_cpu_per_1000, 3),
+                    "replicas_cpu_s_per_1000": _rounded(r.replicas_cpu_per_1000, 3),
+                    "wal_bytes_per_op": _rounded(r.wal_per_op, 1),
                     "errors": r.errors,
                 }
                 for r in self.rounds
@@ -187,6 +176,10 @@ class Cell:
         if self.wal_records is not None:
             out["wal_records"] = self.wal_records
         return out
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 def _median_of_all(values: list[float | None], digits: int) -> float | None:

@@ -84,8 +84,7 @@ async def run_bench(
             elif w == "adds":
                 n = config.turn_sessions[0]
                 label = f"{n} concurrent sessions; add_items(user + assistant) alone"
-                probe = await server_cpu_probe(env.primary_dsn)
-                blocks.append(_block(n, label, await bench.adds(n, probe)))
+                blocks.append(_block(n, label, await bench.adds(n, bench.primary_cpu)))
             elif w == "read-heavy":
                 n = config.read_heavy_sessions
                 label = f"{n} sessions; {config.reads_per_write} get_items per add_items"
@@ -117,8 +116,7 @@ async def run_bench(
                     f"{n} sessions; get_items + add_items, then a {low:g}-{high:g} s pause "
                     "(a model call) before the session's next read"
                 )
-                probe = await server_cpu_probe(env.primary_dsn)
-                blocks.append(_block(n, label, await bench.agent(n, probe)))
+                blocks.append(_block(n, label, await bench.agent(n, bench.primary_cpu)))
             else:
                 raise ValueError(f"unknown workload {w!r}")
         log("checking every conversation's full history ...")

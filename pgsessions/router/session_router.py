@@ -788,9 +788,6 @@ class SessionRouter:
     ) -> tuple[Rows, str]:
         """The retries after a write's first attempt failed (retryably), with tenacity."""
 
-        def attempt(p: Params | None) -> Coroutine[Any, Any, tuple[Rows, str]]:
-            return self._attempt_write(operation, query, p, deadline, commits, setup)
-
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome is not None else None
             self._count_write_retry(operation, exc)
@@ -800,7 +797,9 @@ class SessionRouter:
         try:
             async for retry in retrying:
                 with retry:
-                    return await attempt(params)
+                    return await self._attempt_write(
+                        operation, query, params, deadline, commits, setup
+                    )
         except (_NoPrimaryYet, psycopg.Error) as exc:
             self._raise_write_failure(exc)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -1085,7 +1084,8 @@ class SessionRouter:
             emit("on_read_group_wait", m.operation, sent - m.joined_at)
         try:
             if h is None or h.pool is None or not h.usable:
-                raise _NotCaughtUp()
+                failed = True  # each read runs alone, and finds another host
+                return
             budget = self._deadline_for_statement() + self.config.catch_up_wait
             async with h.pool.connection(
                 wait=min(self.config.pool_timeout, budget),
@@ -1104,7 +1104,8 @@ class SessionRouter:
                         h.saw_replay(seen)  # later reads up to here skip the check
                     self._counters.add("read_group")
                     covered = served(members, seen)
-                    pending = self._settle_grouped(members, pending, covered, results, "grouped")
+                    answers = {i: results[i] for i in pending if covered[i]}
+                    pending = self._settle_grouped(members, pending, answers, "grouped")
                     short = [members[i] for i in pending]
                     need = check_lsn(short)
                     if need is not None and not await execution.wait_replay(
@@ -1116,11 +1117,8 @@ class SessionRouter:
                         again, _ = await execution.read_group(
                             conn, None, [(m.query, m.params) for m in short], group.setup
                         )
-                        results = [[] for _ in members]
-                        for i, rows in zip(pending, again, strict=True):
-                            results[i] = rows
-                        covered = [True] * len(members)
-                        pending = self._settle_grouped(members, pending, covered, results, "waited")
+                        answers = dict(zip(pending, again, strict=True))
+                        pending = self._settle_grouped(members, pending, answers, "waited")
         except Exception:
             failed = True  # each read left runs alone and meets the failure on its own path
         finally:
@@ -1140,11 +1138,10 @@ class SessionRouter:
         self,
         members: list[Member],
         pending: list[int],
-        covered: list[bool],
-        rows: list[Rows],
+        answers: dict[int, Rows],
         outcome: str,
     ) -> list[int]:
-        """Answer the pending members ``covered`` says the rows may answer (``outcome``
+        """Answer the pending members that have rows in ``answers`` (by index; ``outcome``
         grouped or waited), drop those whose caller has gone; return the ones still
         pending."""
         emit = self._counters.emit
@@ -1153,10 +1150,10 @@ class SessionRouter:
             m = members[i]
             if m.future.done():
                 emit("on_read_coalescing", m.operation, "withdrawn")
-            elif covered[i]:
+            elif i in answers:
                 self._counters.add("read_grouped")
                 emit("on_read_coalescing", m.operation, outcome)
-                m.future.set_result(rows[i])
+                m.future.set_result(answers[i])
             else:
                 left.append(i)
         return left

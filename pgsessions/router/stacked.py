@@ -58,7 +58,7 @@ def stacked_query(query: Stacked, k: int) -> str:
         f"({n + 1}, " + ", ".join(f"${n * width + i + 1}{c}" for i, c in enumerate(casts)) + ")"
         for n in range(k)
     )
-    names = [f"a{i}" for i in range(len(query.placeholders))]
+    names = [f"a{i}" for i in range(width)]
     return (
         f"SELECT v.n, {query.function}({', '.join('v.' + a for a in names)})"
         f" FROM (VALUES {rows}) AS v(n, {', '.join(names)})"

@@ -229,11 +229,10 @@ async def test_queued_writes_share_one_transaction_each_told_its_own_result(
     router.remove_observer(events)
 
 
-async def test_a_batchs_add_items_go_as_one_statement(
-    router: SessionRouter, cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Ten sessions' add_items queued together are sent as one statement over VALUES
-    (execution._runs, watched): each lands once, in order, with its own token."""
+@pytest.fixture
+def stacked_runs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The ``k`` of every statement write_batch sends (execution._runs, watched): the
+    number of writes stacked in it, 0 for one sent as it is."""
     from pgsessions.router import execution
 
     sent: list[int] = []
@@ -245,6 +244,15 @@ async def test_a_batchs_add_items_go_as_one_statement(
             yield query, params, k
 
     monkeypatch.setattr(execution, "_runs", watched)
+    return sent
+
+
+async def test_a_batchs_add_items_go_as_one_statement(
+    router: SessionRouter, cluster: LocalCluster, stacked_runs: list[int]
+) -> None:
+    """Ten sessions' add_items queued together are sent as one statement over VALUES: each
+    lands once, in order, with its own token."""
+    sent = stacked_runs
     await migrate(router)
     tag = uuid.uuid4().hex[:6]
     sessions = [PostgresSession(f"st-{tag}-{i}", router) for i in range(10)]
@@ -263,24 +271,15 @@ async def test_a_batchs_add_items_go_as_one_statement(
 
 
 async def test_a_bad_write_inside_a_stacked_statement_fails_only_its_caller(
-    router: SessionRouter, cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+    router: SessionRouter, cluster: LocalCluster, stacked_runs: list[int]
 ) -> None:
     """An add_items whose operation id is no uuid, stacked with nine good ones: the one
     statement fails, the batch rolls back, each write runs alone; the bad caller gets its
     own error and its session stays exactly as it was, the nine land once."""
-    from pgsessions.router import execution
     from pgsessions.sessions.items import encode_items
     from pgsessions.sessions.sql.session import statements
 
-    sent: list[int] = []
-    runs = execution._runs
-
-    def watched(batch: Any) -> Any:
-        for query, params, k in runs(batch):
-            sent.append(k)
-            yield query, params, k
-
-    monkeypatch.setattr(execution, "_runs", watched)
+    sent = stacked_runs
     await migrate(router)
     sql = statements(router.config.schema)
     tag = uuid.uuid4().hex[:6]
