@@ -262,6 +262,8 @@ CREATE FUNCTION {schema}.conversation_gone() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
 BEGIN
+    DELETE FROM {schema}.messages
+     WHERE session_id = OLD.session_id AND bucket = OLD.bucket;
     UPDATE {schema}.branches SET deleted_at = now()
      WHERE session_id = OLD.session_id AND deleted_at IS NULL;
     RETURN NULL;
@@ -734,6 +736,9 @@ BEGIN
     END LOOP;
     UPDATE {schema}.conversations SET bucket = {schema}.bucket_of(session_id, NEW.buckets)
      WHERE bucket <> {schema}.bucket_of(session_id, NEW.buckets);
+    UPDATE {schema}.messages m SET bucket = c.bucket
+      FROM {schema}.conversations c
+     WHERE c.session_id = m.session_id AND m.bucket <> c.bucket;
     UPDATE {schema}.branches SET bucket = {schema}.bucket_of(session_id, NEW.buckets)
      WHERE bucket <> {schema}.bucket_of(session_id, NEW.buckets);
     UPDATE {schema}.tenant_ops SET bucket = {schema}.bucket_of(session_id, NEW.buckets)
@@ -1012,9 +1017,6 @@ CREATE TRIGGER fill_bucket BEFORE INSERT ON {schema}.usage_logs FOR EACH ROW WHE
 CREATE TRIGGER shard_buckets_fenced BEFORE INSERT OR DELETE OR UPDATE ON {schema}.shard_buckets FOR EACH ROW EXECUTE FUNCTION {schema}.shard_buckets_fenced();
 
 CREATE TRIGGER shard_identity_buckets AFTER INSERT OR UPDATE OF buckets ON {schema}.shard_identity FOR EACH ROW EXECUTE FUNCTION {schema}.shard_identity_buckets();
-
-ALTER TABLE ONLY {schema}.messages
-    ADD CONSTRAINT messages_session_id_fkey FOREIGN KEY (session_id, bucket) REFERENCES {schema}.conversations(session_id, bucket) ON UPDATE CASCADE ON DELETE CASCADE;
 
 ALTER TABLE ONLY {schema}.usage_logs
     ADD CONSTRAINT usage_logs_session_id_fkey FOREIGN KEY (session_id, bucket) REFERENCES {schema}.conversations(session_id, bucket) ON UPDATE CASCADE ON DELETE CASCADE;

@@ -186,8 +186,8 @@ def count_rows(schema: str, table: str) -> sql.Composed:
 
 
 def delete_batch(schema: str, table: str) -> sql.Composed:
-    """Delete up to %s rows of the buckets from ``table`` (conversations: with the rows
-    of messages and usage_logs that cascade from them)."""
+    """Delete up to %s rows of the buckets from ``table`` (conversations: with their rows
+    of messages, by the conversation_gone trigger, and of usage_logs, by its foreign key)."""
     s, t = sql.Identifier(schema), sql.Identifier(table)
     return sql.SQL(
         "DELETE FROM {s}.{t} WHERE ctid = ANY (ARRAY("
