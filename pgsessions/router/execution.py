@@ -10,15 +10,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import psycopg
-from psycopg import AsyncRawCursor
+from psycopg import AsyncCursor, AsyncRawCursor, sql
 from psycopg.abc import Params, Query, QueryNoTemplate
 from psycopg.pq import TransactionStatus
 
 from .classify import classify
-from .lsn import parse_lsn
+from .lsn import format_lsn, parse_lsn
 from .pools import watchdog
 from .stacked import Stacked, split_rows, stacked_query
 
@@ -177,7 +177,12 @@ async def read_with_primary_lsn(
 
 
 async def read_if_replayed(
-    conn: Conn, lsn: int, query: Query, params: Params | None, setup: Setups | None = None
+    conn: Conn,
+    lsn: int,
+    query: Query,
+    params: Params | None,
+    setup: Setups | None = None,
+    wait: ReplayWait | None = None,
 ) -> tuple[Rows | None, int | None]:
     """The query's rows if the replica had replayed ``lsn`` before it ran, else None; and
     the replay position seen before the query (None when unknown).
@@ -186,11 +191,12 @@ async def read_if_replayed(
     prepared). They share an implicit transaction, but under read committed (the pools pin
     it) each statement takes its own snapshot, so the query sees everything up to the
     position checked before it. A single statement could not: its snapshot would predate
-    its own check.
+    its own check. With ``wait`` (the schema's wait_replay and seconds) the check waits on
+    the server for ``lsn`` first, so the query runs after the replica reached it.
     """
     try:
         async with conn.pipeline():
-            check = await conn.execute(_REPLAY_LSN_SQL)
+            check = await _replay_check(conn, lsn, wait)
             await _setup(conn, setup)
             cur = await conn.execute(cast(QueryNoTemplate, query), params)
         row = await check.fetchone()
@@ -203,6 +209,8 @@ async def read_if_replayed(
             raise
         if classify(exc, write=False) is not None:
             raise
+        if wait is not None and lacks_replay_wait(exc):
+            raise NoReplayWait(str(exc)) from exc
         return None, None
     seen = parse_lsn(row[0]) if row is not None and row[0] is not None else None
     return (rows if seen is not None and seen >= lsn else None), seen
@@ -213,6 +221,7 @@ async def read_group(
     lsn: int | None,
     statements: list[tuple[Query, Params | None]],
     setup: Setups | None = None,
+    wait: ReplayWait | None = None,
 ) -> tuple[list[Rows], int | None]:
     """Several reads in one pipeline (one round trip): the replay check first when ``lsn``
     is given, then ``setup``, then each statement; returns each one's rows and the replay
@@ -221,10 +230,11 @@ async def read_group(
     Under read committed each statement takes its own snapshot, after the check, so every
     read sees at least what the check saw replayed (as in :func:`read_if_replayed`). They
     share one implicit transaction (``setup`` covers all): one failing aborts the others,
-    and the error is raised (the caller runs each read alone then).
+    and the error is raised (the caller runs each read alone then). ``wait``: the check
+    waits on the server for ``lsn`` first (see :func:`read_if_replayed`).
     """
     async with conn.pipeline():
-        check = await conn.execute(_REPLAY_LSN_SQL) if lsn is not None else None
+        check = await _replay_check(conn, lsn, wait) if lsn is not None else None
         await _setup(conn, setup)
         curs = []
         for query, params in statements:
@@ -235,6 +245,46 @@ async def read_group(
     rows = [await c.fetchall() if c.description is not None else [] for c in curs]
     seen = parse_lsn(row[0]) if row is not None and row[0] is not None else None
     return rows, seen
+
+
+class ReplayWait(NamedTuple):
+    """A replay check that waits on the server: ``sql`` calls the schema's
+    ``wait_replay(position, seconds)`` (migration 0015), for at most ``seconds``."""
+
+    sql: str
+    seconds: float
+
+
+class NoReplayWait(Exception):
+    """The schema has no wait_replay (a version before migration 0015)."""
+
+
+def lacks_replay_wait(exc: BaseException) -> bool:
+    """Whether ``exc`` says the schema has no wait_replay function."""
+    return isinstance(exc, psycopg.errors.UndefinedFunction) and "wait_replay" in str(exc)
+
+
+def replay_wait_sql(schema: str) -> str:
+    """The statement of a :class:`ReplayWait` for ``schema``."""
+    return f"SELECT {sql.Identifier(schema).as_string(None)}.wait_replay(%s::pg_lsn, %s)"
+
+
+_MAY_WAIT_SQL = "SELECT coalesce(has_function_privilege(to_regprocedure(%s), 'EXECUTE'), false)"
+
+
+async def may_wait_replay(conn: Conn, schema: str) -> bool:
+    """Whether the connection's role may run ``schema``'s wait_replay (a catalog lookup:
+    False on a schema older than migration 0015, or a role not granted it)."""
+    name = f"{sql.Identifier(schema).as_string(None)}.wait_replay(pg_lsn, double precision)"
+    cur = await conn.execute(_MAY_WAIT_SQL, (name,))
+    row = await cur.fetchone()
+    return bool(row and row[0])
+
+
+async def _replay_check(conn: Conn, lsn: int, wait: ReplayWait | None) -> AsyncCursor[Any]:
+    if wait is None:
+        return await conn.execute(_REPLAY_LSN_SQL)
+    return await conn.execute(cast(QueryNoTemplate, wait.sql), (format_lsn(lsn), wait.seconds))
 
 
 async def wait_replay(conn: Conn, lsn: int, seconds: float) -> bool:

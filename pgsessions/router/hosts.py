@@ -31,6 +31,10 @@ class Host:
         #: than the last probe: a read they already cover needs no replay check.
         self.seen_replay = -1
         self.seen_flush = -1
+        #: whether the router's role may run the schema's wait_replay here (migration 0015),
+        #: None until asked; and the monotonic time it was asked (a "no" is asked again)
+        self.replay_wait: bool | None = None
+        self.replay_wait_asked = 0.0
 
     def __repr__(self) -> str:
         return f"Host({self.label}, role={self.role}, up={self.up}, usable={self.usable})"

@@ -64,6 +64,10 @@ from .topology import Topology
 
 T = TypeVar("T")
 
+#: seconds a router polls replicas from the client after meeting a schema without
+#: wait_replay (migration 0015) before it tries the server's wait again
+_NO_REPLAY_WAIT_RETRY = 60.0
+
 
 class _Floor:
     """The admin floor every read needs (raised by migrations), shared with a served twin."""
@@ -138,6 +142,11 @@ class SessionRouter:
             else None
         )
         self._group_tasks: set[asyncio.Task[None]] = set()
+        #: replica reads wait for their position on the server (migration 0015; where the
+        #: schema lacks it, they poll from here)
+        self._replay_wait = execution.ReplayWait(
+            execution.replay_wait_sql(config.schema), config.catch_up_wait
+        )
         on_fork_in_child(self)
 
     def __repr__(self) -> str:
@@ -1036,13 +1045,20 @@ class SessionRouter:
             left = budget - (time.monotonic() - start) if on_replica else budget
             with watchdog(conn, max(0.1, left)):
                 if plan.wait_lsn is not None:
-                    rows, seen = await execution.read_if_replayed(
-                        conn, plan.wait_lsn, query, params, setup
-                    )
+                    served_wait = await self._server_wait(h, conn)
+                    try:
+                        rows, seen = await execution.read_if_replayed(
+                            conn, plan.wait_lsn, query, params, setup, served_wait
+                        )
+                    except execution.NoReplayWait:
+                        _no_server_wait(h)
+                        rows, seen, served_wait = None, None, None
                     if seen is not None:
                         h.saw_replay(seen)  # later reads up to here skip the check
                     if rows is not None:
                         return rows
+                    if served_wait is not None and seen is not None:
+                        raise _NotCaughtUp()  # the server waited catch_up_wait already
                     if not await execution.wait_replay(
                         conn, plan.wait_lsn, self.config.catch_up_wait
                     ):
@@ -1056,6 +1072,19 @@ class SessionRouter:
                         self._counters.emit("on_token_capped")
                     return rows
                 return await execution.read(conn, query, params, setup)
+
+    async def _server_wait(self, h: Host, conn: execution.Conn) -> execution.ReplayWait | None:
+        """How a read on replica ``h`` waits for its position: on the server, or (None)
+        from here, where the schema has no wait_replay for the router's role (asked on
+        ``conn`` once, and again every minute while the answer is no)."""
+        if self.config.catch_up_wait <= 0:
+            return None
+        if h.replay_wait is None or (
+            not h.replay_wait and time.monotonic() - h.replay_wait_asked > _NO_REPLAY_WAIT_RETRY
+        ):
+            h.replay_wait_asked = time.monotonic()
+            h.replay_wait = await execution.may_wait_replay(conn, self.config.schema)
+        return self._replay_wait if h.replay_wait else None
 
     def _read_alone(self, outcome: str, member: Member) -> None:
         self._counters.emit("on_read_coalescing", member.operation, outcome)
@@ -1094,11 +1123,10 @@ class SessionRouter:
             ) as conn:
                 # the check and the reads, and for what it missed a wait and the reads again
                 with watchdog(conn, budget + self.config.catch_up_wait):
+                    need = check_lsn(members)
+                    wait = await self._server_wait(h, conn) if need is not None else None
                     results, seen = await execution.read_group(
-                        conn,
-                        check_lsn(members),
-                        [(m.query, m.params) for m in members],
-                        group.setup,
+                        conn, need, [(m.query, m.params) for m in members], group.setup, wait
                     )
                     if seen is not None:
                         h.saw_replay(seen)  # later reads up to here skip the check
@@ -1108,7 +1136,9 @@ class SessionRouter:
                     pending = self._settle_grouped(members, pending, answers, "grouped")
                     short = [members[i] for i in pending]
                     need = check_lsn(short)
-                    if need is not None and not await execution.wait_replay(
+                    if need is not None and wait is not None:
+                        timed_out = True  # the server waited catch_up_wait already
+                    elif need is not None and not await execution.wait_replay(
                         conn, need, self.config.catch_up_wait
                     ):
                         timed_out = True
@@ -1119,8 +1149,10 @@ class SessionRouter:
                         )
                         answers = dict(zip(pending, again, strict=True))
                         pending = self._settle_grouped(members, pending, answers, "waited")
-        except Exception:
+        except Exception as exc:
             failed = True  # each read left runs alone and meets the failure on its own path
+            if h is not None and execution.lacks_replay_wait(exc):
+                _no_server_wait(h)
         finally:
             emit("on_read_group", len(members), "failed" if failed else "served")
             for i in pending:
@@ -1208,6 +1240,10 @@ class SessionRouter:
             return
         if row is not None:
             self._floor.lsn = max(self._floor.lsn, parse_lsn(str(row[0])))
+
+
+def _no_server_wait(h: Host) -> None:
+    h.replay_wait, h.replay_wait_asked = False, time.monotonic()
 
 
 def _saw_replay_column(h: Host, row: tuple[Any, ...]) -> None:

@@ -843,6 +843,27 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION {schema}.wait_replay(p_lsn pg_lsn, p_seconds double precision) RETURNS text
+    LANGUAGE plpgsql PARALLEL SAFE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_at    pg_lsn := pg_last_wal_replay_lsn();
+    v_until timestamptz;
+BEGIN
+    IF v_at IS NULL OR v_at >= p_lsn OR p_seconds <= 0 THEN
+        RETURN v_at::text;
+    END IF;
+    v_until := clock_timestamp() + make_interval(secs => p_seconds);
+    LOOP
+        PERFORM pg_sleep(0.001);
+        v_at := pg_last_wal_replay_lsn();
+        EXIT WHEN v_at >= p_lsn OR clock_timestamp() >= v_until;
+    END LOOP;
+    RETURN v_at::text;
+END
+$$;
+
 CREATE TABLE {schema}.branches (
     session_id text NOT NULL,
     branch_id text NOT NULL,
