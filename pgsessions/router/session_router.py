@@ -67,6 +67,9 @@ T = TypeVar("T")
 #: seconds a router polls replicas from the client after meeting a schema without
 #: wait_replay (migration 0015) before it tries the server's wait again
 _NO_REPLAY_WAIT_RETRY = 60.0
+#: longest wait of one wait_replay statement (see execution.ReplayWait); replay is most often
+#: there within a few ms, and a wait past it is sent again
+_REPLAY_WAIT_SLICE = 0.01
 
 
 class _Floor:
@@ -145,7 +148,7 @@ class SessionRouter:
         #: replica reads wait for their position on the server (migration 0015; where the
         #: schema lacks it, they poll from here)
         self._replay_wait = execution.ReplayWait(
-            execution.replay_wait_sql(config.schema), config.catch_up_wait
+            execution.replay_wait_sql(config.schema), min(_REPLAY_WAIT_SLICE, config.catch_up_wait)
         )
         on_fork_in_child(self)
 
@@ -1057,10 +1060,8 @@ class SessionRouter:
                         h.saw_replay(seen)  # later reads up to here skip the check
                     if rows is not None:
                         return rows
-                    if served_wait is not None and seen is not None:
-                        raise _NotCaughtUp()  # the server waited catch_up_wait already
                     if not await execution.wait_replay(
-                        conn, plan.wait_lsn, self.config.catch_up_wait
+                        conn, plan.wait_lsn, self.config.catch_up_wait, served_wait
                     ):
                         raise _NotCaughtUp()
                     h.saw_replay(plan.wait_lsn)
@@ -1136,10 +1137,8 @@ class SessionRouter:
                     pending = self._settle_grouped(members, pending, answers, "grouped")
                     short = [members[i] for i in pending]
                     need = check_lsn(short)
-                    if need is not None and wait is not None:
-                        timed_out = True  # the server waited catch_up_wait already
-                    elif need is not None and not await execution.wait_replay(
-                        conn, need, self.config.catch_up_wait
+                    if need is not None and not await execution.wait_replay(
+                        conn, need, self.config.catch_up_wait, wait
                     ):
                         timed_out = True
                     elif need is not None:
