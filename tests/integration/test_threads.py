@@ -181,7 +181,8 @@ def test_stop_with_calls_in_flight(cluster: LocalCluster, router_config: RouterC
         assert not t.is_alive(), "a call hung across stop()"
     assert failures and all(isinstance(e, RouterClosedError) for e in failures), failures
     assert poll(lambda: not pgsessions_threads(), 10), pgsessions_threads()
-    assert poll(lambda: backends(cluster) == before, 15), (backends(cluster), before)
+    # no connection of the stopped router is left (one an earlier test left may have gone)
+    assert poll(lambda: backends(cluster) <= before, 15), (backends(cluster), before)
     t0 = time.monotonic()
     with pytest.raises(RouterClosedError):
         router.run_sync(PostgresSession("stop-0", router).get_items())

@@ -450,7 +450,8 @@ async def test_cluster_up_shards_prints_the_environment_of_a_sharded_router(
         monkeypatch.setenv("PGSESSIONS_BUCKETS", "16")
         migrated = await asyncio.to_thread(pgsessions_cli, "migrate")
         assert migrated.returncode == 0, migrated.stderr
-        assert "shard 's1': at version 0014, 8 of 16 buckets" in migrated.stdout
+        latest = load_migrations()[-1].version
+        assert f"shard 's1': at version {latest}, 8 of 16 buckets" in migrated.stdout
         router = ShardedRouter.from_env(check_interval=0.1)
         assert [c.config.name for c in router.clusters()] == ["s1", "s2"]
         async with router:
