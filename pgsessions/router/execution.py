@@ -256,6 +256,9 @@ class ReplayWait(NamedTuple):
 
     sql: str
     seconds: float
+    #: seconds it looks without sleeping first (pg_sleep sleeps 1 ms at least): for a read
+    #: alone on an idle replica, where that 1 ms would be most of its wait
+    spin: float = 0.0
 
 
 class NoReplayWait(Exception):
@@ -269,7 +272,7 @@ def lacks_replay_wait(exc: BaseException) -> bool:
 
 def replay_wait_sql(schema: str) -> str:
     """The statement of a :class:`ReplayWait` for ``schema``."""
-    return f"SELECT {sql.Identifier(schema).as_string(None)}.wait_replay(%s::pg_lsn, %s)"
+    return f"SELECT {sql.Identifier(schema).as_string(None)}.wait_replay(%s::pg_lsn, %s, %s)"
 
 
 _MAY_WAIT_SQL = "SELECT coalesce(has_function_privilege(to_regprocedure(%s), 'EXECUTE'), false)"
@@ -278,7 +281,10 @@ _MAY_WAIT_SQL = "SELECT coalesce(has_function_privilege(to_regprocedure(%s), 'EX
 async def may_wait_replay(conn: Conn, schema: str) -> bool:
     """Whether the connection's role may run ``schema``'s wait_replay (a catalog lookup:
     False on a schema older than migration 0015, or a role not granted it)."""
-    name = f"{sql.Identifier(schema).as_string(None)}.wait_replay(pg_lsn, double precision)"
+    name = (
+        f"{sql.Identifier(schema).as_string(None)}"
+        ".wait_replay(pg_lsn, double precision, double precision)"
+    )
     cur = await conn.execute(_MAY_WAIT_SQL, (name,))
     row = await cur.fetchone()
     return bool(row and row[0])
@@ -287,7 +293,9 @@ async def may_wait_replay(conn: Conn, schema: str) -> bool:
 async def _replay_check(conn: Conn, lsn: int, wait: ReplayWait | None) -> AsyncCursor[Any]:
     if wait is None:
         return await conn.execute(_REPLAY_LSN_SQL)
-    return await conn.execute(cast(QueryNoTemplate, wait.sql), (format_lsn(lsn), wait.seconds))
+    return await conn.execute(
+        cast(QueryNoTemplate, wait.sql), (format_lsn(lsn), wait.seconds, wait.spin)
+    )
 
 
 async def wait_replay(conn: Conn, lsn: int, seconds: float, wait: ReplayWait | None = None) -> bool:
@@ -299,7 +307,7 @@ async def wait_replay(conn: Conn, lsn: int, seconds: float, wait: ReplayWait | N
             cur = await conn.execute(_REPLAY_LSN_SQL)
         else:
             left = max(0.001, min(wait.seconds, give_up - time.monotonic()))
-            cur = await conn.execute(cast(QueryNoTemplate, wait.sql), (format_lsn(lsn), left))
+            cur = await conn.execute(cast(QueryNoTemplate, wait.sql), (format_lsn(lsn), left, 0.0))
         if _replayed(await cur.fetchone(), lsn):
             return True
         if time.monotonic() >= give_up:

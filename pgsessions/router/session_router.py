@@ -70,6 +70,9 @@ _NO_REPLAY_WAIT_RETRY = 60.0
 #: longest wait of one wait_replay statement (see execution.ReplayWait); replay is most often
 #: there within a few ms, and a wait past it is sent again
 _REPLAY_WAIT_SLICE = 0.01
+#: seconds a read alone on a replica looks for its position without sleeping (pg_sleep's
+#: 1 ms would be most of its wait there: replay is most often sub-millisecond when idle)
+_QUIET_SPIN = 0.002
 
 
 class _Floor:
@@ -1049,6 +1052,9 @@ class SessionRouter:
             with watchdog(conn, max(0.1, left)):
                 if plan.wait_lsn is not None:
                     served_wait = await self._server_wait(h, conn)
+                    if served_wait is not None and h.in_flight <= 1:
+                        # alone on the replica: look without sleeping for a moment first
+                        served_wait = served_wait._replace(spin=_QUIET_SPIN)
                     try:
                         rows, seen = await execution.read_if_replayed(
                             conn, plan.wait_lsn, query, params, setup, served_wait

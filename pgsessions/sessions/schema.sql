@@ -843,22 +843,28 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION {schema}.wait_replay(p_lsn pg_lsn, p_seconds double precision) RETURNS text
+CREATE FUNCTION {schema}.wait_replay(p_lsn pg_lsn, p_seconds double precision, p_spin double precision DEFAULT 0) RETURNS text
     LANGUAGE plpgsql PARALLEL SAFE
-    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
-    v_at    pg_lsn := pg_last_wal_replay_lsn();
+    v_at    pg_lsn := pg_catalog.pg_last_wal_replay_lsn();
+    v_spin  timestamptz;
     v_until timestamptz;
 BEGIN
     IF v_at IS NULL OR v_at >= p_lsn OR p_seconds <= 0 THEN
         RETURN v_at::text;
     END IF;
-    v_until := clock_timestamp() + make_interval(secs => p_seconds);
-    LOOP
-        PERFORM pg_sleep(0.001);
-        v_at := pg_last_wal_replay_lsn();
-        EXIT WHEN v_at >= p_lsn OR clock_timestamp() >= v_until;
+    v_spin := pg_catalog.clock_timestamp()
+              + pg_catalog.make_interval(secs => least(p_spin, p_seconds));
+    v_until := pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs => p_seconds);
+    -- a read alone on an idle replica: replay is most often there in well under 1 ms,
+    -- pg_sleep's finest step, so look without sleeping first
+    WHILE v_at < p_lsn AND pg_catalog.clock_timestamp() < v_spin LOOP
+        v_at := pg_catalog.pg_last_wal_replay_lsn();
+    END LOOP;
+    WHILE v_at < p_lsn AND pg_catalog.clock_timestamp() < v_until LOOP
+        PERFORM pg_catalog.pg_sleep(0.001);
+        v_at := pg_catalog.pg_last_wal_replay_lsn();
     END LOOP;
     RETURN v_at::text;
 END

@@ -47,6 +47,14 @@ async def test_wait_replay_answers_at_once_when_there_is_nothing_to_wait_for(
     reached = replica.execute(q, ("0/1", 5))[0][0]
     assert parse_lsn(reached) > 1
     assert time.monotonic() - started < 4  # neither slept its 5 s
+    # a position the replica will not reach soon: it gives up after its seconds, spinning
+    # for the first of them, and answers where it got
+    started = time.monotonic()
+    spun = replica.execute(
+        f"SELECT {quote_ident(schema)}.wait_replay(%s::pg_lsn, %s, %s)", ("FFFF/0", 0.3, 0.1)
+    )[0][0]
+    assert 0.29 <= time.monotonic() - started < 4
+    assert parse_lsn(spun) < parse_lsn("FFFF/0")
 
 
 @pytest.mark.fault
@@ -150,7 +158,7 @@ async def test_a_schema_without_wait_replay_falls_back_to_polling_from_the_clien
         assert any(h.replay_wait for h in replicas)
         async with r.primary_connection() as conn:
             await conn.execute(
-                f"DROP FUNCTION {quote_ident(schema)}.wait_replay(pg_lsn, double precision)"
+                f"DROP FUNCTION {quote_ident(schema)}.wait_replay(pg_lsn, double precision, double precision)"
             )
         await asyncio.to_thread(cluster.wait_caught_up)
         for k in range(3, 30):
