@@ -158,7 +158,8 @@ async def test_a_schema_without_wait_replay_falls_back_to_polling_from_the_clien
         assert any(h.replay_wait for h in replicas)
         async with r.primary_connection() as conn:
             await conn.execute(
-                f"DROP FUNCTION {quote_ident(schema)}.wait_replay(pg_lsn, double precision, double precision)"
+                f"DROP FUNCTION {quote_ident(schema)}"
+                ".wait_replay(pg_lsn, double precision, double precision)"
             )
         await asyncio.to_thread(cluster.wait_caught_up)
         for k in range(3, 30):
