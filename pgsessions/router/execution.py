@@ -275,19 +275,18 @@ def replay_wait_sql(schema: str) -> str:
     return f"SELECT {sql.Identifier(schema).as_string(None)}.wait_replay(%s::pg_lsn, %s, %s)"
 
 
-_MAY_WAIT_SQL = "SELECT coalesce(has_function_privilege(to_regprocedure(%s), 'EXECUTE'), false)"
-
-
-async def may_wait_replay(conn: Conn, schema: str) -> bool:
-    """Whether the connection's role may run ``schema``'s wait_replay (a catalog lookup:
-    False on a schema older than migration 0015, or a role not granted it)."""
+def may_wait_replay_sql(schema: str) -> str:
+    """One row, one boolean: whether the connection's role may run ``schema``'s wait_replay
+    (a catalog lookup: false on a schema older than migration 0015, or for a role not
+    granted it)."""
     name = (
         f"{sql.Identifier(schema).as_string(None)}"
         ".wait_replay(pg_lsn, double precision, double precision)"
     )
-    cur = await conn.execute(_MAY_WAIT_SQL, (name,))
-    row = await cur.fetchone()
-    return bool(row and row[0])
+    return (
+        "SELECT coalesce(has_function_privilege(to_regprocedure("
+        f"{sql.Literal(name).as_string(None)}), 'EXECUTE'), false)"
+    )
 
 
 async def _replay_check(conn: Conn, lsn: int, wait: ReplayWait | None) -> AsyncCursor[Any]:

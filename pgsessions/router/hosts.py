@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from .config import RouterConfig
 from .dsn import host_label
 from .health import Health
@@ -32,9 +34,12 @@ class Host:
         self.seen_replay = -1
         self.seen_flush = -1
         #: whether the router's role may run the schema's wait_replay here (migration 0015),
-        #: None until asked; and the monotonic time it was asked (a "no" is asked again)
+        #: None until the monitor asked; and the monotonic time it was asked (the monitor
+        #: asks a "no" again, see Monitor._ask_replay_wait)
         self.replay_wait: bool | None = None
         self.replay_wait_asked = 0.0
+        #: the replay position this host had reached when asked
+        self.replay_wait_lsn = -1
 
     def __repr__(self) -> str:
         return f"Host({self.label}, role={self.role}, up={self.up}, usable={self.usable})"
@@ -69,6 +74,11 @@ class Host:
     def saw_flush(self, lsn: int) -> None:
         if lsn > self.seen_flush:
             self.seen_flush = lsn
+
+    def lacks_replay_wait(self) -> None:
+        """A read met a schema without wait_replay here: poll from the client until the
+        monitor asks again."""
+        self.replay_wait, self.replay_wait_asked = False, time.monotonic()
 
     def forget_positions(self) -> None:
         """After a restart, a role change or a failure: what was seen may not hold any more

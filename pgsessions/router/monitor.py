@@ -18,12 +18,16 @@ from typing import Any
 
 from .config import RouterConfig
 from .counters import Counters
+from .execution import may_wait_replay_sql
 from .health import assess, describe_hosts, resolve_primary
 from .hosts import Host
 from .patroni import PatroniSource, PatroniView, leader_moved, replica_veto, veto
 from .pools import HostPool
 from .probe import Probe
 from .topology import HostState, Role, Topology
+
+#: seconds before the monitor asks a replica again whether the schema has wait_replay
+REPLAY_WAIT_RETRY = 60.0
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +61,9 @@ class Monitor:
         self._patroni_source = PatroniSource(config.patroni, config.check_timeout)
         self._patroni_task: asyncio.Task[PatroniView | None] | None = None
         self._on_loop_end: Callable[[], None] | None = None
+        self._may_wait_sql = may_wait_replay_sql(config.schema)
+        #: the primary's position after the router's last admin work (see schema_changed)
+        self._schema_lsn = -1
 
     # lifecycle -------------------------------------------------------------------------
     def start(self, on_loop_end: Callable[[], None] | None = None) -> None:
@@ -256,6 +263,8 @@ class Monitor:
             h.down_checks += 1
             h.forget_positions()
         if h.role == "replica":
+            if p.up:
+                await self._ask_replay_wait(h, p)
             primary_probe = self._primary_probe if not self.split else None
             assess(h.health, p, primary_probe, self.primary_lsn, self._history, self.config)
             reason = replica_veto(self.patroni, h.label, list(self.hosts))
@@ -283,6 +292,31 @@ class Monitor:
         elif h.pool is not None and h.down_checks >= 2:
             pool, h.pool = h.pool, None
             self._spawn(pool.close())
+
+    def schema_changed(self, lsn: int) -> None:
+        """Admin work through the router (``migrate()``) ended at primary position ``lsn``:
+        a replica that answered "no wait_replay" before replaying that far is asked again
+        once it has."""
+        self._schema_lsn = max(self._schema_lsn, lsn)
+
+    async def _ask_replay_wait(self, h: Host, p: Probe) -> None:
+        """Whether reads on replica ``h`` may wait for their position there (wait_replay,
+        migration 0015): asked on its probe connection once; a "no" again every minute, and
+        once the replica has replayed admin work newer than the answer."""
+        if h.replay_wait:
+            return
+        replayed = p.replay_lsn if p.replay_lsn is not None else -1
+        if h.replay_wait is False:
+            aged = time.monotonic() - h.replay_wait_asked >= REPLAY_WAIT_RETRY
+            if not aged and not h.replay_wait_lsn < self._schema_lsn <= replayed:
+                return
+        try:
+            row = await h.prober.fetch_one(self._may_wait_sql)
+        except Exception:  # the host went away since its probe: asked at a later check
+            return
+        if row is not None:
+            h.replay_wait, h.replay_wait_asked = bool(row[0]), time.monotonic()
+            h.replay_wait_lsn = replayed
 
     def recheck_pool(self, h: Host) -> None:
         """Check the host's idle pooled connections once (single flight per pool)."""

@@ -64,9 +64,6 @@ from .topology import Topology
 
 T = TypeVar("T")
 
-#: seconds a router polls replicas from the client after meeting a schema without
-#: wait_replay (migration 0015) before it tries the server's wait again
-_NO_REPLAY_WAIT_RETRY = 60.0
 #: longest wait of one wait_replay statement (see execution.ReplayWait); replay is most often
 #: there within a few ms, and a wait past it is sent again
 _REPLAY_WAIT_SLICE = 0.01
@@ -148,11 +145,18 @@ class SessionRouter:
             else None
         )
         self._group_tasks: set[asyncio.Task[None]] = set()
-        #: replica reads wait for their position on the server (migration 0015; where the
-        #: schema lacks it, they poll from here)
-        self._replay_wait = execution.ReplayWait(
-            execution.replay_wait_sql(config.schema), min(_REPLAY_WAIT_SLICE, config.catch_up_wait)
-        )
+        #: replica reads wait for their position on the server (migration 0015) where the
+        #: monitor found the schema has it (Host.replay_wait); elsewhere they poll from here.
+        #: None: catch_up_wait 0, no wait at all
+        self._replay_wait: execution.ReplayWait | None = None
+        self._replay_wait_quiet: execution.ReplayWait | None = None
+        if config.catch_up_wait > 0:
+            self._replay_wait = execution.ReplayWait(
+                execution.replay_wait_sql(config.schema),
+                min(_REPLAY_WAIT_SLICE, config.catch_up_wait),
+            )
+            # alone on the replica: look without sleeping for a moment first
+            self._replay_wait_quiet = self._replay_wait._replace(spin=_QUIET_SPIN)
         on_fork_in_child(self)
 
     def __repr__(self) -> str:
@@ -1051,16 +1055,16 @@ class SessionRouter:
             left = budget - (time.monotonic() - start) if on_replica else budget
             with watchdog(conn, max(0.1, left)):
                 if plan.wait_lsn is not None:
-                    served_wait = await self._server_wait(h, conn)
-                    if served_wait is not None and h.in_flight <= 1:
-                        # alone on the replica: look without sleeping for a moment first
-                        served_wait = served_wait._replace(spin=_QUIET_SPIN)
+                    served_wait = None
+                    if h.replay_wait:
+                        quiet = h.in_flight <= 1
+                        served_wait = self._replay_wait_quiet if quiet else self._replay_wait
                     try:
                         rows, seen = await execution.read_if_replayed(
                             conn, plan.wait_lsn, query, params, setup, served_wait
                         )
                     except execution.NoReplayWait:
-                        _no_server_wait(h)
+                        h.lacks_replay_wait()
                         rows, seen, served_wait = None, None, None
                     if seen is not None:
                         h.saw_replay(seen)  # later reads up to here skip the check
@@ -1079,19 +1083,6 @@ class SessionRouter:
                         self._counters.emit("on_token_capped")
                     return rows
                 return await execution.read(conn, query, params, setup)
-
-    async def _server_wait(self, h: Host, conn: execution.Conn) -> execution.ReplayWait | None:
-        """How a read on replica ``h`` waits for its position: on the server, or (None)
-        from here, where the schema has no wait_replay for the router's role (asked on
-        ``conn`` once, and again every minute while the answer is no)."""
-        if self.config.catch_up_wait <= 0:
-            return None
-        if h.replay_wait is None or (
-            not h.replay_wait and time.monotonic() - h.replay_wait_asked > _NO_REPLAY_WAIT_RETRY
-        ):
-            h.replay_wait_asked = time.monotonic()
-            h.replay_wait = await execution.may_wait_replay(conn, self.config.schema)
-        return self._replay_wait if h.replay_wait else None
 
     def _read_alone(self, outcome: str, member: Member) -> None:
         self._counters.emit("on_read_coalescing", member.operation, outcome)
@@ -1131,7 +1122,7 @@ class SessionRouter:
                 # the check and the reads, and for what it missed a wait and the reads again
                 with watchdog(conn, budget + self.config.catch_up_wait):
                     need = check_lsn(members)
-                    wait = await self._server_wait(h, conn) if need is not None else None
+                    wait = self._replay_wait if need is not None and h.replay_wait else None
                     results, seen = await execution.read_group(
                         conn, need, [(m.query, m.params) for m in members], group.setup, wait
                     )
@@ -1157,7 +1148,7 @@ class SessionRouter:
         except Exception as exc:
             failed = True  # each read left runs alone and meets the failure on its own path
             if h is not None and execution.lacks_replay_wait(exc):
-                _no_server_wait(h)
+                h.lacks_replay_wait()
         finally:
             emit("on_read_group", len(members), "failed" if failed else "served")
             for i in pending:
@@ -1204,7 +1195,8 @@ class SessionRouter:
         connection is closed afterwards (never reused: nothing the block sets reaches a
         request). When the block ends, the primary's WAL flush position becomes a floor for
         every later read through this router, so a table created here is never missing on
-        the replica a read goes to.
+        the replica a read goes to; and the monitor asks a replica that found no
+        wait_replay in the schema again once it has replayed that far.
         """
         if running_loop() is not self._loop:
             # the primary is found where this caller is served; the block's connection is
@@ -1218,6 +1210,9 @@ class SessionRouter:
                 yield conn
             finally:
                 await self._raise_floor(conn)
+                for router in (self, self._twin):
+                    if router is not None:
+                        router._monitor.schema_changed(self._floor.lsn)
 
     async def _primary_for_admin(self) -> Host:
         self._require_open()
@@ -1245,10 +1240,6 @@ class SessionRouter:
             return
         if row is not None:
             self._floor.lsn = max(self._floor.lsn, parse_lsn(str(row[0])))
-
-
-def _no_server_wait(h: Host) -> None:
-    h.replay_wait, h.replay_wait_asked = False, time.monotonic()
 
 
 def _saw_replay_column(h: Host, row: tuple[Any, ...]) -> None:

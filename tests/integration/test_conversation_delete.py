@@ -12,13 +12,7 @@ import pytest
 from pgsessions import PostgresSession, SessionRouter, migrate
 from pgsessions.sessions.schema import quote_ident
 from tests.helpers import assistant, run_result, user
-
-
-async def rows(router: SessionRouter, query: str, *params: Any) -> list[tuple[Any, ...]]:
-    async with router.primary_connection() as conn:
-        cur = await conn.execute(query.replace("{s}", quote_ident(router.config.schema)), params)
-        return await cur.fetchall() if cur.description is not None else []
-
+from tests.integration.test_sessions_buckets import rows
 
 ORPHANS = (
     "SELECT count(*) FROM {s}.messages m WHERE NOT EXISTS (SELECT 1 FROM {s}.conversations c"

@@ -24,6 +24,15 @@ from tests.integration.test_router import fast_config, wait_until
 from tests.monitoring_support import scrape
 
 
+async def _replicas_know_wait_replay(r: SessionRouter) -> None:
+    """The router was opened before its schema had wait_replay: after migrate() (admin work
+    through the router) its monitor asks each replica again once it has replayed it."""
+    replicas = [h for h in r._hosts.values() if h.role == "replica"]
+    await wait_until(
+        lambda: replicas and all(h.replay_wait for h in replicas), 10, "wait_replay known"
+    )
+
+
 def _waiting_backends(node: Node) -> int:
     """Backends of ``node`` running wait_replay right now."""
     rows = node.execute(
@@ -77,7 +86,8 @@ async def test_a_read_waits_on_the_server_and_runs_once_after_replay(
             query = f"SELECT count(*) FROM {quote_ident(schema)}.messages WHERE session_id = %s"
             wait = execution.ReplayWait(execution.replay_wait_sql(schema), 20.0)
             async with await psycopg.AsyncConnection.connect(replica.dsn) as conn:
-                assert await execution.may_wait_replay(conn, schema)
+                may = await conn.execute(execution.may_wait_replay_sql(schema))
+                assert await may.fetchone() == (True,)
                 read = asyncio.ensure_future(
                     execution.read_if_replayed(conn, lsn, query, (s.session_id,), wait=wait)
                 )
@@ -101,6 +111,7 @@ async def test_reads_behind_their_writes_wait_on_the_replicas_not_the_primary(
     tag = uuid.uuid4().hex[:6]
     async with SessionRouter(fast_config(cluster.dsns(), schema, catch_up_wait=15.0)) as r:
         await migrate(r)
+        await _replicas_know_wait_replay(r)
         sessions = [PostgresSession(f"rs-{tag}-{i}", r) for i in range(6)]
         await asyncio.gather(*(s.add_items([user("first")]) for s in sessions))
         await asyncio.to_thread(cluster.wait_caught_up)
@@ -150,6 +161,7 @@ async def test_a_schema_without_wait_replay_falls_back_to_polling_from_the_clien
     tag = uuid.uuid4().hex[:6]
     async with SessionRouter(fast_config(cluster.dsns(), schema, coalesce_reads=False)) as r:
         await migrate(r)
+        await _replicas_know_wait_replay(r)
         s = PostgresSession(f"nf-{tag}", r)
         for k in range(3):
             await s.add_items([user(f"m{k}")])
